@@ -1,0 +1,105 @@
+"""The format registry: every adapter registered once, looked up by id, suffix or content."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from .base import Format, Options, TensorInfo, TensorSource, read_head
+
+# Adapter modules, imported on first use of the registry. Each calls ``register`` once.
+_MODULES = ("safetensors", "pt", "hf")
+
+_REGISTRY: dict[str, Format] = {}
+_loaded = False
+
+
+def register(fmt: Format) -> Format:
+    if fmt.id in _REGISTRY:
+        raise RuntimeError(f"format {fmt.id!r} registered twice")
+    _REGISTRY[fmt.id] = fmt
+    return fmt
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for mod in _MODULES:
+            importlib.import_module(f"{__name__}.{mod}")
+
+
+def all_formats() -> list[Format]:
+    _load()
+    return list(_REGISTRY.values())
+
+
+def get(format_id: str) -> Format:
+    _load()
+    try:
+        return _REGISTRY[format_id]
+    except KeyError:
+        raise UnsupportedError(f"unknown format {format_id!r}; known formats: {', '.join(_REGISTRY)}") from None
+
+
+def _usable(fmt: Format, path: Path) -> Format:
+    missing = fmt.missing()
+    if missing:
+        raise MissingDependencyError(f"{path}: reading format {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
+    return fmt
+
+
+def detect(path: Path) -> Format:
+    """The format of ``path`` by its content; a clear error saying what the file is otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file or directory")
+    for fmt in all_formats():
+        if fmt.can_read and fmt.sniff(path):
+            return _usable(fmt, path)
+    raise FormatError(f"{path}: {describe_unknown(path)}; known formats: {', '.join(f.id for f in all_formats())} (use --from to force one)")
+
+
+def for_suffix(path: Path) -> Format | None:
+    name = Path(path).name.lower()
+    for fmt in all_formats():
+        if any(name.endswith(s) for s in fmt.suffixes):
+            return fmt
+    return None
+
+
+def open(path: Path | str, format: str | None = None, options: Options | None = None) -> TensorSource:  # noqa: A001
+    """Open a checkpoint lazily: names, shapes and dtypes now, tensor data on demand."""
+    path = Path(path)
+    options = options or Options()
+    fmt = _usable(get(format), path) if format else detect(path)
+    if not fmt.can_read:
+        raise UnsupportedError(f"{path}: format {fmt.id!r} cannot be read")
+    if not path.exists():
+        raise FormatError(f"{path}: no such file or directory")
+    return fmt.open(path, options)
+
+
+def describe_unknown(path: Path) -> str:
+    """A short guess at what a file that no adapter recognises actually is."""
+    if path.is_dir():
+        listing = sorted(p.name for p in path.iterdir())[:8]
+        return f"a directory that no format recognises (contains: {', '.join(listing) or 'nothing'})"
+    head = read_head(path, 200)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the file itself; fetch the real file with `git lfs pull`"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive that is not a PyTorch checkpoint"
+    if head[:1] == b"\x80":
+        return "a Python pickle that is not a PyTorch checkpoint"
+    if head.lstrip().startswith((b"<!DOCTYPE", b"<html", b"<HTML")):
+        return "an HTML page (a failed download?)"
+    if head.startswith(b"\x08") or b"onnx" in head[:64].lower():
+        return "possibly an ONNX model, which this version cannot read as weights"
+    return "not a format modelport recognises"
+
+
+__all__ = ["Format", "Options", "TensorInfo", "TensorSource", "all_formats", "detect", "for_suffix", "get", "open", "register"]

@@ -1,0 +1,53 @@
+"""Moving tensor bytes from a source into an open output file, in the kernel when possible."""
+
+from __future__ import annotations
+
+import os
+
+from .base import Span, TensorSource
+
+_CHUNK = 64 << 20
+
+
+def copy_span(span: Span, out_fd: int) -> None:
+    """Append ``span`` to ``out_fd`` (at its current position) without passing through Python."""
+    with open(span.path, "rb") as f:
+        in_fd = f.fileno()
+        offset, left = span.offset, span.nbytes
+        try:
+            while left:
+                n = os.copy_file_range(in_fd, out_fd, min(left, 1 << 30), offset)
+                if n == 0:
+                    raise EOFError(f"{span.path}: ended before byte {offset + left}")
+                offset += n
+                left -= n
+            return
+        except (AttributeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (18, 22, 38, 95):  # EXDEV EINVAL ENOSYS EOPNOTSUPP
+                raise
+        f.seek(offset)
+        while left:
+            chunk = f.read(min(left, _CHUNK))
+            if not chunk:
+                raise EOFError(f"{span.path}: ended before byte {offset + left}")
+            _write_all(out_fd, chunk)
+            left -= len(chunk)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def write_tensor(source: TensorSource, name: str, out_fd: int) -> None:
+    """Append tensor ``name`` of ``source`` to ``out_fd``: a kernel copy when its bytes lie in a file."""
+    span = source.span(name)
+    if span is not None:
+        copy_span(span, out_fd)
+    else:
+        data = source.read_bytes(name)
+        if len(memoryview(data).cast("B")) != source.info(name).nbytes:
+            raise RuntimeError(f"{source.path}: {name}: reader returned a wrong number of bytes")
+        _write_all(out_fd, data)

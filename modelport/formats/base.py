@@ -1,0 +1,171 @@
+"""What every format adapter provides: a lazy tensor source, and a writer.
+
+A :class:`TensorSource` knows names, shapes and dtypes without reading tensor
+data, and reads one tensor at a time. Writers take any source, so a conversion
+streams tensor by tensor and peak memory follows the largest tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .. import dtypes
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str                 # canonical dtype name, see modelport.dtypes
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtypes.get(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Span:
+    """A tensor's bytes lying contiguous (C order, little-endian) in a file."""
+
+    path: Path
+    offset: int
+    nbytes: int
+
+
+@dataclass
+class Options:
+    """Format-specific options from the command line or the Python API.
+
+    Every adapter reads the fields it knows and ignores the rest.
+    """
+
+    strip_prefix: str | None = None      # pt: prefix removed from every key ("module.")
+    config: Path | None = None           # hf / meta: config.json to write with the weights
+    shards: int | None = None            # meta: model-parallel shards to write
+    arch: str | None = None              # architecture id or package.module:factory
+    params_only: bool = False            # t7: keep only an nn model's parameters
+    t7_mode: str = "binary"              # t7 writer: binary | ascii
+    t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
+    t7_endian: str | None = None         # t7 reader: force little | big
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TensorSource:
+    """A lazily opened checkpoint. Subclasses implement ``names``, ``info`` and ``read_bytes``."""
+
+    format: str = ""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.metadata: dict[str, str] = {}     # free-form string metadata carried between formats
+        self.config: dict | None = None        # config.json of the model, when the source has one
+        self.side_files: dict[str, Path] = {}  # files carried through unchanged (tokenizer …)
+        self.notes: list[str] = []             # facts for `inspect` (e.g. "first of 3 objects")
+
+    # -- the three things every source knows ------------------------------------------
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def info(self, name: str) -> TensorInfo:
+        raise NotImplementedError
+
+    def read_bytes(self, name: str) -> bytes | memoryview:
+        """The tensor's elements, C-contiguous and little-endian."""
+        raise NotImplementedError
+
+    # -- optional ---------------------------------------------------------------------
+    def span(self, name: str) -> Span | None:
+        """Where the tensor's bytes already lie contiguous in a file, for zero-copy writers."""
+        return None
+
+    def aliases(self) -> dict[str, str]:
+        """Names that are the same tensor as another name (tied weights): alias -> kept name.
+
+        Aliases are not in ``names()``; writers that can share storage write them as shared,
+        others record them so a reader restores them.
+        """
+        return {}
+
+    def read(self, name: str):
+        """One tensor as a torch.Tensor (imports torch)."""
+        import torch
+
+        info = self.info(self._canonical(name))
+        data = self.read_bytes(info.name)
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=dtypes.to_torch(info.dtype))
+        buf = bytearray(data) if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly) else data
+        return torch.frombuffer(buf, dtype=dtypes.to_torch(info.dtype)).reshape(info.shape)
+
+    def infos(self) -> Iterator[TensorInfo]:
+        for name in self.names():
+            yield self.info(name)
+
+    def state_dict(self) -> dict:
+        """Every tensor, aliases included, as torch tensors (tied names share one tensor)."""
+        out = {name: self.read(name) for name in self.names()}
+        for alias, kept in self.aliases().items():
+            out[alias] = out[kept]
+        return out
+
+    def _canonical(self, name: str) -> str:
+        return self.aliases().get(name, name)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Format:
+    """One format: its id, how to recognise it, and how to read and write it."""
+
+    id: str = ""
+    description: str = ""
+    suffixes: tuple[str, ...] = ()
+    directory: bool = False        # the format is a directory, not a file
+    can_read: bool = True
+    can_write: bool = True
+    runnable: bool = False         # holds a model that runs, not only weights
+    requires: tuple[tuple[str, str], ...] = ()   # (module, pip package) needed to use it
+
+    def missing(self) -> list[str]:
+        """Packages this format needs that are not installed."""
+        import importlib.util
+
+        return [pkg for mod, pkg in self.requires if importlib.util.find_spec(mod) is None]
+
+    def sniff(self, path: Path) -> bool:
+        """True when the content at ``path`` is of this format (not only its suffix)."""
+        return False
+
+    def open(self, path: Path, options: Options) -> TensorSource:
+        raise NotImplementedError
+
+    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+        """Write ``source`` to ``dst``, a fresh path the caller renames into place."""
+        raise NotImplementedError
+
+
+def read_head(path: Path, n: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except (IsADirectoryError, PermissionError, FileNotFoundError):
+        return b""
+
+
+def file_size(path: Path) -> int:
+    return os.stat(path).st_size

@@ -40,6 +40,16 @@ class Span:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class StorageView:
+    """Where a tensor lies in a storage shared with other tensors of the same source."""
+
+    key: str                   # identifies the storage within its source
+    numel: int                 # elements in the whole storage
+    offset: int                # element offset of the tensor's first element
+    stride: tuple[int, ...]    # in elements
+
+
 @dataclass
 class Options:
     """Format-specific options from the command line or the Python API.
@@ -51,6 +61,7 @@ class Options:
     config: Path | None = None           # hf / meta: config.json to write with the weights
     shards: int | None = None            # meta: model-parallel shards to write
     arch: str | None = None              # architecture id or package.module:factory
+    layout: str | None = None            # target layout (llama-meta, gpt2-nanogpt …); default keeps the source's
     params_only: bool = False            # t7: keep only an nn model's parameters
     t7_mode: str = "binary"              # t7 writer: binary | ascii
     t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
@@ -93,6 +104,22 @@ class TensorSource:
         others record them so a reader restores them.
         """
         return {}
+
+    def storage_view(self, name: str) -> StorageView | None:
+        """The shared storage a tensor is a view of, for writers that keep sharing (pt, t7)."""
+        return None
+
+    def read_storage_bytes(self, key: str) -> bytes | memoryview:
+        """A whole storage's bytes (little-endian), for keys given by ``storage_view``."""
+        raise NotImplementedError
+
+    def storage_span(self, key: str) -> Span | None:
+        """Where a whole storage's bytes lie contiguous in a file, for zero-copy writers."""
+        return None
+
+    def tree(self) -> str | None:
+        """A printable object tree for ``inspect`` (t7 objects, graphs), when the format has one."""
+        return None
 
     def read(self, name: str):
         """One tensor as a torch.Tensor (imports torch)."""

@@ -1,0 +1,354 @@
+"""meta: Meta's Llama checkpoints, a directory of ``params.json`` and ``consolidated.NN.pth``.
+
+Model-parallel shards are merged on read, one tensor at a time, and split on write
+(``Options.shards``, 1 by default) as Meta's fairscale layers split them:
+
+* column-parallel weights (wq, wk, wv, w1, w3, output) on dim 0,
+* row-parallel weights (wo, w2) on dim 1,
+* the embedding on dim 1 for Llama 1/2 (ParallelEmbedding) and on dim 0 for Llama 3
+  (VocabParallelEmbedding),
+* norms (and Llama 1/2's ``rope.freqs``) replicated in every shard.
+
+A checkpoint counts as Llama 3 when its vocabulary has at least 128000 entries, or its
+params.json sets ``use_scaled_rope``, or its ``rope_theta`` is at least 500000 (Llama 1/2
+use 10000; every Llama 3 model uses 500000).
+
+``params.json`` is translated to a Hugging Face ``config.json`` dict on read (the source's
+``config``) and back on write. The shard files are read and written without torch
+(see ``_torchzip``); they load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import FormatError, LayoutError, UnsupportedError
+from . import register
+from ._torchzip import TorchZipReader, TorchZipWriter, state_dict_pickle
+from .base import Format, Options, Span, TensorInfo, TensorSource
+
+_SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
+PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
+
+# Dimension each tensor is split on across model-parallel shards; None: replicated.
+# "embedding" is decided by the Llama generation (see the module docstring).
+_SPLIT = (
+    (re.compile(r"tok_embeddings\.weight\Z"), "embedding"),
+    (re.compile(r"output\.weight\Z"), 0),
+    (re.compile(r"layers\.\d+\.attention\.w[qkv]\.weight\Z"), 0),
+    (re.compile(r"layers\.\d+\.feed_forward\.w[13]\.weight\Z"), 0),
+    (re.compile(r"layers\.\d+\.attention\.wo\.weight\Z"), 1),
+    (re.compile(r"layers\.\d+\.feed_forward\.w2\.weight\Z"), 1),
+    (re.compile(r"(layers\.\d+\.(attention_norm|ffn_norm)\.weight|norm\.weight|rope\.freqs)\Z"), None),
+)
+
+# params.json keys Meta's ModelArgs knows (llama 1/2/3 repositories); anything else is refused.
+_PARAMS_KEYS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+                "norm_eps", "rope_theta", "use_scaled_rope", "rope_scaling_factor", "max_batch_size", "max_seq_len"}
+
+# Llama 3 rope scaling as Meta's apply_scaling hard-codes it
+_LLAMA3_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def split_dim(name: str, llama3: bool) -> int | None:
+    for pattern, dim in _SPLIT:
+        if pattern.match(name):
+            return (0 if llama3 else 1) if dim == "embedding" else dim
+    raise LayoutError(f"tensor {name!r} is not a Meta Llama tensor; cannot tell how it is split across model-parallel shards")
+
+
+def is_llama3(params: dict) -> bool:
+    return (int(params.get("vocab_size") or -1) >= 128000 or bool(params.get("use_scaled_rope"))
+            or float(params.get("rope_theta", 10000.0)) >= 500000)
+
+
+def ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    """The feed-forward width exactly as Meta's FeedForward computes it."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def ffn_params(dim: int, intermediate_size: int) -> tuple[int, float | None]:
+    """(multiple_of, ffn_dim_multiplier) that reproduce ``intermediate_size`` exactly: no multiplier
+    if one works (largest power-of-two multiple_of first), else the multiplier with fewest decimals."""
+    pows = [1 << k for k in range(20, -1, -1) if intermediate_size % (1 << k) == 0]
+    for m in pows:
+        if ffn_dim(dim, m, None) == intermediate_size:
+            return m, None
+    base = int(2 * (4 * dim) / 3)
+    for decimals in range(1, 7):
+        scale = 10 ** decimals
+        for m in pows:
+            lo = intermediate_size - m + 1                  # int(f * base) must land in [lo, intermediate_size]
+            first = -(-lo * scale // base)
+            for k in range(first, first + 3):
+                f = round(k / scale, decimals)
+                if ffn_dim(dim, m, f) == intermediate_size:
+                    return m, f
+    raise UnsupportedError(f"intermediate_size {intermediate_size} with hidden_size {dim} cannot be written as Meta's "
+                           "multiple_of / ffn_dim_multiplier; this model has no Meta params.json equivalent")
+
+
+def config_from_params(params: dict, vocab_from_weights: int | None, path: Path, tied: bool = False) -> dict:
+    """A Hugging Face LlamaConfig dict from Meta's params.json."""
+    unknown = sorted(set(params) - _PARAMS_KEYS)
+    if unknown:
+        raise FormatError(f"{path}: params.json has keys Meta's Llama does not know: {', '.join(unknown)}")
+    try:
+        dim, n_layers, n_heads = int(params["dim"]), int(params["n_layers"]), int(params["n_heads"])
+    except KeyError as exc:
+        raise FormatError(f"{path}: params.json lacks {exc}") from exc
+    n_kv = int(params.get("n_kv_heads") or n_heads)
+    vocab = int(params.get("vocab_size") or -1)
+    if vocab <= 0:
+        if not vocab_from_weights:
+            raise FormatError(f"{path}: params.json has vocab_size {vocab} and no embedding to read it from")
+        vocab = vocab_from_weights
+    llama3 = is_llama3({**params, "vocab_size": vocab})
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": dim, "num_hidden_layers": n_layers, "num_attention_heads": n_heads, "num_key_value_heads": n_kv,
+        "head_dim": dim // n_heads,
+        "intermediate_size": ffn_dim(dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier")),
+        "vocab_size": vocab, "rms_norm_eps": float(params.get("norm_eps", 1e-5)),
+        "rope_theta": float(params.get("rope_theta", 10000.0)), "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": tied,
+        # params.json does not say these; assumed from the Llama generation
+        "max_position_embeddings": 131072 if params.get("use_scaled_rope") else 8192 if llama3 else 4096,
+        "bos_token_id": 128000 if llama3 else 1, "eos_token_id": 128001 if llama3 else 2,
+    }
+    if params.get("use_scaled_rope"):
+        cfg["rope_scaling"] = {"rope_type": "llama3", "factor": float(params.get("rope_scaling_factor", 8.0)), **_LLAMA3_SCALING}
+    return cfg
+
+
+def _rope(config: dict) -> tuple[float, dict | None]:
+    """(rope_theta, rope scaling) from a transformers 4.x or 5.x config."""
+    rp = config.get("rope_parameters") or {}
+    theta = config.get("rope_theta", rp.get("rope_theta", 10000.0))
+    scaling = config.get("rope_scaling")
+    if scaling is None and rp.get("rope_type", "default") != "default":
+        scaling = rp
+    return float(theta), scaling
+
+
+def params_from_config(config: dict, where: Path) -> dict:
+    """Meta's params.json from a Hugging Face LlamaConfig dict; UnsupportedError where Meta's model cannot express it."""
+    c = config
+    if c.get("model_type", "llama") != "llama":
+        raise UnsupportedError(f"{where}: model_type {c.get('model_type')!r} cannot be written as a Meta Llama checkpoint")
+    dim, n_heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+    for key, ok in (("hidden_act", c.get("hidden_act", "silu") == "silu"), ("attention_bias", not c.get("attention_bias")),
+                    ("mlp_bias", not c.get("mlp_bias")), ("head_dim", int(c.get("head_dim") or dim // n_heads) * n_heads == dim)):
+        if not ok:
+            raise UnsupportedError(f"{where}: config {key}={c.get(key)!r} has no equivalent in Meta's Llama")
+    multiple_of, mult = ffn_params(dim, int(c["intermediate_size"]))
+    theta, scaling = _rope(c)
+    params: dict = {"dim": dim, "n_layers": int(c["num_hidden_layers"]), "n_heads": n_heads}
+    n_kv = int(c.get("num_key_value_heads") or n_heads)
+    if n_kv != n_heads:
+        params["n_kv_heads"] = n_kv
+    params["vocab_size"] = int(c["vocab_size"])
+    params["multiple_of"] = multiple_of
+    if mult is not None:
+        params["ffn_dim_multiplier"] = mult
+    params["norm_eps"] = float(c.get("rms_norm_eps", 1e-5))
+    params["rope_theta"] = theta
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind != "llama3" or any(float(scaling.get(k, -1)) != v for k, v in _LLAMA3_SCALING.items()):
+            raise UnsupportedError(f"{where}: rope scaling {scaling} has no equivalent in Meta's Llama "
+                                   "(only Llama 3 scaling with low 1, high 4, original 8192)")
+        params["use_scaled_rope"] = True
+        if float(scaling.get("factor", 8.0)) != 8.0:
+            params["rope_scaling_factor"] = float(scaling["factor"])
+    return params
+
+
+class MetaSource(TensorSource):
+    format = "meta"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        pj = self.path / "params.json"
+        try:
+            self.params = json.loads(pj.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: no params.json; a Meta checkpoint directory has params.json and consolidated.NN.pth") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{pj}: unreadable params.json ({exc})") from exc
+        if not isinstance(self.params, dict):
+            raise FormatError(f"{pj}: params.json is not a JSON object")
+        found = sorted((int(m.group(1)), p) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
+        if not found:
+            raise FormatError(f"{self.path}: no consolidated.NN.pth files")
+        if [i for i, _ in found] != list(range(len(found))):
+            raise FormatError(f"{self.path}: shard files are not numbered 00..{len(found) - 1}: {', '.join(p.name for _, p in found)}")
+        self._shards = [TorchZipReader(p) for _, p in found]
+        first = self._shards[0]
+        names = list(first.tensors)
+        for r in self._shards[1:]:
+            if set(r.tensors) != set(names):
+                odd = sorted(set(r.tensors) ^ set(names))[:3]
+                raise FormatError(f"{r.path}: holds other tensors than {first.path.name} ({', '.join(odd)} …); the shards are of different checkpoints")
+        emb = first.tensors.get("tok_embeddings.weight")
+        vocab = emb.shape[0] if emb is not None and (len(self._shards) == 1 or not is_llama3(self.params)) else None
+        if vocab is None and emb is not None:
+            vocab = emb.shape[0] * len(self._shards)
+        self.config = config_from_params(self.params, vocab, pj, tied="output.weight" not in first.tensors)
+        self.llama3 = is_llama3({**self.params, "vocab_size": self.config["vocab_size"]})
+        self.metadata = {PARAMS_KEY: json.dumps(self.params)}
+        self.side_files = {p.name: p for p in sorted(self.path.iterdir())
+                           if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
+        self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
+        self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
+        for name in names:
+            self._infos[name] = self._merged_info(name)
+
+    def _merged_info(self, name: str) -> tuple[TensorInfo, int | None]:
+        infos = [r.info(name) for r in self._shards]
+        if len(infos) == 1:
+            return infos[0], None
+        dim = split_dim(name, self.llama3)
+        if any(i.dtype != infos[0].dtype for i in infos):
+            raise FormatError(f"{self.path}: tensor {name!r} has different dtypes in different shards")
+        if dim is None:
+            if any(i.shape != infos[0].shape for i in infos):
+                raise FormatError(f"{self.path}: replicated tensor {name!r} has different shapes in different shards")
+            return infos[0], None
+        shape = list(infos[0].shape)
+        if any(len(i.shape) != len(shape) or [s for k, s in enumerate(i.shape) if k != dim] != [s for k, s in enumerate(shape) if k != dim]
+               for i in infos):
+            raise FormatError(f"{self.path}: tensor {name!r}: shard shapes {[list(i.shape) for i in infos]} do not join on dim {dim}")
+        shape[dim] = sum(i.shape[dim] for i in infos)
+        return TensorInfo(name, infos[0].dtype, tuple(shape)), dim
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name][0]
+
+    def span(self, name: str) -> Span | None:
+        return self._shards[0].span(name) if self._infos[name][1] is None else None
+
+    def read_bytes(self, name: str):
+        info, dim = self._infos[name]
+        if dim is None:
+            return self._shards[0].read_bytes(name)
+        import numpy as np
+
+        from .. import dtypes
+
+        dt = np.dtype(dtypes.get(info.dtype).numpy)
+        parts = [np.frombuffer(r.read_bytes(name), dtype=dt).reshape(r.info(name).shape) for r in self._shards]
+        return memoryview(np.concatenate(parts, axis=dim).reshape(-1).view(np.uint8))
+
+    def close(self) -> None:
+        for r in self._shards:
+            r.close()
+
+
+def _meta_params(source: TensorSource, where: Path) -> dict:
+    config = source.config
+    if config is None:
+        raise UnsupportedError(f"{where}: writing a Meta checkpoint needs the model's config; pass --config config.json")
+    stored = (source.metadata or {}).get(PARAMS_KEY)
+    if stored:   # the params.json this model came with, if it still describes the same model
+        try:
+            params = json.loads(stored)
+            again = config_from_params(params, config.get("vocab_size"), where, config.get("tie_word_embeddings", False))
+        except (json.JSONDecodeError, FormatError, TypeError):
+            params, again = None, {}
+        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                "vocab_size", "rms_norm_eps")
+        if params is not None and all(again.get(k) == config.get(k) for k in keys) and _rope(again) == _rope(config):
+            return params
+    return params_from_config(config, where)
+
+
+class Meta(Format):
+    id = "meta"
+    description = "Meta Llama checkpoint directory (params.json + consolidated.NN.pth)"
+    directory = True
+
+    def sniff(self, path: Path) -> bool:
+        return path.is_dir() and (path / "params.json").is_file() and (path / "consolidated.00.pth").is_file()
+
+    def open(self, path: Path, options: Options) -> MetaSource:
+        return MetaSource(path)
+
+    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+        from ..convert.layouts import adapt
+
+        source = adapt(source, self, options)
+        params = _meta_params(source, dst)
+        llama3 = is_llama3(params)
+        n = int(options.shards or 1)
+        if n < 1:
+            raise UnsupportedError(f"{dst}: --shards must be at least 1, not {n}")
+        names = list(source.names())
+        extra: dict[str, str] = {}       # name written -> name read (a tied output from the embedding)
+        for alias, kept in source.aliases().items():
+            extra[alias] = kept
+        if "output.weight" not in names and "output.weight" not in extra and "tok_embeddings.weight" in names:
+            extra["output.weight"] = "tok_embeddings.weight"   # tied embeddings: Meta's model always has an output
+        plan = []   # (name written, name read, split dim, info)
+        for name in names + list(extra):
+            read = extra.get(name, name)
+            info = source.info(read)
+            dim = split_dim(name, llama3) if n > 1 else None
+            if dim is not None and info.shape[dim] % n:
+                raise UnsupportedError(f"{dst}: tensor {name!r} of shape {list(info.shape)} cannot be split into {n} shards "
+                                       f"on dim {dim}; choose a --shards that divides {info.shape[dim]}")
+            plan.append((name, read, dim, info))
+        dst.mkdir(parents=True)
+        (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
+        writers = [TorchZipWriter(dst / f"consolidated.{s:02d}.pth", "consolidated") for s in range(n)]
+        try:
+            entries = []
+            for key, (name, _, dim, info) in enumerate(plan):
+                shape = list(info.shape)
+                if dim is not None:
+                    shape[dim] //= n
+                entries.append((name, info.dtype, str(key), tuple(shape), info.numel // (n if dim is not None else 1)))
+            pkl = state_dict_pickle(entries)
+            for w in writers:
+                w.record("data.pkl", [pkl], len(pkl))
+                w.record("byteorder", [b"little"], 6)
+            for key, (name, read, dim, info) in enumerate(plan):
+                self._write_tensor(source, read, dim, info, writers, str(key))
+            for w in writers:
+                w.record("version", [b"3\n"], 2)
+        finally:
+            for w in writers:
+                w.close()
+        for fname, path in source.side_files.items():
+            if fname in ("config.json", "params.json") or _SHARD.match(fname) or fname.endswith(".safetensors"):
+                continue
+            shutil.copyfile(path, dst / fname)
+
+    @staticmethod
+    def _write_tensor(source: TensorSource, name: str, dim: int | None, info: TensorInfo, writers, key: str) -> None:
+        n = len(writers)
+        if dim is None:
+            data = source.read_bytes(name)
+            for w in writers:
+                w.record(f"data/{key}", [data], info.nbytes)
+            return
+        import numpy as np
+
+        from .. import dtypes
+
+        a = np.frombuffer(source.read_bytes(name), dtype=np.dtype(dtypes.get(info.dtype).numpy)).reshape(info.shape)
+        for w, part in zip(writers, np.split(a, n, axis=dim)):
+            part = np.ascontiguousarray(part)
+            w.record(f"data/{key}", [memoryview(part.reshape(-1).view(np.uint8))], part.nbytes)
+
+
+register(Meta())

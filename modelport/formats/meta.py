@@ -76,7 +76,7 @@ def ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int
 def ffn_params(dim: int, intermediate_size: int) -> tuple[int, float | None]:
     """(multiple_of, ffn_dim_multiplier) that reproduce ``intermediate_size`` exactly: no multiplier
     if one works (largest power-of-two multiple_of first), else the multiplier with fewest decimals."""
-    pows = [1 << k for k in range(20, -1, -1) if intermediate_size % (1 << k) == 0]
+    pows = [1 << k for k in range(20, -1, -1) if intermediate_size > 0 and intermediate_size % (1 << k) == 0]
     for m in pows:
         if ffn_dim(dim, m, None) == intermediate_size:
             return m, None

@@ -131,7 +131,8 @@ def _check_hub_shape(family: str, hub_pattern: str, shape: tuple, d: dict, name:
         return
     want = tuple(int(d[s]) for s in spec)
     if tuple(shape) != want:
-        raise LayoutError(f"{source.path}: tensor {name!r} (as {hub!r}) has shape {list(shape)} but the model's config "
+        as_hub = f" (as {hub!r})" if hub != name else ""
+        raise LayoutError(f"{source.path}: tensor {name!r}{as_hub} has shape {list(shape)} but the model's config "
                           f"needs {list(want)} ({', '.join(spec)}); the weights are of another size or orientation than the config")
 
 

@@ -68,9 +68,11 @@ def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
 def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = None, from_b: str | None = None,
          options: Options | None = None) -> DiffReport:
     from .convert.explain import explain_difference
+    from .convert.layouts import align
 
     report = DiffReport(str(a), str(b), atol)
     with formats.open(a, from_a, options) as sa, formats.open(b, from_b, options) as sb:
+        sb = align(sb, sa)    # B under A's names when both are layouts of one family (meta vs hf …)
         names_a, names_b = _all_names(sa), _all_names(sb)
         in_b = set(names_b)
         in_a = set(names_a)

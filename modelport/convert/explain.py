@@ -180,12 +180,28 @@ def _rounding_check(name, a, b) -> str | None:
     return None
 
 
+def _aligned_check(name, a, b_source) -> str | None:
+    """B was mapped into A's layout for the comparison, and B's own tensor is A's as it is: the
+    transform its layout needs was never applied when B was written."""
+    from .layouts import LayoutSource
+
+    if not isinstance(b_source, LayoutSource) or name not in b_source.names() or not b_source.transforms_of(name):
+        return None
+    raw_name = b_source.source_name(name)
+    if not _same(b_source.inner.read(raw_name), a):
+        return None
+    missing = ", ".join(b_source.inverse_transforms_of(name))
+    return (f"B's {raw_name} ({b_source.src_layout.id}) holds A's tensor unchanged — {missing} was not applied "
+            f"when B was written in layout {b_source.src_layout.id}")
+
+
 def explain_difference(name: str, a, b, a_source: TensorSource, b_source: TensorSource) -> str | None:
     """When torch tensors ``a`` and ``b`` differ but one is a known transform of the other,
     a sentence naming the transform; otherwise None."""
     if _same(a, b):
         return None
     checks = (
+        lambda: _aligned_check(name, a, b_source),
         lambda: _rounding_check(name, a, b),
         lambda: _rope_check(name, a, b, (a_source, b_source)) if a.dtype == b.dtype else None,
         lambda: _qkv_check(name, a, b, (a_source, b_source)) if a.dtype == b.dtype else None,

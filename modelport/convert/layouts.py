@@ -265,6 +265,10 @@ class LayoutSource(TensorSource):
         """The transforms applied to tensor ``name``, as calls (for notes and tests)."""
         return [transforms.call(t, a) for t, a in self._entries[name].chain]
 
+    def inverse_transforms_of(self, name: str) -> list[str]:
+        """The transforms that take tensor ``name`` back to the inner source's layout, as calls."""
+        return [transforms.call(transforms.get(t).inverse, a) for t, a in reversed(self._entries[name].chain)]
+
     def source_name(self, name: str) -> str:
         return self._entries[name].source_name
 
@@ -346,4 +350,20 @@ def adapt(source: TensorSource, target_format: Format | str, options: Options) -
     return out
 
 
-__all__ = ["LAYOUTS", "LayoutSource", "adapt", "detect_layout", "dims", "target_layout"]
+def align(b: TensorSource, a: TensorSource) -> TensorSource:
+    """``b`` in ``a``'s layout when both are known layouts of one family (for ``diff``), else ``b``.
+
+    When ``b`` cannot be mapped (no head counts for a rotary permutation, a tensor outside the
+    tables), ``b`` is compared under its own names and the reason is kept in ``b.notes``."""
+    la, lb = detect_layout(a), detect_layout(b)
+    if la is None or lb is None or la is lb or la.family != lb.family:
+        return b
+    config = a.config if a.config is not None else b.config
+    try:
+        return LayoutSource(b, lb, la, dims(la.family, config))
+    except LayoutError as exc:
+        b.notes.append(f"not mapped from layout {lb.id} to {la.id}: {exc}")
+        return b
+
+
+__all__ = ["align", "LAYOUTS", "LayoutSource", "adapt", "detect_layout", "dims", "target_layout"]

@@ -304,7 +304,7 @@ class Meta(Format):
             info = source.info(read)
             dim = split_dim(name, llama3) if n > 1 else None
             if dim is not None and info.shape[dim] % n:
-                raise UnsupportedError(f"{dst}: tensor {name!r} of shape {list(info.shape)} cannot be split into {n} shards "
+                raise UnsupportedError(f"tensor {name!r} of shape {list(info.shape)} cannot be split into {n} model-parallel shards "
                                        f"on dim {dim}; choose a --shards that divides {info.shape[dim]}")
             plan.append((name, read, dim, info))
         dst.mkdir(parents=True)

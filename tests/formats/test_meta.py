@@ -104,7 +104,7 @@ def test_shard_split_dims(tmp_path):
 
 def test_split_not_divisible_fails_clearly(tmp_path):
     src, _ = hf_dir(tmp_path, LLAMA3, seed=3)
-    with pytest.raises(UnsupportedError, match=r"cannot be split into 4 shards on dim 0.*38"):
+    with pytest.raises(UnsupportedError, match=r"cannot be split into 4 model-parallel shards on dim 0.*38"):
         modelport.convert(src, tmp_path / "meta", to="meta", options=Options(shards=4))
     assert not (tmp_path / "meta").exists()
 
@@ -293,3 +293,24 @@ def test_params_config_round_trip_and_refusals():
     with pytest.raises(UnsupportedError, match="attention_bias"):
         params_from_config({**cfg, "attention_bias": True}, "x")
     assert not is_llama3({"dim": 4096, "vocab_size": -1})
+
+
+def test_diff_aligns_meta_and_hf_layouts(tmp_path):
+    src, model = hf_dir(tmp_path, LLAMA3, seed=13)
+    meta = tmp_path / "meta"
+    modelport.convert(src, meta, to="meta", options=Options(shards=2))
+    assert modelport.diff(src, meta) and modelport.diff(meta, src)
+    # a checkpoint converted without the rotary permutation: diff names the bug
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "params.json").write_text((meta / "params.json").read_text())
+    one = tmp_path / "one"
+    modelport.convert(src, one, to="meta")
+    sd = torch.load(one / "consolidated.00.pth", weights_only=True)
+    sd["layers.1.attention.wk.weight"] = model.state_dict()["model.layers.1.self_attn.k_proj.weight"]
+    torch.save(sd, bad / "consolidated.00.pth")
+    report = modelport.diff(src, bad)
+    (d,) = report.differences
+    assert d.name == "model.layers.1.self_attn.k_proj.weight"
+    assert d.explanation == ("B's layers.1.attention.wk.weight (llama-meta) holds A's tensor unchanged — "
+                             "permute_rope_hf_to_meta(n_heads=2) was not applied when B was written in layout llama-meta")

@@ -278,10 +278,13 @@ class LayoutSource(TensorSource):
 
     def read_bytes(self, name: str):
         e = self._entries[name]
-        data = self.inner.read_bytes(e.source_name)
         if not e.chain or e.info.numel == 0:
-            return data
+            return self.inner.read_bytes(e.source_name)
         import numpy as np
+
+        span = self.inner.span(e.source_name)
+        # from a file span: one private copy of this tensor, and no mapped pages left behind
+        data = read_span(span) if span is not None else self.inner.read_bytes(e.source_name)
 
         src_info = self.inner.info(e.source_name)
         a = np.frombuffer(data, dtype=np.dtype(dtypes.get(src_info.dtype).numpy)).reshape(src_info.shape)
@@ -294,6 +297,20 @@ class LayoutSource(TensorSource):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def read_span(span: Span) -> bytearray:
+    """A span's bytes, read (not mapped) into one buffer."""
+    buf = bytearray(span.nbytes)
+    with open(span.path, "rb", buffering=0) as f:
+        f.seek(span.offset)
+        view, got = memoryview(buf), 0
+        while got < span.nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
+            got += n
+    return buf
 
 
 def _config_of(source: TensorSource, options: Options) -> dict | None:

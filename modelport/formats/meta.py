@@ -272,6 +272,21 @@ def _meta_params(source: TensorSource, where: Path) -> dict:
     return params_from_config(config, where)
 
 
+_CHUNK = 16 << 20
+
+
+def _span_chunks(span: Span):
+    with open(span.path, "rb", buffering=0) as f:
+        f.seek(span.offset)
+        left = span.nbytes
+        while left:
+            chunk = f.read(min(left, _CHUNK))
+            if not chunk:
+                raise FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
+            left -= len(chunk)
+            yield chunk
+
+
 class Meta(Format):
     id = "meta"
     description = "Meta Llama checkpoint directory (params.json + consolidated.NN.pth)"
@@ -337,15 +352,21 @@ class Meta(Format):
     def _write_tensor(source: TensorSource, name: str, dim: int | None, info: TensorInfo, writers, key: str) -> None:
         n = len(writers)
         if dim is None:
-            data = source.read_bytes(name)
+            span = source.span(name)
             for w in writers:
-                w.record(f"data/{key}", [data], info.nbytes)
+                # a tensor lying in a file is copied in pieces, so that no more than a piece is held
+                chunks = _span_chunks(span) if span is not None else [source.read_bytes(name)]
+                w.record(f"data/{key}", chunks, info.nbytes)
             return
         import numpy as np
 
         from .. import dtypes
 
-        a = np.frombuffer(source.read_bytes(name), dtype=np.dtype(dtypes.get(info.dtype).numpy)).reshape(info.shape)
+        from ..convert.layouts import read_span
+
+        span = source.span(name)
+        data = read_span(span) if span is not None else source.read_bytes(name)
+        a = np.frombuffer(data, dtype=np.dtype(dtypes.get(info.dtype).numpy)).reshape(info.shape)
         for w, part in zip(writers, np.split(a, n, axis=dim)):
             part = np.ascontiguousarray(part)
             w.record(f"data/{key}", [memoryview(part.reshape(-1).view(np.uint8))], part.nbytes)

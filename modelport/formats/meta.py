@@ -200,15 +200,34 @@ class MetaSource(TensorSource):
         vocab = emb.shape[0] if emb is not None and (len(self._shards) == 1 or not is_llama3(self.params)) else None
         if vocab is None and emb is not None:
             vocab = emb.shape[0] * len(self._shards)
-        self.config = config_from_params(self.params, vocab, pj, tied="output.weight" not in first.tensors)
+        tied = "output.weight" not in first.tensors or self._output_is_embedding()
+        if tied and "output.weight" in names:   # written from a tied model: the HF layout leaves lm_head out
+            names.remove("output.weight")
+        self.config = config_from_params(self.params, vocab, pj, tied=tied)
         self.llama3 = is_llama3({**self.params, "vocab_size": self.config["vocab_size"]})
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.side_files = {p.name: p for p in sorted(self.path.iterdir())
                            if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
+        if tied and "output.weight" in first.tensors:
+            self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
         self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
         for name in names:
             self._infos[name] = self._merged_info(name)
+
+    def _output_is_embedding(self) -> bool:
+        """True when every shard's output weight has the bytes of its embedding (tied embeddings).
+        Compared piece by piece: an untied model differs within the first piece."""
+        for r in self._shards:
+            out, emb = r.tensors.get("output.weight"), r.tensors.get("tok_embeddings.weight")
+            if emb is None or out.shape != emb.shape or out.storage.dtype != emb.storage.dtype:
+                return False
+            a, b = r.span("output.weight"), r.span("tok_embeddings.weight")
+            if a is None or b is None:
+                return False
+            if a.offset != b.offset and not _same_bytes(a, b):
+                return False
+        return True
 
     def _merged_info(self, name: str) -> tuple[TensorInfo, int | None]:
         infos = [r.info(name) for r in self._shards]
@@ -275,12 +294,18 @@ def _meta_params(source: TensorSource, where: Path) -> dict:
 _CHUNK = 16 << 20
 
 
-def _span_chunks(span: Span):
+def _same_bytes(a: Span, b: Span) -> bool:
+    if a.nbytes != b.nbytes:
+        return False
+    return all(x == y for x, y in zip(_span_chunks(a, 1 << 20), _span_chunks(b, 1 << 20)))
+
+
+def _span_chunks(span: Span, size: int = _CHUNK):
     with open(span.path, "rb", buffering=0) as f:
         f.seek(span.offset)
         left = span.nbytes
         while left:
-            chunk = f.read(min(left, _CHUNK))
+            chunk = f.read(min(left, size))
             if not chunk:
                 raise FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
             left -= len(chunk)

@@ -314,3 +314,19 @@ def test_diff_aligns_meta_and_hf_layouts(tmp_path):
     assert d.name == "model.layers.1.self_attn.k_proj.weight"
     assert d.explanation == ("B's layers.1.attention.wk.weight (llama-meta) holds A's tensor unchanged — "
                              "permute_rope_hf_to_meta(n_heads=2) was not applied when B was written in layout llama-meta")
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_tied_embeddings_round_trip(tmp_path, shards):
+    """Meta's model always has an output weight: a tied HF model writes the embedding there, and
+    reading it back gives the tied HF layout again (no lm_head, tie_word_embeddings true)."""
+    src, model = hf_dir(tmp_path, dict(LLAMA3, tie_word_embeddings=True), seed=17)
+    assert "lm_head.weight" not in safetensors_of(src)
+    meta, back = tmp_path / "meta", tmp_path / "back"
+    modelport.convert(src, meta, to="meta", options=Options(shards=shards))
+    s0 = torch.load(meta / "consolidated.00.pth", weights_only=True)
+    assert torch.equal(s0["output.weight"], s0["tok_embeddings.weight"])
+    modelport.convert(meta, back, to="hf")
+    a, b = safetensors_of(src), safetensors_of(back)
+    assert set(a) == set(b) and all(bitwise_equal(a[n], b[n]) for n in a)
+    assert json.loads((back / "config.json").read_text())["tie_word_embeddings"] is True

@@ -62,6 +62,8 @@ def _rope_check(name, a, b, sources) -> str | None:
     if a.dim() not in (1, 2) or a.shape != b.shape:
         return None
     rows = a.shape[0]
+    if not any(s in name for s in ("q_proj", "k_proj", "attention.wq", "attention.wk")):
+        return None
     is_k = any(s in name for s in ("k_proj", "attention.wk"))
     key = "n_kv_heads" if is_k else "n_heads"
     hf_named = "self_attn" in name or "model.layers" in name

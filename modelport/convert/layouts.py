@@ -333,14 +333,14 @@ def _config_of(source: TensorSource, options: Options) -> dict | None:
 
 def target_layout(source_layout: Layout | None, target: Format | str, options: Options) -> str | None:
     """The layout id the target format wants, or None to keep the source's."""
-    if options.layout:
-        return options.layout
     tid = getattr(target, "id", target)
-    if tid in FORMAT_LAYOUTS:
-        return FORMAT_LAYOUTS[tid]
-    if tid in HUB_FORMATS and source_layout is not None:
-        return HUBS[source_layout.family]
-    return None
+    implied = FORMAT_LAYOUTS.get(tid)
+    if implied is None and tid in HUB_FORMATS and source_layout is not None:
+        implied = HUBS[source_layout.family]
+    if options.layout and implied and options.layout != implied:
+        raise LayoutError(f"format {tid} holds layout {implied}; --layout {options.layout} cannot be written as {tid} "
+                          "(leave --layout out, or pick a format such as safetensors)")
+    return options.layout or implied
 
 
 def adapt(source: TensorSource, target_format: Format | str, options: Options) -> TensorSource:

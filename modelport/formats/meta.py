@@ -14,7 +14,10 @@ params.json sets ``use_scaled_rope``, or its ``rope_theta`` is at least 500000 (
 use 10000; every Llama 3 model uses 500000).
 
 ``params.json`` is translated to a Hugging Face ``config.json`` dict on read (the source's
-``config``) and back on write. The shard files are read and written without torch
+``config``) and back on write. The original ``params.json`` also travels in the source's
+metadata (``meta.params``; the hf writer keeps it in the safetensors metadata), so that
+meta -> hf -> meta writes the same ``params.json`` while it still describes the model; otherwise
+``multiple_of`` / ``ffn_dim_multiplier`` are searched to reproduce ``intermediate_size`` exactly. The shard files are read and written without torch
 (see ``_torchzip``); they load with ``torch.load(weights_only=True)``.
 """
 

@@ -180,6 +180,8 @@ def test_formats_choose_layouts():
     src = DictSource(tensors, cfg)
     assert adapt(src, "safetensors", Options()) is src          # other formats keep the layout
     assert adapt(src, "hf", Options()) is src                   # already the hub
+    with pytest.raises(LayoutError, match="format meta holds layout llama-meta"):
+        adapt(src, "meta", Options(layout="llama-hf"))
     zoo = DictSource({"conv.weight": torch.zeros(2, 3)})
     assert adapt(zoo, "hf", Options()) is zoo                   # unknown architectures pass through
 

@@ -12,6 +12,7 @@ Writing emits protocol-2 opcodes by hand (:class:`StateDictPickler`): a dict of
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import pickle
 import struct
@@ -143,6 +144,9 @@ class CheckpointUnpickler(pickle.Unpickler):
         self.storages: dict[str, StorageRef] = {} if storages is None else storages
 
     def find_class(self, module: str, name: str):
+        # protocol-2 pickles spell Python 3 names the Python 2 way (__builtin__.eval)
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return self._table[(module, name)]
         except KeyError:

@@ -76,6 +76,8 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _is_contiguous(shape, stride) -> bool:
+    if 0 in shape:
+        return True
     expect = 1
     for s, st in zip(reversed(shape), reversed(stride)):
         if s != 1 and st != expect:
@@ -371,7 +373,7 @@ def _plan(source: TensorSource):
 def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
     storages, entries = _plan(source)
     pkl = StateDictPickler().state_dict(entries)
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         zw = ZipWriter(fd, "archive", crc32)
         zw.add("data.pkl", pkl)

@@ -33,12 +33,12 @@ tools such as ``unzip -t`` or Python's :mod:`zipfile` that verify them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import mmap
 import os
 import pickle
-import secrets
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +52,7 @@ from ._torchzip import ZipReader, ZipWriter
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
+_LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
                   AttributeError, OverflowError, UnicodeDecodeError, struct.error)
@@ -189,6 +189,12 @@ class PtSource(TensorSource):
             self.notes.append("the file holds a single tensor, named 'tensor' here")
         if not isinstance(root, Mapping):
             raise FormatError(f"{self.path}: holds a {type(root).__name__}, not a state dict (a dict of tensors)")
+        try:
+            self._flatten_root(root, strip_prefix)
+        except BadCheckpoint as exc:
+            raise FormatError(f"{self.path}: {exc}") from exc
+
+    def _flatten_root(self, root, strip_prefix: str | None) -> None:
         tensors: dict[str, TensorRef] = {}
         if not any(isinstance(v, TensorRef) for v in root.values()):
             for key in WRAPPER_KEYS:
@@ -329,6 +335,8 @@ def _has_tensor(obj) -> bool:
 
 def _flatten(obj, prefix: str, tensors: dict, metadata: dict) -> None:
     if isinstance(obj, TensorRef):
+        if prefix in tensors:
+            raise BadCheckpoint(f"two tensors are both named {prefix!r} once nested keys are joined with '.'")
         tensors[prefix] = obj
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
@@ -370,6 +378,12 @@ def _plan(source: TensorSource):
     return list(storages.values()), entries
 
 
+def _serialization_id(pkl: bytes, storages: list) -> bytes:
+    """40 digits, like torch's; derived from the content so that equal inputs give equal files."""
+    digest = hashlib.sha256(pkl + repr([(s[1], s[2]) for s in storages]).encode()).digest()
+    return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
+
+
 def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
     storages, entries = _plan(source)
     pkl = StateDictPickler().state_dict(entries)
@@ -399,7 +413,7 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
             if progress:
                 progress(nbytes)
         zw.add("version", b"3\n")
-        zw.add(".data/serialization_id", "".join(str(secrets.randbelow(10)) for _ in range(40)).encode())
+        zw.add(".data/serialization_id", _serialization_id(pkl, storages))
         zw.close()
     finally:
         os.close(fd)
@@ -414,8 +428,8 @@ class Pt(Format):
         if not path.is_file():
             return False
         head = read_head(path, 16)
-        if head.startswith(_LEGACY_HEAD):
-            return True
+        if head[:1] == b"\x80" and _LEGACY_MAGIC_BYTES in read_head(path, 32):
+            return True   # legacy stream: the first pickle is torch's magic number (protocol 2, or framed 4+)
         if not head.startswith(b"PK\x03\x04"):
             return False
         head = read_head(path, 30 + 256)

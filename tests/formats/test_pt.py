@@ -382,3 +382,68 @@ def test_zip64_end_records_are_read(tmp_path):
         assert len(zf.infolist()) == 0xFFFF + 2 and zf.read("archive/m65536") == struct.pack("<I", 65536)
     zr = ZipReader(path, path.stat().st_size)
     assert zr.read("archive/m65536") == struct.pack("<I", 65536)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_real_gpt2_checkpoint_from_transformers(tmp_path):
+    path = ROOT / "examples" / "tiny-gpt2.pt"
+    ref = torch.load(path, weights_only=True)
+    with formats.open(path) as src:
+        assert src.aliases() == {"lm_head.weight": "transformer.wte.weight"}
+        assert sorted(src.names() + list(src.aliases())) == sorted(ref)
+        for name in src.names():
+            _same(src.read(name), ref[name])
+        out = _write(src, tmp_path / "out.pt")
+    assert out.read_bytes() == (ROOT / "fixtures" / "pt" / "tiny-gpt2.modelport.pt").read_bytes()   # golden bytes
+    back = torch.load(out, weights_only=True, mmap=True)
+    assert set(back) == set(ref)
+    for name, t in ref.items():
+        _same(back[name], t)
+    model = __import__("fixtures.generate", fromlist=["tiny_gpt2"]).tiny_gpt2()
+    model.load_state_dict(back)    # strict: every name the model expects, nothing else
+
+
+def test_legacy_fixture_file():
+    path = ROOT / "fixtures" / "pt" / "tiny-legacy.pt"
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    with formats.open(path) as src:
+        assert src.names() == ["w", "w_t", "h", "flag"] and src.aliases() == {"tied": "w"}
+        _same(src.read("w_t"), w.t().contiguous())
+        _same(src.read("h"), torch.tensor([1.5, -2.0], dtype=torch.float16))
+        _same(src.read("flag"), torch.tensor(True))
+
+
+def test_legacy_with_newer_pickle_protocol(tmp_path):
+    sd = {"a": torch.arange(5, dtype=torch.int16), "b": torch.ones(2, 3, dtype=torch.float64)}
+    path = _save(sd, tmp_path / "p4.pt", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    assert formats.detect(path).id == "pt"
+    with formats.open(path) as src:
+        for k, t in sd.items():
+            _same(src.read(k), t)
+
+
+def test_compressed_member_falls_back(tmp_path):
+    sd = {"w": _tensor(torch.float32, (9, 4), _gen(11)), "v": torch.arange(7)}
+    path = _save(sd, tmp_path / "w.pt")
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    with formats.open(packed) as src:
+        assert src.span("w") is None
+        for k, t in sd.items():
+            _same(src.read(k), t)
+        out = _write(src, tmp_path / "out.pt")
+    for k, t in torch.load(out, weights_only=True).items():
+        _same(t, sd[k])
+
+
+def test_name_collisions_are_errors(tmp_path):
+    path = _save({"a": {"b": torch.ones(1)}, "a.b": torch.zeros(1)}, tmp_path / "c.pt")
+    with pytest.raises(FormatError, match=r"c\.pt: two tensors are both named 'a.b'"):
+        formats.open(path)
+    path = _save({"module.x": torch.ones(1), "x": torch.zeros(1)}, tmp_path / "d.pt")
+    with pytest.raises(FormatError, match=r"d\.pt: stripping 'module.' makes 'x' collide"):
+        formats.open(path, options=Options(strip_prefix="module."))

@@ -1,216 +1,172 @@
-"""A minimal reader and streaming writer for torch.save zip files of plain tensors.
+"""The zip container of torch >= 1.6 checkpoints, read and written without torch.
 
-Enough for Meta's ``consolidated.NN.pth`` (a flat dict of contiguous tensors),
-without torch: the pickle is read with an allow-listing unpickler that records
-where each tensor lies in the zip (so a tensor's bytes can be copied in the
-kernel), and written opcode by opcode so that a file is written one tensor at a
-time. Files written here load with ``torch.load(weights_only=True)``.
+Reading: the central directory comes from :mod:`zipfile` (which handles zip64);
+each stored (uncompressed) member's data offset is computed from its local header,
+so tensor bytes can be mapped or copied in place. Compressed members fall back to
+:mod:`zipfile`.
+
+Writing: members are laid out as ``torch.save`` lays them out: data aligned to 64
+bytes through an ``FB`` padding extra field, zip64 records where sizes or offsets
+pass 4 GiB.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import struct
 import zipfile
-from collections import OrderedDict
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import dtypes
-from ..errors import FormatError, UnsafeContentError
-from .base import Span, TensorInfo
+from ..errors import FormatError
 
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _ALIGN = 64
+_MAX32 = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
-class _Storage:
-    key: str
-    dtype: str
-    numel: int
+@dataclass
+class Member:
+    name: str
+    header_offset: int
+    size: int
+    compressed: bool
 
 
-@dataclass(frozen=True)
-class TensorRef:
-    storage: _Storage
-    offset: int                 # in elements
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
+class ZipReader:
+    """Member names, sizes and data offsets of a zip archive."""
 
-    @property
-    def contiguous(self) -> bool:
-        expect, step = [], 1
-        for n in reversed(self.shape):
-            expect.append(step)
-            step *= n
-        return all(n == 1 or s == e for n, s, e in zip(self.shape, self.stride, reversed(expect)))
-
-
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    return TensorRef(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, f, path):
-        super().__init__(f)
+    def __init__(self, path: Path, file_size: int):
         self.path = path
-
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor_v2
-        if module == "torch" and name in dtypes.BY_STORAGE:
-            return dtypes.BY_STORAGE[name].name
-        raise UnsafeContentError(f"{self.path}: the checkpoint refers to {module}.{name}, which a plain tensor "
-                                 "checkpoint does not need; modelport will not import it (use the pt format to inspect it)")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise FormatError(f"{self.path}: unexpected persistent id {pid!r} in data.pkl")
-        _, dtype, key, _location, numel = pid
-        if not isinstance(dtype, str):
-            raise FormatError(f"{self.path}: storage {key!r} has an unknown type")
-        return _Storage(str(key), dtype, int(numel))
-
-
-class TorchZipReader:
-    """Tensors of a torch.save zip file, lazily: offsets now, bytes on demand."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
+        self.file_size = file_size
         try:
-            self._zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise FormatError(f"{self.path}: not a readable PyTorch zip checkpoint ({exc})") from exc
-        pkl = [n for n in self._zip.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pkl) != 1:
-            raise FormatError(f"{self.path}: a zip file without one data.pkl; not a torch.save checkpoint")
-        self._prefix = pkl[0][: -len("data.pkl")]
-        obj = _Unpickler(io.BytesIO(self._zip.read(pkl[0])), self.path).load()
-        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, TensorRef) for k, v in obj.items()):
-            raise FormatError(f"{self.path}: expected a flat dict of tensors (a state dict)")
-        self.tensors: dict[str, TensorRef] = dict(obj)
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, struct.error) as exc:
+            raise FormatError(f"{path}: truncated or corrupt zip archive ({exc}); re-download or re-save the file") from exc
+        self.members = {i.filename: Member(i.filename, i.header_offset, i.file_size, i.compress_type != zipfile.ZIP_STORED) for i in infos}
         self._offsets: dict[str, int] = {}
-        self._fd = os.open(self.path, os.O_RDONLY)
 
-    def info(self, name: str) -> TensorInfo:
-        ref = self.tensors[name]
-        return TensorInfo(name, ref.storage.dtype, ref.shape)
+    def data_offset(self, name: str) -> int:
+        """Where member ``name``'s bytes start in the file (stored members only)."""
+        off = self._offsets.get(name)
+        if off is not None:
+            return off
+        m = self.members[name]
+        with open(self.path, "rb") as f:
+            f.seek(m.header_offset)
+            raw = f.read(_LOCAL.size)
+        if len(raw) < _LOCAL.size or raw[:4] != b"PK\x03\x04":
+            raise FormatError(f"{self.path}: corrupt zip archive: no local header for member {name!r} at byte {m.header_offset}")
+        fields = _LOCAL.unpack(raw)
+        off = m.header_offset + _LOCAL.size + fields[9] + fields[10]
+        if off + m.size > self.file_size:
+            raise FormatError(f"{self.path}: member {name!r} ends at byte {off + m.size} but the file has {self.file_size} bytes; the file is truncated")
+        self._offsets[name] = off
+        return off
 
-    def _storage_offset(self, key: str) -> int:
-        if key not in self._offsets:
+    def read(self, name: str) -> bytes:
+        """A whole (small) member's bytes; CRCs are not checked for stored members."""
+        m = self.members[name]
+        if m.compressed:
             try:
-                zi = self._zip.getinfo(f"{self._prefix}data/{key}")
-            except KeyError:
-                raise FormatError(f"{self.path}: storage {key} is missing from the archive; the file is damaged") from None
-            if zi.compress_type != zipfile.ZIP_STORED:
-                raise FormatError(f"{self.path}: storage {key} is compressed, which torch.save never does")
-            head = os.pread(self._fd, 30, zi.header_offset)
-            if len(head) < 30 or head[:4] != b"PK\x03\x04":
-                raise FormatError(f"{self.path}: bad zip local header for storage {key}")
-            n_name, n_extra = struct.unpack("<HH", head[26:30])
-            self._offsets[key] = zi.header_offset + 30 + n_name + n_extra
-        return self._offsets[key]
-
-    def span(self, name: str) -> Span | None:
-        ref = self.tensors[name]
-        if not ref.contiguous:
-            return None
-        item = dtypes.get(ref.storage.dtype).itemsize
-        nbytes = self.info(name).nbytes
-        if (ref.offset + self.info(name).numel) > ref.storage.numel and nbytes:
-            raise FormatError(f"{self.path}: tensor {name!r} reaches past the end of its storage")
-        return Span(self.path, self._storage_offset(ref.storage.key) + ref.offset * item, nbytes)
-
-    def read_bytes(self, name: str):
-        span = self.span(name)
-        if span is not None:
-            data = os.pread(self._fd, span.nbytes, span.offset)
-            if len(data) != span.nbytes:
-                raise FormatError(f"{self.path}: tensor {name!r} is cut short; the file is truncated")
-            return data
-        import numpy as np
-
-        ref = self.tensors[name]
-        dt = np.dtype(dtypes.get(ref.storage.dtype).numpy)
-        raw = os.pread(self._fd, ref.storage.numel * dt.itemsize, self._storage_offset(ref.storage.key))
-        whole = np.frombuffer(raw, dtype=dt)
-        view = np.lib.stride_tricks.as_strided(whole[ref.offset:], ref.shape, tuple(s * dt.itemsize for s in ref.stride))
-        return memoryview(np.ascontiguousarray(view).reshape(-1).view(np.uint8))
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._zip.close()
+                with zipfile.ZipFile(self.path) as zf:
+                    return zf.read(name)
+            except (zipfile.BadZipFile, OSError, ValueError, zlib.error, NotImplementedError) as exc:
+                raise FormatError(f"{self.path}: cannot read zip member {name!r} ({exc})") from exc
+        off = self.data_offset(name)
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            return f.read(m.size)
 
 
-# -- writing -------------------------------------------------------------------------------
+class ZipWriter:
+    """Appends stored members to an open file descriptor, then the central directory.
 
-def _int(n: int) -> bytes:
-    if 0 <= n < 256:
-        return b"K" + bytes([n])
-    if -(1 << 31) <= n < (1 << 31):
-        return b"J" + struct.pack("<i", n)
-    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(raw)]) + raw
+    With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
+    modelport/formats/pt.py); with ``crc32=True`` each member is read back once from
+    the output to compute it.
+    """
 
+    def __init__(self, fd: int, prefix: str, crc32: bool):
+        self.fd = fd
+        self.prefix = prefix
+        self.crc32 = crc32
+        self.pos = os.lseek(fd, 0, os.SEEK_CUR)
+        self._central: list[tuple[str, int, int, int]] = []   # name, header offset, size, crc
 
-def _str(s: str) -> bytes:
-    raw = s.encode("utf-8")
-    return b"X" + struct.pack("<I", len(raw)) + raw
+    def _write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.pos += len(memoryview(data).cast("B"))
 
+    def begin(self, name: str, size: int) -> None:
+        """Write the local header of member ``name`` (``size`` bytes follow)."""
+        full = f"{self.prefix}/{name}".encode()
+        big = size >= _MAX32
+        z64 = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+        base = self.pos + _LOCAL.size + len(full) + len(z64) + 4
+        pad = -base % _ALIGN
+        extra = z64 + struct.pack("<HH", 0x4246, pad) + b"Z" * pad       # "FB" padding, as torch writes
+        sz32 = _MAX32 if big else size
+        self._central.append((full.decode(), self.pos, size, 0))
+        self._write(_LOCAL.pack(b"PK\x03\x04", 45 if big else 20, 0, 0, 0, 0, 0, sz32, sz32, len(full), len(extra)) + full + extra)
+        self._data_start = self.pos
 
-def _tuple(items: list[bytes]) -> bytes:
-    return b"(" + b"".join(items) + b"t"
+    def end(self) -> None:
+        """Check the member's length; compute and patch its CRC when asked."""
+        name, header, size, _ = self._central[-1]
+        written = self.pos - self._data_start
+        if written != size:
+            raise RuntimeError(f"zip member {name}: wrote {written} bytes, announced {size}")
+        if self.crc32:
+            crc, at, left = 0, self._data_start, size
+            while left:
+                chunk = os.pread(self.fd, min(left, 16 << 20), at)
+                if not chunk:
+                    raise RuntimeError(f"zip member {name}: output shorter than written")
+                crc = zlib.crc32(chunk, crc)
+                at += len(chunk)
+                left -= len(chunk)
+            os.pwrite(self.fd, struct.pack("<I", crc), header + 14)
+            self._central[-1] = (name, header, size, crc)
 
+    def add(self, name: str, data: bytes) -> None:
+        self.begin(name, len(data))
+        self._write(data)
+        self.end()
 
-def state_dict_pickle(entries: list[tuple[str, str, str, tuple[int, ...], int]]) -> bytes:
-    """data.pkl for a dict name -> contiguous tensor; entries are (name, dtype, storage key, shape, storage numel)."""
-    out = [b"\x80\x02}("]
-    for name, dtype, key, shape, numel in entries:
-        stride, step = [], 1
-        for n in reversed(shape):
-            stride.append(step)
-            step *= n
-        storage = _tuple([_str("storage"), b"ctorch\n" + dtypes.get(dtype).storage.encode() + b"\n", _str(key), _str("cpu"), _int(numel)]) + b"Q"
-        args = _tuple([storage, _int(0), _tuple([_int(s) for s in shape]), _tuple([_int(s) for s in reversed(stride)]),
-                       b"\x89", b"ccollections\nOrderedDict\n)R"])
-        out.append(_str(name) + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R")
-    out.append(b"u.")
-    return b"".join(out)
-
-
-class TorchZipWriter:
-    """Writes a torch.save zip one record at a time; storage records are 64-byte aligned."""
-
-    def __init__(self, path: Path, archive: str):
-        self.path = Path(path)
-        self._f = open(self.path, "wb")
-        self._zip = zipfile.ZipFile(self._f, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._prefix = archive + "/"
-
-    def record(self, name: str, chunks, nbytes: int) -> None:
-        """Add record ``name`` whose ``nbytes`` bytes come from the iterable ``chunks``."""
-        zi = zipfile.ZipInfo(self._prefix + name, date_time=(1980, 1, 1, 0, 0, 0))
-        zi.compress_type = zipfile.ZIP_STORED
-        zi.file_size = nbytes
-        zip64 = nbytes > zipfile.ZIP64_LIMIT * 1.05 // 1
-        head = 30 + len(zi.filename.encode()) + (20 if zip64 else 0)
-        pad = -(self._f.tell() + head + 4) % _ALIGN
-        zi.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad   # the padding field torch's writer uses
-        with self._zip.open(zi, "w", force_zip64=zip64) as out:
-            written = 0
-            for chunk in chunks:
-                out.write(chunk)
-                written += len(memoryview(chunk).cast("B"))
-        if written != nbytes:
-            raise RuntimeError(f"{self.path}: record {name} got {written} bytes, expected {nbytes}")
+    def advance(self, n: int) -> None:
+        """Account for ``n`` bytes appended to the descriptor by someone else (copy_file_range)."""
+        self.pos += n
 
     def close(self) -> None:
-        self._zip.close()
-        self._f.close()
-
+        cd_start = self.pos
+        out = bytearray()
+        for name, header, size, crc in self._central:
+            raw = name.encode()
+            z64 = b""
+            sz32, off32 = size, header
+            if size >= _MAX32:
+                z64 += struct.pack("<QQ", size, size)
+                sz32 = _MAX32
+            if header >= _MAX32:
+                z64 += struct.pack("<Q", header)
+                off32 = _MAX32
+            extra = struct.pack("<HH", 1, len(z64)) + z64 if z64 else b""
+            out += _CENTRAL.pack(b"PK\x01\x02", 45 if z64 else 20, 45 if z64 else 20, 0, 0, 0, 0, crc, sz32, sz32,
+                                 len(raw), len(extra), 0, 0, 0, 0, off32) + raw + extra
+        cd_size = len(out)
+        n = len(self._central)
+        if cd_start >= _MAX32 or cd_size >= _MAX32 or n >= 0xFFFF:
+            z64_eocd = cd_start + cd_size
+            out += struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, cd_size, cd_start)
+            out += struct.pack("<4sIQI", b"PK\x06\x07", 0, z64_eocd, 1)
+            out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, _MAX32, _MAX32, 0)
+        else:
+            out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, cd_size, cd_start, 0)
+        self._write(out)

@@ -18,7 +18,7 @@ use 10000; every Llama 3 model uses 500000).
 metadata (``meta.params``; the hf writer keeps it in the safetensors metadata), so that
 meta -> hf -> meta writes the same ``params.json`` while it still describes the model; otherwise
 ``multiple_of`` / ``ffn_dim_multiplier`` are searched to reproduce ``intermediate_size`` exactly. The shard files are read and written without torch
-(see ``_torchzip``); they load with ``torch.load(weights_only=True)``.
+(through the pt adapter); they load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import FormatError, LayoutError, UnsupportedError
-from . import register
-from ._torchzip import TorchZipReader, TorchZipWriter, state_dict_pickle
+from . import get, register
 from .base import Format, Options, Span, TensorInfo, TensorSource
 
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
@@ -192,19 +191,26 @@ class MetaSource(TensorSource):
             raise FormatError(f"{self.path}: no consolidated.NN.pth files")
         if [i for i, _ in found] != list(range(len(found))):
             raise FormatError(f"{self.path}: shard files are not numbered 00..{len(found) - 1}: {', '.join(p.name for _, p in found)}")
-        self._shards = [TorchZipReader(p) for _, p in found]
+        self._shards: list[TensorSource] = []
+        try:
+            for _, p in found:
+                self._shards.append(get("pt").open(p, Options()))
+        except BaseException:
+            self.close()
+            raise
         first = self._shards[0]
-        names = list(first.tensors)
+        names = list(first.names())
         for r in self._shards[1:]:
-            if set(r.tensors) != set(names):
-                odd = sorted(set(r.tensors) ^ set(names))[:3]
+            if set(r.names()) != set(names) or set(r.aliases()) != set(first.aliases()):
+                odd = sorted(set(r.names()) ^ set(names))[:3]
                 raise FormatError(f"{r.path}: holds other tensors than {first.path.name} ({', '.join(odd)} …); the shards are of different checkpoints")
-        emb = first.tensors.get("tok_embeddings.weight")
+        has = set(names) | set(first.aliases())
+        emb = first.info("tok_embeddings.weight") if "tok_embeddings.weight" in names else None
         vocab = emb.shape[0] if emb is not None and (len(self._shards) == 1 or not is_llama3(self.params)) else None
         if vocab is None and emb is not None:
             vocab = emb.shape[0] * len(self._shards)
-        tied = "output.weight" not in first.tensors or self._output_is_embedding()
-        if tied and "output.weight" in names:   # written from a tied model: the HF layout leaves lm_head out
+        tied = "output.weight" not in names or self._output_is_embedding()
+        if "output.weight" in names and tied:   # written from a tied model: the HF layout leaves lm_head out
             names.remove("output.weight")
         self.config = config_from_params(self.params, vocab, pj, tied=tied)
         self.llama3 = is_llama3({**self.params, "vocab_size": self.config["vocab_size"]})
@@ -212,7 +218,7 @@ class MetaSource(TensorSource):
         self.side_files = {p.name: p for p in sorted(self.path.iterdir())
                            if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
-        if tied and "output.weight" in first.tensors:
+        if tied and "output.weight" in has:
             self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
         self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
         for name in names:
@@ -222,13 +228,13 @@ class MetaSource(TensorSource):
         """True when every shard's output weight has the bytes of its embedding (tied embeddings).
         Compared piece by piece: an untied model differs within the first piece."""
         for r in self._shards:
-            out, emb = r.tensors.get("output.weight"), r.tensors.get("tok_embeddings.weight")
-            if emb is None or out.shape != emb.shape or out.storage.dtype != emb.storage.dtype:
+            if "tok_embeddings.weight" not in r.names():
+                return False
+            out, emb = r.info("output.weight"), r.info("tok_embeddings.weight")
+            if out.shape != emb.shape or out.dtype != emb.dtype:
                 return False
             a, b = r.span("output.weight"), r.span("tok_embeddings.weight")
-            if a is None or b is None:
-                return False
-            if a.offset != b.offset and not _same_bytes(a, b):
+            if a is None or b is None or not _same_bytes(a, b):
                 return False
         return True
 
@@ -268,7 +274,7 @@ class MetaSource(TensorSource):
         from .. import dtypes
 
         dt = np.dtype(dtypes.get(info.dtype).numpy)
-        parts = [np.frombuffer(r.read_bytes(name), dtype=dt).reshape(r.info(name).shape) for r in self._shards]
+        parts = [np.frombuffer(_read(r, name), dtype=dt).reshape(r.info(name).shape) for r in self._shards]
         return memoryview(np.concatenate(parts, axis=dim).reshape(-1).view(np.uint8))
 
     def close(self) -> None:
@@ -352,52 +358,61 @@ class Meta(Format):
             plan.append((name, read, dim, info))
         dst.mkdir(parents=True)
         (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
-        writers = [TorchZipWriter(dst / f"consolidated.{s:02d}.pth", "consolidated") for s in range(n)]
-        try:
-            entries = []
-            for key, (name, _, dim, info) in enumerate(plan):
-                shape = list(info.shape)
-                if dim is not None:
-                    shape[dim] //= n
-                entries.append((name, info.dtype, str(key), tuple(shape), info.numel // (n if dim is not None else 1)))
-            pkl = state_dict_pickle(entries)
-            for w in writers:
-                w.record("data.pkl", [pkl], len(pkl))
-                w.record("byteorder", [b"little"], 6)
-            for key, (name, read, dim, info) in enumerate(plan):
-                self._write_tensor(source, read, dim, info, writers, str(key))
-            for w in writers:
-                w.record("version", [b"3\n"], 2)
-        finally:
-            for w in writers:
-                w.close()
+        from .pt import write_pt
+
+        progress = options.extra.get("progress")
+        for s in range(n):   # split tensors are read once per shard: time, not memory
+            write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
+                     progress=progress)
         for fname, path in source.side_files.items():
             if fname in ("config.json", "params.json") or _SHARD.match(fname) or fname.endswith(".safetensors"):
                 continue
             shutil.copyfile(path, dst / fname)
 
-    @staticmethod
-    def _write_tensor(source: TensorSource, name: str, dim: int | None, info: TensorInfo, writers, key: str) -> None:
-        n = len(writers)
+
+def _read(source: TensorSource, name: str):
+    """A tensor's bytes, read (not mapped) when they lie in a file, so no mapped pages stay resident."""
+    from ..convert.layouts import read_span
+
+    span = source.span(name)
+    return read_span(span) if span is not None else source.read_bytes(name)
+
+
+class _ShardSource(TensorSource):
+    """Model-parallel shard ``index`` of ``n`` of a Meta-layout source."""
+
+    def __init__(self, source: TensorSource, plan, index: int, n: int):
+        super().__init__(source.path)
+        self.source, self.index, self.n = source, index, n
+        self._plan = {}
+        for name, read, dim, info in plan:
+            shape = list(info.shape)
+            if dim is not None:
+                shape[dim] //= n
+            self._plan[name] = (read, dim, TensorInfo(name, info.dtype, tuple(shape)))
+
+    def names(self) -> list[str]:
+        return list(self._plan)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._plan[name][2]
+
+    def span(self, name: str) -> Span | None:
+        read, dim, _ = self._plan[name]
+        return self.source.span(read) if dim is None else None
+
+    def read_bytes(self, name: str):
+        read, dim, info = self._plan[name]
         if dim is None:
-            span = source.span(name)
-            for w in writers:
-                # a tensor lying in a file is copied in pieces, so that no more than a piece is held
-                chunks = _span_chunks(span) if span is not None else [source.read_bytes(name)]
-                w.record(f"data/{key}", chunks, info.nbytes)
-            return
+            return self.source.read_bytes(read)
         import numpy as np
 
         from .. import dtypes
 
-        from ..convert.layouts import read_span
-
-        span = source.span(name)
-        data = read_span(span) if span is not None else source.read_bytes(name)
-        a = np.frombuffer(data, dtype=np.dtype(dtypes.get(info.dtype).numpy)).reshape(info.shape)
-        for w, part in zip(writers, np.split(a, n, axis=dim)):
-            part = np.ascontiguousarray(part)
-            w.record(f"data/{key}", [memoryview(part.reshape(-1).view(np.uint8))], part.nbytes)
+        full = self.source.info(read)
+        a = np.frombuffer(_read(self.source, read), dtype=np.dtype(dtypes.get(full.dtype).numpy)).reshape(full.shape)
+        part = np.ascontiguousarray(np.split(a, self.n, axis=dim)[self.index])
+        return memoryview(part.reshape(-1).view(np.uint8))
 
 
 register(Meta())

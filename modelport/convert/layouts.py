@@ -324,11 +324,9 @@ def _config_of(source: TensorSource, options: Options) -> dict | None:
             cfg = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
         raise FormatError(f"{path}: cannot read the config ({exc})") from exc
-    if "dim" in cfg and "hidden_size" not in cfg:   # a Meta params.json
-        from ..formats.meta import config_from_params
+    from ..formats.meta import config_from_params_of, is_params
 
-        cfg = config_from_params(cfg, None, path)
-    return cfg
+    return config_from_params_of(cfg, source, path) if is_params(cfg) else cfg
 
 
 def target_layout(source_layout: Layout | None, target: Format | str, options: Options) -> str | None:

@@ -129,6 +129,22 @@ def config_from_params(params: dict, vocab_from_weights: int | None, path: Path,
     return cfg
 
 
+def is_params(config: dict) -> bool:
+    """True for a Meta params.json (rather than an HF config.json)."""
+    return isinstance(config, dict) and "dim" in config and "n_layers" in config and "hidden_size" not in config
+
+
+def config_from_params_of(params: dict, source: TensorSource, path: Path) -> dict:
+    """An HF config dict from a params.json given with ``--config``, the vocabulary read from the
+    source's embedding where params.json says -1."""
+    vocab = None
+    for name in ("tok_embeddings.weight", "model.embed_tokens.weight"):
+        if name in source.names():
+            vocab = source.info(name).shape[0]
+            break
+    return config_from_params(params, vocab, path, tied=not ({"output.weight", "lm_head.weight"} & set(source.names())))
+
+
 def _rope(config: dict) -> tuple[float, dict | None]:
     """(rope_theta, rope scaling) from a transformers 4.x or 5.x config."""
     rp = config.get("rope_parameters") or {}

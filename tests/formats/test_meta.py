@@ -330,3 +330,21 @@ def test_tied_embeddings_round_trip(tmp_path, shards):
     a, b = safetensors_of(src), safetensors_of(back)
     assert set(a) == set(b) and all(bitwise_equal(a[n], b[n]) for n in a)
     assert json.loads((back / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_single_meta_shard_as_pt_with_params_as_config(tmp_path):
+    """`convert consolidated.00.pth out --to hf --config params.json`: the params.json is translated."""
+    d, full = _meta_checkpoint(tmp_path, shards=1)
+    out = tmp_path / "hf"
+    modelport.convert(d / "consolidated.00.pth", out, to="hf", options=Options(config=d / "params.json"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["hidden_size"] == 32 and cfg["vocab_size"] == 22 and cfg["intermediate_size"] == 96 and "dim" not in cfg
+    got = safetensors_of(out)
+    q = transforms_permute(full["layers.0.attention.wq.weight"], 4)
+    assert bitwise_equal(got["model.layers.0.self_attn.q_proj.weight"], q)
+
+
+def transforms_permute(w, n_heads):
+    from modelport.convert.transforms import permute_rope_meta_to_hf
+
+    return permute_rope_meta_to_hf(w, n_heads=n_heads).contiguous()

@@ -243,3 +243,20 @@ def test_meta_config_from_params_file(tmp_path):
                                                       "vocab_size": 37, "multiple_of": 32, "norm_eps": 1e-5}))
     meta = adapt(DictSource(tensors), "meta", Options(config=tmp_path / "params.json"))
     assert meta.transforms_of("layers.0.attention.wk.weight") == ["permute_rope_hf_to_meta(n_heads=2)"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_heads=st.integers(1, 6), half=st.integers(1, 5), cols=st.integers(0, 4), name=st.sampled_from(sorted(ARGS)))
+def test_transforms_invert_for_any_shape(n_heads, half, cols, name):
+    rows = n_heads * 2 * half * (3 if "qkv" in name else 1)
+    shape = (rows, cols) if cols or name == "transpose" else (rows,)
+    x = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
+    args = {} if name == "transpose" else {"n_heads": n_heads}
+    t = transforms.get(name)
+    y = np.ascontiguousarray(t.apply(x, **args))
+    assert y.shape == transforms.out_shape(name, shape, args, "x")
+    assert np.array_equal(transforms.get(t.inverse).apply(y, **args), x)

@@ -134,18 +134,17 @@ class BinaryStream(_Stream):
         self.pos += n
         return out
 
-    def array(self, n: int, dtype: str, what: str):
+    def array(self, n: int, dtype: str, what: str, at: int):
         """n elements of ``dtype`` as a 1-D little-endian array and the file offset of their bytes
-        (None when they had to be converted)."""
+        (None when they had to be converted). ``at``: where the count was read, for errors."""
         code = _NUMPY[dtype]
         if dtype == "int64" and self.long_size == 4:
             code = "i4"
         file_dtype = np.dtype(self.e + code)
-        at = self.pos
         self.check_count(n, file_dtype.itemsize, what, at)
         if n == 0:
             return np.empty(0, dtype="<" + _NUMPY[dtype]), None
-        arr = np.frombuffer(self.buf, dtype=file_dtype, count=n, offset=at)
+        arr = np.frombuffer(self.buf, dtype=file_dtype, count=n, offset=self.pos)
         self.pos += n * file_dtype.itemsize
         target = np.dtype("<" + _NUMPY[dtype])
         if arr.dtype != target:
@@ -233,8 +232,7 @@ class AsciiStream(_Stream):
             self._eol()
         return out
 
-    def array(self, n: int, dtype: str, what: str):
-        at = self.pos
+    def array(self, n: int, dtype: str, what: str, at: int):
         target = np.dtype("<" + _NUMPY[dtype])
         if dtype in ("uint8", "int8"):
             self.check_count(n, 1, what, at)
@@ -452,9 +450,9 @@ class ObjectReader:
         s = self.s
         at = s.pos
         n = s.long("storage size")
-        data, foff = s.array(n, dtype, f"{name} of {n} elements")
         if n < 0:
             raise s.fail(f"negative storage size {n}", at)
+        data, foff = s.array(n, dtype, f"{name} size", at)
         st = T7Storage(name, dtype, data, foff)
         self.memo[idx] = st
         return st
@@ -479,6 +477,9 @@ class ObjectReader:
         t.storage = storage
         if any(v < 0 for v in size):
             raise s.fail(f"{name} has a negative size {list(size)}", at)
+        if any(v == 0 for v in size):       # TH ends a tensor's dimensions at the first size < 1
+            raise s.fail(f"{name} has a dimension of size 0 in {list(size)} (Torch7 writes empty tensors "
+                         f"with nDimension 0)", at)
         if any(v < 0 for v in stride):
             raise s.fail(f"{name} has a negative stride {list(stride)}", at)
         numel = math.prod(size) if nd else 0
@@ -574,25 +575,24 @@ def read_t7(path, long_size: int | None = None, endian: str | None = None, mode:
         big = detected[1] if detected and detected[0] == "binary" else False
     else:
         big = endian == "big"
-    tries = [long_size] if long_size else [8, 4]
-    first_error = None
-    fallback = None
-    for ls in tries:
-        try:
-            result = _read_file(BinaryStream(buf, path, ls, big), max_depth)
-        except FormatError as exc:
-            first_error = first_error or exc
-            continue
+    if long_size:
+        return _read_file(BinaryStream(buf, path, long_size, big), max_depth)
+    # Long size is not recorded: 8 (LP64) unless that fails and 4 reads the whole file exactly.
+    try:
+        result = _read_file(BinaryStream(buf, path, 8, big), max_depth)
         if result.trailing_bytes == 0:
             return result
-        fallback = fallback or result
-    if fallback is not None:
-        return fallback
-    if mode is not None and detected is None:
-        what = describe_foreign(head)
-        if what:
-            raise FormatError(f"{path}: {what} (at byte 0)")
-    raise first_error
+    except FormatError as exc:
+        result, error = None, exc
+    try:
+        narrow = _read_file(BinaryStream(buf, path, 4, big), max_depth)
+        if narrow.trailing_bytes == 0:
+            return narrow
+    except FormatError:
+        pass
+    if result is not None:
+        return result
+    raise error
 
 
 def _read_file(stream, max_depth: int) -> T7File:

@@ -144,12 +144,13 @@ class BinaryStream(_Stream):
         self.check_count(n, file_dtype.itemsize, what, at)
         if n == 0:
             return np.empty(0, dtype="<" + _NUMPY[dtype]), None
-        arr = np.frombuffer(self.buf, dtype=file_dtype, count=n, offset=self.pos)
+        start = self.pos
+        arr = np.frombuffer(self.buf, dtype=file_dtype, count=n, offset=start)
         self.pos += n * file_dtype.itemsize
         target = np.dtype("<" + _NUMPY[dtype])
         if arr.dtype != target:
             return arr.astype(target), None
-        return arr, at
+        return arr, start
 
 
 _WS = b" \t\n\r\v\f"

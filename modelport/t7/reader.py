@@ -1,7 +1,7 @@
 """Reading Lua Torch7 files (``torch.save``): binary or ASCII, any long size and byte order.
 
-The layout is described in docs/t7-format.md of the shared notes: a stream of typed
-objects; tables, torch objects and functions carry a reference index so that shared
+The layout follows torch7's File.lua (objects) and THDiskFile.c (primitives): a stream of
+typed objects; tables, torch objects and functions carry a reference index so that shared
 and cyclic objects are written once. Storage data is never copied in binary mode when
 it can be used in place: arrays are views of a read-only map of the file.
 
@@ -19,7 +19,6 @@ import re
 import struct
 import sys
 from pathlib import Path
-
 
 from ..errors import FormatError
 from .objects import LuaFunction, LuaObject, LuaTable, T7File, T7Storage, T7Tensor

@@ -57,13 +57,13 @@ class T7Source(TensorSource):
             path, value, owner, field = stack.pop()
             if isinstance(value, (T7Tensor, T7Storage)):
                 name = ".".join(path) or ("tensor" if isinstance(value, T7Tensor) else "storage")
+                if self._params_only and not _is_parameter(value, owner, field):
+                    continue
                 if id(value) in seen:       # the same Lua tensor under a second key: a tie
-                    if id(value) in named and name not in self._entries:
+                    if name not in self._entries:
                         self._aliases.setdefault(name, named[id(value)])
                     continue
                 seen.add(id(value))
-                if self._params_only and not _is_parameter(value, owner, field):
-                    continue
                 named[id(value)] = self._add(name, value, views)
                 continue
             if isinstance(value, (LuaTable, LuaObject, LuaFunction)):

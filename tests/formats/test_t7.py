@@ -249,3 +249,28 @@ def test_scalars_become_one_element_tensors(tmp_path):
     save_file({"s": torch.tensor(2.5)}, src)
     table = table_of_tensors(formats.open(src))
     assert table[b"s"].size == (1,)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+def test_cli_inspect_shows_the_object_tree_and_convert_writes_ascii(cli, tmp_path):
+    shown = cli("inspect", HW1)
+    assert shown.returncode == 0, shown.stderr
+    assert "object tree:" in shown.stdout and "1: nn.Linear (V 1)" in shown.stdout and "1.weight" in shown.stdout
+    out = tmp_path / "p.asc"
+    done = cli("convert", HW1, out, "--params-only", "--t7-mode", "ascii")
+    assert done.returncode == 0, done.stderr
+    got = read_t7(out)
+    assert not got.binary and sorted(got.root) == sorted(n.encode() for n in _open(HW1, params_only=True).names())
+
+
+def test_cli_refuses_what_is_not_lua_torch_with_exit_2(cli, tmp_path):
+    lfs = tmp_path / "model.t7"
+    lfs.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    res = cli("inspect", lfs, "--from", "t7")
+    assert res.returncode == 2 and "Git LFS pointer" in res.stderr and "byte 0" in res.stderr
+    cut = tmp_path / "cut.t7"
+    cut.write_bytes(HW1.read_bytes()[:5000])
+    res = cli("inspect", cut)
+    assert res.returncode == 2 and "at byte 210" in res.stderr and "truncated" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

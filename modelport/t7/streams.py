@@ -117,6 +117,7 @@ class BinaryStream(_Stream):
 
 
 _WS = b" \t\n\r\v\f"
+_CHUNK = 1 << 20                    # ASCII values parsed per step
 _TOKEN = re.compile(rb"[ \t\n\r\v\f]*([^ \t\n\r\v\f]+)")
 _SKIP = re.compile(rb"[ \t\n\r\v\f]*")
 _INT = re.compile(rb"[-+]?[0-9]+")
@@ -204,8 +205,13 @@ class AsciiStream(_Stream):
         self.check_count(n, 1, what, at)
         if n == 0:
             return np.empty(0, dtype=target), None
-        toks = self._tokens(n, what)
+        parts = []                  # parsed a chunk at a time: memory follows the values actually read
+        for start in range(0, n, _CHUNK):
+            parts.append(self._numbers(self._tokens(min(_CHUNK, n - start), what), dtype, target, what, at))
         self._eol()
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), None
+
+    def _numbers(self, toks: list[bytes], dtype: str, target, what: str, at: int):
         raw = np.array(toks)
         try:
             if dtype.startswith("int"):
@@ -215,18 +221,17 @@ class AsciiStream(_Stream):
                 info = np.iinfo(target)
                 if values.min() < info.min or values.max() > info.max:
                     raise ValueError("out of range")
-                return values.astype(target), None
+                return values.astype(target)
             try:
                 values = raw.astype(np.float64)
             except ValueError:
                 values = np.array([_float(t) for t in toks], dtype=np.float64)
-            if dtype == "float16":
-                with np.errstate(over="ignore"):
-                    return values.astype(np.float32).astype(target), None
             with np.errstate(over="ignore"):
-                return values.astype(target), None
+                if dtype == "float16":      # read as a float, then converted to half, as TH does
+                    return values.astype(np.float32).astype(target)
+                return values.astype(target)
         except (ValueError, OverflowError, TypeError) as exc:
-            raise self.fail(f"malformed {what} ({n} {dtype} values expected: {exc})", at) from None
+            raise self.fail(f"malformed {what} ({dtype} values expected: {exc})", at) from None
 
     def _tokens(self, n: int, what: str) -> list[bytes]:
         """The next n whitespace-separated tokens, reading whole lines at a time (no per-byte work)."""
@@ -253,9 +258,14 @@ class AsciiStream(_Stream):
                 out.extend(parts)
                 self.pos += len(chunk.rstrip(_WS))
             else:
-                for _ in range(need):
-                    tok, _at = self._token(what)
-                    out.append(tok)
+                head = b" ".join(parts[:need])
+                if chunk.startswith(head):      # single spaces, as Torch writes: no per-token work
+                    out.extend(parts[:need])
+                    self.pos += len(head)
+                else:
+                    for _ in range(need):
+                        tok, _at = self._token(what)
+                        out.append(tok)
         return out
 
 

@@ -425,3 +425,17 @@ def test_mutated_real_files_give_only_format_errors(tmp_path_factory, seed, muta
     for name in source.names():     # every view was bounds-checked: materialising cannot fail
         assert len(source.read_bytes(name)) == source.info(name).nbytes
     source.tree()
+
+
+def test_ascii_arrays_longer_than_one_parsing_chunk(tmp_path, monkeypatch):
+    import modelport.t7.streams as streams
+
+    monkeypatch.setattr(streams, "_CHUNK", 1000)
+    for dtype, cls in [("float32", "Float"), ("int64", "Long"), ("float16", "Half"), ("float64", "Double")]:
+        values = (np.random.default_rng(1).standard_normal(3500) * 1000).astype(dtype)
+        p = tmp_path / f"{cls}.asc"
+        p.write_bytes(dumps(T7Storage(f"torch.{cls}Storage", dtype, values), mode="ascii"))
+        assert read_t7(p).root.data.tobytes() == values.tobytes()
+    p = tmp_path / "spaced.asc"                      # hand-made spacing still parses, token by token
+    p.write_bytes(b"4\n1\n3\nV 1\n19\ntorch.DoubleStorage\n3\n1  2\t3\n")
+    assert list(read_t7(p).root.data) == [1.0, 2.0, 3.0]

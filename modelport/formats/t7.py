@@ -159,12 +159,14 @@ class T7Source(TensorSource):
             return None
         return Span(self.path, storage.file_offset, storage.size * storage.data.itemsize)
 
-    def tree(self) -> str:
-        return object_tree(self.file.root)
+    def tree(self) -> str | None:
+        return object_tree(self.file.root) if self.file is not None else None
 
     def close(self) -> None:
+        # Arrays are views of a map of the file: dropping them lets the map go.
         self._entries = {}
         self._storages = {}
+        self.file = None
 
 
 def _children(value):

@@ -163,6 +163,23 @@ class MulConstant(nn.Module):
         return f"{self.factor!r}"
 
 
+class Elementwise(nn.Module):
+    """A parameter-free elementwise function (``abs``, ``square``, ``sqrt``)."""
+
+    _FUNCS = {"abs": torch.abs, "square": torch.square, "sqrt": torch.sqrt}
+
+    def __init__(self, name: str, eps: float = 0.0):
+        super().__init__()
+        self.name = name
+        self.eps = eps                  # Lua nn.Sqrt(eps): sqrt(x + eps)
+
+    def forward(self, x):
+        return self._FUNCS[self.name](x + self.eps if self.eps else x)
+
+    def extra_repr(self) -> str:
+        return self.name + (f", eps={self.eps}" if self.eps else "")
+
+
 class AvgPool2d(nn.AvgPool2d):
     """AvgPool2d followed by a constant factor (kW*kH for Lua's ``divide == false`` sum pooling)."""
 
@@ -216,6 +233,39 @@ def _conv(obj, f):
     m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(dh, dw), padding=(ph, pw), groups=groups,
                   bias=bias is not None, device="meta")
     return _set_params(m, weight=weight, bias=bias)
+
+
+@register("nn.SpatialConvolutionMap")
+def _conv_map(obj, f):
+    """A sparse connection table (in, out plane pairs, 1-based) becomes a dense Conv2d with zeros."""
+    weight, table = f.tensor("weight"), f.tensor("connTable")
+    n_in, n_out = f.int("nInputPlane"), f.int("nOutputPlane")
+    kw, kh = f.int("kW"), f.int("kH")
+    if table.dim() != 2 or table.shape[1] != 2 or weight.shape != (table.shape[0], kh, kw):
+        raise f.error(f"connTable {tuple(table.shape)} and weight {tuple(weight.shape)} do not match (nConn, 2) "
+                      f"and (nConn, {kh}, {kw})")
+    pairs = table.long() - 1
+    if pairs.numel() and (int(pairs[:, 0].min()) < 0 or int(pairs[:, 0].max()) >= n_in
+                          or int(pairs[:, 1].min()) < 0 or int(pairs[:, 1].max()) >= n_out):
+        raise f.error("connTable names a plane outside nInputPlane/nOutputPlane")
+    dense = torch.zeros(n_out, n_in, kh, kw, dtype=weight.dtype)
+    dense.index_put_((pairs[:, 1], pairs[:, 0]), weight, accumulate=True)
+    bias = f.tensor("bias").reshape(n_out).to(weight.dtype)
+    m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)), device="meta")
+    return _set_params(m, weight=dense, bias=bias)
+
+
+@register("nn.SpatialSubSampling")
+def _subsampling(obj, f):
+    """Per plane: weight[k] * (sum over the kW x kH window) + bias[k]: a depthwise Conv2d."""
+    n = f.int("nInputPlane")
+    kw, kh = f.int("kW"), f.int("kH")
+    weight, bias = f.tensor("weight"), f.tensor("bias")
+    _check_shape(f, "weight", weight, n)
+    _check_shape(f, "bias", bias, n)
+    dense = weight.reshape(n, 1, 1, 1).expand(n, 1, kh, kw).contiguous()
+    m = nn.Conv2d(n, n, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)), groups=n, device="meta")
+    return _set_params(m, weight=dense, bias=bias.reshape(n).to(weight.dtype))
 
 
 @register("nn.SpatialMaxPooling", "cudnn.SpatialMaxPooling")
@@ -284,6 +334,21 @@ def _tanh(obj, f):
 @register("nn.Sigmoid", "cudnn.Sigmoid")
 def _sigmoid(obj, f):
     return nn.Sigmoid()
+
+
+@register("nn.Abs")
+def _abs(obj, f):
+    return Elementwise("abs")
+
+
+@register("nn.Square")
+def _square(obj, f):
+    return Elementwise("square")
+
+
+@register("nn.Sqrt")
+def _sqrt(obj, f):
+    return Elementwise("sqrt", f.number("eps", 0.0))
 
 
 @register("nn.SoftMax", "cudnn.SoftMax")

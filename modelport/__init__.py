@@ -6,20 +6,8 @@ __version__ = "0.1.0"
 
 from .errors import ModelportError  # noqa: E402
 from .formats import Options, open  # noqa: E402,A004
+from .convert import convert  # noqa: E402  (the function; rebinds the subpackage's name)
+from .diff import diff  # noqa: E402
+from .inspect import inspect  # noqa: E402
 
-
-def convert(src, dst, **kwargs):
-    """Convert ``src`` to ``dst``; see :func:`modelport.convert.convert`."""
-    from .convert import convert as _convert
-
-    return _convert(src, dst, **kwargs)
-
-
-def diff(a, b, **kwargs):
-    """Compare two checkpoints tensor by tensor; see :func:`modelport.diff.diff`."""
-    from .diff import diff as _diff
-
-    return _diff(a, b, **kwargs)
-
-
-__all__ = ["ModelportError", "Options", "convert", "diff", "open", "__version__"]
+__all__ = ["ModelportError", "Options", "convert", "diff", "inspect", "open", "__version__"]

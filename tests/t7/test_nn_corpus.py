@@ -97,7 +97,10 @@ def assert_matches_truth(param: torch.Tensor, t: dict, where: str):
     assert got.sum() == pytest.approx(t["sum"], rel=1e-9, abs=1e-9), where
 
 
-SEQUENTIAL_FILES = ["u1net.net", "unsup-cl-30.net", "deeplearning_hw1_model.t7", "face-detector-new_2013.net"]
+# the ASCII face detector is the reader's fixture (fixtures/t7, provenance in its README)
+FACE_ASCII = "../t7/e-lab-torch7-demos/face-detector-elab/model.net"
+SEQUENTIAL_FILES = ["u1net.net", "unsup-cl-30.net", "deeplearning_hw1_model.t7", "face-detector-new_2013.net",
+                    FACE_ASCII]
 
 
 @pytest.mark.parametrize("name", SEQUENTIAL_FILES)
@@ -156,6 +159,16 @@ def test_face_detector_2013_runs_on_a_32x32_patch():
         torch.testing.assert_close(model(x[2]), y[2])       # (1, 32, 32): Reshape(64) sees 64 elements
     assert "nn.SpatialConvolutionMM -> Conv2d(8, 64, kernel_size=(7, 7)" in describe_module(model)
     assert describe_module(model).endswith("total: 25,490 parameters (float32)")
+
+
+def test_ascii_face_detector_with_flattened_parameters_runs():
+    model = load_lua_model(FIX / FACE_ASCII)
+    x = torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (2,)
+        torch.testing.assert_close(y.exp().sum(), torch.tensor(1.0))
+        torch.testing.assert_close(model(x[None])[0], y)
 
 
 def test_gmodule_with_linear_identity_as_its_readme_states():

@@ -29,10 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FormatError, ModelportError, UnsupportedError
+from ..errors import FormatError, UnsupportedError
 from .objects import LuaObject, LuaTable, T7Storage, T7Tensor
 
 Builder = Callable[[LuaObject, "BuildContext"], nn.Module]
@@ -73,6 +72,7 @@ class BuildContext:
     def __init__(self, source: str | None = None):
         self.source = source
         self._built: dict[int, nn.Module] = {}
+        self._building: set[int] = set()      # objects whose build is under way (cycle check)
         self._keep: list[Any] = []          # keeps ids in _built valid for the whole build
 
     def where(self, path: str, obj: Any = None) -> str:
@@ -96,7 +96,13 @@ class BuildContext:
             )
         if not isinstance(obj.fields, dict):
             raise FormatError(f"{self.where(path, obj)}: the object has no field table")
-        module = builder(obj, _Fields(obj, self, path))
+        if id(obj) in self._building:
+            raise FormatError(f"{self.where(path, obj)}: the module contains itself")
+        self._building.add(id(obj))
+        try:
+            module = builder(obj, _Fields(obj, self, path))
+        finally:
+            self._building.discard(id(obj))
         module.lua_class = obj.class_name
         module.eval()
         self._built[id(obj)] = module

@@ -440,6 +440,13 @@ def test_missing_field_names_it():
         build_module(obj("nn.Sequential", modules=array(obj("nn.Linear"))))
 
 
+def test_a_module_that_contains_itself_is_a_format_error():
+    seq = obj("nn.Sequential", modules=array(obj("nn.Identity")))
+    seq.fields[b"modules"][2.0] = seq
+    with pytest.raises(FormatError, match=r"modules\[2\] \(nn.Sequential\): the module contains itself"):
+        build_module(seq)
+
+
 def test_registering_a_class_twice_raises():
     assert "nn.Linear" in t7nn.supported_classes()
     with pytest.raises(ValueError, match="already registered"):

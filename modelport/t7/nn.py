@@ -59,7 +59,7 @@ def supported_classes() -> list[str]:
 
 
 def _load_families() -> None:
-    from . import nn_layers, nngraph  # noqa: F401  (their builders register at import)
+    from . import nn_layers, nn_tables, nngraph  # noqa: F401  (their builders register at import)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,87 +283,3 @@ def _set_params(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:
 def _check_shape(f: _Fields, name: str, t: torch.Tensor, numel: int) -> None:
     if t.numel() != numel:
         raise f.error(f"tensor '{name}' has {t.numel()} elements ({tuple(t.shape)}), expected {numel}")
-
-
-# --------------------------------------------------------------------------------------------
-# Containers and table modules
-
-
-class Concat(nn.Module):
-    """nn.Concat: every child gets the same input; outputs are joined along ``dim`` (0-based)."""
-
-    def __init__(self, dim: int, children: list[nn.Module]):
-        super().__init__()
-        self.dim = dim
-        for i, m in enumerate(children):
-            self.add_module(str(i), m)
-
-    def forward(self, x):
-        return torch.cat([m(x) for m in self.children()], dim=self.dim)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
-
-
-class ConcatTable(nn.Module):
-    """nn.ConcatTable: every child gets the same input; the output is the list of their outputs."""
-
-    def __init__(self, children: list[nn.Module]):
-        super().__init__()
-        for i, m in enumerate(children):
-            self.add_module(str(i), m)
-
-    def forward(self, x):
-        return [m(x) for m in self.children()]
-
-
-class ParallelTable(nn.Module):
-    """nn.ParallelTable: child i gets element i of the input list."""
-
-    def __init__(self, children: list[nn.Module]):
-        super().__init__()
-        for i, m in enumerate(children):
-            self.add_module(str(i), m)
-
-    def forward(self, xs):
-        return [m(x) for m, x in zip(self.children(), xs)]
-
-
-class CAddTable(nn.Module):
-    """nn.CAddTable: the elementwise sum of a list of tensors."""
-
-    def forward(self, xs):
-        out = xs[0]
-        for x in xs[1:]:
-            out = out + x
-        return out
-
-
-@register("nn.Sequential")
-def _sequential(obj, f):
-    return nn.Sequential(*f.children())
-
-
-@register("nn.Concat")
-def _concat(obj, f):
-    return Concat(f.int("dimension") - 1, f.children())
-
-
-@register("nn.ConcatTable")
-def _concat_table(obj, f):
-    return ConcatTable(f.children())
-
-
-@register("nn.ParallelTable")
-def _parallel_table(obj, f):
-    return ParallelTable(f.children())
-
-
-@register("nn.CAddTable")
-def _cadd_table(obj, f):
-    return CAddTable()
-
-
-@register("nn.Identity")
-def _identity(obj, f):
-    return nn.Identity()

@@ -180,6 +180,52 @@ class Elementwise(nn.Module):
         return self.name + (f", eps={self.eps}" if self.eps else "")
 
 
+class AddConstant(nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return x + self.value
+
+    def extra_repr(self) -> str:
+        return f"{self.value!r}"
+
+
+class ZeroPad(nn.Module):
+    """Lua SpatialZeroPadding(pad_l, pad_r, pad_t, pad_b); negative values crop."""
+
+    def __init__(self, pads: list[int]):
+        super().__init__()
+        self.pads = list(pads)
+
+    def forward(self, x):
+        return F.pad(x, self.pads)
+
+    def extra_repr(self) -> str:
+        return f"l={self.pads[0]}, r={self.pads[1]}, t={self.pads[2]}, b={self.pads[3]}"
+
+
+class PReLU(nn.Module):
+    """Lua PReLU: ``x if x > 0 else w * x``, one w per plane (dim 0 of 1-D/3-D input, dim 1 of
+    2-D/4-D) or one shared w (``nOutputPlane == 0``)."""
+
+    def __init__(self, weight, shared: bool):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.shared = shared
+
+    def forward(self, x):
+        w = self.weight
+        if not self.shared:
+            dim = 0 if x.dim() in (1, 3) else 1
+            w = w.reshape([-1] + [1] * (x.dim() - dim - 1))
+        return torch.where(x > 0, x, w * x)
+
+    def extra_repr(self) -> str:
+        return "shared" if self.shared else f"{self.weight.numel()}"
+
+
 class AvgPool2d(nn.AvgPool2d):
     """AvgPool2d followed by a constant factor (kW*kH for Lua's ``divide == false`` sum pooling)."""
 
@@ -268,6 +314,45 @@ def _subsampling(obj, f):
     return _set_params(m, weight=dense, bias=bias.reshape(n).to(weight.dtype))
 
 
+@register("nn.SpatialFullConvolution", "cudnn.SpatialFullConvolution")
+def _full_conv(obj, f):
+    """Transposed convolution: weight (nInputPlane, nOutputPlane, kH, kW), output padding adjW/adjH."""
+    weight = f.tensor("weight")
+    n_in, n_out = f.int("nInputPlane"), f.int("nOutputPlane")
+    kw, kh = f.int("kW"), f.int("kH")
+    _check_shape(f, "weight", weight, n_in * n_out * kh * kw)
+    bias = _optional(f, "bias")
+    if bias is not None:
+        _check_shape(f, "bias", bias, n_out)
+        bias = bias.reshape(n_out).to(weight.dtype)
+    m = nn.ConvTranspose2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)),
+                           padding=(f.int("padH", 0), f.int("padW", 0)),
+                           output_padding=(f.int("adjH", 0), f.int("adjW", 0)), bias=bias is not None, device="meta")
+    return _set_params(m, weight=weight.reshape(n_in, n_out, kh, kw), bias=bias)
+
+
+@register("nn.SpatialDilatedConvolution")
+def _dilated_conv(obj, f):
+    weight = f.tensor("weight")
+    n_in, n_out = f.int("nInputPlane"), f.int("nOutputPlane")
+    kw, kh = f.int("kW"), f.int("kH")
+    _check_shape(f, "weight", weight, n_out * n_in * kh * kw)
+    bias = _optional(f, "bias")
+    if bias is not None:
+        _check_shape(f, "bias", bias, n_out)
+        bias = bias.reshape(n_out).to(weight.dtype)
+    m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)),
+                  padding=(f.int("padH", 0), f.int("padW", 0)),
+                  dilation=(f.int("dilationH", 1), f.int("dilationW", 1)), bias=bias is not None, device="meta")
+    return _set_params(m, weight=weight.reshape(n_out, n_in, kh, kw), bias=bias)
+
+
+@register("nn.SpatialZeroPadding")
+def _zero_padding(obj, f):
+    """Pads (or, negative, crops) the last two dimensions: left, right, top, bottom."""
+    return ZeroPad([f.int("pad_l"), f.int("pad_r"), f.int("pad_t"), f.int("pad_b")])
+
+
 @register("nn.SpatialMaxPooling", "cudnn.SpatialMaxPooling")
 def _max_pool(obj, f):
     kw, kh = f.int("kW"), f.int("kH")
@@ -334,6 +419,34 @@ def _tanh(obj, f):
 @register("nn.Sigmoid", "cudnn.Sigmoid")
 def _sigmoid(obj, f):
     return nn.Sigmoid()
+
+
+@register("nn.LeakyReLU")
+def _leaky_relu(obj, f):
+    return nn.LeakyReLU(f.number("negval", 1 / 100))
+
+
+@register("nn.ELU")
+def _elu(obj, f):
+    return nn.ELU(f.number("alpha", 1.0))
+
+
+@register("nn.PReLU")
+def _prelu(obj, f):
+    weight = f.tensor("weight").reshape(-1)
+    n = f.int("nOutputPlane", 0)
+    _check_shape(f, "weight", weight, max(n, 1))
+    return PReLU(weight, shared=n == 0)
+
+
+@register("nn.MulConstant")
+def _mul_constant(obj, f):
+    return MulConstant(f.number("constant_scalar"))
+
+
+@register("nn.AddConstant")
+def _add_constant(obj, f):
+    return AddConstant(f.number("constant_scalar"))
 
 
 @register("nn.Abs")

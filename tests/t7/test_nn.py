@@ -466,3 +466,114 @@ def test_describe_lists_the_tree_with_parameter_counts():
 def test_rebuilt_model_is_in_eval_mode():
     m = build_module(obj("nn.Sequential", modules=array(obj("nn.Dropout", p=0.5, v2=True, train=True))))
     assert not m.training and not m[0].training
+
+
+# ------------------------------------------------------------------------------------------
+# Table modules, slicing
+
+
+def table_out(module, xs):
+    with torch.no_grad():
+        out = module([torch.from_numpy(x) for x in xs] if isinstance(xs, list) else torch.from_numpy(xs))
+    return [o.numpy() for o in out] if isinstance(out, list) else out.numpy()
+
+
+def test_join_and_split_table_with_n_input_dims():
+    r = rng(20)
+    a, b = r.standard_normal((3, 4)), r.standard_normal((2, 4))
+    np.testing.assert_array_equal(table_out(build_module(obj("nn.JoinTable", dimension=1, nInputDims=2)), [a, b]),
+                                  np.concatenate([a, b], 0))
+    ab, bb = r.standard_normal((5, 3, 4)), r.standard_normal((5, 2, 4))      # a batch: dimension 1 -> 2
+    np.testing.assert_array_equal(table_out(build_module(obj("nn.JoinTable", dimension=1, nInputDims=2)), [ab, bb]),
+                                  np.concatenate([ab, bb], 1))
+    np.testing.assert_array_equal(table_out(build_module(obj("nn.JoinTable", dimension=-1)), [ab, ab]),
+                                  np.concatenate([ab, ab], 2))
+    x = r.standard_normal((3, 4, 5))
+    split = build_module(obj("nn.SplitTable", dimension=1, nInputDims=2))    # char-rnn: gates of (b, 4, n)
+    parts = table_out(split, x)
+    assert len(parts) == 4 and all(np.array_equal(p, x[:, i]) for i, p in enumerate(parts))
+    parts = table_out(split, x[0])                                          # no batch: dimension 1
+    assert len(parts) == 4 and all(np.array_equal(p, x[0, i]) for i, p in enumerate(parts))
+
+
+def test_select_table_and_elementwise_tables():
+    r = rng(21)
+    xs = [r.standard_normal(4) + 3 for _ in range(3)]
+    np.testing.assert_array_equal(table_out(build_module(obj("nn.SelectTable", index=2)), xs), xs[1])
+    np.testing.assert_array_equal(table_out(build_module(obj("nn.SelectTable", index=-1)), xs), xs[2])
+    np.testing.assert_allclose(table_out(build_module(obj("nn.CMulTable")), xs), xs[0] * xs[1] * xs[2], rtol=1e-15)
+    np.testing.assert_array_equal(table_out(build_module(obj("nn.CSubTable")), xs[:2]), xs[0] - xs[1])
+    np.testing.assert_array_equal(table_out(build_module(obj("nn.CDivTable")), xs[:2]), xs[0] / xs[1])
+
+
+def test_narrow_with_negative_length_and_dimension():
+    x = rng(22).standard_normal((4, 6))
+    np.testing.assert_array_equal(run(build_module(obj("nn.Narrow", dimension=2, index=3, length=2)), x), x[:, 2:4])
+    # Lua: length < 0 -> size - index + length + 2 = 6 - 3 - 1 + 2 = 4
+    np.testing.assert_array_equal(run(build_module(obj("nn.Narrow", dimension=2, index=3, length=-1)), x), x[:, 2:])
+    np.testing.assert_array_equal(run(build_module(obj("nn.Narrow", dimension=-2, index=2, length=3)), x), x[1:4])
+
+
+# ------------------------------------------------------------------------------------------
+# More activations, padding, transposed and dilated convolutions
+
+
+def test_leaky_relu_elu_constants():
+    x = np.linspace(-3, 3, 13)
+    np.testing.assert_allclose(run(build_module(obj("nn.LeakyReLU", negval=0.2)), x), np.where(x > 0, x, 0.2 * x))
+    np.testing.assert_allclose(run(build_module(obj("nn.ELU", alpha=0.5)), x), np.where(x > 0, x, 0.5 * np.expm1(x)),
+                               rtol=1e-14)
+    np.testing.assert_array_equal(run(build_module(obj("nn.MulConstant", constant_scalar=-2.5)), x), x * -2.5)
+    np.testing.assert_array_equal(run(build_module(obj("nn.AddConstant", constant_scalar=0.75)), x), x + 0.75)
+
+
+def test_prelu_per_plane_follows_luas_plane_dimension():
+    r = rng(23)
+    w = r.random(3)
+    m = build_module(obj("nn.PReLU", weight=tensor(w), nOutputPlane=3))
+    img = r.standard_normal((3, 4, 5))
+    np.testing.assert_allclose(run(m, img), np.where(img > 0, img, w[:, None, None] * img), rtol=1e-15)
+    np.testing.assert_allclose(run(m, img[None])[0], run(m, img), rtol=1e-15)
+    vec = r.standard_normal((2, 3))
+    np.testing.assert_allclose(run(m, vec), np.where(vec > 0, vec, w * vec), rtol=1e-15)
+    shared = build_module(obj("nn.PReLU", weight=tensor(np.array([0.3])), nOutputPlane=0))
+    np.testing.assert_allclose(run(shared, img), np.where(img > 0, img, 0.3 * img), rtol=1e-15)
+
+
+def test_spatial_zero_padding_pads_and_crops():
+    x = rng(24).standard_normal((2, 4, 5))
+    m = build_module(obj("nn.SpatialZeroPadding", pad_l=1, pad_r=2, pad_t=0, pad_b=-1))
+    np.testing.assert_array_equal(run(m, x), np.pad(x, ((0, 0), (0, 0), (1, 2)))[:, :3])
+
+
+def test_spatial_full_convolution_scatters_each_input_pixel():
+    r = rng(25)
+    n_in, n_out, kh, kw, dh, dw, ph, pw, ah, aw = 2, 3, 3, 2, 2, 1, 1, 0, 1, 0
+    w, b = r.standard_normal((n_in, n_out, kh, kw)), r.standard_normal(n_out)
+    m = build_module(obj("nn.SpatialFullConvolution", weight=tensor(w), bias=tensor(b), nInputPlane=n_in,
+                         nOutputPlane=n_out, kW=kw, kH=kh, dW=dw, dH=dh, padW=pw, padH=ph, adjW=aw, adjH=ah))
+    x = r.standard_normal((n_in, 4, 3))
+    oh, ow = (4 - 1) * dh - 2 * ph + kh + ah, (3 - 1) * dw - 2 * pw + kw + aw
+    full = np.zeros((n_out, oh + 2 * ph, ow + 2 * pw))
+    for c in range(n_in):
+        for i in range(4):
+            for j in range(3):
+                full[:, i * dh:i * dh + kh, j * dw:j * dw + kw] += x[c, i, j] * w[c]
+    expect = full[:, ph:ph + oh, pw:pw + ow] + b[:, None, None]
+    np.testing.assert_allclose(run(m, x), expect, rtol=1e-10, atol=1e-12)
+
+
+def test_spatial_dilated_convolution():
+    r = rng(26)
+    w, b = r.standard_normal((2, 2, 2, 3)), r.standard_normal(2)
+    m = build_module(obj("nn.SpatialDilatedConvolution", weight=tensor(w), bias=tensor(b), nInputPlane=2,
+                         nOutputPlane=2, kW=3, kH=2, dW=1, dH=1, padW=1, padH=0, dilationW=2, dilationH=3))
+    x = r.standard_normal((2, 7, 6))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1)))
+    oh, ow = 7 - 3 * (2 - 1) - 1 + 1, 8 - 2 * (3 - 1) - 1 + 1
+    expect = np.empty((2, oh, ow))
+    for o in range(2):
+        for i in range(oh):
+            for j in range(ow):
+                expect[o, i, j] = b[o] + np.sum(w[o] * xp[:, i:i + 3 * 2:3, j:j + 2 * 3:2])
+    np.testing.assert_allclose(run(m, x), expect, rtol=1e-10, atol=1e-12)

@@ -59,7 +59,7 @@ def supported_classes() -> list[str]:
 
 
 def _load_families() -> None:
-    from . import nn_layers, nn_tables, nngraph  # noqa: F401  (their builders register at import)
+    from . import nn_layers, nn_more, nn_tables, nngraph  # noqa: F401  (their builders register at import)
 
 
 # --------------------------------------------------------------------------------------------

@@ -577,3 +577,75 @@ def test_spatial_dilated_convolution():
             for j in range(ow):
                 expect[o, i, j] = b[o] + np.sum(w[o] * xp[:, i:i + 3 * 2:3, j:j + 2 * 3:2])
     np.testing.assert_allclose(run(m, x), expect, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# Reductions, pointwise functions, padding, resampling, transpose, MM, DepthConcat, Copy
+
+
+def test_sum_mean_max_min_drop_the_dimension_as_lua():
+    x = rng(30).standard_normal((2, 3, 4))
+    assert np.allclose(run(build_module(obj("nn.Sum", dimension=2)), x), x.sum(1))
+    assert np.allclose(run(build_module(obj("nn.Sum", dimension=1, nInputDims=2)), x), x.sum(1))   # batch
+    assert np.allclose(run(build_module(obj("nn.Sum", dimension=2, sizeAverage=True, squeeze=False)), x),
+                       x.mean(1, keepdims=True))
+    assert np.allclose(run(build_module(obj("nn.Mean", dimension=-1)), x), x.mean(2))
+    np.testing.assert_array_equal(run(build_module(obj("nn.Max", dimension=3)), x), x.max(2))
+    np.testing.assert_array_equal(run(build_module(obj("nn.Min", dimension=1)), x), x.min(0))
+    assert run(build_module(obj("nn.Sum", dimension=1)), x[0, 0]).shape == (1,)     # Lua keeps a 1-vector
+
+
+def test_pointwise_functions():
+    x = rng(31).random(7) + 0.1
+    np.testing.assert_allclose(run(build_module(obj("nn.Exp")), x), np.exp(x), rtol=1e-15)
+    np.testing.assert_allclose(run(build_module(obj("nn.Log")), x), np.log(x), rtol=1e-15)
+    np.testing.assert_allclose(run(build_module(obj("nn.Power", pow=3)), x), x**3, rtol=1e-14)
+    y = np.linspace(-2, 2, 9)
+    np.testing.assert_array_equal(run(build_module(obj("nn.HardTanh", min_val=-1, max_val=1)), y), np.clip(y, -1, 1))
+    np.testing.assert_array_equal(run(build_module(obj("nn.Clamp", min_val=-0.5, max_val=1.5)), y),
+                                  np.clip(y, -0.5, 1.5))
+    sp = run(build_module(obj("nn.SoftPlus", beta=2, threshold=3)), y)
+    np.testing.assert_allclose(sp, np.where(2 * y > 3, y, np.log1p(np.exp(2 * y)) / 2), rtol=1e-14)
+
+
+def test_reflection_replication_padding_and_nearest_upsampling():
+    x = rng(32).standard_normal((2, 3, 4))
+    refl = build_module(obj("nn.SpatialReflectionPadding", pad_l=2, pad_r=1, pad_t=1, pad_b=0))
+    np.testing.assert_array_equal(run(refl, x), np.pad(x, ((0, 0), (1, 0), (2, 1)), mode="reflect"))
+    repl = build_module(obj("nn.SpatialReplicationPadding", pad_l=0, pad_r=2, pad_t=1, pad_b=1))
+    np.testing.assert_array_equal(run(repl, x), np.pad(x, ((0, 0), (1, 1), (0, 2)), mode="edge"))
+    up = build_module(obj("nn.SpatialUpSamplingNearest", scale_factor=2))
+    np.testing.assert_array_equal(run(up, x), x.repeat(2, axis=1).repeat(2, axis=2))
+    np.testing.assert_array_equal(run(up, x[None])[0], run(up, x))
+
+
+def test_transpose_mm_and_copy():
+    r = rng(33)
+    x = r.standard_normal((2, 3, 4))
+    pairs = array(array(1, 3), array(1, 2))
+    np.testing.assert_array_equal(run(build_module(obj("nn.Transpose", permutations=pairs)), x),
+                                  x.swapaxes(0, 2).swapaxes(0, 1))
+    a, b = r.standard_normal((5, 2, 3)), r.standard_normal((5, 4, 3))
+    mm = build_module(obj("nn.MM", transA=False, transB=True))
+    np.testing.assert_allclose(table_out(mm, [a, b]), a @ b.swapaxes(1, 2), rtol=1e-12)
+    np.testing.assert_allclose(table_out(mm, [a[0], b[0]]), a[0] @ b[0].T, rtol=1e-12)
+    copy = build_module(obj("nn.Copy", intype=b"torch.DoubleTensor", outtype=b"torch.FloatTensor", dontCast=False))
+    assert run(copy, x).dtype == np.float32
+
+
+def test_depth_concat_centres_smaller_outputs():
+    r = rng(34)
+    w3, w1 = r.standard_normal((2, 1, 3, 3)), r.standard_normal((1, 1, 1, 1))
+    conv3 = obj("nn.SpatialConvolution", weight=tensor(w3), bias=tensor(np.zeros(2)), nInputPlane=1,
+                nOutputPlane=2, kW=3, kH=3)
+    conv1 = obj("nn.SpatialConvolution", weight=tensor(w1), bias=tensor(np.zeros(1)), nInputPlane=1,
+                nOutputPlane=1, kW=1, kH=1)
+    m = build_module(obj("nn.DepthConcat", dimension=1, modules=array(conv3, conv1)))
+    x = r.standard_normal((1, 6, 5))
+    got = run(m, x)
+    assert got.shape == (3, 6, 5)
+    # conv3 gives (2, 4, 3): Lua places it at 1-based offset floor((6-4)/2)+1 = 2, floor((5-3)/2)+1 = 2
+    expect = np.zeros((2, 6, 5))
+    expect[:, 1:5, 1:4] = xcorr_ref(x, w3, np.zeros(2), (1, 1), (0, 0))
+    np.testing.assert_allclose(got[:2], expect, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got[2], x[0] * w1[0, 0, 0, 0], rtol=1e-12)

@@ -49,19 +49,22 @@ class T7Source(TensorSource):
 
         root = self.file.root
         seen: set[int] = set()
+        named: dict[int, str] = {}                  # id(tensor) -> the name it is kept under
         views: dict[tuple, str] = {}
         # Depth-first, children in file order, nn children first; a name is the first path met.
         stack: list[tuple[tuple[str, ...], object, object, str | None]] = [((), root, None, None)]
         while stack:
             path, value, owner, field = stack.pop()
             if isinstance(value, (T7Tensor, T7Storage)):
-                if id(value) in seen:
+                name = ".".join(path) or ("tensor" if isinstance(value, T7Tensor) else "storage")
+                if id(value) in seen:       # the same Lua tensor under a second key: a tie
+                    if id(value) in named and name not in self._entries:
+                        self._aliases.setdefault(name, named[id(value)])
                     continue
                 seen.add(id(value))
-                name = ".".join(path) or ("tensor" if isinstance(value, T7Tensor) else "storage")
                 if self._params_only and not _is_parameter(value, owner, field):
                     continue
-                self._add(name, value, views)
+                named[id(value)] = self._add(name, value, views)
                 continue
             if isinstance(value, (LuaTable, LuaObject, LuaFunction)):
                 if id(value) in seen:
@@ -73,7 +76,8 @@ class T7Source(TensorSource):
                     if isinstance(child, (LuaTable, LuaObject, LuaFunction, T7Tensor, T7Storage)):
                         stack.append((path + (part,), child, owner_obj, part))
 
-    def _add(self, name: str, value, views: dict) -> None:
+    def _add(self, name: str, value, views: dict) -> str:
+        """Record a tensor (or bare storage) under ``name``; the name it is kept under."""
         from ..t7.objects import T7Tensor
 
         base, n = name, 1
@@ -92,10 +96,11 @@ class T7Source(TensorSource):
                 numel = storage.size
             if numel and view in views:
                 self._aliases[name] = views[view]
-                return
+                return views[view]
             if numel:
                 views[view] = name
         self._entries[name] = value
+        return name
 
     # -- the TensorSource interface ----------------------------------------------------
     def names(self) -> list[str]:
@@ -360,11 +365,12 @@ class T7(Format):
     def write(self, source: TensorSource, dst: Path, options: Options) -> None:
         from ..t7.writer import write_t7
 
-        mode = options.t7_mode or "binary"
-        write_t7(table_of_tensors(source), dst, mode=mode, long_size=options.t7_long_size or 8)
+        # 8-byte longs: what every LP64 Torch (Linux, macOS) reads; t7_long_size is a reading option.
+        table = table_of_tensors(source, options.extra.get("progress"))
+        write_t7(table, dst, mode=options.t7_mode or "binary", long_size=8)
 
 
-def table_of_tensors(source: TensorSource):
+def table_of_tensors(source: TensorSource, progress=None):
     """A Lua table {name = tensor} for ``source``; shared storages stay shared, aliases are the same tensor."""
     import numpy as np
 
@@ -393,14 +399,14 @@ def table_of_tensors(source: TensorSource):
             storage = storages.get(view.key)
             if storage is None:
                 storage = storages[view.key] = T7Storage(
-                    sclass, info.dtype, _loader(source.read_storage_bytes, view.key, np_dtype))
+                    sclass, info.dtype, _loader(source.read_storage_bytes, view.key, np_dtype, progress))
             tensors[name] = T7Tensor(tclass, info.dtype, size, tuple(view.stride), view.offset, storage)
         else:
             stride, acc = [], 1
             for s in reversed(size):
                 stride.append(acc)
                 acc *= s
-            storage = T7Storage(sclass, info.dtype, _loader(source.read_bytes, name, np_dtype))
+            storage = T7Storage(sclass, info.dtype, _loader(source.read_bytes, name, np_dtype, progress))
             tensors[name] = T7Tensor(tclass, info.dtype, size, tuple(reversed(stride)), 0, storage)
         root[name.encode()] = tensors[name]
     for alias, kept in source.aliases().items():
@@ -409,10 +415,17 @@ def table_of_tensors(source: TensorSource):
     return root
 
 
-def _loader(read, key, np_dtype):
+def _loader(read, key, np_dtype, progress):
+    """Reads a storage's bytes when the writer reaches it, so one storage is in memory at a time."""
     import numpy as np
 
-    return lambda: np.frombuffer(read(key), dtype=np_dtype)
+    def load():
+        data = read(key)
+        if progress:
+            progress(len(memoryview(data).cast("B")))
+        return np.frombuffer(data, dtype=np_dtype)
+
+    return load
 
 
 register(T7())

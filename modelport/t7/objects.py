@@ -142,6 +142,8 @@ class T7Tensor:
         """A numpy view (no copy) of the tensor's elements."""
         import numpy as np
 
+        if not self.size:           # nDimension 0: TH's empty tensor (there are no 0-dim tensors)
+            return np.zeros((0,), dtype=_np_dtype(self.dtype))
         if self.storage is None or 0 in self.size:
             return np.zeros(self.size, dtype=_np_dtype(self.dtype))
         base = self.storage.data

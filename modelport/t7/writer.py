@@ -31,13 +31,16 @@ _NUMPY = {"uint8": "u1", "int8": "i1", "int16": "i2", "int32": "i4", "int64": "i
 class _BinaryOut:
     binary = True
 
-    def __init__(self, f, long_size: int):
+    def __init__(self, f, long_size: int, big_endian: bool = False):
         self.f = f
         self.long_size = long_size
-        self._long = struct.Struct("<q" if long_size == 8 else "<i")
+        self.e = ">" if big_endian else "<"
+        self._int = struct.Struct(self.e + "i")
+        self._long = struct.Struct(self.e + ("q" if long_size == 8 else "i"))
+        self._double = struct.Struct(self.e + "d")
 
     def int(self, v: int) -> None:
-        self.f.write(struct.pack("<i", v))
+        self.f.write(self._int.pack(v))
 
     def long(self, v: int) -> None:
         self.f.write(self._long.pack(_wrap(v, self.long_size)))
@@ -47,13 +50,13 @@ class _BinaryOut:
             self.long(v)
 
     def double(self, v: float) -> None:
-        self.f.write(struct.pack("<d", v))
+        self.f.write(self._double.pack(v))
 
     def raw(self, data: bytes) -> None:
         self.f.write(data)
 
     def array(self, arr, dtype: str) -> None:
-        code = "<" + ("i4" if dtype == "int64" and self.long_size == 4 else _NUMPY[dtype])
+        code = self.e + ("i4" if dtype == "int64" and self.long_size == 4 else _NUMPY[dtype])
         arr = np.ascontiguousarray(arr).astype(code, copy=False)
         self.f.write(memoryview(arr).cast("B"))
 
@@ -269,22 +272,29 @@ def tensor_class(dtype: str, cuda: bool = False) -> tuple[str, str]:
     return f"torch.{elem}Tensor", f"torch.{elem}Storage"
 
 
-def write_t7(obj, path, mode: str = "binary", long_size: int = 8, referenced: bool = True) -> None:
-    """Write one object to ``path`` as ``torch.save(path, obj, mode)`` would."""
+def write_t7(obj, path, mode: str = "binary", long_size: int = 8, referenced: bool = True,
+             big_endian: bool = False) -> None:
+    """Write one object to ``path`` as ``torch.save(path, obj, mode)`` would.
+
+    ``long_size=4`` writes what a Windows or 32-bit Torch writes (LongStorage data truncated
+    to 32 bits, as Torch does); ``big_endian`` writes what ``DiskFile:bigEndianEncoding()`` does.
+    """
     if mode not in ("binary", "ascii"):
         raise UnsupportedError(f"t7 mode must be 'binary' or 'ascii', not {mode!r}")
     if long_size not in (4, 8):
         raise UnsupportedError(f"t7 long size must be 4 or 8, not {long_size}")
     with open(Path(path), "wb", buffering=1 << 20) as f:
-        out = _BinaryOut(f, long_size) if mode == "binary" else _AsciiOut(f)
+        out = _BinaryOut(f, long_size, big_endian) if mode == "binary" else _AsciiOut(f)
         ObjectWriter(out, referenced).write(obj)
 
 
-def dumps(obj, mode: str = "binary", long_size: int = 8) -> bytes:
-    """The bytes :func:`write_t7` writes for ``obj``."""
+def dumps(*objs, mode: str = "binary", long_size: int = 8, big_endian: bool = False) -> bytes:
+    """The bytes :func:`write_t7` writes for ``obj`` (several objects: one stream, one counter)."""
     import io
 
     f = io.BytesIO()
-    out = _BinaryOut(f, long_size) if mode == "binary" else _AsciiOut(f)
-    ObjectWriter(out).write(obj)
+    out = _BinaryOut(f, long_size, big_endian) if mode == "binary" else _AsciiOut(f)
+    writer = ObjectWriter(out)
+    for obj in objs:
+        writer.write(obj)
     return f.getvalue()

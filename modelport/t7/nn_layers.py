@@ -137,7 +137,8 @@ class LookupTable(nn.Module):
 
     def forward(self, indices):
         idx = indices.long()
-        if idx.numel() and (int(idx.min()) < 1 or int(idx.max()) > self.weight.shape[0]):
+        checked = not (torch.jit.is_tracing() or torch.jit.is_scripting())
+        if checked and idx.numel() and (int(idx.min()) < 1 or int(idx.max()) > self.weight.shape[0]):
             raise IndexError(
                 f"LookupTable indices are 1-based (Lua): valid range 1..{self.weight.shape[0]}, "
                 f"got {int(idx.min())}..{int(idx.max())}"

@@ -71,7 +71,7 @@ def _gmodule(obj: LuaObject, f: _Fields) -> GModule:
     datas = [_node_data(f, node, f"forwardnodes[{i}]") for i, node in enumerate(nodes, 1)]
     innode = _node_data(f, f.raw("innode"), "innode") if f.has("innode") else datas[0]
     outnode = _node_data(f, f.raw("outnode"), "outnode") if f.has("outnode") else datas[-1]
-    n_inputs = f.int("nInputs", 1)
+    n_inputs = f.int("nInputs") if f.has("nInputs") else _count_inputs(datas, innode)
 
     step_of: dict[int, int] = {}
     steps: list[tuple[int, int, list[int], int]] = []
@@ -111,6 +111,16 @@ def _gmodule(obj: LuaObject, f: _Fields) -> GModule:
     if id(outnode) not in step_of:
         raise f.error("the output node is not among forwardnodes")
     return GModule(children, steps, n_inputs, step_of[id(outnode)])
+
+
+def _count_inputs(datas: list[LuaTable], innode: LuaTable) -> int:
+    """For files without nInputs: several inputs when the input node feeds a split node."""
+    for data in datas:
+        parents = _get(data, "mapindex")
+        split = _get(data, "nSplitOutputs")
+        if isinstance(parents, LuaTable) and lua_array(parents) == [innode] and isinstance(split, (int, float)):
+            return int(split)
+    return 1
 
 
 def _node_data(f: _Fields, node: Any, where: str) -> LuaTable:

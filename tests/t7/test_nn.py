@@ -649,3 +649,47 @@ def test_depth_concat_centres_smaller_outputs():
     expect[:, 1:5, 1:4] = xcorr_ref(x, w3, np.zeros(2), (1, 1), (0, 0))
     np.testing.assert_allclose(got[:2], expect, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(got[2], x[0] * w1[0, 0, 0, 0], rtol=1e-12)
+
+
+def test_char_rnn_lstm_cell_gmodule_matches_lstm_equations():
+    # the cell char-rnn's LSTM.lua builds with nngraph: inputs {x, prev_c, prev_h}, outputs {next_c, next_h}
+    r = rng(40)
+    n_in, n = 3, 5
+    wi, bi = r.standard_normal((4 * n, n_in)), r.standard_normal(4 * n)
+    wh, bh = r.standard_normal((4 * n, n)), r.standard_normal(4 * n)
+    d_in = data()
+    d_split_in = data(d_in, nSplitOutputs=3)
+    d_sel = [data(d_split_in, selectindex=i) for i in (1, 2, 3)]
+    d_x, d_c, d_h = (data(s, module=obj("nn.Identity")) for s in d_sel)
+    d_i2h = data(d_x, module=obj("nn.Linear", weight=tensor(wi), bias=tensor(bi)))
+    d_h2h = data(d_h, module=obj("nn.Linear", weight=tensor(wh), bias=tensor(bh)))
+    d_sum = data(d_i2h, d_h2h, module=obj("nn.CAddTable"))
+    d_resh = data(d_sum, module=obj("nn.Reshape", size=long_storage([4, n]), nelement=4 * n))
+    d_splt = data(d_resh, module=obj("nn.SplitTable", dimension=2))
+    d_gates_split = data(d_splt, nSplitOutputs=4)
+    d_gate = [data(d_gates_split, selectindex=i) for i in (1, 2, 3, 4)]
+    d_ig, d_fg, d_og = (data(g, module=obj("nn.Sigmoid")) for g in d_gate[:3])
+    d_tr = data(d_gate[3], module=obj("nn.Tanh"))
+    d_fc = data(d_fg, d_c, module=obj("nn.CMulTable"))
+    d_it = data(d_ig, d_tr, module=obj("nn.CMulTable"))
+    d_next_c = data(d_fc, d_it, module=obj("nn.CAddTable"))
+    d_tc = data(d_next_c, module=obj("nn.Tanh"))
+    d_next_h = data(d_og, d_tc, module=obj("nn.CMulTable"))
+    d_out = data(d_next_c, d_next_h)
+    order = [d_in, d_split_in, *d_sel, d_x, d_c, d_h, d_i2h, d_h2h, d_sum, d_resh, d_splt, d_gates_split,
+             *d_gate, d_ig, d_fg, d_og, d_tr, d_fc, d_it, d_next_c, d_tc, d_next_h, d_out]
+    nodes = [node(d) for d in order]
+    # no nInputs field (older nngraph): the count comes from the split of the input node
+    m = build_module(obj("nn.gModule", forwardnodes=array(*nodes), innode=nodes[0], outnode=nodes[-1]))
+    def sig(v):
+        return 1 / (1 + np.exp(-v))
+
+    for batch in (2, 1):
+        x, c, h = r.standard_normal((batch, n_in)), r.standard_normal((batch, n)), r.standard_normal((batch, n))
+        z = (x @ wi.T + bi + h @ wh.T + bh).reshape(batch, 4, n)
+        expect_c = sig(z[:, 1]) * c + sig(z[:, 0]) * np.tanh(z[:, 3])
+        expect_h = sig(z[:, 2]) * np.tanh(expect_c)
+        with torch.no_grad():
+            got_c, got_h = m(*(torch.from_numpy(v) for v in (x, c, h)))
+        np.testing.assert_allclose(got_c.numpy(), expect_c, rtol=1e-12)
+        np.testing.assert_allclose(got_h.numpy(), expect_h, rtol=1e-12)

@@ -65,7 +65,7 @@ class CAddTable(nn.Module):
         return out
 
 
-@register("nn.Sequential")
+@register("nn.Sequential", "nn.SpatialLPPooling")   # LPPooling is a Sequential (pow, sub-sampling, root)
 def _sequential(obj, f):
     return nn.Sequential(*f.children())
 

@@ -693,3 +693,12 @@ def test_char_rnn_lstm_cell_gmodule_matches_lstm_equations():
             got_c, got_h = m(*(torch.from_numpy(v) for v in (x, c, h)))
         np.testing.assert_allclose(got_c.numpy(), expect_c, rtol=1e-12)
         np.testing.assert_allclose(got_h.numpy(), expect_h, rtol=1e-12)
+
+
+def test_spatial_lp_pooling_is_its_sequence_of_power_subsampling_root():
+    x = rng(41).standard_normal((2, 4, 6))
+    sub = obj("nn.SpatialSubSampling", weight=tensor(np.ones(2)), bias=tensor(np.zeros(2)), nInputPlane=2,
+              kW=2, kH=2, dW=2, dH=2)
+    m = build_module(obj("nn.SpatialLPPooling", modules=array(obj("nn.Square"), sub, obj("nn.Sqrt", eps=0))))
+    expect = np.sqrt((x**2).reshape(2, 2, 2, 3, 2).sum(axis=(2, 4)))
+    np.testing.assert_allclose(run(m, x), expect, rtol=1e-14)

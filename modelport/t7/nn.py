@@ -16,6 +16,10 @@ Lua semantics kept on purpose (they differ from PyTorch's defaults):
 - ``Dropout`` written without ``v2`` (or with ``v2 = false``) multiplies by ``1 - p`` in eval;
 - ``SpatialAveragePooling`` without ``divide`` sums instead of averaging, as Lua does for old files.
 
+Known difference: in ceil mode with stride > kernel and no padding, THNN can add an output window
+lying wholly outside the image (it corrects the output size only when padding is non-zero); PyTorch
+does not produce that window.
+
 Parameters are copied out of their storages (``T7Tensor.numpy()`` honours offsets and strides),
 so views into one flattened storage (``getParameters()``) come out as separate tensors.
 Every rebuilt module carries ``lua_class`` (the Lua class name) for :func:`describe_module`.

@@ -15,6 +15,13 @@ def convert(src, dst, **kwargs):
     return _convert(src, dst, **kwargs)
 
 
+def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
+    """A runnable model for a checkpoint; see :func:`modelport.models.loader.load_model`."""
+    from .models.loader import load_model as _load_model
+
+    return _load_model(path, arch, device, dtype, **kwargs)
+
+
 def diff(a, b, **kwargs):
     """Compare two checkpoints tensor by tensor; see :func:`modelport.diff.diff`."""
     from .diff import diff as _diff
@@ -22,4 +29,4 @@ def diff(a, b, **kwargs):
     return _diff(a, b, **kwargs)
 
 
-__all__ = ["ModelportError", "Options", "convert", "diff", "open", "__version__"]
+__all__ = ["ModelportError", "Options", "convert", "diff", "load_model", "open", "__version__"]

@@ -1,0 +1,110 @@
+"""Conversion: open a source, adapt its layout, cast, and write the target atomically, one tensor at a time."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import dtypes, formats
+from ..atomic import atomic_output, check_destination
+from ..errors import UnsupportedError
+from ..formats.base import Format, Options
+from . import layouts
+from .cast import CastSource
+
+
+@dataclass
+class Result:
+    """What a conversion wrote."""
+
+    dst: Path
+    source_format: str
+    target_format: str
+    tensors: int
+    bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def target_format(dst: Path, to: str | None) -> Format:
+    if to:
+        fmt = formats.get(to)
+    else:
+        fmt = formats.for_suffix(dst)
+        if fmt is None:
+            known = ", ".join(f.id for f in formats.all_formats())
+            raise UnsupportedError(f"{dst}: cannot tell the target format from the name; pass --to FORMAT (one of: {known})")
+    if not fmt.can_write:
+        raise UnsupportedError(f"format {fmt.id!r} cannot be written")
+    missing = fmt.missing()
+    if missing:
+        raise UnsupportedError(f"writing {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
+    return fmt
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: str | None = None,
+    from_: str | None = None,
+    dtype: str | None = None,
+    shard_size: int | None = None,
+    force: bool = False,
+    allow_overflow: bool = False,
+    options: Options | None = None,
+    progress: bool | None = None,
+) -> Result:
+    """Convert ``src`` to ``dst``. Nothing is written unless the whole conversion succeeds.
+
+    ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
+    sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
+    """
+    src, dst = Path(src), Path(dst)
+    options = options or Options()
+    target = target_format(dst, to)
+    check_destination(dst, force)
+    if dst.exists() and src.resolve() == dst.resolve():
+        raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
+    if dtype is not None:
+        dtype = dtypes.CAST_TARGETS.get(dtype, dtype)
+    with formats.open(src, from_, options) as source:
+        source = layouts.adapt(source, target, options)
+        if dtype is not None:
+            source = CastSource(source, dtype, allow_overflow)
+        total = sum(source.info(n).nbytes for n in source.names())
+        if shard_size:
+            options.extra["shard_size"] = shard_size
+        show = sys.stderr.isatty() if progress is None else progress
+        with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
+            options.extra["progress"] = advance
+            try:
+                with atomic_output(dst, force) as tmp:
+                    target.write(source, tmp, options)
+            finally:
+                options.extra.pop("progress", None)
+        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes))
+
+
+class _progress_bar:
+    """A rich progress bar on stderr counting bytes written, or nothing."""
+
+    def __init__(self, show: bool, total: int, label: str):
+        self.show, self.total, self.label = show, total, label
+
+    def __enter__(self):
+        if not self.show:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task(f"writing {self.label}", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.show:
+            self.bar.stop()

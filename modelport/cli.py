@@ -1,0 +1,205 @@
+"""The ``modelport`` command: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 a comparison found a difference; 2 the input or arguments are wrong
+(unreadable or corrupt file, unsupported conversion, refused unsafe content, destination exists);
+130 interrupted. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ModelportError
+
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().replace(" ", "")
+    for unit in sorted(SIZE_UNITS, key=len, reverse=True):
+        if t.endswith(unit):
+            number = t[: -len(unit)]
+            break
+    else:
+        unit, number = "B", t
+    try:
+        return int(float(number) * SIZE_UNITS[unit])
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 1000000") from None
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def format_ids() -> list[str]:
+    from . import formats
+
+    return [f.id for f in formats.all_formats()]
+
+
+class FormatChoice(click.ParamType):
+    """A format id, checked against the registry when used (so --help needs no registry)."""
+
+    name = "FORMAT"
+
+    def convert(self, value, param, ctx):
+        ids = format_ids()
+        if value not in ids:
+            self.fail(f"{value!r} is not a format; choose from {', '.join(ids)}", param, ctx)
+        return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelport")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Convert neural-network models between formats and check the conversion."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("formats")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def formats_cmd(as_json: bool) -> None:
+    """List every format and what modelport can do with it."""
+    from . import formats
+
+    rows = []
+    for f in formats.all_formats():
+        missing = f.missing()
+        rows.append({"id": f.id, "read": f.can_read, "write": f.can_write, "runnable": f.runnable,
+                     "directory": f.directory, "suffixes": list(f.suffixes), "description": f.description,
+                     "missing": missing})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        caps = "".join(c if ok else "-" for c, ok in (("r", r["read"]), ("w", r["write"]), ("x", r["runnable"])))
+        where = "directory" if r["directory"] else " ".join(r["suffixes"]) or "-"
+        line = f"{r['id']:<12} {caps}  {where:<22} {r['description']}"
+        if r["missing"]:
+            line += f"  [needs: pip install {' '.join(r['missing'])}]"
+        click.echo(line)
+    click.echo("\ncapabilities: r = read, w = write, x = runnable model")
+
+
+def _options(**kw):
+    from .formats.base import Options
+
+    return Options(**{k: v for k, v in kw.items() if v is not None})
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--from", "from_", type=FormatChoice(), help="Read as this format instead of detecting it.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "show_all", is_flag=True, help="List every tensor (default: the first 50).")
+def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool) -> None:
+    """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
+    from .inspect import inspect as run
+
+    summary = run(path, from_)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2, default=str))
+        return
+    from .render import print_summary
+
+    print_summary(summary, show_all)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", type=FormatChoice(), help="Target format (default: from DST's suffix).")
+@click.option("--from", "from_", type=FormatChoice(), help="Source format (default: detected from content).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Cast floating-point tensors.")
+@click.option("--allow-overflow", is_flag=True, help="Let values beyond the target dtype's range become ±inf.")
+@click.option("--shard-size", metavar="SIZE", help="Largest shard of a sharded target, e.g. 5GB (default 5GB).")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="config.json to write with an hf target (or to build a --arch module).")
+@click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX (e.g. 'module.') from every tensor name.")
+@click.option("--arch", help="Architecture (gpt2, llama, gptneox) or package.module:factory.")
+@click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
+@click.option("--shards", type=click.IntRange(min=1), help="Model-parallel shards for a meta target (default 1).")
+@click.option("--params-only", is_flag=True, help="t7 source: keep only an nn model's parameters.")
+@click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
+@click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
+@click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
+            params_only, t7_mode, t7_long_size, t7_endian) -> None:
+    """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
+    from .convert import convert as run
+
+    options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
+                       params_only=params_only or None, t7_mode=t7_mode,
+                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
+    result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
+                 shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")
+
+
+@cli.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--atol", type=float, default=0.0, show_default=True, help="Largest absolute difference counted as equal.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
+@click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
+def diff(a, b, atol, as_json, from_a, from_b) -> None:
+    """Compare A and B tensor by tensor; exit 1 when they differ."""
+    from .diff import diff as run
+    from .errors import DifferenceFound
+
+    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        from .render import print_diff
+
+        print_diff(report)
+    if not report:
+        raise DifferenceFound(f"{a} and {b} differ")
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli.main(args=argv, prog_name="modelport", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("modelport: interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ModelportError as exc:
+        if debug:
+            raise
+        kind = "error: " if exc.exit_code == 2 else ""
+        click.echo(f"modelport: {kind}{exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("modelport: interrupted; nothing was written", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""dtype casts applied tensor by tensor on the way from a source to a writer."""
+
+from __future__ import annotations
+
+from .. import dtypes
+from ..errors import UnsupportedError
+from ..formats.base import Span, TensorInfo, TensorSource
+
+_FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}
+
+
+class WrappedSource(TensorSource):
+    """A source that passes everything through to ``inner``; subclasses change what they need."""
+
+    def __init__(self, inner: TensorSource):
+        super().__init__(inner.path)
+        self.inner = inner
+        self.format = inner.format
+        self.metadata = inner.metadata
+        self.config = inner.config
+        self.side_files = inner.side_files
+        self.notes = inner.notes
+
+    def names(self):
+        return self.inner.names()
+
+    def info(self, name):
+        return self.inner.info(name)
+
+    def read_bytes(self, name):
+        return self.inner.read_bytes(name)
+
+    def span(self, name):
+        return self.inner.span(name)
+
+    def aliases(self):
+        return self.inner.aliases()
+
+    def storage_view(self, name):
+        return self.inner.storage_view(name)
+
+    def read_storage_bytes(self, key):
+        return self.inner.read_storage_bytes(key)
+
+    def storage_span(self, key):
+        return self.inner.storage_span(key)
+
+    def tree(self):
+        return self.inner.tree()
+
+    def close(self):
+        self.inner.close()
+
+
+class CastSource(WrappedSource):
+    """Floating-point tensors cast to ``dtype``; integer and bool tensors pass unchanged.
+
+    A finite value that would overflow the target (fp16 tops out at 65504) is an error naming
+    the tensor, unless ``allow_overflow`` (then it becomes ±inf, as torch casts it).
+    """
+
+    def __init__(self, inner: TensorSource, dtype: str, allow_overflow: bool = False):
+        super().__init__(inner)
+        if dtype not in dtypes.FLOATING:
+            raise UnsupportedError(f"cannot cast to {dtype}; choose one of fp32, fp16, bf16")
+        self.dtype = dtype
+        self.allow_overflow = allow_overflow
+
+    def _casts(self, name: str) -> bool:
+        src = self.inner.info(name).dtype
+        return src in dtypes.FLOATING and src != self.dtype
+
+    def info(self, name: str) -> TensorInfo:
+        info = self.inner.info(name)
+        return TensorInfo(info.name, self.dtype, info.shape) if self._casts(name) else info
+
+    def span(self, name: str) -> Span | None:
+        return None if self._casts(name) else self.inner.span(name)
+
+    def storage_view(self, name):
+        return None if self._casts(name) else self.inner.storage_view(name)
+
+    def read_bytes(self, name: str):
+        if not self._casts(name):
+            return self.inner.read_bytes(name)
+        import torch
+
+        t = self.inner.read(name)
+        out = t.to(dtypes.to_torch(self.dtype))
+        if not self.allow_overflow and out.numel():
+            overflow = torch.isinf(out) & torch.isfinite(t)
+            if bool(overflow.any()):
+                worst = float(t[overflow].abs().max())
+                raise UnsupportedError(
+                    f"{self.path}: tensor {name!r} has values up to {worst:g}, beyond {self.dtype}'s range "
+                    f"(±{_FINITE_MAX[self.dtype]:g}); keep a wider dtype or pass --allow-overflow to store them as ±inf"
+                )
+        return _tensor_bytes(out)
+
+
+def _tensor_bytes(t) -> memoryview:
+    """A contiguous tensor's bytes (little-endian hosts), without a copy where possible."""
+    import torch
+
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B")

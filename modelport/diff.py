@@ -1,0 +1,101 @@
+"""Tensor-by-tensor comparison of two checkpoints in any readable formats."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import formats
+from .formats.base import Options, TensorSource
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    kind: str                       # shape | dtype | values
+    a: str
+    b: str
+    max_abs_diff: float | None = None
+    explanation: str | None = None  # a known transform that makes them equal
+
+
+@dataclass
+class DiffReport:
+    a: str
+    b: str
+    atol: float
+    compared: int = 0
+    equal: int = 0
+    missing: list[str] = field(default_factory=list)      # in A, not in B
+    unexpected: list[str] = field(default_factory=list)   # in B, not in A
+    differences: list[TensorDiff] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        """True when the two checkpoints hold the same tensors within ``atol``."""
+        return not (self.missing or self.unexpected or self.differences)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "same": bool(self)}
+
+
+def _all_names(source: TensorSource) -> list[str]:
+    return source.names() + [a for a in source.aliases() if a not in set(source.names())]
+
+
+def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
+    """(equal within atol, max abs difference), NaNs equal where both are NaN."""
+    import torch
+
+    if a.numel() == 0:
+        return True, 0.0
+    if a.dtype != b.dtype:
+        a, b = a.double(), b.double()
+    if a.dtype.is_floating_point or a.dtype.is_complex:
+        wide = torch.complex128 if a.dtype.is_complex else torch.float64
+        x, y = a.to(wide), b.to(wide)
+        both_nan = torch.isnan(x) & torch.isnan(y)
+        same_inf = torch.isinf(x) & (x == y)
+        d = (x - y).abs()
+        d = torch.where(both_nan | same_inf, torch.zeros_like(d, dtype=d.dtype), d)
+        d = torch.nan_to_num(d.real if d.is_complex() else d, nan=float("inf"))
+        worst = float(d.max())
+        return worst <= atol, worst
+    x, y = a.to(torch.int64), b.to(torch.int64)
+    worst = float((x - y).abs().max())
+    return worst <= atol, worst
+
+
+def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = None, from_b: str | None = None,
+         options: Options | None = None) -> DiffReport:
+    from .convert.explain import explain_difference
+
+    report = DiffReport(str(a), str(b), atol)
+    with formats.open(a, from_a, options) as sa, formats.open(b, from_b, options) as sb:
+        names_a, names_b = _all_names(sa), _all_names(sb)
+        in_b = set(names_b)
+        in_a = set(names_a)
+        report.missing = [n for n in names_a if n not in in_b]
+        report.unexpected = [n for n in names_b if n not in in_a]
+        for name in names_a:
+            if name not in in_b:
+                continue
+            report.compared += 1
+            ia, ib = sa.info(sa.aliases().get(name, name)), sb.info(sb.aliases().get(name, name))
+            if ia.shape != ib.shape:
+                d = TensorDiff(name, "shape", f"{list(ia.shape)} {ia.dtype}", f"{list(ib.shape)} {ib.dtype}")
+                if ia.numel == ib.numel:
+                    d.explanation = explain_difference(name, sa.read(name), sb.read(name), sa, sb)
+                report.differences.append(d)
+                continue
+            ta, tb = sa.read(name), sb.read(name)
+            if ia.dtype != ib.dtype:
+                _, worst = compare_tensors(ta, tb.to(ta.dtype) if ta.is_floating_point() else tb, float("inf"))
+                report.differences.append(TensorDiff(name, "dtype", ia.dtype, ib.dtype, worst,
+                                                     explain_difference(name, ta, tb, sa, sb)))
+                continue
+            same, worst = compare_tensors(ta, tb, atol)
+            if same:
+                report.equal += 1
+            else:
+                report.differences.append(TensorDiff(name, "values", "", "", worst, explain_difference(name, ta, tb, sa, sb)))
+    return report

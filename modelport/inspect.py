@@ -1,0 +1,105 @@
+"""What a checkpoint holds: tensors, totals, a per-module parameter tree, metadata, architecture."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import formats
+from .formats.base import Options
+
+
+@dataclass
+class TensorRow:
+    name: str
+    shape: list[int]
+    dtype: str
+    bytes: int
+    alias_of: str | None = None
+
+
+@dataclass
+class ModuleRow:
+    name: str          # dotted module path ("" is the whole model)
+    depth: int
+    params: int
+    bytes: int
+    tensors: int
+
+
+@dataclass
+class Summary:
+    path: str
+    format: str
+    tensors: list[TensorRow]
+    total_params: int
+    total_bytes: int
+    dtypes: dict[str, int]
+    modules: list[ModuleRow]
+    metadata: dict[str, str] = field(default_factory=dict)
+    architecture: str | None = None
+    config: dict | None = None
+    side_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tree: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def module_tree(rows: list[TensorRow], max_depth: int = 3) -> list[ModuleRow]:
+    """Parameter counts per dotted prefix, like torchinfo's summary; runs of numbered children
+    (``h.0`` … ``h.23``) stay listed one by one up to ``max_depth`` levels."""
+    params: Counter = Counter()
+    nbytes: Counter = Counter()
+    count: Counter = Counter()
+    order: dict[str, None] = {}
+    for row in rows:
+        if row.alias_of:
+            continue
+        parts = row.name.split(".")[:-1]
+        numel = 1
+        for s in row.shape:
+            numel *= s
+        for depth in range(0, min(len(parts), max_depth) + 1):
+            prefix = ".".join(parts[:depth])
+            order.setdefault(prefix, None)
+            params[prefix] += numel
+            nbytes[prefix] += row.bytes
+            count[prefix] += 1
+    return [ModuleRow(p, 0 if not p else p.count(".") + 1, params[p], nbytes[p], count[p]) for p in order]
+
+
+def inspect(path: str | Path, format: str | None = None, options: Options | None = None) -> Summary:  # noqa: A002
+    from .models import detect_arch
+
+    with formats.open(path, format, options) as source:
+        rows = []
+        for info in source.infos():
+            rows.append(TensorRow(info.name, list(info.shape), info.dtype, info.nbytes))
+        for alias, kept in source.aliases().items():
+            info = source.info(kept)
+            rows.append(TensorRow(alias, list(info.shape), info.dtype, 0, alias_of=kept))
+        own = [r for r in rows if not r.alias_of]
+        dtype_counts = Counter()
+        for r in own:
+            numel = 1
+            for s in r.shape:
+                numel *= s
+            dtype_counts[r.dtype] += numel
+        return Summary(
+            path=str(path),
+            format=source.format,
+            tensors=rows,
+            total_params=sum(dtype_counts.values()),
+            total_bytes=sum(r.bytes for r in own),
+            dtypes=dict(dtype_counts),
+            modules=module_tree(own),
+            metadata=dict(source.metadata),
+            architecture=detect_arch(source),
+            config=source.config,
+            side_files=sorted(source.side_files),
+            notes=list(source.notes),
+            tree=source.tree(),
+        )

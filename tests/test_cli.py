@@ -1,0 +1,83 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from modelport.cli import cli
+
+
+@pytest.mark.parametrize("command", [[], ["formats"], ["inspect"], ["convert"], ["diff"]])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_help_and_formats_do_not_import_heavy_libraries():
+    code = ("import sys; from modelport.cli import main\n"
+            "try:\n    main(['formats'])\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'onnx', 'onnxruntime', 'transformers', 'numpy') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_formats_lists_every_format_with_capabilities():
+    result = CliRunner().invoke(cli, ["formats", "--json"])
+    rows = {r["id"]: r for r in json.loads(result.output)}
+    assert {"safetensors", "hf"} <= set(rows)
+    assert rows["safetensors"]["read"] and rows["safetensors"]["write"]
+    assert rows["hf"]["directory"]
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    a = {"x.weight": torch.randn(4, 3, generator=g), "x.bias": torch.randn(4, generator=g)}
+    b = dict(a, **{"x.bias": a["x.bias"] + 0.5})
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    return tmp_path
+
+
+def test_convert_inspect_diff_through_the_real_command(cli, two_files):
+    d = two_files
+    r = cli("convert", d / "a.safetensors", d / "c.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout
+    r = cli("diff", d / "a.safetensors", d / "c.safetensors")
+    assert r.returncode == 0 and "same" in r.stdout
+    r = cli("diff", d / "a.safetensors", d / "b.safetensors")
+    assert r.returncode == 1
+    assert "x.bias: values differ, max abs diff 0.5" in r.stdout
+    assert "Traceback" not in r.stderr
+    r = cli("diff", d / "a.safetensors", d / "b.safetensors", "--atol", "0.6", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["same"] is True
+    r = cli("inspect", d / "a.safetensors", "--json")
+    summary = json.loads(r.stdout)
+    assert summary["total_params"] == 16 and summary["format"] == "safetensors"
+
+
+def test_user_errors_exit_2_with_one_line_and_no_traceback(cli, two_files):
+    d = two_files
+    cases = [
+        (["convert", d / "a.safetensors", d / "b.safetensors"], "already exists"),
+        (["convert", d / "missing.pt", d / "o.safetensors"], "no such file"),
+        (["convert", d / "a.safetensors", d / "o.unknown"], "--to"),
+        (["inspect", d], "no format recognises"),
+        (["convert", d / "a.safetensors", d / "o.x", "--to", "nope"], "not a format"),
+    ]
+    for args, message in cases:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (d / "o.safetensors").exists() and not (d / "o.unknown").exists()
+
+
+def test_debug_shows_the_traceback(cli, two_files):
+    r = cli("--debug", "inspect", two_files / "missing.pt")
+    assert r.returncode != 0 and "Traceback" in r.stderr

@@ -1,0 +1,29 @@
+import torch
+from safetensors.torch import save_file
+
+import modelport
+from modelport.diff import compare_tensors
+
+
+def test_compare_tensors_nan_inf_and_ints():
+    nan = float("nan")
+    assert compare_tensors(torch.tensor([nan, float("inf"), 1.0]), torch.tensor([nan, float("inf"), 1.0]), 0)[0]
+    ok, worst = compare_tensors(torch.tensor([nan]), torch.tensor([1.0]), 1e9)
+    assert not ok and worst == float("inf")
+    assert compare_tensors(torch.tensor([2**62]), torch.tensor([2**62 + 1]), 0) == (False, 1.0)
+
+
+def test_missing_unexpected_shape_dtype_and_value_differences(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 4, generator=g)
+    save_file({k: w.clone() for k in ("same", "only_a", "shape", "dtype", "vals")}, tmp_path / "a.safetensors")
+    save_file({"same": w.clone(), "only_b": w.clone(), "shape": w.reshape(4, 3).contiguous(), "dtype": w.half(), "vals": w + 1e-3},
+              tmp_path / "b.safetensors")
+    report = modelport.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert not report
+    assert report.missing == ["only_a"] and report.unexpected == ["only_b"]
+    kinds = {d.name: d for d in report.differences}
+    assert kinds["shape"].kind == "shape" and kinds["dtype"].kind == "dtype"
+    assert abs(kinds["vals"].max_abs_diff - 1e-3) < 1e-6
+    assert report.equal == 1 and report.compared == 4
+    assert modelport.diff(tmp_path / "a.safetensors", tmp_path / "a.safetensors")

@@ -11,7 +11,6 @@ from .diff import diff  # noqa: E402
 from .inspect import inspect  # noqa: E402
 
 
-
 def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
     """A runnable model for a checkpoint; see :func:`modelport.models.loader.load_model` (imports torch)."""
     from .models.loader import load_model as _load_model

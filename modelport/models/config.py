@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Union
 
-from ..errors import FormatError, UnsupportedError
+from ..errors import FormatError, LayoutError, UnsupportedError
 
 ASSUMED_KEY = "_modelport_assumed"
 
@@ -198,9 +198,8 @@ class NeoXConfig:
             out["rope_parameters"] = {"rope_type": "default", "rope_theta": self.rope_theta,
                                       "partial_rotary_factor": self.rotary_pct}
         else:
-            out["rotary_pct"] = self.rotary_pct
+            out["rotary_pct"] = self.rotary_pct          # the spelling of published NeoX configs
             out["rotary_emb_base"] = self.rope_theta
-            out["rope_theta"] = self.rope_theta
         return _with_assumed(out, self.assumed)
 
 
@@ -316,7 +315,10 @@ def config_from_hf(config: dict, arch: str | None = None, where: str = "config.j
     """The family's config dataclass from a config.json dict (transformers 4.x or 5.x spelling)."""
     if not isinstance(config, dict):
         raise FormatError(f"{where}: expected a JSON object, got {type(config).__name__}")
-    fam = normalize_arch(arch) if arch else family_of_hf(config, where)
+    named = family_of_hf(config, where)
+    fam = normalize_arch(arch) if arch else named
+    if named is not None and fam != named:
+        raise LayoutError(f"{where}: --arch {arch} contradicts the config, which is {named}; drop one")
     if fam is None:
         named = config.get("architectures") or config.get("model_type")
         raise UnsupportedError(f"{where}: unknown architecture {named!r}; known: {', '.join(FAMILIES)} (pass --arch to choose one)")

@@ -39,7 +39,7 @@ ASSUMED_DEFAULTS = {
     "gpt2": {"layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"},
     "llama": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 2048, "hidden_act": "silu",
               "rope_scaling": None},
-    "gptneox": {"layer_norm_eps": 1e-5, "rope_theta": 10000.0, "rotary_pct": 0.25, "max_position_embeddings": 2048,
+    "gptneox": {"layer_norm_eps": 1e-5, "rotary_emb_base": 10000.0, "rotary_pct": 0.25, "max_position_embeddings": 2048,
                 "use_parallel_residual": True, "hidden_act": "gelu"},
 }
 # Llama 3's tokenizer has 128256 entries; with it, rope_theta 500000 is the better guess.
@@ -185,7 +185,7 @@ def _infer_neox(shapes: dict, source: TensorSource) -> NeoXConfig:
     d = ASSUMED_DEFAULTS["gptneox"]
     names = set(source.names())
     cfg = NeoXConfig(n_layers=_n_layers(shapes, r"layers\.(\d+)\."), n_heads=dim // head_dim, dim=dim, ffn_dim=ffn,
-                     vocab_size=vocab, rotary_pct=d["rotary_pct"], rope_theta=d["rope_theta"],
+                     vocab_size=vocab, rotary_pct=d["rotary_pct"], rope_theta=d["rotary_emb_base"],
                      norm_eps=d["layer_norm_eps"], max_positions=d["max_position_embeddings"],
                      use_parallel_residual=d["use_parallel_residual"],
                      tie_word_embeddings=not ({"embed_out.weight", "lm_head.weight"} & names),

@@ -94,8 +94,9 @@ def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
     for target, name in plan.items():
         have = tuple(source.info(source.aliases().get(name, name)).shape)
         if have != expected[target]:
+            slot = f" for {target!r}" if target != name else ""
             raise LayoutError(f"{source.path}: tensor {name!r} has shape {list(have)}, the {cfg.family} config needs "
-                              f"{list(expected[target])} for {target!r}")
+                              f"{list(expected[target])}{slot}; check the config (--config) or the layout")
     return plan
 
 

@@ -117,5 +117,9 @@ def test_dtype_casts_weights_and_keeps_rotary_in_float32(tmp_path):
     ids, mask = tiny.batch(seed=8)
     with torch.no_grad():
         got = model(ids, mask).float()
-    want = tiny.hf_logits(hf_model.to(torch.bfloat16), ids, mask).float()     # transformers in bfloat16 too
-    assert (got - want)[mask.bool()].abs().max().item() <= 1e-2
+    want = tiny.hf_logits(hf_model, ids, mask)
+    hf_bf16 = tiny.hf_logits(hf_model.to(torch.bfloat16), ids, mask).float()
+    real = mask.bool()
+    ours_err = (got - want)[real].abs().max().item()
+    hf_err = (hf_bf16 - want)[real].abs().max().item()
+    assert ours_err <= 2 * hf_err                 # bfloat16 rounding as transformers has it, not a wrong model

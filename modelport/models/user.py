@@ -72,7 +72,7 @@ def parse_input_shape(text) -> tuple[int, ...]:
         try:
             dims = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
         except ValueError:
-            raise UnsupportedError(f"--input-shape {text!r}: give integers separated by commas, e.g. 1,3,224,224") from None
+            raise UnsupportedError(f"--input-shape {text!r}: give positive integers separated by commas, e.g. 1,3,224,224") from None
     if not dims or any(not isinstance(d, int) or d <= 0 for d in dims):
         raise UnsupportedError(f"--input-shape {text!r}: give positive integers separated by commas, e.g. 1,3,224,224")
     return tuple(dims)
@@ -96,6 +96,9 @@ def load_user_model(spec: str, source: TensorSource, config: dict | None, device
     """Build the user's module, load ``source`` into it strictly, and return it in eval mode."""
     import torch
 
+    if input_dtype is not None and input_shape is None:
+        raise UnsupportedError("--input-dtype needs --input-shape")
+    example = (parse_input_shape(input_shape), parse_input_dtype(input_dtype)) if input_shape is not None else None
     module = build_user_module(spec, config)
     expected = module.state_dict(keep_vars=True)
     names = list(source.names()) + list(source.aliases())
@@ -117,13 +120,13 @@ def load_user_model(spec: str, source: TensorSource, config: dict | None, device
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         state[name] = t
+    if dtype is not None:
+        module.to(dtype)              # floating parameters and buffers only
     module.load_state_dict(state, strict=True)
     module.to(device)
     module.eval()
-    if input_shape is not None:
-        module.modelport_input = (parse_input_shape(input_shape), parse_input_dtype(input_dtype))
-    elif input_dtype is not None:
-        raise UnsupportedError("--input-dtype needs --input-shape")
+    if example is not None:
+        module.modelport_input = example
     module.modelport_arch = spec
     module.modelport_assumed = []
     return module

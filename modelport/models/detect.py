@@ -52,9 +52,8 @@ def family_from_names(names) -> str | None:
         for pattern, fam in NAME_SIGNATURES:
             if re.search(pattern, name):
                 found.add(fam)
-    if len(found) > 1:
-        raise LayoutError(f"tensor names fit more than one architecture ({', '.join(sorted(found))}); pass --arch")
-    return found.pop() if found else None
+    # Names of two families (a merged or multi-model file) name none: the caller asks for --arch.
+    return found.pop() if len(found) == 1 else None
 
 
 def meta_params(source: TensorSource) -> dict | None:
@@ -118,8 +117,9 @@ def infer_model_config(source: TensorSource, arch: str | None = None) -> ModelCo
 def _shapes(source: TensorSource, prefix: str) -> dict[str, tuple[int, ...]]:
     """Shapes by name, the base-model prefix removed (lm_head / embed_out keep their names)."""
     out = {}
-    for name in list(source.names()) + list(source.aliases()):
-        info = source.info(source.aliases().get(name, name))
+    aliases = source.aliases()
+    for name in list(source.names()) + list(aliases):
+        info = source.info(aliases.get(name, name))
         out[name[len(prefix):] if name.startswith(prefix) else name] = tuple(info.shape)
     return out
 

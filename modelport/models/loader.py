@@ -62,7 +62,8 @@ def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
     renames = getattr(module, "RENAMES", {})
     expected = expected_shapes(cfg)
     prefix = detect.PREFIX[cfg.family]
-    available = list(source.names()) + list(source.aliases())
+    aliases = source.aliases()
+    available = list(source.names()) + list(aliases)
     # A base-model checkpoint (GPT2Model, LlamaModel …) stores names without the prefix.
     add_prefix = not any(n.startswith(prefix) for n in available)
     plan: dict[str, str] = {}
@@ -92,7 +93,7 @@ def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
         raise LayoutError(f"{source.path}: the weights do not fit a {cfg.family} model with this config ({'; '.join(parts)}); "
                           "check --arch / --config, or convert the layout first")
     for target, name in plan.items():
-        have = tuple(source.info(source.aliases().get(name, name)).shape)
+        have = tuple(source.info(aliases.get(name, name)).shape)
         if have != expected[target]:
             slot = f" for {target!r}" if target != name else ""
             raise LayoutError(f"{source.path}: tensor {name!r} has shape {list(have)}, the {cfg.family} config needs "
@@ -109,10 +110,11 @@ def load_weights(model, source: TensorSource, cfg: ModelConfig, device="cpu", dt
     import torch
 
     plan = plan_names(source, cfg)
+    aliases = source.aliases()
     cache: dict[str, object] = {}
     state = {}
     for target, name in plan.items():
-        kept = source.aliases().get(name, name)
+        kept = aliases.get(name, name)
         if kept not in cache:
             t = source.read(kept)
             if t.is_floating_point() and dtype is not None:

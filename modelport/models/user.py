@@ -101,7 +101,8 @@ def load_user_model(spec: str, source: TensorSource, config: dict | None, device
     example = (parse_input_shape(input_shape), parse_input_dtype(input_dtype)) if input_shape is not None else None
     module = build_user_module(spec, config)
     expected = module.state_dict(keep_vars=True)
-    names = list(source.names()) + list(source.aliases())
+    aliases = source.aliases()
+    names = list(source.names()) + list(aliases)
     missing = [n for n in expected if n not in names]
     unexpected = [n for n in names if n not in expected]
     if missing or unexpected:
@@ -113,7 +114,7 @@ def load_user_model(spec: str, source: TensorSource, config: dict | None, device
         raise LayoutError(f"{source.path}: the weights do not fit {spec} ({'; '.join(parts)})")
     state = {}
     for name, target in expected.items():
-        have = tuple(source.info(source.aliases().get(name, name)).shape)
+        have = tuple(source.info(aliases.get(name, name)).shape)
         if have != tuple(target.shape):
             raise LayoutError(f"{source.path}: tensor {name!r} has shape {list(have)}, {spec} needs {list(target.shape)}")
         t = source.read(name)

@@ -61,6 +61,8 @@ def test_detect_meta_layouts():
     assert detect_arch(ShapeSource({"weird.weight": (3,)}, params={"dim": 24})) == "llama"
     assert detect_arch(ShapeSource({"encoder.layer.0.attention.self.query.weight": (8, 8)})) is None
     assert infer_config(ShapeSource({"encoder.layer.0.attention.self.query.weight": (8, 8)})) is None
+    mixed = {"transformer.h.0.attn.c_attn.weight": (24, 72), "model.layers.0.self_attn.q_proj.weight": (24, 24)}
+    assert detect_arch(ShapeSource(mixed)) is None          # two families' names: ask for --arch
 
 
 @pytest.mark.parametrize("family, true_heads", [("gpt2", {"n_head": 4}),

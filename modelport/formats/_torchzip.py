@@ -1,0 +1,172 @@
+"""The zip container of torch >= 1.6 checkpoints, read and written without torch.
+
+Reading: the central directory comes from :mod:`zipfile` (which handles zip64);
+each stored (uncompressed) member's data offset is computed from its local header,
+so tensor bytes can be mapped or copied in place. Compressed members fall back to
+:mod:`zipfile`.
+
+Writing: members are laid out as ``torch.save`` lays them out: data aligned to 64
+bytes through an ``FB`` padding extra field, zip64 records where sizes or offsets
+pass 4 GiB.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FormatError
+
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
+_ALIGN = 64
+_MAX32 = 0xFFFFFFFF
+
+
+@dataclass
+class Member:
+    name: str
+    header_offset: int
+    size: int
+    compressed: bool
+
+
+class ZipReader:
+    """Member names, sizes and data offsets of a zip archive."""
+
+    def __init__(self, path: Path, file_size: int):
+        self.path = path
+        self.file_size = file_size
+        try:
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, struct.error) as exc:
+            raise FormatError(f"{path}: truncated or corrupt zip archive ({exc}); re-download or re-save the file") from exc
+        self.members = {i.filename: Member(i.filename, i.header_offset, i.file_size, i.compress_type != zipfile.ZIP_STORED) for i in infos}
+        self._offsets: dict[str, int] = {}
+
+    def data_offset(self, name: str) -> int:
+        """Where member ``name``'s bytes start in the file (stored members only)."""
+        off = self._offsets.get(name)
+        if off is not None:
+            return off
+        m = self.members[name]
+        with open(self.path, "rb") as f:
+            f.seek(m.header_offset)
+            raw = f.read(_LOCAL.size)
+        if len(raw) < _LOCAL.size or raw[:4] != b"PK\x03\x04":
+            raise FormatError(f"{self.path}: corrupt zip archive: no local header for member {name!r} at byte {m.header_offset}")
+        fields = _LOCAL.unpack(raw)
+        off = m.header_offset + _LOCAL.size + fields[9] + fields[10]
+        if off + m.size > self.file_size:
+            raise FormatError(f"{self.path}: member {name!r} ends at byte {off + m.size} but the file has {self.file_size} bytes; the file is truncated")
+        self._offsets[name] = off
+        return off
+
+    def read(self, name: str) -> bytes:
+        """A whole (small) member's bytes; CRCs are not checked for stored members."""
+        m = self.members[name]
+        if m.compressed:
+            try:
+                with zipfile.ZipFile(self.path) as zf:
+                    return zf.read(name)
+            except (zipfile.BadZipFile, OSError, ValueError, zlib.error, NotImplementedError) as exc:
+                raise FormatError(f"{self.path}: cannot read zip member {name!r} ({exc})") from exc
+        off = self.data_offset(name)
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            return f.read(m.size)
+
+
+class ZipWriter:
+    """Appends stored members to an open file descriptor, then the central directory.
+
+    With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
+    modelport/formats/pt.py); with ``crc32=True`` each member is read back once from
+    the output to compute it.
+    """
+
+    def __init__(self, fd: int, prefix: str, crc32: bool):
+        self.fd = fd
+        self.prefix = prefix
+        self.crc32 = crc32
+        self.pos = os.lseek(fd, 0, os.SEEK_CUR)
+        self._central: list[tuple[str, int, int, int]] = []   # name, header offset, size, crc
+
+    def _write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.pos += len(memoryview(data).cast("B"))
+
+    def begin(self, name: str, size: int) -> None:
+        """Write the local header of member ``name`` (``size`` bytes follow)."""
+        full = f"{self.prefix}/{name}".encode()
+        big = size >= _MAX32
+        z64 = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+        base = self.pos + _LOCAL.size + len(full) + len(z64) + 4
+        pad = -base % _ALIGN
+        extra = z64 + struct.pack("<HH", 0x4246, pad) + b"Z" * pad       # "FB" padding, as torch writes
+        sz32 = _MAX32 if big else size
+        self._central.append((full.decode(), self.pos, size, 0))
+        self._write(_LOCAL.pack(b"PK\x03\x04", 45 if big else 20, 0, 0, 0, 0, 0, sz32, sz32, len(full), len(extra)) + full + extra)
+        self._data_start = self.pos
+
+    def end(self) -> None:
+        """Check the member's length; compute and patch its CRC when asked."""
+        name, header, size, _ = self._central[-1]
+        written = self.pos - self._data_start
+        if written != size:
+            raise RuntimeError(f"zip member {name}: wrote {written} bytes, announced {size}")
+        if self.crc32:
+            crc, at, left = 0, self._data_start, size
+            while left:
+                chunk = os.pread(self.fd, min(left, 16 << 20), at)
+                if not chunk:
+                    raise RuntimeError(f"zip member {name}: output shorter than written")
+                crc = zlib.crc32(chunk, crc)
+                at += len(chunk)
+                left -= len(chunk)
+            os.pwrite(self.fd, struct.pack("<I", crc), header + 14)
+            self._central[-1] = (name, header, size, crc)
+
+    def add(self, name: str, data: bytes) -> None:
+        self.begin(name, len(data))
+        self._write(data)
+        self.end()
+
+    def advance(self, n: int) -> None:
+        """Account for ``n`` bytes appended to the descriptor by someone else (copy_file_range)."""
+        self.pos += n
+
+    def close(self) -> None:
+        cd_start = self.pos
+        out = bytearray()
+        for name, header, size, crc in self._central:
+            raw = name.encode()
+            z64 = b""
+            sz32, off32 = size, header
+            if size >= _MAX32:
+                z64 += struct.pack("<QQ", size, size)
+                sz32 = _MAX32
+            if header >= _MAX32:
+                z64 += struct.pack("<Q", header)
+                off32 = _MAX32
+            extra = struct.pack("<HH", 1, len(z64)) + z64 if z64 else b""
+            out += _CENTRAL.pack(b"PK\x01\x02", 45 if z64 else 20, 45 if z64 else 20, 0, 0, 0, 0, crc, sz32, sz32,
+                                 len(raw), len(extra), 0, 0, 0, 0, off32) + raw + extra
+        cd_size = len(out)
+        n = len(self._central)
+        if cd_start >= _MAX32 or cd_size >= _MAX32 or n >= 0xFFFF:
+            z64_eocd = cd_start + cd_size
+            out += struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, cd_size, cd_start)
+            out += struct.pack("<4sIQI", b"PK\x06\x07", 0, z64_eocd, 1)
+            out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, _MAX32, _MAX32, 0)
+        else:
+            out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, cd_size, cd_start, 0)
+        self._write(out)

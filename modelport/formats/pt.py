@@ -1,0 +1,454 @@
+"""pt: ``torch.save`` checkpoints, read and written without importing torch.
+
+Reading. Two containers: the zip of torch >= 1.6 (``<prefix>/data.pkl`` plus one
+stored member ``<prefix>/data/<key>`` per storage) and the legacy stream of
+``_use_new_zipfile_serialization=False`` (magic number, protocol, system info and
+object pickles, the storage key list, then each storage as an 8-byte element count
+and its raw bytes). The object pickle goes through an allow-listing unpickler
+(:mod:`._pickle`): a global other than what a state dict needs is refused with
+:class:`UnsafeContentError` and nothing from the file is executed. Tensors are lazy
+views (storage, element offset, shape, stride) whose bounds are checked on open;
+contiguous little-endian views have a :class:`Span` so a writer can copy them in the
+kernel, the others are gathered with numpy.
+
+The common wrappers ``{"state_dict": …}``, ``{"model_state_dict": …}``,
+``{"model": …}`` and ``{"module": …}`` are unwrapped; nested dicts and lists of
+tensors get dotted names; non-tensor leaves (epoch, strings) go into ``metadata`` as
+JSON strings, and tensors outside the unwrapped part are listed in ``notes``.
+
+Writing. A zip laid out as torch 2.13's ``torch.save`` lays it out (member names,
+``.format_version``, ``.storage_alignment``, ``byteorder``, ``version``,
+``.data/serialization_id``, data aligned to 64 bytes), with a hand-written protocol-2
+``data.pkl``. Tensors that share a storage in the source (``storage_view``) or are
+tied (``aliases``) stay views of one storage, written once. Storage bytes move with
+``os.copy_file_range`` from the source's spans.
+
+CRC-32: computing it means reading every byte in user space (about as long again as
+the kernel copy itself). ``torch.load`` does not check it (verified with
+``weights_only=True``, with and without ``mmap=True``, in tests/formats/test_pt.py;
+``torch.serialization.set_crc32_options(False)`` makes torch.save itself write 0),
+so by default every CRC field is 0. ``Options.crc32=True`` computes real CRCs, for
+tools such as ``unzip -t`` or Python's :mod:`zipfile` that verify them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mmap
+import os
+import pickle
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+from .. import dtypes
+from ..errors import FormatError, UnsupportedError
+from . import register
+from ._pickle import BadCheckpoint, CheckpointUnpickler, StateDictPickler, StorageRef, TensorRef
+from ._stream import _write_all, copy_span, write_tensor
+from ._torchzip import ZipReader, ZipWriter
+from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                  AttributeError, OverflowError, UnicodeDecodeError, struct.error)
+
+
+class _Storage:
+    """Where one storage's bytes are: ``offset`` in the file, or ``data`` when compressed."""
+
+    __slots__ = ("key", "dtype", "numel", "offset", "data")
+
+    def __init__(self, key: str, dtype: str, numel: int, offset: int | None, data: bytes | None = None):
+        self.key, self.dtype, self.numel, self.offset, self.data = key, dtype, numel, offset, data
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def _is_contiguous(shape, stride) -> bool:
+    if 0 in shape:
+        return True
+    expect = 1
+    for s, st in zip(reversed(shape), reversed(stride)):
+        if s != 1 and st != expect:
+            return False
+        expect *= s
+    return True
+
+
+class PtSource(TensorSource):
+    format = "pt"
+
+    def __init__(self, path: Path, options: Options):
+        super().__init__(path)
+        self._size = file_size(path)
+        self._big = False
+        self._stores: dict[str, _Storage] = {}
+        self._mmap: mmap.mmap | None = None
+        head = read_head(path, 16)
+        if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+            root = self._open_zip()
+        elif head.startswith(b"\x80"):
+            root = self._open_legacy()
+        elif not head:
+            raise FormatError(f"{path}: an empty file, not a PyTorch checkpoint")
+        else:
+            raise FormatError(f"{path}: neither a zip archive nor a pickle: not a PyTorch checkpoint")
+        self._build(root, options.strip_prefix)
+
+    # -- containers ------------------------------------------------------------------------
+    def _unpickle(self, data: bytes | io.BufferedReader, what: str, storages=None):
+        stream = io.BytesIO(data) if isinstance(data, bytes) else data
+        try:
+            return CheckpointUnpickler(stream, self.path, storages).load()
+        except BadCheckpoint as exc:
+            raise FormatError(f"{self.path}: {what} is not a plain state dict: {exc}") from exc
+        except _PICKLE_ERRORS as exc:
+            raise FormatError(f"{self.path}: corrupt {what} ({type(exc).__name__}: {exc}); the file is truncated or damaged") from exc
+
+    def _open_zip(self):
+        self._zip = zr = ZipReader(self.path, self._size)
+        pkls = [n for n in zr.members if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pkls:
+            shown = ", ".join(list(zr.members)[:5]) or "nothing"
+            raise FormatError(f"{self.path}: a zip archive without <name>/data.pkl (it holds {shown}): not a PyTorch checkpoint")
+        prefix = pkls[0][: -len("data.pkl")]
+        order = f"{prefix}byteorder"
+        if order in zr.members:
+            value = zr.read(order).decode("ascii", "replace").strip()
+            if value not in ("little", "big"):
+                raise FormatError(f"{self.path}: unknown byteorder {value!r} in {order}")
+            self._big = value == "big"
+        storages: dict[str, StorageRef] = {}
+        root = self._unpickle(zr.read(pkls[0]), "data.pkl", storages)
+        for key, ref in storages.items():
+            member = f"{prefix}data/{key}"
+            m = zr.members.get(member)
+            if m is None:
+                raise FormatError(f"{self.path}: storage {key!r} is missing (no member {member}); the archive is incomplete")
+            itemsize = dtypes.get(ref.dtype).itemsize
+            if m.compressed:
+                data = zr.read(member)
+                self._stores[key] = _Storage(key, ref.dtype, len(data) // itemsize, None, data)
+            else:
+                self._stores[key] = _Storage(key, ref.dtype, m.size // itemsize, zr.data_offset(member))
+        return root
+
+    def _open_legacy(self):
+        with open(self.path, "rb") as f:
+            magic = self._unpickle(f, "legacy header")
+            if magic != LEGACY_MAGIC:
+                raise FormatError(f"{self.path}: a Python pickle without torch's magic number: not a torch.save checkpoint")
+            version = self._unpickle(f, "legacy header")
+            if version != 1001:
+                raise UnsupportedError(f"{self.path}: legacy torch checkpoint protocol {version!r}, only 1001 is supported; re-save it with a current torch")
+            info = self._unpickle(f, "legacy header")
+            if isinstance(info, Mapping) and info.get("little_endian") is False:
+                self._big = True
+            storages: dict[str, StorageRef] = {}
+            root = self._unpickle(f, "checkpoint pickle", storages)
+            keys = self._unpickle(f, "storage list")
+            if not isinstance(keys, list):
+                raise FormatError(f"{self.path}: corrupt legacy checkpoint: the storage list is a {type(keys).__name__}")
+            pos = f.tell()
+        order = ">" if self._big else "<"
+        with open(self.path, "rb") as f:
+            for key in keys:
+                ref = storages.get(str(key))
+                if ref is None:
+                    raise FormatError(f"{self.path}: corrupt legacy checkpoint: storage {key!r} is listed but never used")
+                f.seek(pos)
+                raw = f.read(8)
+                if len(raw) < 8:
+                    raise FormatError(f"{self.path}: storage {key!r} starts past the end of the file; the file is truncated")
+                (count,) = struct.unpack(order + "q", raw)
+                nbytes = count * dtypes.get(ref.dtype).itemsize
+                if count < 0 or pos + 8 + nbytes > self._size:
+                    raise FormatError(f"{self.path}: storage {key!r} ({count} elements) ends past the end of the file ({self._size} bytes); the file is truncated")
+                self._stores[ref.key] = _Storage(ref.key, ref.dtype, count, pos + 8)
+                pos += 8 + nbytes
+        for key in storages:
+            if key not in self._stores:
+                raise FormatError(f"{self.path}: storage {key!r} is missing from the legacy checkpoint; the file is incomplete")
+        return root
+
+    # -- the object tree ---------------------------------------------------------------------
+    def _build(self, root, strip_prefix: str | None) -> None:
+        if isinstance(root, TensorRef):
+            root = {"tensor": root}
+            self.notes.append("the file holds a single tensor, named 'tensor' here")
+        if not isinstance(root, Mapping):
+            raise FormatError(f"{self.path}: holds a {type(root).__name__}, not a state dict (a dict of tensors)")
+        try:
+            self._flatten_root(root, strip_prefix)
+        except BadCheckpoint as exc:
+            raise FormatError(f"{self.path}: {exc}") from exc
+
+    def _flatten_root(self, root, strip_prefix: str | None) -> None:
+        tensors: dict[str, TensorRef] = {}
+        if not any(isinstance(v, TensorRef) for v in root.values()):
+            for key in WRAPPER_KEYS:
+                inner = root.get(key)
+                if isinstance(inner, Mapping) and _has_tensor(inner):
+                    self.notes.append(f"unwrapped the state dict under {key!r}")
+                    outside: dict[str, TensorRef] = {}
+                    _flatten({k: v for k, v in root.items() if k != key}, "", outside, self.metadata)
+                    if outside:
+                        self.notes.append(f"ignored {len(outside)} tensors outside {key!r} (e.g. {next(iter(outside))})")
+                    root = inner
+                    break
+        _flatten(root, "", tensors, self.metadata)
+        if strip_prefix:
+            stripped: dict[str, TensorRef] = {}
+            for name, t in tensors.items():
+                new = name[len(strip_prefix):] if name.startswith(strip_prefix) else name
+                if new in stripped:
+                    raise FormatError(f"{self.path}: stripping {strip_prefix!r} makes {name!r} collide with another tensor named {new!r}")
+                stripped[new] = t
+            tensors = stripped
+        self._tensors: dict[str, TensorRef] = {}
+        self._aliases: dict[str, str] = {}
+        seen: dict[tuple, str] = {}
+        for name, t in tensors.items():
+            self._check(name, t)
+            ident = (t.storage.key, t.offset, t.shape, t.stride)
+            if ident in seen:
+                self._aliases[name] = seen[ident]
+            else:
+                seen[ident] = name
+                self._tensors[name] = t
+
+    def _check(self, name: str, t: TensorRef) -> None:
+        st = self._stores[t.storage.key]
+        numel = 1
+        for s in t.shape:
+            numel *= s
+        if numel == 0:
+            return
+        last = t.offset + sum((s - 1) * d for s, d in zip(t.shape, t.stride))
+        if last >= st.numel:
+            raise FormatError(
+                f"{self.path}: tensor {name!r} (shape {list(t.shape)}, stride {list(t.stride)}, offset {t.offset}) reaches element {last} "
+                f"of storage {st.key!r}, which has {st.numel} {st.dtype} elements; the file is truncated or corrupt"
+            )
+
+    # -- the TensorSource interface -------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        t = self._tensors[name]
+        return TensorInfo(name, t.dtype, t.shape)
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def _buffer(self, st: _Storage):
+        if st.data is not None:
+            return memoryview(st.data), 0
+        if self._mmap is None:
+            with open(self.path, "rb") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return memoryview(self._mmap), st.offset
+
+    def span(self, name: str) -> Span | None:
+        t = self._tensors[name]
+        st = self._stores[t.storage.key]
+        if self._big or st.offset is None or not _is_contiguous(t.shape, t.stride):
+            return None
+        itemsize = dtypes.get(t.dtype).itemsize
+        return Span(self.path, st.offset + t.offset * itemsize, self.info(name).nbytes)
+
+    def read_bytes(self, name: str) -> bytes | memoryview:
+        t = self._tensors[name]
+        st = self._stores[t.storage.key]
+        info = self.info(name)
+        if info.nbytes == 0:
+            return b""
+        dt = dtypes.get(t.dtype)
+        buf, base = self._buffer(st)
+        if _is_contiguous(t.shape, t.stride):
+            start = base + t.offset * dt.itemsize
+            view = buf[start:start + info.nbytes]
+            return _swapped(view, dt) if self._big else view
+        import numpy as np
+        from numpy.lib.stride_tricks import as_strided
+
+        npdt = np.dtype(dt.numpy).newbyteorder(">" if self._big else "<") if dt.itemsize > 1 else np.dtype(dt.numpy)
+        flat = np.frombuffer(buf, dtype=npdt, count=st.numel, offset=base)
+        view = as_strided(flat[t.offset:], shape=t.shape, strides=tuple(s * dt.itemsize for s in t.stride), writeable=False)
+        return memoryview(np.ascontiguousarray(view, dtype=npdt.newbyteorder("<") if dt.itemsize > 1 else npdt)).cast("B")
+
+    def storage_view(self, name: str) -> StorageView:
+        t = self._tensors[name]
+        return StorageView(t.storage.key, self._stores[t.storage.key].numel, t.offset, t.stride)
+
+    def read_storage_bytes(self, key: str) -> bytes | memoryview:
+        st = self._stores[key]
+        dt = dtypes.get(st.dtype)
+        buf, base = self._buffer(st)
+        view = buf[base:base + st.numel * dt.itemsize]
+        return _swapped(view, dt) if self._big else view
+
+    def storage_span(self, key: str) -> Span | None:
+        st = self._stores[key]
+        if self._big or st.offset is None:
+            return None
+        return Span(self.path, st.offset, st.numel * dtypes.get(st.dtype).itemsize)
+
+    def close(self) -> None:
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # a caller still holds a view; the map goes with it
+                pass
+            self._mmap = None
+
+
+def _swapped(view, dt) -> memoryview:
+    if dt.itemsize == 1:
+        return view
+    import numpy as np
+
+    return memoryview(np.frombuffer(view, dtype=np.dtype(dt.numpy).newbyteorder(">")).astype(np.dtype(dt.numpy))).cast("B")
+
+
+def _has_tensor(obj) -> bool:
+    if isinstance(obj, TensorRef):
+        return True
+    if isinstance(obj, Mapping):
+        return any(_has_tensor(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_tensor(v) for v in obj)
+    return False
+
+
+def _flatten(obj, prefix: str, tensors: dict, metadata: dict) -> None:
+    if isinstance(obj, TensorRef):
+        if prefix in tensors:
+            raise BadCheckpoint(f"two tensors are both named {prefix!r} once nested keys are joined with '.'")
+        tensors[prefix] = obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors, metadata)
+    elif isinstance(obj, (list, tuple)) and _has_tensor(obj):
+        for i, v in enumerate(obj):
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), tensors, metadata)
+    else:
+        try:
+            metadata[prefix] = json.dumps(obj, default=repr)
+        except (TypeError, ValueError):   # keys JSON cannot hold (tuples), circular references
+            metadata[prefix] = json.dumps(repr(obj))
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def _plan(source: TensorSource):
+    """Storages to write and each name's view: shared storages of the source stay shared."""
+    storages: dict[object, list] = {}     # storage id -> [zip key, dtype, numel, source key or tensor name, shared]
+    entries: list[tuple] = []
+    for name in source.names():
+        info = source.info(name)
+        sv = source.storage_view(name)
+        if sv is not None and info.numel:
+            last = sv.offset + sum((s - 1) * d for s, d in zip(info.shape, sv.stride))
+            sid = ("s", sv.key)
+            if len(sv.stride) == len(info.shape) and last < sv.numel and storages.get(sid, [None, info.dtype])[1] == info.dtype:
+                if sid not in storages:
+                    storages[sid] = [str(len(storages)), info.dtype, sv.numel, sv.key, True]
+                entries.append((name, storages[sid][0], info.dtype, sv.numel, sv.offset, info.shape, tuple(sv.stride)))
+                continue
+        sid = ("t", name)
+        storages[sid] = [str(len(storages)), info.dtype, info.numel, name, False]
+        entries.append((name, storages[sid][0], info.dtype, info.numel, 0, info.shape, _contiguous_strides(info.shape)))
+    by_name = {e[0]: e for e in entries}
+    for alias, kept in source.aliases().items():
+        if kept in by_name:
+            entries.append((alias,) + by_name[kept][1:])
+    return list(storages.values()), entries
+
+
+def _serialization_id(pkl: bytes, storages: list) -> bytes:
+    """40 digits, like torch's; derived from the content so that equal inputs give equal files."""
+    digest = hashlib.sha256(pkl + repr([(s[1], s[2]) for s in storages]).encode()).digest()
+    return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
+
+
+def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
+    storages, entries = _plan(source)
+    pkl = StateDictPickler().state_dict(entries)
+    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        zw = ZipWriter(fd, "archive", crc32)
+        zw.add("data.pkl", pkl)
+        zw.add(".format_version", b"1")
+        zw.add(".storage_alignment", b"64")
+        zw.add("byteorder", b"little")
+        for zkey, dt, numel, src_key, shared in storages:
+            nbytes = numel * dtypes.get(dt).itemsize
+            zw.begin(f"data/{zkey}", nbytes)
+            if shared:
+                span = source.storage_span(src_key)
+                if span is not None:
+                    copy_span(span, fd)
+                else:
+                    data = source.read_storage_bytes(src_key)
+                    if len(memoryview(data).cast("B")) != nbytes:
+                        raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
+                    _write_all(fd, data)
+            else:
+                write_tensor(source, src_key, fd)
+            zw.advance(nbytes)
+            zw.end()
+            if progress:
+                progress(nbytes)
+        zw.add("version", b"3\n")
+        zw.add(".data/serialization_id", _serialization_id(pkl, storages))
+        zw.close()
+    finally:
+        os.close(fd)
+
+
+class Pt(Format):
+    id = "pt"
+    description = "torch.save checkpoint (zip or legacy), read without running pickled code"
+    suffixes = (".pt", ".pth", ".bin", ".ckpt")
+
+    def sniff(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        head = read_head(path, 16)
+        if head[:1] == b"\x80" and _LEGACY_MAGIC_BYTES in read_head(path, 32):
+            return True   # legacy stream: the first pickle is torch's magic number (protocol 2, or framed 4+)
+        if not head.startswith(b"PK\x03\x04"):
+            return False
+        head = read_head(path, 30 + 256)
+        (name_len,) = struct.unpack("<H", head[26:28]) if len(head) >= 30 else (0,)
+        if head[30:30 + name_len].endswith(b"/data.pkl"):
+            return True   # torch writes data.pkl first: recognised even when the archive is truncated
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in zf.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError, struct.error):
+            return False
+
+    def open(self, path: Path, options: Options) -> PtSource:
+        return PtSource(path, options)
+
+    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+        write_pt(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
+
+
+register(Pt())

@@ -123,3 +123,14 @@ def test_dtype_casts_weights_and_keeps_rotary_in_float32(tmp_path):
     ours_err = (got - want)[real].abs().max().item()
     hf_err = (hf_bf16 - want)[real].abs().max().item()
     assert ours_err <= 2 * hf_err                 # bfloat16 rounding as transformers has it, not a wrong model
+
+
+def test_loaded_model_scripts(tmp_path):
+    hf_model = tiny.gptneox(seed=31, tie_word_embeddings=True)
+    hf_model.save_pretrained(tmp_path)
+    model = modelport.load_model(tmp_path)
+    scripted = torch.jit.script(model)
+    ids, mask = tiny.batch(seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(ids, mask), model(ids, mask), rtol=0, atol=1e-6)
+    assert model.embed_out.weight is model.gpt_neox.embed_in.weight

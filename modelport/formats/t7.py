@@ -162,6 +162,17 @@ class T7Source(TensorSource):
     def tree(self) -> str | None:
         return object_tree(self.file.root) if self.file is not None else None
 
+    def model_summary(self) -> str | None:
+        from ..errors import ModelportError
+        from ..t7.nn import build_module, describe_module, is_nn_model
+
+        if self.file is None or not is_nn_model(self.file.root):
+            return None
+        try:
+            return describe_module(build_module(self.file.root, source=str(self.path)))
+        except ModelportError as exc:
+            return f"cannot be rebuilt as a PyTorch module: {exc}"
+
     def close(self) -> None:
         # Arrays are views of a map of the file: dropping them lets the map go.
         self._entries = {}
@@ -355,6 +366,7 @@ class T7(Format):
     id = "t7"
     description = "Lua Torch7 torch.save file (binary or ASCII; nn models, tables of tensors)"
     suffixes = (".t7", ".net", ".th", ".asc")
+    runnable = True            # an nn model rebuilds as a torch.nn.Module (modelport.t7.nn)
 
     def sniff(self, path: Path) -> bool:
         if not path.is_file():

@@ -274,3 +274,16 @@ def test_cli_refuses_what_is_not_lua_torch_with_exit_2(cli, tmp_path):
     res = cli("inspect", cut)
     assert res.returncode == 2 and "at byte 210" in res.stderr and "truncated" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_shows_the_rebuilt_nn_module():
+    from pathlib import Path
+
+    import modelport
+
+    fixtures = Path(__file__).resolve().parents[2] / "fixtures" / "t7nn"
+    summary = modelport.inspect(fixtures / "u1net.net")
+    assert "nn.SpatialConvolution -> Conv2d(3, 12, kernel_size=(9, 9)" in summary.model
+    assert "total: 2,928 parameters" in summary.model
+    gone = modelport.inspect(fixtures / "face-detector_2011.net")
+    assert gone.model.startswith("cannot be rebuilt") and "nn.SpatialNormalization" in gone.model

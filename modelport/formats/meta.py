@@ -28,7 +28,10 @@ import re
 import shutil
 from pathlib import Path
 
+from dataclasses import replace
+
 from ..errors import FormatError, LayoutError, UnsupportedError
+from ..models.config import config_from_hf, config_from_meta_params
 from . import get, register
 from .base import Format, Options, Span, TensorInfo, TensorSource
 
@@ -47,12 +50,6 @@ _SPLIT = (
     (re.compile(r"(layers\.\d+\.(attention_norm|ffn_norm)\.weight|norm\.weight|rope\.freqs)\Z"), None),
 )
 
-# params.json keys Meta's ModelArgs knows (llama 1/2/3 repositories); anything else is refused.
-_PARAMS_KEYS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
-                "norm_eps", "rope_theta", "use_scaled_rope", "rope_scaling_factor", "max_batch_size", "max_seq_len"}
-
-# Llama 3 rope scaling as Meta's apply_scaling hard-codes it
-_LLAMA3_SCALING = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
 def split_dim(name: str, llama3: bool) -> int | None:
@@ -67,66 +64,12 @@ def is_llama3(params: dict) -> bool:
             or float(params.get("rope_theta", 10000.0)) >= 500000)
 
 
-def ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
-    """The feed-forward width exactly as Meta's FeedForward computes it."""
-    hidden = int(2 * (4 * dim) / 3)
-    if ffn_dim_multiplier is not None:
-        hidden = int(ffn_dim_multiplier * hidden)
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+def config_from_params(params: dict, vocab_from_weights: int | None, path, tied: bool = False) -> dict:
+    """A Hugging Face config.json dict from Meta's params.json, through the one LlamaConfig boundary."""
+    from dataclasses import replace
 
-
-def ffn_params(dim: int, intermediate_size: int) -> tuple[int, float | None]:
-    """(multiple_of, ffn_dim_multiplier) that reproduce ``intermediate_size`` exactly: no multiplier
-    if one works (largest power-of-two multiple_of first), else the multiplier with fewest decimals."""
-    pows = [1 << k for k in range(20, -1, -1) if intermediate_size > 0 and intermediate_size % (1 << k) == 0]
-    for m in pows:
-        if ffn_dim(dim, m, None) == intermediate_size:
-            return m, None
-    base = int(2 * (4 * dim) / 3)
-    for decimals in range(1, 7):
-        scale = 10 ** decimals
-        for m in pows:
-            lo = intermediate_size - m + 1                  # int(f * base) must land in [lo, intermediate_size]
-            first = -(-lo * scale // base)
-            for k in range(first, first + 3):
-                f = round(k / scale, decimals)
-                if ffn_dim(dim, m, f) == intermediate_size:
-                    return m, f
-    raise UnsupportedError(f"intermediate_size {intermediate_size} with hidden_size {dim} cannot be written as Meta's "
-                           "multiple_of / ffn_dim_multiplier; this model has no Meta params.json equivalent")
-
-
-def config_from_params(params: dict, vocab_from_weights: int | None, path: Path, tied: bool = False) -> dict:
-    """A Hugging Face LlamaConfig dict from Meta's params.json."""
-    unknown = sorted(set(params) - _PARAMS_KEYS)
-    if unknown:
-        raise FormatError(f"{path}: params.json has keys Meta's Llama does not know: {', '.join(unknown)}")
-    try:
-        dim, n_layers, n_heads = int(params["dim"]), int(params["n_layers"]), int(params["n_heads"])
-    except KeyError as exc:
-        raise FormatError(f"{path}: params.json lacks {exc}") from exc
-    n_kv = int(params.get("n_kv_heads") or n_heads)
-    vocab = int(params.get("vocab_size") or -1)
-    if vocab <= 0:
-        if not vocab_from_weights:
-            raise FormatError(f"{path}: params.json has vocab_size {vocab} and no embedding to read it from")
-        vocab = vocab_from_weights
-    llama3 = is_llama3({**params, "vocab_size": vocab})
-    cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": dim, "num_hidden_layers": n_layers, "num_attention_heads": n_heads, "num_key_value_heads": n_kv,
-        "head_dim": dim // n_heads,
-        "intermediate_size": ffn_dim(dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier")),
-        "vocab_size": vocab, "rms_norm_eps": float(params.get("norm_eps", 1e-5)),
-        "rope_theta": float(params.get("rope_theta", 10000.0)), "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": tied,
-        # params.json does not say these; assumed from the Llama generation
-        "max_position_embeddings": 131072 if params.get("use_scaled_rope") else 8192 if llama3 else 4096,
-        "bos_token_id": 128000 if llama3 else 1, "eos_token_id": 128001 if llama3 else 2,
-    }
-    if params.get("use_scaled_rope"):
-        cfg["rope_scaling"] = {"rope_type": "llama3", "factor": float(params.get("rope_scaling_factor", 8.0)), **_LLAMA3_SCALING}
-    return cfg
+    cfg = config_from_meta_params(params, vocab_from_weights, where=str(path))
+    return replace(cfg, tie_word_embeddings=tied).to_hf_config()
 
 
 def is_params(config: dict) -> bool:
@@ -145,47 +88,9 @@ def config_from_params_of(params: dict, source: TensorSource, path: Path) -> dic
     return config_from_params(params, vocab, path, tied=not ({"output.weight", "lm_head.weight"} & set(source.names())))
 
 
-def _rope(config: dict) -> tuple[float, dict | None]:
-    """(rope_theta, rope scaling) from a transformers 4.x or 5.x config."""
-    rp = config.get("rope_parameters") or {}
-    theta = config.get("rope_theta", rp.get("rope_theta", 10000.0))
-    scaling = config.get("rope_scaling")
-    if scaling is None and rp.get("rope_type", "default") != "default":
-        scaling = rp
-    return float(theta), scaling
-
-
-def params_from_config(config: dict, where: Path) -> dict:
+def params_from_config(config: dict, where) -> dict:
     """Meta's params.json from a Hugging Face LlamaConfig dict; UnsupportedError where Meta's model cannot express it."""
-    c = config
-    if c.get("model_type", "llama") != "llama":
-        raise UnsupportedError(f"{where}: model_type {c.get('model_type')!r} cannot be written as a Meta Llama checkpoint")
-    dim, n_heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-    for key, ok in (("hidden_act", c.get("hidden_act", "silu") == "silu"), ("attention_bias", not c.get("attention_bias")),
-                    ("mlp_bias", not c.get("mlp_bias")), ("head_dim", int(c.get("head_dim") or dim // n_heads) * n_heads == dim)):
-        if not ok:
-            raise UnsupportedError(f"{where}: config {key}={c.get(key)!r} has no equivalent in Meta's Llama")
-    multiple_of, mult = ffn_params(dim, int(c["intermediate_size"]))
-    theta, scaling = _rope(c)
-    params: dict = {"dim": dim, "n_layers": int(c["num_hidden_layers"]), "n_heads": n_heads}
-    n_kv = int(c.get("num_key_value_heads") or n_heads)
-    if n_kv != n_heads:
-        params["n_kv_heads"] = n_kv
-    params["vocab_size"] = int(c["vocab_size"])
-    params["multiple_of"] = multiple_of
-    if mult is not None:
-        params["ffn_dim_multiplier"] = mult
-    params["norm_eps"] = float(c.get("rms_norm_eps", 1e-5))
-    params["rope_theta"] = theta
-    if scaling:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind != "llama3" or any(float(scaling.get(k, -1)) != v for k, v in _LLAMA3_SCALING.items()):
-            raise UnsupportedError(f"{where}: rope scaling {scaling} has no equivalent in Meta's Llama "
-                                   "(only Llama 3 scaling with low 1, high 4, original 8192)")
-        params["use_scaled_rope"] = True
-        if float(scaling.get("factor", 8.0)) != 8.0:
-            params["rope_scaling_factor"] = float(scaling["factor"])
-    return params
+    return config_from_hf(config, "llama", str(where)).to_meta_params()
 
 
 class MetaSource(TensorSource):
@@ -302,18 +207,19 @@ def _meta_params(source: TensorSource, where: Path) -> dict:
     config = source.config
     if config is None:
         raise UnsupportedError(f"{where}: writing a Meta checkpoint needs the model's config; pass --config config.json")
+    target = config_from_hf(config, "llama", str(where))
     stored = (source.metadata or {}).get(PARAMS_KEY)
     if stored:   # the params.json this model came with, if it still describes the same model
         try:
             params = json.loads(stored)
-            again = config_from_params(params, config.get("vocab_size"), where, config.get("tie_word_embeddings", False))
-        except (json.JSONDecodeError, FormatError, TypeError):
-            params, again = None, {}
-        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                "vocab_size", "rms_norm_eps")
-        if params is not None and all(again.get(k) == config.get(k) for k in keys) and _rope(again) == _rope(config):
+            again = config_from_meta_params(params, target.vocab_size, str(where))
+        except (json.JSONDecodeError, FormatError, UnsupportedError, TypeError):
+            params = again = None
+        # max positions and tying are not in params.json: they cannot make it stale
+        if again is not None and replace(again, max_positions=target.max_positions,
+                                         tie_word_embeddings=target.tie_word_embeddings) == target:
             return params
-    return params_from_config(config, where)
+    return target.to_meta_params()
 
 
 _CHUNK = 16 << 20

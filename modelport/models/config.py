@@ -136,7 +136,9 @@ class LlamaConfig:
         if self.n_kv_heads != self.n_heads:
             out["n_kv_heads"] = self.n_kv_heads
         out["vocab_size"] = self.vocab_size
-        out.update(_meta_ffn_params(self.dim, self.ffn_dim))
+        out["multiple_of"], multiplier = meta_ffn_params(self.dim, self.ffn_dim)
+        if multiplier is not None:
+            out["ffn_dim_multiplier"] = multiplier
         out["norm_eps"] = self.norm_eps
         out["rope_theta"] = self.rope_theta
         if self.rope_scaling is not None:
@@ -149,8 +151,7 @@ class LlamaConfig:
             if (s.low_freq_factor, s.high_freq_factor, s.original_max_position_embeddings) != (1.0, 4.0, 8192):
                 out.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
                            original_max_position_embeddings=s.original_max_position_embeddings)
-        if "max_position_embeddings" not in self.assumed:
-            out["max_seq_len"] = self.max_positions
+        # No max_seq_len: Meta's Llama.build passes it itself, and its params.json files never carry it.
         return out
 
 
@@ -387,7 +388,7 @@ def config_from_meta_params(params: dict, vocab_size: int | None = None, where: 
         raise FormatError(f"{where}: expected a JSON object, got {type(params).__name__}")
     unknown = sorted(set(params) - known)
     if unknown:
-        raise UnsupportedError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+        raise FormatError(f"{where}: unknown keys {unknown}; Meta's ModelArgs knows only {sorted(known)}")
     for key in ("dim", "n_layers", "n_heads"):
         if key not in params:
             raise FormatError(f"{where}: missing {key!r}")
@@ -431,17 +432,25 @@ def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def _meta_ffn_params(dim: int, ffn_dim: int) -> dict:
-    """``multiple_of`` / ``ffn_dim_multiplier`` that reproduce ``ffn_dim`` exactly under :func:`meta_ffn_dim`."""
+def meta_ffn_params(dim: int, ffn_dim: int) -> tuple[int, float | None]:
+    """(multiple_of, ffn_dim_multiplier) that reproduce ``ffn_dim`` exactly under :func:`meta_ffn_dim`: no
+    multiplier if one works (largest power-of-two multiple_of first), else the multiplier with fewest decimals."""
+    pows = [1 << k for k in range(20, -1, -1) if ffn_dim > 0 and ffn_dim % (1 << k) == 0]
+    for m in pows:
+        if meta_ffn_dim(dim, m, None) == ffn_dim:
+            return m, None
     base = int(2 * (4 * dim) / 3)
-    for multiple_of in (256, 1024, 128, 64, 32, 16, 8, 4, 2, 1):
-        if meta_ffn_dim(dim, multiple_of, None) == ffn_dim:
-            return {"multiple_of": multiple_of}
-    for multiple_of in (256, 1024, 128, 64, 32, 16, 8, 4, 2, 1):
-        for mult in (1.3, 1.5, 1.25, 2.0, 1.0, round(ffn_dim / base, 4)):
-            if meta_ffn_dim(dim, multiple_of, mult) == ffn_dim:
-                return {"ffn_dim_multiplier": mult, "multiple_of": multiple_of}
-    raise UnsupportedError(f"no multiple_of / ffn_dim_multiplier in params.json gives ffn_dim {ffn_dim} for dim {dim}")
+    for decimals in range(1, 7):
+        scale = 10 ** decimals
+        for m in pows:
+            lo = ffn_dim - m + 1                  # int(f * base) must land in [lo, ffn_dim]
+            first = -(-lo * scale // base)
+            for k in range(first, first + 3):
+                f = round(k / scale, decimals)
+                if meta_ffn_dim(dim, m, f) == ffn_dim:
+                    return m, f
+    raise UnsupportedError(f"intermediate_size {ffn_dim} with hidden_size {dim} cannot be written as Meta's "
+                           "multiple_of / ffn_dim_multiplier; this model has no Meta params.json equivalent")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -548,5 +557,5 @@ def with_assumed(cfg: ModelConfig, assumed: list[str]) -> ModelConfig:
 
 
 __all__ = ["ASSUMED_KEY", "FAMILIES", "GPT2Config", "LlamaConfig", "ModelConfig", "NeoXConfig", "RopeScaling",
-           "config_from_hf", "config_from_meta_params", "family_of_hf", "known_archs", "meta_ffn_dim",
+           "config_from_hf", "config_from_meta_params", "family_of_hf", "known_archs", "meta_ffn_dim", "meta_ffn_params",
            "normalize_arch", "with_assumed"]

@@ -14,7 +14,8 @@ import modelport
 from modelport import formats
 from modelport.errors import FormatError, LayoutError, UnsupportedError
 from modelport.formats.base import Options
-from modelport.formats.meta import config_from_params, ffn_dim, ffn_params, is_llama3, params_from_config, split_dim
+from modelport.formats.meta import config_from_params, is_llama3, params_from_config, split_dim
+from modelport.models.config import meta_ffn_dim as ffn_dim, meta_ffn_params as ffn_params
 from tests.conftest import bitwise_equal
 
 LLAMA3 = dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -290,7 +291,7 @@ def test_params_config_round_trip_and_refusals():
     assert params_from_config(v5, "x") == again
     with pytest.raises(UnsupportedError, match="rope scaling"):
         params_from_config({**cfg, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "x")
-    with pytest.raises(UnsupportedError, match="attention_bias"):
+    with pytest.raises(UnsupportedError, match="biases"):
         params_from_config({**cfg, "attention_bias": True}, "x")
     assert not is_llama3({"dim": 4096, "vocab_size": -1})
 

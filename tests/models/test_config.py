@@ -130,7 +130,7 @@ def test_meta_params_llama2_takes_vocab_from_weights():
     assert (cfg.vocab_size, cfg.ffn_dim, cfg.n_kv_heads, cfg.rope_theta) == (32000, 11008, 32, 10000.0)
     with pytest.raises(FormatError, match="vocab_size is -1"):
         config_from_meta_params(params)
-    with pytest.raises(UnsupportedError, match="unknown keys"):
+    with pytest.raises(FormatError, match="unknown keys"):
         config_from_meta_params({**params, "moe": True}, vocab_size=32000)
 
 

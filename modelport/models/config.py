@@ -432,9 +432,16 @@ def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+# (multiple_of, ffn_dim_multiplier) in Meta's published params.json files (Llama 1, 2, 3, 3.1, 3.2).
+_PUBLISHED_FFN = ((256, None), (1024, 1.3), (4096, 1.3), (4096, 1.0), (256, 1.5), (1024, 1.5), (4096, 1.2))
+
+
 def meta_ffn_params(dim: int, ffn_dim: int) -> tuple[int, float | None]:
     """(multiple_of, ffn_dim_multiplier) that reproduce ``ffn_dim`` exactly under :func:`meta_ffn_dim`: no
     multiplier if one works (largest power-of-two multiple_of first), else the multiplier with fewest decimals."""
+    for m, f in _PUBLISHED_FFN:    # the pairs Meta's own params.json files use, so they come back as they were
+        if meta_ffn_dim(dim, m, f) == ffn_dim:
+            return m, f
     pows = [1 << k for k in range(20, -1, -1) if ffn_dim > 0 and ffn_dim % (1 << k) == 0]
     for m in pows:
         if meta_ffn_dim(dim, m, None) == ffn_dim:

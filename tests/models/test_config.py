@@ -145,3 +145,13 @@ def test_dataclasses_name_their_dimensions():
     g = GPT2Config(n_layers=2, n_heads=4, dim=24, vocab_size=37, ffn_dim=40)
     n = NeoXConfig(n_layers=2, n_heads=4, dim=32, ffn_dim=44, vocab_size=37, rotary_pct=0.5)
     assert (g.head_dim, g.n_kv_heads, n.head_dim, n.n_kv_heads, n.rotary_dims) == (6, 4, 8, 4, 4)
+
+
+def test_published_params_json_come_back_as_they_were():
+    from modelport.models.config import meta_ffn_params
+
+    llama3_8b = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024,
+                 "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True}
+    assert config_from_meta_params(llama3_8b).to_meta_params() == llama3_8b
+    assert meta_ffn_params(4096, 11008) == (256, None)       # Llama 2 7B
+    assert meta_ffn_params(64, 7)[1] is not None             # odd sizes still found, with a multiplier

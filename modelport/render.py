@@ -63,6 +63,8 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
 
 def print_diff(r: DiffReport) -> None:
     echo = click.echo
+    for note in r.notes:
+        echo(f"note: {note}")
     for name in r.missing:
         echo(f"only in A: {name}")
     for name in r.unexpected:

@@ -85,12 +85,8 @@ def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
             plan[out_name] = plan[in_name]
     missing = [n for n in expected if n not in plan]
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {_some(unexpected)}")
-        raise LayoutError(f"{source.path}: the weights do not fit a {cfg.family} model with this config ({'; '.join(parts)}); "
+        raise LayoutError(f"{source.path}: the weights do not fit a {cfg.family} model with this config "
+                          f"({key_mismatch(missing, unexpected)}); "
                           "check --arch / --config, or convert the layout first")
     for target, name in plan.items():
         have = tuple(source.info(aliases.get(name, name)).shape)
@@ -103,6 +99,14 @@ def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
 
 def _some(names: list[str], n: int = 8) -> str:
     return ", ".join(names[:n]) + (f" … and {len(names) - n} more" if len(names) > n else "")
+
+
+def key_mismatch(missing: list[str], unexpected: list[str]) -> str:
+    """'missing 2: a, b; unexpected 1: c' for a strict-loading error."""
+    parts = [f"missing {len(missing)}: {_some(missing)}"] if missing else []
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {_some(unexpected)}")
+    return "; ".join(parts)
 
 
 def load_weights(model, source: TensorSource, cfg: ModelConfig, device="cpu", dtype=None):

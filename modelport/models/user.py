@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import LayoutError, ModelportError, UnsupportedError
 from ..formats.base import TensorSource
+from .loader import key_mismatch
 
 
 def import_factory(spec: str):
@@ -106,12 +107,7 @@ def load_user_model(spec: str, source: TensorSource, config: dict | None, device
     missing = [n for n in expected if n not in names]
     unexpected = [n for n in names if n not in expected]
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {_some(unexpected)}")
-        raise LayoutError(f"{source.path}: the weights do not fit {spec} ({'; '.join(parts)})")
+        raise LayoutError(f"{source.path}: the weights do not fit {spec} ({key_mismatch(missing, unexpected)})")
     state = {}
     for name, target in expected.items():
         have = tuple(source.info(aliases.get(name, name)).shape)
@@ -131,10 +127,6 @@ def load_user_model(spec: str, source: TensorSource, config: dict | None, device
     module.modelport_arch = spec
     module.modelport_assumed = []
     return module
-
-
-def _some(names: list[str], n: int = 8) -> str:
-    return ", ".join(names[:n]) + (f" … and {len(names) - n} more" if len(names) > n else "")
 
 
 __all__ = ["build_user_module", "import_factory", "load_user_model", "parse_input_dtype", "parse_input_shape"]

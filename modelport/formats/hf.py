@@ -127,7 +127,7 @@ def config_for(source: TensorSource, options: Options) -> dict:
         return source.config
     from ..models import infer_config
 
-    inferred = infer_config(source)
+    inferred = infer_config(source, options.arch)
     if inferred is None:
         raise UnsupportedError(
             f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "

@@ -9,7 +9,7 @@ from ..formats.base import TensorSource
 from .config import ASSUMED_KEY, known_archs
 
 
-def infer_config(source: TensorSource) -> dict | None:
+def infer_config(source: TensorSource, arch: str | None = None) -> dict | None:
     """An HF ``config.json`` for ``source`` inferred from tensor names and shapes, or None.
 
     Values that weights cannot reveal (head count, norm epsilon, rope_theta, rotary fraction,
@@ -20,7 +20,11 @@ def infer_config(source: TensorSource) -> dict | None:
     from .detect import infer_model_config
     from .loader import plan_names
 
-    cfg = infer_model_config(source)
+    from .config import normalize_arch
+
+    if arch is not None and ":" in arch:
+        return None             # a user module: its config is the user's --config
+    cfg = infer_model_config(source, normalize_arch(arch) if arch else None)
     if cfg is None:
         return None
     plan_names(source, cfg)

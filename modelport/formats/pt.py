@@ -61,10 +61,11 @@ _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyEr
 class _Storage:
     """Where one storage's bytes are: ``offset`` in the file, or ``data`` when compressed."""
 
-    __slots__ = ("key", "dtype", "numel", "offset", "data")
+    __slots__ = ("key", "dtype", "numel", "offset", "data", "problem")
 
-    def __init__(self, key: str, dtype: str, numel: int, offset: int | None, data: bytes | None = None):
+    def __init__(self, key: str, dtype: str, numel: int, offset: int | None, data: bytes | None = None, problem: str | None = None):
         self.key, self.dtype, self.numel, self.offset, self.data = key, dtype, numel, offset, data
+        self.problem = problem     # why the bytes cannot be read (missing member, truncated file)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -135,7 +136,8 @@ class PtSource(TensorSource):
             member = f"{prefix}data/{key}"
             m = zr.members.get(member)
             if m is None:
-                raise FormatError(f"{self.path}: storage {key!r} is missing (no member {member}); the archive is incomplete")
+                self._stores[key] = _Storage(key, ref.dtype, 0, None, problem=f"has no member {member}; the archive is incomplete")
+                continue
             itemsize = dtypes.get(ref.dtype).itemsize
             if m.compressed:
                 data = zr.read(member)
@@ -162,6 +164,7 @@ class PtSource(TensorSource):
                 raise FormatError(f"{self.path}: corrupt legacy checkpoint: the storage list is a {type(keys).__name__}")
             pos = f.tell()
         order = ">" if self._big else "<"
+        problem = None
         with open(self.path, "rb") as f:
             for key in keys:
                 ref = storages.get(str(key))
@@ -169,17 +172,16 @@ class PtSource(TensorSource):
                     raise FormatError(f"{self.path}: corrupt legacy checkpoint: storage {key!r} is listed but never used")
                 f.seek(pos)
                 raw = f.read(8)
-                if len(raw) < 8:
-                    raise FormatError(f"{self.path}: storage {key!r} starts past the end of the file; the file is truncated")
-                (count,) = struct.unpack(order + "q", raw)
+                count = struct.unpack(order + "q", raw)[0] if len(raw) == 8 else -1
                 nbytes = count * dtypes.get(ref.dtype).itemsize
                 if count < 0 or pos + 8 + nbytes > self._size:
-                    raise FormatError(f"{self.path}: storage {key!r} ({count} elements) ends past the end of the file ({self._size} bytes); the file is truncated")
+                    problem = f"ends past the end of the file ({self._size} bytes); the file is truncated"
+                    break
                 self._stores[ref.key] = _Storage(ref.key, ref.dtype, count, pos + 8)
                 pos += 8 + nbytes
-        for key in storages:
+        for key, ref in storages.items():
             if key not in self._stores:
-                raise FormatError(f"{self.path}: storage {key!r} is missing from the legacy checkpoint; the file is incomplete")
+                self._stores[key] = _Storage(key, ref.dtype, 0, None, problem=problem or "is missing from the legacy checkpoint; the file is incomplete")
         return root
 
     # -- the object tree ---------------------------------------------------------------------
@@ -230,6 +232,8 @@ class PtSource(TensorSource):
 
     def _check(self, name: str, t: TensorRef) -> None:
         st = self._stores[t.storage.key]
+        if st.problem:
+            raise FormatError(f"{self.path}: tensor {name!r}: its storage {st.key!r} {st.problem}")
         numel = 1
         for s in t.shape:
             numel *= s

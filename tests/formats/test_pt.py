@@ -314,7 +314,7 @@ def test_truncated_zip(tmp_path):
 def test_missing_storage_member(tmp_path):
     path = _save({"w": torch.ones(3), "v": torch.zeros(4)}, tmp_path / "w.pt")
     bad = _rewrite_zip(path, tmp_path / "bad.pt", lambda n, d: None if n.endswith("/data/1") else d)
-    with pytest.raises(FormatError, match=r"bad\.pt: storage '1' is missing"):
+    with pytest.raises(FormatError, match=r"bad\.pt: tensor 'v': its storage '1' has no member .*/data/1; the archive is incomplete"):
         formats.open(bad)
 
 
@@ -329,7 +329,7 @@ def test_truncated_legacy(tmp_path):
     path = _save({"w": torch.arange(100.0)}, tmp_path / "w.pt", _use_new_zipfile_serialization=False)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(path.read_bytes()[:-50])
-    with pytest.raises(FormatError, match=r"cut\.pt: storage .* ends past the end of the file"):
+    with pytest.raises(FormatError, match=r"cut\.pt: tensor 'w': its storage .* ends past the end of the file"):
         formats.open(cut)
     cut.write_bytes(path.read_bytes()[:60])
     with pytest.raises(FormatError, match=r"cut\.pt: corrupt"):
@@ -447,3 +447,18 @@ def test_name_collisions_are_errors(tmp_path):
     path = _save({"module.x": torch.ones(1), "x": torch.zeros(1)}, tmp_path / "d.pt")
     with pytest.raises(FormatError, match=r"d\.pt: stripping 'module.' makes 'x' collide"):
         formats.open(path, options=Options(strip_prefix="module."))
+
+
+def test_cli_refuses_malicious_and_corrupt_files(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _save({"w": torch.ones(2), "x": _Evil(marker, "system")}, tmp_path / "evil.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(_save({"w": torch.ones(300)}, tmp_path / "w.pt").read_bytes()[:700])
+    for src, expect in ((evil, "refusing to import posix.system from"), (cut, "truncated or corrupt zip archive")):
+        for args in (["inspect", str(src)], ["convert", str(src), str(tmp_path / "out.safetensors")]):
+            result = subprocess.run([sys.executable, "-m", "modelport", *args], capture_output=True, text=True, cwd=ROOT)
+            assert result.returncode == 2, result.stderr
+            assert expect in result.stderr and str(src) in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "evil.pt", "w.pt"]   # nothing written

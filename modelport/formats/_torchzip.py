@@ -7,11 +7,12 @@ so tensor bytes can be mapped or copied in place. Compressed members fall back t
 
 Writing: members are laid out as ``torch.save`` lays them out: data aligned to 64
 bytes through an ``FB`` padding extra field, zip64 records where sizes or offsets
-pass 4 GiB.
+pass 4 GiB. :func:`write_checkpoint` writes a whole state dict from any source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import zipfile
@@ -19,7 +20,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import dtypes
 from ..errors import FormatError
+from ._pickle import StateDictPickler
+from ._stream import _write_all, copy_span, write_tensor
+from .base import TensorSource
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
@@ -170,3 +175,79 @@ class ZipWriter:
         else:
             out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, cd_size, cd_start, 0)
         self._write(out)
+
+
+# -- a whole checkpoint --------------------------------------------------------------------------
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def _plan(source: TensorSource):
+    """Storages to write and each name's view: shared storages of the source stay shared."""
+    storages: dict[object, list] = {}     # storage id -> [zip key, dtype, numel, source key or tensor name, shared]
+    entries: list[tuple] = []
+    for name in source.names():
+        info = source.info(name)
+        sv = source.storage_view(name)
+        if sv is not None and info.numel:
+            last = sv.offset + sum((s - 1) * d for s, d in zip(info.shape, sv.stride))
+            sid = ("s", sv.key)
+            if len(sv.stride) == len(info.shape) and last < sv.numel and storages.get(sid, [None, info.dtype])[1] == info.dtype:
+                if sid not in storages:
+                    storages[sid] = [str(len(storages)), info.dtype, sv.numel, sv.key, True]
+                entries.append((name, storages[sid][0], info.dtype, sv.numel, sv.offset, info.shape, tuple(sv.stride)))
+                continue
+        sid = ("t", name)
+        storages[sid] = [str(len(storages)), info.dtype, info.numel, name, False]
+        entries.append((name, storages[sid][0], info.dtype, info.numel, 0, info.shape, _contiguous_strides(info.shape)))
+    by_name = {e[0]: e for e in entries}
+    for alias, kept in source.aliases().items():
+        if kept in by_name:
+            entries.append((alias,) + by_name[kept][1:])
+    return list(storages.values()), entries
+
+
+def _serialization_id(pkl: bytes, storages: list) -> bytes:
+    """40 digits, like torch's; derived from the content so that equal inputs give equal files."""
+    digest = hashlib.sha256(pkl + repr([(s[1], s[2]) for s in storages]).encode()).digest()
+    return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
+
+
+def write_checkpoint(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
+    storages, entries = _plan(source)
+    pkl = StateDictPickler().state_dict(entries)
+    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        zw = ZipWriter(fd, "archive", crc32)
+        zw.add("data.pkl", pkl)
+        zw.add(".format_version", b"1")
+        zw.add(".storage_alignment", b"64")
+        zw.add("byteorder", b"little")
+        for zkey, dt, numel, src_key, shared in storages:
+            nbytes = numel * dtypes.get(dt).itemsize
+            zw.begin(f"data/{zkey}", nbytes)
+            if shared:
+                span = source.storage_span(src_key)
+                if span is not None:
+                    copy_span(span, fd)
+                else:
+                    data = source.read_storage_bytes(src_key)
+                    if len(memoryview(data).cast("B")) != nbytes:
+                        raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
+                    _write_all(fd, data)
+            else:
+                write_tensor(source, src_key, fd)
+            zw.advance(nbytes)
+            zw.end()
+            if progress:
+                progress(nbytes)
+        zw.add("version", b"3\n")
+        zw.add(".data/serialization_id", _serialization_id(pkl, storages))
+        zw.close()
+    finally:
+        os.close(fd)

@@ -33,11 +33,9 @@ tools such as ``unzip -t`` or Python's :mod:`zipfile` that verify them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import mmap
-import os
 import pickle
 import struct
 from collections.abc import Mapping
@@ -46,9 +44,8 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
-from ._pickle import BadCheckpoint, CheckpointUnpickler, StateDictPickler, StorageRef, TensorRef
-from ._stream import _write_all, copy_span, write_tensor
-from ._torchzip import ZipReader, ZipWriter
+from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
+from ._torchzip import ZipReader, write_checkpoint
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -66,14 +63,6 @@ class _Storage:
     def __init__(self, key: str, dtype: str, numel: int, offset: int | None, data: bytes | None = None, problem: str | None = None):
         self.key, self.dtype, self.numel, self.offset, self.data = key, dtype, numel, offset, data
         self.problem = problem     # why the bytes cannot be read (missing member, truncated file)
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(strides))
 
 
 def _is_contiguous(shape, stride) -> bool:
@@ -355,74 +344,6 @@ def _flatten(obj, prefix: str, tensors: dict, metadata: dict) -> None:
             metadata[prefix] = json.dumps(repr(obj))
 
 
-# -- writing ------------------------------------------------------------------------------------
-
-def _plan(source: TensorSource):
-    """Storages to write and each name's view: shared storages of the source stay shared."""
-    storages: dict[object, list] = {}     # storage id -> [zip key, dtype, numel, source key or tensor name, shared]
-    entries: list[tuple] = []
-    for name in source.names():
-        info = source.info(name)
-        sv = source.storage_view(name)
-        if sv is not None and info.numel:
-            last = sv.offset + sum((s - 1) * d for s, d in zip(info.shape, sv.stride))
-            sid = ("s", sv.key)
-            if len(sv.stride) == len(info.shape) and last < sv.numel and storages.get(sid, [None, info.dtype])[1] == info.dtype:
-                if sid not in storages:
-                    storages[sid] = [str(len(storages)), info.dtype, sv.numel, sv.key, True]
-                entries.append((name, storages[sid][0], info.dtype, sv.numel, sv.offset, info.shape, tuple(sv.stride)))
-                continue
-        sid = ("t", name)
-        storages[sid] = [str(len(storages)), info.dtype, info.numel, name, False]
-        entries.append((name, storages[sid][0], info.dtype, info.numel, 0, info.shape, _contiguous_strides(info.shape)))
-    by_name = {e[0]: e for e in entries}
-    for alias, kept in source.aliases().items():
-        if kept in by_name:
-            entries.append((alias,) + by_name[kept][1:])
-    return list(storages.values()), entries
-
-
-def _serialization_id(pkl: bytes, storages: list) -> bytes:
-    """40 digits, like torch's; derived from the content so that equal inputs give equal files."""
-    digest = hashlib.sha256(pkl + repr([(s[1], s[2]) for s in storages]).encode()).digest()
-    return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
-
-
-def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
-    storages, entries = _plan(source)
-    pkl = StateDictPickler().state_dict(entries)
-    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        zw = ZipWriter(fd, "archive", crc32)
-        zw.add("data.pkl", pkl)
-        zw.add(".format_version", b"1")
-        zw.add(".storage_alignment", b"64")
-        zw.add("byteorder", b"little")
-        for zkey, dt, numel, src_key, shared in storages:
-            nbytes = numel * dtypes.get(dt).itemsize
-            zw.begin(f"data/{zkey}", nbytes)
-            if shared:
-                span = source.storage_span(src_key)
-                if span is not None:
-                    copy_span(span, fd)
-                else:
-                    data = source.read_storage_bytes(src_key)
-                    if len(memoryview(data).cast("B")) != nbytes:
-                        raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
-                    _write_all(fd, data)
-            else:
-                write_tensor(source, src_key, fd)
-            zw.advance(nbytes)
-            zw.end()
-            if progress:
-                progress(nbytes)
-        zw.add("version", b"3\n")
-        zw.add(".data/serialization_id", _serialization_id(pkl, storages))
-        zw.close()
-    finally:
-        os.close(fd)
-
-
 class Pt(Format):
     id = "pt"
     description = "torch.save checkpoint (zip or legacy), read without running pickled code"
@@ -452,7 +373,7 @@ class Pt(Format):
         return PtSource(path, options)
 
     def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        write_pt(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
+        write_checkpoint(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
 
 
 register(Pt())

@@ -49,7 +49,7 @@ class ZipReader:
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, struct.error) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, struct.error) as exc:
             raise FormatError(f"{path}: truncated or corrupt zip archive ({exc}); re-download or re-save the file") from exc
         self.members = {i.filename: Member(i.filename, i.header_offset, i.file_size, i.compress_type != zipfile.ZIP_STORED) for i in infos}
         self._offsets: dict[str, int] = {}
@@ -60,6 +60,8 @@ class ZipReader:
         if off is not None:
             return off
         m = self.members[name]
+        if not 0 <= m.header_offset < self.file_size:
+            raise FormatError(f"{self.path}: corrupt zip archive: member {name!r} claims to start at byte {m.header_offset} of a {self.file_size}-byte file")
         with open(self.path, "rb") as f:
             f.seek(m.header_offset)
             raw = f.read(_LOCAL.size)

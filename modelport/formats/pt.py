@@ -52,7 +52,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                  AttributeError, OverflowError, UnicodeDecodeError, struct.error)
+                  AttributeError, OverflowError, UnicodeDecodeError, RecursionError, MemoryError, struct.error)
 
 
 class _Storage:
@@ -104,7 +104,8 @@ class PtSource(TensorSource):
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {what} is not a plain state dict: {exc}") from exc
         except _PICKLE_ERRORS as exc:
-            raise FormatError(f"{self.path}: corrupt {what} ({type(exc).__name__}: {exc}); the file is truncated or damaged") from exc
+            detail = " ".join(str(exc).split())[:200]
+            raise FormatError(f"{self.path}: corrupt {what} ({type(exc).__name__}: {detail}); the file is truncated or damaged") from exc
 
     def _open_zip(self):
         self._zip = zr = ZipReader(self.path, self._size)
@@ -184,6 +185,8 @@ class PtSource(TensorSource):
             self._flatten_root(root, strip_prefix)
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {exc}") from exc
+        except RecursionError as exc:   # a structure nested absurdly deep, or one that contains itself
+            raise FormatError(f"{self.path}: the checkpoint's object tree is nested too deeply or contains itself") from exc
 
     def _flatten_root(self, root, strip_prefix: str | None) -> None:
         tensors: dict[str, TensorRef] = {}

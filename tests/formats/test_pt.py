@@ -462,3 +462,43 @@ def test_cli_refuses_malicious_and_corrupt_files(tmp_path):
             assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not marker.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "evil.pt", "w.pt"]   # nothing written
+
+
+def test_self_referencing_structure(tmp_path):
+    loop: list = [torch.ones(1)]
+    loop.append(loop)
+    path = _save({"x": loop}, tmp_path / "loop.pt")
+    with pytest.raises(FormatError, match=r"loop\.pt: the checkpoint's object tree is nested too deeply or contains itself"):
+        formats.open(path)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_corrupted_bytes_give_one_line_errors(tmp_path, legacy):
+    """Flipped, cut and deleted bytes: the file reads, or fails as a ModelportError of one line; nothing else."""
+    import random
+
+    from modelport.errors import ModelportError
+
+    w = _tensor(torch.float32, (4, 6), _gen(12))
+    data = _save({"w": w, "t": w.t(), "h": torch.arange(5, dtype=torch.float16), "s": torch.tensor(3)},
+                 tmp_path / "src.pt", _use_new_zipfile_serialization=not legacy).read_bytes()
+    rng = random.Random(13)
+    bad = tmp_path / "bad.pt"
+    for _ in range(300):
+        b = bytearray(data)
+        mode = rng.random()
+        if mode < 0.4:
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif mode < 0.7:
+            del b[rng.randrange(len(b)):]
+        else:
+            p = rng.randrange(len(b))
+            del b[p:p + rng.randint(1, 20)]
+        bad.write_bytes(b)
+        try:
+            with formats.open(bad, format="pt") as src:
+                for name in src.names():
+                    src.read_bytes(name)
+        except ModelportError as exc:
+            assert "\n" not in str(exc) and str(bad) in str(exc)

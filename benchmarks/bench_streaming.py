@@ -7,6 +7,7 @@ each in a fresh process with the file in the page cache:
   cp                       coreutils cp of the .pt file
   pt -> safetensors        modelport.convert.convert
   safetensors -> pt        modelport.convert.convert
+  safetensors -> pt, CRC   the same with Options(crc32=True): real zip CRC-32s
   torch.load + save_file   the usual way, for reference
   load_file + torch.save   the usual way back, for reference
 
@@ -59,6 +60,10 @@ PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).
 STEPS = {
     "pt -> safetensors": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False)",
     "safetensors -> pt": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='pt', progress=False)",
+    "safetensors -> pt, CRC": (
+        "from modelport.convert import convert; from modelport.formats.base import Options; import sys\n"
+        "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, options=Options(crc32=True))"
+    ),
     "torch.load + save_file": (
         "import sys, torch; from safetensors.torch import save_file\n"
         "sd = torch.load(sys.argv[1], weights_only=True)\n"
@@ -145,6 +150,7 @@ def main() -> None:
             "cp": (["cp", str(src), str(copy)], copy),
             "pt -> safetensors": (step("pt -> safetensors", src, st), st),
             "safetensors -> pt": (step("safetensors -> pt", st, back), back),
+            "safetensors -> pt, CRC": (step("safetensors -> pt, CRC", st, back), back),
         }, args.repeat)
         rows = [(name, *timed[name]) for name in timed]
         copy.unlink()

@@ -20,8 +20,10 @@ Writing. A zip laid out as torch 2.13's ``torch.save`` lays it out (member names
 ``.format_version``, ``.storage_alignment``, ``byteorder``, ``version``,
 ``.data/serialization_id``, data aligned to 64 bytes), with a hand-written protocol-2
 ``data.pkl``. Tensors that share a storage in the source (``storage_view``) or are
-tied (``aliases``) stay views of one storage, written once. Storage bytes move with
-``os.copy_file_range`` from the source's spans.
+tied (``aliases``) stay views of one storage, written once; tied names come after the
+others. Storage bytes move with ``os.copy_file_range`` from the source's spans. The
+source's string ``metadata`` is not written: the file is a plain state dict that
+``model.load_state_dict`` takes as it is.
 
 CRC-32: computing it means reading every byte in user space (about as long again as
 the kernel copy itself). ``torch.load`` does not check it (verified with

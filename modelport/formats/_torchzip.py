@@ -30,6 +30,7 @@ _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _ALIGN = 64
 _MAX32 = 0xFFFFFFFF
+_UTF8, _DESCRIPTOR = 0x0800, 0x0008      # general-purpose flag bits
 
 
 @dataclass
@@ -94,7 +95,7 @@ class ZipWriter:
 
     With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
     modelport/formats/pt.py); with ``crc32=True`` each member is read back once from
-    the output to compute it.
+    the output to compute it (the descriptor opened with read access).
     """
 
     def __init__(self, fd: int, prefix: str, crc32: bool):
@@ -102,7 +103,7 @@ class ZipWriter:
         self.prefix = prefix
         self.crc32 = crc32
         self.pos = os.lseek(fd, 0, os.SEEK_CUR)
-        self._central: list[tuple[str, int, int, int]] = []   # name, header offset, size, crc
+        self._central: list[list] = []   # [name, header offset, size, crc, flags]
 
     def _write(self, data) -> None:
         view = memoryview(data).cast("B")
@@ -112,26 +113,38 @@ class ZipWriter:
         self.pos += len(memoryview(data).cast("B"))
 
     def begin(self, name: str, size: int) -> None:
-        """Write the local header of member ``name`` (``size`` bytes follow)."""
+        """Write the local header of member ``name`` (``size`` bytes follow).
+
+        The layout is miniz's, byte for byte in length, because torch can compute storage
+        offsets from it (``torch.utils.serialization.config.load.calculate_storage_offsets``):
+        a zip64 extra field (sizes when ``size`` passes 4 GiB, the header offset when it
+        does), the ``FB`` padding field up to the 64-byte data alignment, and, after the
+        data of a non-empty member, a data descriptor holding its CRC and sizes.
+        """
         full = f"{self.prefix}/{name}".encode()
-        big = size >= _MAX32
-        z64 = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+        big_size, big_off = size >= _MAX32, self.pos >= _MAX32
+        fields = (struct.pack("<QQ", size, size) if big_size else b"") + (struct.pack("<Q", self.pos) if big_off else b"")
+        z64 = struct.pack("<HH", 1, len(fields)) + fields if fields else b""
         base = self.pos + _LOCAL.size + len(full) + len(z64) + 4
         pad = -base % _ALIGN
         extra = z64 + struct.pack("<HH", 0x4246, pad) + b"Z" * pad       # "FB" padding, as torch writes
-        sz32 = _MAX32 if big else size
-        self._central.append((full.decode(), self.pos, size, 0))
-        self._write(_LOCAL.pack(b"PK\x03\x04", 45 if big else 20, 0, 0, 0, 0, 0, sz32, sz32, len(full), len(extra)) + full + extra)
+        flags = _UTF8 | (_DESCRIPTOR if size else 0)
+        self._central.append([full.decode(), self.pos, size, 0, flags])
+        self._write(_LOCAL.pack(b"PK\x03\x04", 45 if fields else 20, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)) + full + extra)
         self._data_start = self.pos
 
     def end(self) -> None:
-        """Check the member's length; compute and patch its CRC when asked."""
-        name, header, size, _ = self._central[-1]
+        """Check the member's length; write its data descriptor (CRC-32 computed when asked)."""
+        entry = self._central[-1]
+        name, header, size = entry[:3]
         written = self.pos - self._data_start
         if written != size:
             raise RuntimeError(f"zip member {name}: wrote {written} bytes, announced {size}")
+        if not size:
+            return
+        crc = 0
         if self.crc32:
-            crc, at, left = 0, self._data_start, size
+            at, left = self._data_start, size
             while left:
                 chunk = os.pread(self.fd, min(left, 16 << 20), at)
                 if not chunk:
@@ -139,8 +152,11 @@ class ZipWriter:
                 crc = zlib.crc32(chunk, crc)
                 at += len(chunk)
                 left -= len(chunk)
-            os.pwrite(self.fd, struct.pack("<I", crc), header + 14)
-            self._central[-1] = (name, header, size, crc)
+            entry[3] = crc
+        if size >= _MAX32 or header >= _MAX32:
+            self._write(struct.pack("<4sIQQ", b"PK\x07\x08", crc, size, size))
+        else:
+            self._write(struct.pack("<4sIII", b"PK\x07\x08", crc, size, size))
 
     def add(self, name: str, data: bytes) -> None:
         self.begin(name, len(data))
@@ -154,7 +170,7 @@ class ZipWriter:
     def close(self) -> None:
         cd_start = self.pos
         out = bytearray()
-        for name, header, size, crc in self._central:
+        for name, header, size, crc, flags in self._central:
             raw = name.encode()
             z64 = b""
             sz32, off32 = size, header
@@ -165,7 +181,7 @@ class ZipWriter:
                 z64 += struct.pack("<Q", header)
                 off32 = _MAX32
             extra = struct.pack("<HH", 1, len(z64)) + z64 if z64 else b""
-            out += _CENTRAL.pack(b"PK\x01\x02", 45 if z64 else 20, 45 if z64 else 20, 0, 0, 0, 0, crc, sz32, sz32,
+            out += _CENTRAL.pack(b"PK\x01\x02", 45 if z64 else 20, 45 if z64 else 20, flags, 0, 0, 0, crc, sz32, sz32,
                                  len(raw), len(extra), 0, 0, 0, 0, off32) + raw + extra
         cd_size = len(out)
         n = len(self._central)

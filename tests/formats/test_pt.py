@@ -502,3 +502,19 @@ def test_corrupted_bytes_give_one_line_errors(tmp_path, legacy):
                     src.read_bytes(name)
         except ModelportError as exc:
             assert "\n" not in str(exc) and str(bad) in str(exc)
+
+
+def test_torch_can_compute_storage_offsets_of_written_files(tmp_path, monkeypatch):
+    """torch may compute storage offsets from miniz's layout instead of reading each header
+    (config.load.calculate_storage_offsets); written files follow that layout exactly."""
+    import torch.utils.serialization.config as config
+
+    sd = _mixed(_gen(14))
+    sd["view"] = sd["t_float32"][1:, ::2]
+    with formats.open(_save(sd, tmp_path / "src.pt")) as src:
+        out = _write(src, tmp_path / "out.pt")
+    monkeypatch.setenv("TORCH_SERIALIZATION_DEBUG", "1")     # torch checks each computed offset against the header
+    monkeypatch.setattr(config.load, "calculate_storage_offsets", True)
+    back = torch.load(out, weights_only=True, mmap=True)
+    for name, t in sd.items():
+        _same(back[name], t)

@@ -124,9 +124,14 @@ def check(pt: Path, st: Path) -> None:
         "for k in ('transformer.wte.weight', 'transformer.h.0.mlp.c_fc.weight', 'transformer.ln_f.bias'):\n"
         "    assert torch.equal(a[k], b[k]), k\n"
         "assert a['lm_head.weight'].data_ptr() == a['transformer.wte.weight'].data_ptr()\n"
+        "import torch.utils.serialization.config as config\n"
+        "config.load.calculate_storage_offsets = True   # torch computes every offset, checked under the debug flag\n"
+        "c = torch.load(sys.argv[1], weights_only=True, mmap=True)\n"
+        "assert all(torch.equal(c[k], b[k]) for k in b)\n"
         "print('ok', len(a), len(b))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(pt), str(st)], capture_output=True, text=True)
+    env = dict(os.environ, TORCH_SERIALIZATION_DEBUG="1")
+    out = subprocess.run([sys.executable, "-c", code, str(pt), str(st)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"converted files differ: {out.stderr}")
 

@@ -10,4 +10,12 @@ from .convert import convert  # noqa: E402  (the function; rebinds the subpackag
 from .diff import diff  # noqa: E402
 from .inspect import inspect  # noqa: E402
 
-__all__ = ["ModelportError", "Options", "convert", "diff", "inspect", "open", "__version__"]
+
+def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
+    """A runnable model for a checkpoint; see :func:`modelport.models.loader.load_model` (imports torch)."""
+    from .models.loader import load_model as _load_model
+
+    return _load_model(path, arch, device, dtype, **kwargs)
+
+
+__all__ = ["ModelportError", "Options", "convert", "diff", "inspect", "load_model", "open", "__version__"]

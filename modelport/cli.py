@@ -130,7 +130,7 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool) -> Non
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json to write with an hf target (or to build a --arch module).")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX (e.g. 'module.') from every tensor name.")
-@click.option("--arch", help="Architecture (gpt2, llama, gptneox) or package.module:factory.")
+@click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox), used to infer an hf config.json.")
 @click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
 @click.option("--shards", type=click.IntRange(min=1), help="Model-parallel shards for a meta target (default 1).")
 @click.option("--params-only", is_flag=True, help="t7 source: keep only an nn model's parameters.")

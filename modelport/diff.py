@@ -29,6 +29,7 @@ class DiffReport:
     missing: list[str] = field(default_factory=list)      # in A, not in B
     unexpected: list[str] = field(default_factory=list)   # in B, not in A
     differences: list[TensorDiff] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)         # how the two were lined up
 
     def __bool__(self) -> bool:
         """True when the two checkpoints hold the same tensors within ``atol``."""
@@ -68,9 +69,16 @@ def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
 def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = None, from_b: str | None = None,
          options: Options | None = None) -> DiffReport:
     from .convert.explain import explain_difference
+    from .convert.layouts import align
 
     report = DiffReport(str(a), str(b), atol)
     with formats.open(a, from_a, options) as sa, formats.open(b, from_b, options) as sb:
+        raw_b = sb
+        sb = align(sb, sa)    # B under A's names when both are layouts of one family (meta vs hf …)
+        if sb is not raw_b:
+            report.notes.append(f"B is in layout {sb.src_layout.id}; compared after mapping it to A's layout "
+                                f"{sb.layout.id}")
+        report.notes.extend(raw_b.notes if sb is raw_b else [])
         names_a, names_b = _all_names(sa), _all_names(sb)
         in_b = set(names_b)
         in_a = set(names_a)

@@ -43,6 +43,7 @@ class Summary:
     side_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tree: str | None = None
+    model: str | None = None      # the rebuilt runnable module, when the file holds one
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -102,4 +103,5 @@ def inspect(path: str | Path, format: str | None = None, options: Options | None
             side_files=sorted(source.side_files),
             notes=list(source.notes),
             tree=source.tree(),
+            model=source.model_summary(),
         )

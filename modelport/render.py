@@ -53,6 +53,9 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
             echo(f"  {k}: {v if len(v) < 100 else v[:97] + '…'}")
     if s.side_files:
         echo(f"\nother files: {', '.join(s.side_files)}")
+    if s.model:
+        echo("\nrebuilt as a PyTorch module:")
+        echo(s.model)
     if s.tree:
         echo("\nobject tree:")
         echo(s.tree)
@@ -60,6 +63,8 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
 
 def print_diff(r: DiffReport) -> None:
     echo = click.echo
+    for note in r.notes:
+        echo(f"note: {note}")
     for name in r.missing:
         echo(f"only in A: {name}")
     for name in r.unexpected:

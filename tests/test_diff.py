@@ -27,3 +27,12 @@ def test_missing_unexpected_shape_dtype_and_value_differences(tmp_path):
     assert abs(kinds["vals"].max_abs_diff - 1e-3) < 1e-6
     assert report.equal == 1 and report.compared == 4
     assert modelport.diff(tmp_path / "a.safetensors", tmp_path / "a.safetensors")
+
+
+def test_diff_across_layouts_says_how_b_was_mapped(tmp_path):
+    import pathlib
+
+    example = pathlib.Path(__file__).resolve().parents[1] / "examples" / "tiny-gpt2.pt"
+    modelport.convert(example, tmp_path / "nano.pt", options=modelport.Options(layout="gpt2-nanogpt"))
+    report = modelport.diff(example, tmp_path / "nano.pt")
+    assert report and report.notes == ["B is in layout gpt2-nanogpt; compared after mapping it to A's layout gpt2-hf"]

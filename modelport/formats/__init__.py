@@ -9,7 +9,7 @@ from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from .base import Format, Options, TensorInfo, TensorSource, read_head
 
 # Adapter modules, imported on first use of the registry. Each calls ``register`` once.
-_MODULES = ("safetensors", "pt", "hf")
+_MODULES = ("safetensors", "pt", "hf", "t7", "meta")
 
 _REGISTRY: dict[str, Format] = {}
 _loaded = False

@@ -122,6 +122,10 @@ class TensorSource:
         """A printable object tree for ``inspect`` (t7 objects, graphs), when the format has one."""
         return None
 
+    def model_summary(self) -> str | None:
+        """For a file that holds a runnable model (a Lua nn model …), the rebuilt module's tree."""
+        return None
+
     def read(self, name: str):
         """One tensor as a torch.Tensor (imports torch)."""
         import torch

@@ -117,14 +117,17 @@ def config_for(source: TensorSource, options: Options) -> dict:
     """The config.json to write: --config, else the source's, else one inferred from the weights."""
     if options.config is not None:
         try:
-            return json.loads(Path(options.config).read_text())
+            config = json.loads(Path(options.config).read_text())
         except (OSError, ValueError) as exc:
             raise UnsupportedError(f"{options.config}: cannot read the --config file ({exc})") from exc
+        from .meta import config_from_params_of, is_params
+
+        return config_from_params_of(config, source, Path(options.config)) if is_params(config) else config
     if source.config is not None:
         return source.config
     from ..models import infer_config
 
-    inferred = infer_config(source)
+    inferred = infer_config(source, options.arch)
     if inferred is None:
         raise UnsupportedError(
             f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "

@@ -1,15 +1,48 @@
-"""Reference architectures and the knowledge of which weights belong to which family."""
+"""Reference architectures and the knowledge of which weights belong to which family.
+
+This package imports torch only inside functions: the CLI may import it at start-up.
+"""
 
 from __future__ import annotations
 
 from ..formats.base import TensorSource
+from .config import ASSUMED_KEY, known_archs
 
 
-def infer_config(source: TensorSource) -> dict | None:
-    """An HF ``config.json`` for ``source`` inferred from tensor names and shapes, or None."""
-    return None
+def infer_config(source: TensorSource, arch: str | None = None) -> dict | None:
+    """An HF ``config.json`` for ``source`` inferred from tensor names and shapes, or None.
+
+    Values that weights cannot reveal (head count, norm epsilon, rope_theta, rotary fraction,
+    max positions …) are filled with the defaults in :data:`modelport.models.detect.ASSUMED_DEFAULTS`
+    and their config.json keys listed under ``"_modelport_assumed"``; a writer prints that list and
+    drops the key. Every tensor's shape is checked against the inferred config (LayoutError otherwise).
+    """
+    from .detect import infer_model_config
+    from .loader import plan_names
+
+    from .config import normalize_arch
+
+    if arch is not None and ":" in arch:
+        return None             # a user module: its config is the user's --config
+    cfg = infer_model_config(source, normalize_arch(arch) if arch else None)
+    if cfg is None:
+        return None
+    plan_names(source, cfg)
+    return cfg.to_hf_config()
 
 
 def detect_arch(source: TensorSource) -> str | None:
     """The architecture family of ``source`` (gpt2, llama, gptneox), or None when unknown."""
-    return None
+    from .detect import detect_family
+
+    return detect_family(source)
+
+
+def load_model(path, arch: str | None = None, device="cpu", dtype=None, **kwargs):
+    """A runnable model for ``path``; see :func:`modelport.models.loader.load_model`."""
+    from .loader import load_model as _load
+
+    return _load(path, arch, device, dtype, **kwargs)
+
+
+__all__ = ["ASSUMED_KEY", "detect_arch", "infer_config", "known_archs", "load_model"]

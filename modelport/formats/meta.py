@@ -1,0 +1,340 @@
+"""meta: Meta's Llama checkpoints, a directory of ``params.json`` and ``consolidated.NN.pth``.
+
+Model-parallel shards are merged on read, one tensor at a time, and split on write
+(``Options.shards``, 1 by default) as Meta's fairscale layers split them:
+
+* column-parallel weights (wq, wk, wv, w1, w3, output) on dim 0,
+* row-parallel weights (wo, w2) on dim 1,
+* the embedding on dim 1 for Llama 1/2 (ParallelEmbedding) and on dim 0 for Llama 3
+  (VocabParallelEmbedding),
+* norms (and Llama 1/2's ``rope.freqs``) replicated in every shard.
+
+A checkpoint counts as Llama 3 when its vocabulary has at least 128000 entries, or its
+params.json sets ``use_scaled_rope``, or its ``rope_theta`` is at least 500000 (Llama 1/2
+use 10000; every Llama 3 model uses 500000).
+
+``params.json`` is translated to a Hugging Face ``config.json`` dict on read (the source's
+``config``) and back on write. The original ``params.json`` also travels in the source's
+metadata (``meta.params``; the hf writer keeps it in the safetensors metadata), so that
+meta -> hf -> meta writes the same ``params.json`` while it still describes the model; otherwise
+``multiple_of`` / ``ffn_dim_multiplier`` are searched to reproduce ``intermediate_size`` exactly. The shard files are read and written without torch
+(through the pt adapter); they load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from dataclasses import replace
+
+from ..errors import FormatError, LayoutError, UnsupportedError
+from ..models.config import config_from_hf, config_from_meta_params
+from . import get, register
+from .base import Format, Options, Span, TensorInfo, TensorSource
+
+_SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
+PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
+
+# Dimension each tensor is split on across model-parallel shards; None: replicated.
+# "embedding" is decided by the Llama generation (see the module docstring).
+_SPLIT = (
+    (re.compile(r"tok_embeddings\.weight\Z"), "embedding"),
+    (re.compile(r"output\.weight\Z"), 0),
+    (re.compile(r"layers\.\d+\.attention\.w[qkv]\.weight\Z"), 0),
+    (re.compile(r"layers\.\d+\.feed_forward\.w[13]\.weight\Z"), 0),
+    (re.compile(r"layers\.\d+\.attention\.wo\.weight\Z"), 1),
+    (re.compile(r"layers\.\d+\.feed_forward\.w2\.weight\Z"), 1),
+    (re.compile(r"(layers\.\d+\.(attention_norm|ffn_norm)\.weight|norm\.weight|rope\.freqs)\Z"), None),
+)
+
+
+
+def split_dim(name: str, llama3: bool) -> int | None:
+    for pattern, dim in _SPLIT:
+        if pattern.match(name):
+            return (0 if llama3 else 1) if dim == "embedding" else dim
+    raise LayoutError(f"tensor {name!r} is not a Meta Llama tensor; cannot tell how it is split across model-parallel shards")
+
+
+def is_llama3(params: dict) -> bool:
+    return (int(params.get("vocab_size") or -1) >= 128000 or bool(params.get("use_scaled_rope"))
+            or float(params.get("rope_theta", 10000.0)) >= 500000)
+
+
+def config_from_params(params: dict, vocab_from_weights: int | None, path, tied: bool = False) -> dict:
+    """A Hugging Face config.json dict from Meta's params.json, through the one LlamaConfig boundary."""
+    from dataclasses import replace
+
+    cfg = config_from_meta_params(params, vocab_from_weights, where=str(path))
+    return replace(cfg, tie_word_embeddings=tied).to_hf_config()
+
+
+def is_params(config: dict) -> bool:
+    """True for a Meta params.json (rather than an HF config.json)."""
+    return isinstance(config, dict) and "dim" in config and "n_layers" in config and "hidden_size" not in config
+
+
+def config_from_params_of(params: dict, source: TensorSource, path: Path) -> dict:
+    """An HF config dict from a params.json given with ``--config``, the vocabulary read from the
+    source's embedding where params.json says -1."""
+    vocab = None
+    for name in ("tok_embeddings.weight", "model.embed_tokens.weight"):
+        if name in source.names():
+            vocab = source.info(name).shape[0]
+            break
+    return config_from_params(params, vocab, path, tied=not ({"output.weight", "lm_head.weight"} & set(source.names())))
+
+
+def params_from_config(config: dict, where) -> dict:
+    """Meta's params.json from a Hugging Face LlamaConfig dict; UnsupportedError where Meta's model cannot express it."""
+    return config_from_hf(config, "llama", str(where)).to_meta_params()
+
+
+class MetaSource(TensorSource):
+    format = "meta"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        pj = self.path / "params.json"
+        try:
+            self.params = json.loads(pj.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: no params.json; a Meta checkpoint directory has params.json and consolidated.NN.pth") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{pj}: unreadable params.json ({exc})") from exc
+        if not isinstance(self.params, dict):
+            raise FormatError(f"{pj}: params.json is not a JSON object")
+        found = sorted((int(m.group(1)), p) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
+        if not found:
+            raise FormatError(f"{self.path}: no consolidated.NN.pth files")
+        if [i for i, _ in found] != list(range(len(found))):
+            raise FormatError(f"{self.path}: shard files are not numbered 00..{len(found) - 1}: {', '.join(p.name for _, p in found)}")
+        self._shards: list[TensorSource] = []
+        try:
+            for _, p in found:
+                self._shards.append(get("pt").open(p, Options()))
+        except BaseException:
+            self.close()
+            raise
+        first = self._shards[0]
+        names = list(first.names())
+        for r in self._shards[1:]:
+            if set(r.names()) != set(names) or set(r.aliases()) != set(first.aliases()):
+                odd = sorted(set(r.names()) ^ set(names))[:3]
+                raise FormatError(f"{r.path}: holds other tensors than {first.path.name} ({', '.join(odd)} …); the shards are of different checkpoints")
+        has = set(names) | set(first.aliases())
+        emb = first.info("tok_embeddings.weight") if "tok_embeddings.weight" in names else None
+        vocab = emb.shape[0] if emb is not None and (len(self._shards) == 1 or not is_llama3(self.params)) else None
+        if vocab is None and emb is not None:
+            vocab = emb.shape[0] * len(self._shards)
+        tied = "output.weight" not in names or self._output_is_embedding()
+        if "output.weight" in names and tied:   # written from a tied model: the HF layout leaves lm_head out
+            names.remove("output.weight")
+        self.config = config_from_params(self.params, vocab, pj, tied=tied)
+        self.llama3 = is_llama3({**self.params, "vocab_size": self.config["vocab_size"]})
+        self.metadata = {PARAMS_KEY: json.dumps(self.params)}
+        self.side_files = {p.name: p for p in sorted(self.path.iterdir())
+                           if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
+        self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
+        if tied and "output.weight" in has:
+            self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
+        self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
+        for name in names:
+            self._infos[name] = self._merged_info(name)
+
+    def _output_is_embedding(self) -> bool:
+        """True when every shard's output weight has the bytes of its embedding (tied embeddings).
+        Compared piece by piece: an untied model differs within the first piece."""
+        for r in self._shards:
+            if "tok_embeddings.weight" not in r.names():
+                return False
+            out, emb = r.info("output.weight"), r.info("tok_embeddings.weight")
+            if out.shape != emb.shape or out.dtype != emb.dtype:
+                return False
+            a, b = r.span("output.weight"), r.span("tok_embeddings.weight")
+            if a is None or b is None or not _same_bytes(a, b):
+                return False
+        return True
+
+    def _merged_info(self, name: str) -> tuple[TensorInfo, int | None]:
+        infos = [r.info(name) for r in self._shards]
+        if len(infos) == 1:
+            return infos[0], None
+        dim = split_dim(name, self.llama3)
+        if any(i.dtype != infos[0].dtype for i in infos):
+            raise FormatError(f"{self.path}: tensor {name!r} has different dtypes in different shards")
+        if dim is None:
+            if any(i.shape != infos[0].shape for i in infos):
+                raise FormatError(f"{self.path}: replicated tensor {name!r} has different shapes in different shards")
+            return infos[0], None
+        shape = list(infos[0].shape)
+        if any(len(i.shape) != len(shape) or [s for k, s in enumerate(i.shape) if k != dim] != [s for k, s in enumerate(shape) if k != dim]
+               for i in infos):
+            raise FormatError(f"{self.path}: tensor {name!r}: shard shapes {[list(i.shape) for i in infos]} do not join on dim {dim}")
+        shape[dim] = sum(i.shape[dim] for i in infos)
+        return TensorInfo(name, infos[0].dtype, tuple(shape)), dim
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name][0]
+
+    def span(self, name: str) -> Span | None:
+        return self._shards[0].span(name) if self._infos[name][1] is None else None
+
+    def read_bytes(self, name: str):
+        info, dim = self._infos[name]
+        if dim is None:
+            return self._shards[0].read_bytes(name)
+        import numpy as np
+
+        from .. import dtypes
+
+        dt = np.dtype(dtypes.get(info.dtype).numpy)
+        parts = [np.frombuffer(_read(r, name), dtype=dt).reshape(r.info(name).shape) for r in self._shards]
+        return memoryview(np.concatenate(parts, axis=dim).reshape(-1).view(np.uint8))
+
+    def close(self) -> None:
+        for r in self._shards:
+            r.close()
+
+
+def _meta_params(source: TensorSource, where: Path) -> dict:
+    config = source.config
+    if config is None:
+        raise UnsupportedError(f"{where}: writing a Meta checkpoint needs the model's config; pass --config config.json")
+    target = config_from_hf(config, "llama", str(where))
+    stored = (source.metadata or {}).get(PARAMS_KEY)
+    if stored:   # the params.json this model came with, if it still describes the same model
+        try:
+            params = json.loads(stored)
+            again = config_from_meta_params(params, target.vocab_size, str(where))
+        except (json.JSONDecodeError, FormatError, UnsupportedError, TypeError):
+            params = again = None
+        # max positions and tying are not in params.json: they cannot make it stale
+        if again is not None and replace(again, max_positions=target.max_positions,
+                                         tie_word_embeddings=target.tie_word_embeddings) == target:
+            return params
+    return target.to_meta_params()
+
+
+_CHUNK = 16 << 20
+
+
+def _same_bytes(a: Span, b: Span) -> bool:
+    if a.nbytes != b.nbytes:
+        return False
+    return all(x == y for x, y in zip(_span_chunks(a, 1 << 20), _span_chunks(b, 1 << 20)))
+
+
+def _span_chunks(span: Span, size: int = _CHUNK):
+    with open(span.path, "rb", buffering=0) as f:
+        f.seek(span.offset)
+        left = span.nbytes
+        while left:
+            chunk = f.read(min(left, size))
+            if not chunk:
+                raise FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
+            left -= len(chunk)
+            yield chunk
+
+
+class Meta(Format):
+    id = "meta"
+    description = "Meta Llama checkpoint directory (params.json + consolidated.NN.pth)"
+    directory = True
+
+    def sniff(self, path: Path) -> bool:
+        return path.is_dir() and (path / "params.json").is_file() and (path / "consolidated.00.pth").is_file()
+
+    def open(self, path: Path, options: Options) -> MetaSource:
+        return MetaSource(path)
+
+    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+        from ..convert.layouts import adapt
+
+        source = adapt(source, self, options)
+        params = _meta_params(source, dst)
+        llama3 = is_llama3(params)
+        n = int(options.shards or 1)
+        if n < 1:
+            raise UnsupportedError(f"{dst}: --shards must be at least 1, not {n}")
+        names = list(source.names())
+        extra: dict[str, str] = {}       # name written -> name read (a tied output from the embedding)
+        for alias, kept in source.aliases().items():
+            extra[alias] = kept
+        if "output.weight" not in names and "output.weight" not in extra and "tok_embeddings.weight" in names:
+            extra["output.weight"] = "tok_embeddings.weight"   # tied embeddings: Meta's model always has an output
+        plan = []   # (name written, name read, split dim, info)
+        for name in names + list(extra):
+            read = extra.get(name, name)
+            info = source.info(read)
+            dim = split_dim(name, llama3) if n > 1 else None
+            if dim is not None and info.shape[dim] % n:
+                raise UnsupportedError(f"tensor {name!r} of shape {list(info.shape)} cannot be split into {n} model-parallel shards "
+                                       f"on dim {dim}; choose a --shards that divides {info.shape[dim]}")
+            plan.append((name, read, dim, info))
+        dst.mkdir(parents=True)
+        (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
+        from .pt import write_pt
+
+        progress = options.extra.get("progress")
+        for s in range(n):   # split tensors are read once per shard: time, not memory
+            write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
+                     progress=progress)
+        for fname, path in source.side_files.items():
+            if fname in ("config.json", "params.json") or _SHARD.match(fname) or fname.endswith(".safetensors"):
+                continue
+            shutil.copyfile(path, dst / fname)
+
+
+def _read(source: TensorSource, name: str):
+    """A tensor's bytes, read (not mapped) when they lie in a file, so no mapped pages stay resident."""
+    from ..convert.layouts import read_span
+
+    span = source.span(name)
+    return read_span(span) if span is not None else source.read_bytes(name)
+
+
+class _ShardSource(TensorSource):
+    """Model-parallel shard ``index`` of ``n`` of a Meta-layout source."""
+
+    def __init__(self, source: TensorSource, plan, index: int, n: int):
+        super().__init__(source.path)
+        self.source, self.index, self.n = source, index, n
+        self._plan = {}
+        for name, read, dim, info in plan:
+            shape = list(info.shape)
+            if dim is not None:
+                shape[dim] //= n
+            self._plan[name] = (read, dim, TensorInfo(name, info.dtype, tuple(shape)))
+
+    def names(self) -> list[str]:
+        return list(self._plan)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._plan[name][2]
+
+    def span(self, name: str) -> Span | None:
+        read, dim, _ = self._plan[name]
+        return self.source.span(read) if dim is None else None
+
+    def read_bytes(self, name: str):
+        read, dim, info = self._plan[name]
+        if dim is None:
+            return self.source.read_bytes(read)
+        import numpy as np
+
+        from .. import dtypes
+
+        full = self.source.info(read)
+        a = np.frombuffer(_read(self.source, read), dtype=np.dtype(dtypes.get(full.dtype).numpy)).reshape(full.shape)
+        part = np.ascontiguousarray(np.split(a, self.n, axis=dim)[self.index])
+        return memoryview(part.reshape(-1).view(np.uint8))
+
+
+register(Meta())

@@ -1,0 +1,258 @@
+"""Weights in, runnable model out: ``load_model(path)`` for any readable format with a known architecture.
+
+Loading is strict: every tensor the model has must come from the file (a tied output embedding may be
+absent), and every tensor in the file must land in the model, except buffers older checkpoints carry
+that the model recomputes (causal masks, rotary ``inv_freq``). Anything else is a LayoutError that
+lists the names.
+
+The model is built on the meta device, so no time goes into random initialisation, and each tensor is
+read, cast and moved on its own: peak memory is the model plus one tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .. import dtypes
+from ..errors import FormatError, LayoutError, UnsupportedError
+from ..formats.base import Options, TensorSource
+from . import detect
+from .config import ModelConfig, config_from_hf, normalize_arch
+
+
+def _families():
+    from . import gpt2, gptneox, llama
+
+    return {
+        "gpt2": (gpt2.GPT2LMHeadModel, gpt2),
+        "llama": (llama.LlamaForCausalLM, llama),
+        "gptneox": (gptneox.GPTNeoXForCausalLM, gptneox),
+    }
+
+
+def build_model(cfg: ModelConfig, device="meta"):
+    """The reference model for ``cfg``, with uninitialised parameters on ``device`` (meta by default)."""
+    import torch
+
+    cls, _ = _families()[cfg.family]
+    with torch.device(device):
+        return cls(cfg)
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every state-dict name of the reference model for ``cfg`` with its shape (tied names included)."""
+    model = build_model(cfg)
+    return {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+
+
+def _tied_names(cfg: ModelConfig) -> dict[str, str]:
+    """Output-embedding name -> input-embedding name, when the config ties them."""
+    if not cfg.tie_word_embeddings:
+        return {}
+    return {"gpt2": {"lm_head.weight": "transformer.wte.weight"},
+            "llama": {"lm_head.weight": "model.embed_tokens.weight"},
+            "gptneox": {"embed_out.weight": "gpt_neox.embed_in.weight"}}[cfg.family]
+
+
+def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
+    """Model parameter name -> source tensor name; a LayoutError listing missing and unexpected names."""
+    _, module = _families()[cfg.family]
+    derived = [re.compile(p) for p in getattr(module, "DERIVED_BUFFERS", ())]
+    renames = getattr(module, "RENAMES", {})
+    expected = expected_shapes(cfg)
+    prefix = detect.PREFIX[cfg.family]
+    aliases = source.aliases()
+    available = list(source.names()) + list(aliases)
+    # A base-model checkpoint (GPT2Model, LlamaModel …) stores names without the prefix.
+    add_prefix = not any(n.startswith(prefix) for n in available)
+    plan: dict[str, str] = {}
+    unexpected = []
+    for name in available:
+        if any(p.search(name) for p in derived):
+            continue
+        target = renames.get(name, name)
+        if target not in expected and add_prefix and prefix + target in expected:
+            target = prefix + target
+        if target not in expected:
+            unexpected.append(name)
+        elif target in plan:
+            raise LayoutError(f"{source.path}: tensors {plan[target]!r} and {name!r} both map to {target!r}; remove one")
+        else:
+            plan[target] = name
+    for out_name, in_name in _tied_names(cfg).items():
+        if out_name not in plan and in_name in plan:
+            plan[out_name] = plan[in_name]
+    missing = [n for n in expected if n not in plan]
+    if missing or unexpected:
+        raise LayoutError(f"{source.path}: the weights do not fit a {cfg.family} model with this config "
+                          f"({key_mismatch(missing, unexpected)}); "
+                          "check --arch / --config, or convert the layout first")
+    for target, name in plan.items():
+        have = tuple(source.info(aliases.get(name, name)).shape)
+        if have != expected[target]:
+            slot = f" for {target!r}" if target != name else ""
+            raise LayoutError(f"{source.path}: tensor {name!r} has shape {list(have)}, the {cfg.family} config needs "
+                              f"{list(expected[target])}{slot}; check the config (--config) or the layout")
+    return plan
+
+
+def _some(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f" … and {len(names) - n} more" if len(names) > n else "")
+
+
+def key_mismatch(missing: list[str], unexpected: list[str]) -> str:
+    """'missing 2: a, b; unexpected 1: c' for a strict-loading error."""
+    parts = [f"missing {len(missing)}: {_some(missing)}"] if missing else []
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {_some(unexpected)}")
+    return "; ".join(parts)
+
+
+def load_weights(model, source: TensorSource, cfg: ModelConfig, device="cpu", dtype=None):
+    """Fill a meta-device reference model from ``source`` strictly, one tensor at a time."""
+    import torch
+
+    plan = plan_names(source, cfg)
+    aliases = source.aliases()
+    cache: dict[str, object] = {}
+    state = {}
+    for target, name in plan.items():
+        kept = aliases.get(name, name)
+        if kept not in cache:
+            t = source.read(kept)
+            if t.is_floating_point() and dtype is not None:
+                t = t.to(dtype)
+            cache[kept] = t.to(device)
+        state[target] = cache[kept]
+    tied = _tied_names(cfg)
+    for out_name, in_name in tied.items():
+        if state[out_name] is not state[in_name] and not torch.equal(state[out_name], state[in_name]):
+            raise LayoutError(f"{source.path}: the config ties {out_name} to {in_name} but the file holds different "
+                              "values for them; set tie_word_embeddings to false in the config")
+    model.load_state_dict(state, strict=True, assign=True)
+    for out_name, in_name in tied.items():   # assign=True replaced the shared Parameter: tie it again
+        owner, attr = out_name.rsplit(".", 1)
+        src_owner, src_attr = in_name.rsplit(".", 1)
+        setattr(model.get_submodule(owner), attr, getattr(model.get_submodule(src_owner), src_attr))
+    from ._common import Rotary
+
+    for m in model.modules():
+        if isinstance(m, Rotary):
+            m.inv_freq = torch.empty(0, device=device)
+            m.reset()
+    return model
+
+
+def _torch_dtype(dtype):
+    if dtype is None:
+        return None
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtypes.CAST_TARGETS.get(str(dtype), str(dtype).removeprefix("torch."))
+    if name not in dtypes.FLOATING:
+        raise UnsupportedError(f"dtype {dtype!r} cannot run a model; use one of {', '.join(sorted(dtypes.FLOATING))}")
+    return dtypes.to_torch(name)
+
+
+def _read_config_file(config) -> dict | None:
+    if config is None or isinstance(config, dict):
+        return config
+    import json
+
+    try:
+        return json.loads(Path(config).read_text())
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{config}: cannot read the config file ({exc})") from exc
+
+
+def model_from_source(source: TensorSource, arch: str | None = None, device="cpu", dtype=None, *, config=None,
+                      input_shape=None, input_dtype=None):
+    """A runnable eval-mode model from an open source (see :func:`load_model`)."""
+    config = _read_config_file(config)
+    torch_dtype = _torch_dtype(dtype)
+    if arch and ":" in arch:
+        from .user import load_user_model
+
+        return load_user_model(arch, source, config, device=device, dtype=torch_dtype, input_shape=input_shape,
+                               input_dtype=input_dtype)
+    fam = normalize_arch(arch) if arch else None
+    if config is not None:
+        cfg = config_from_hf(config, fam)
+    else:
+        cfg = detect.config_for_source(source, fam)
+        if cfg is None:
+            from .config import known_archs
+
+            raise UnsupportedError(f"{source.path}: cannot tell the architecture from the file; pass --arch "
+                                   f"({', '.join(known_archs())} or package.module:factory) and --config")
+    if fam is not None and cfg.family != fam:
+        raise LayoutError(f"{source.path}: --arch {arch} contradicts the file's config, which is {cfg.family}")
+    source = _to_hub_layout(source, cfg.family)
+    model = build_model(cfg)
+    load_weights(model, source, cfg, device=device, dtype=torch_dtype)
+    model.eval()
+    model.modelport_assumed = list(cfg.assumed)
+    model.modelport_arch = cfg.family
+    return model
+
+
+def _to_hub_layout(source: TensorSource, family: str) -> TensorSource:
+    """The source renamed into its family's HF layout by the layout tables (itself if already there)."""
+    from ..convert import layouts
+    from ..formats import get
+
+    detect_layout = getattr(layouts, "detect_layout", None)
+    layout = detect_layout(source) if detect_layout is not None else None
+    if layout is None or layout.id == f"{family}-hf":
+        return source
+    return layouts.adapt(source, get("safetensors"), Options(layout=f"{family}-hf"))
+
+
+def load_model(path, arch: str | None = None, device="cpu", dtype=None, *, config=None, options: Options | None = None,
+               input_shape=None, input_dtype=None):
+    """A runnable eval-mode model for the checkpoint at ``path``.
+
+    ``arch``: a family (gpt2, llama, gptneox) to override detection, or ``package.module:factory`` for
+    your own module. ``config``: a config.json path or dict replacing the file's. ``dtype``: cast
+    floating weights (float32, bfloat16 …); the file's dtype otherwise. ``input_shape`` /
+    ``input_dtype``: example inputs of a user module (see :func:`example_inputs`).
+    """
+    from ..formats import open as open_source
+
+    options = options or Options()
+    if arch and options.arch is None:
+        options.arch = arch
+    source = open_source(Path(path), options=options)
+    try:
+        return model_from_source(source, arch, device, dtype, config=config, input_shape=input_shape,
+                                 input_dtype=input_dtype)
+    finally:
+        source.close()
+
+
+def example_inputs(model, batch: int = 1, seq_len: int = 8, seed: int = 0) -> tuple:
+    """Inputs to run or trace ``model`` with: token ids (and a full mask) for the reference language
+    models; for a user module, random tensors of the ``input_shape`` / ``input_dtype`` it was loaded with."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    spec = getattr(model, "modelport_input", None)
+    if spec is not None:
+        shape, dtype = spec
+        if dtype.is_floating_point:
+            x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+        elif dtype == torch.bool:
+            x = torch.randint(0, 2, shape, generator=gen).bool()
+        else:
+            x = torch.randint(0, 10, shape, generator=gen, dtype=torch.int64).to(dtype)
+        return (x.to(device),)
+    cfg = getattr(model, "config", None)
+    vocab = getattr(cfg, "vocab_size", None)
+    if vocab is None:
+        raise UnsupportedError("no example inputs for this model: give its input shape (--input-shape 1,3,224,224)")
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=gen).to(device)
+    return ids, torch.ones_like(ids)

@@ -1,0 +1,137 @@
+"""Family detection and config inference from config.json, params.json and bare tensor names/shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from modelport import formats
+from modelport.errors import LayoutError
+from modelport.formats.base import TensorInfo, TensorSource
+from modelport.models import detect_arch, infer_config
+from modelport.models.config import ASSUMED_KEY, config_from_hf
+
+from . import tiny
+
+
+class ShapeSource(TensorSource):
+    """Names and shapes only: enough for detection and inference, never read."""
+
+    def __init__(self, shapes: dict, path="mem", params=None):
+        super().__init__(path)
+        self._shapes = shapes
+        if params is not None:
+            self.params = params
+
+    def names(self):
+        return list(self._shapes)
+
+    def info(self, name):
+        return TensorInfo(name, "float16", tuple(self._shapes[name]))
+
+
+def save_bare(state: dict, path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
+    return formats.open(path)
+
+
+FAMILIES = {"gpt2": tiny.gpt2, "llama": tiny.llama, "gptneox": tiny.gptneox}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_detect_from_config_json(family, tmp_path):
+    FAMILIES[family]().save_pretrained(tmp_path)
+    with formats.open(tmp_path) as source:
+        assert detect_arch(source) == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_detect_from_tensor_names(family, tmp_path):
+    with save_bare(tiny.hf_state_dict(FAMILIES[family]()), tmp_path / "w.safetensors") as source:
+        assert source.config is None
+        assert detect_arch(source) == family
+
+
+def test_detect_meta_layouts():
+    assert detect_arch(ShapeSource({"tok_embeddings.weight": (37, 24), "layers.0.attention.wq.weight": (24, 24)})) == "llama"
+    assert detect_arch(ShapeSource({"weird.weight": (3,)}, params={"dim": 24})) == "llama"
+    assert detect_arch(ShapeSource({"encoder.layer.0.attention.self.query.weight": (8, 8)})) is None
+    assert infer_config(ShapeSource({"encoder.layer.0.attention.self.query.weight": (8, 8)})) is None
+    mixed = {"transformer.h.0.attn.c_attn.weight": (24, 72), "model.layers.0.self_attn.q_proj.weight": (24, 24)}
+    assert detect_arch(ShapeSource(mixed)) is None          # two families' names: ask for --arch
+
+
+@pytest.mark.parametrize("family, true_heads", [("gpt2", {"n_head": 4}),
+                                                ("llama", {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 6}),
+                                                ("gptneox", {"num_attention_heads": 4})])
+def test_infer_config_from_bare_state_dict(family, true_heads, tmp_path):
+    hf_model = FAMILIES[family]()
+    state = tiny.hf_state_dict(hf_model)
+    if family == "gpt2":
+        del state["lm_head.weight"]           # tied GPT-2 as published: no lm_head in the file
+    with save_bare(state, tmp_path / "w.safetensors") as source:
+        inferred = infer_config(source)
+    want = config_from_hf(hf_model.config.to_dict())
+    assumed = inferred.pop(ASSUMED_KEY)
+    assert set(true_heads) <= set(assumed)    # head counts cannot be read from shapes: stated as assumed
+    got = config_from_hf(inferred)
+    for field in ("n_layers", "dim", "ffn_dim", "vocab_size", "tie_word_embeddings"):
+        assert getattr(got, field) == getattr(want, field), field
+    if family == "gpt2":
+        assert got.max_positions == 20 and got.tie_word_embeddings
+    # with the head counts (and the defaults the test model does not share) set right, the
+    # inferred config runs the weights exactly as transformers does
+    fixed = config_from_hf({**inferred, **true_heads, **_true_defaults(hf_model.config.to_dict(), assumed)})
+    assert fixed == want
+
+
+def _true_defaults(raw: dict, assumed: list) -> dict:
+    cfg = config_from_hf(raw).to_hf_config()
+    return {k: cfg[k] for k in assumed if k in cfg}
+
+
+def test_infer_guesses_published_head_sizes():
+    shapes = {"model.embed_tokens.weight": (128256, 4096), "lm_head.weight": (128256, 4096),
+              "model.norm.weight": (4096,)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (4096, 4096), p + "self_attn.k_proj.weight": (1024, 4096),
+                       p + "self_attn.v_proj.weight": (1024, 4096), p + "self_attn.o_proj.weight": (4096, 4096),
+                       p + "mlp.gate_proj.weight": (14336, 4096), p + "mlp.up_proj.weight": (14336, 4096),
+                       p + "mlp.down_proj.weight": (4096, 14336), p + "input_layernorm.weight": (4096,),
+                       p + "post_attention_layernorm.weight": (4096,)})
+    cfg = infer_config(ShapeSource(shapes))
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (32, 8, 128)
+    assert cfg["rope_theta"] == 500000.0 and not cfg["tie_word_embeddings"]   # Llama 3 vocabulary
+    assert {"rope_theta", "rms_norm_eps", "max_position_embeddings"} <= set(cfg[ASSUMED_KEY])
+
+
+def test_infer_refuses_nanogpt_orientation():
+    sd = {k: tuple(v.shape) for k, v in tiny.gpt2().state_dict().items()}
+    sd["transformer.h.0.attn.c_attn.weight"] = (72, 24)
+    with pytest.raises(LayoutError, match="nanoGPT"):
+        infer_config(ShapeSource(sd))
+
+
+def test_infer_checks_every_shape():
+    sd = {k: tuple(v.shape) for k, v in tiny.llama().state_dict().items()}
+    sd["model.layers.2.mlp.up_proj.weight"] = (41, 24)
+    with pytest.raises(LayoutError, match=r"model.layers.2.mlp.up_proj.weight' has shape \[41, 24\]"):
+        infer_config(ShapeSource(sd))
+    del sd["model.layers.2.mlp.up_proj.weight"]
+    with pytest.raises(LayoutError, match="missing 1: model.layers.2.mlp.up_proj.weight"):
+        infer_config(ShapeSource(sd))
+
+
+def test_params_json_beside_the_weights(tmp_path):
+    params = {"dim": 24, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 37, "multiple_of": 8,
+              "norm_eps": 1e-5, "rope_theta": 500.0}
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    from modelport.models.detect import config_for_source
+
+    cfg = config_for_source(ShapeSource({"tok_embeddings.weight": (37, 24)}, path=tmp_path / "consolidated.00.pth"))
+    assert (cfg.n_kv_heads, cfg.ffn_dim, cfg.vocab_size) == (2, 64, 37)

@@ -7,7 +7,7 @@ so tensor bytes can be mapped or copied in place. Compressed members fall back t
 
 Writing: members are laid out as ``torch.save`` lays them out: data aligned to 64
 bytes through an ``FB`` padding extra field, zip64 records where sizes or offsets
-pass 4 GiB. :func:`write_checkpoint` writes a whole state dict from any source.
+pass 4 GiB. :func:`write_pt` writes a whole state dict from any source.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def _serialization_id(pkl: bytes, storages: list) -> bytes:
     return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
 
 
-def write_checkpoint(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
+def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
     storages, entries = _plan(source)
     pkl = StateDictPickler().state_dict(entries)
     fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -47,7 +47,7 @@ from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
-from ._torchzip import ZipReader, write_checkpoint
+from ._torchzip import ZipReader, write_pt
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -378,7 +378,7 @@ class Pt(Format):
         return PtSource(path, options)
 
     def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        write_checkpoint(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
+        write_pt(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
 
 
 register(Pt())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
@@ -518,3 +519,33 @@ def test_torch_can_compute_storage_offsets_of_written_files(tmp_path, monkeypatc
     back = torch.load(out, weights_only=True, mmap=True)
     for name, t in sd.items():
         _same(back[name], t)
+
+
+def test_big_endian_legacy(tmp_path):
+    """A legacy file whose system info says big-endian: counts and elements are swapped on read."""
+    sd = {"f": _tensor(torch.float32, (3, 4), _gen(15)), "i": torch.arange(6, dtype=torch.int64), "h": torch.tensor([0.5, 3.0], dtype=torch.float16)}
+    data = _save(sd, tmp_path / "little.pt", _use_new_zipfile_serialization=False).read_bytes()
+    from modelport.formats._pickle import CheckpointUnpickler
+
+    f = io.BytesIO(data)
+    starts = []
+    for _ in range(5):          # magic, protocol, system info, objects, storage keys
+        starts.append(f.tell())
+        value = CheckpointUnpickler(f, tmp_path / "little.pt").load()
+    keys, pos = value, f.tell()
+    info = pickle.loads(data[starts[2]:starts[3]])
+    out = data[:starts[2]] + pickle.dumps(dict(info, little_endian=False), protocol=2) + data[starts[3]:pos]
+    with formats.open(tmp_path / "little.pt") as src:
+        dtype_of = {src.storage_view(n).key: src.info(n).dtype for n in src.names()}
+    np_dt = {"float32": "<f4", "int64": "<i8", "float16": "<f2"}
+    for key in keys:
+        (count,) = struct.unpack("<q", data[pos:pos + 8])
+        nbytes = count * np.dtype(np_dt[dtype_of[key]]).itemsize
+        out += struct.pack(">q", count) + np.frombuffer(data[pos + 8:pos + 8 + nbytes], dtype=np_dt[dtype_of[key]]).byteswap().tobytes()
+        pos += 8 + nbytes
+    big = tmp_path / "big.pt"
+    big.write_bytes(out)
+    with formats.open(big) as src:
+        for name, t in sd.items():
+            assert src.span(name) is None
+            _same(src.read(name), t)

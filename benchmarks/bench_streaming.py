@@ -7,6 +7,7 @@ each in a fresh process with the file in the page cache:
   cp                       coreutils cp of the .pt file
   pt -> safetensors        modelport.convert.convert
   safetensors -> pt        modelport.convert.convert
+  safetensors -> pt, CRC   the same with Options(crc32=True): real zip CRC-32s
   torch.load + save_file   the usual way, for reference
   load_file + torch.save   the usual way back, for reference
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +60,10 @@ PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).
 STEPS = {
     "pt -> safetensors": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False)",
     "safetensors -> pt": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='pt', progress=False)",
+    "safetensors -> pt, CRC": (
+        "from modelport.convert import convert; from modelport.formats.base import Options; import sys\n"
+        "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, options=Options(crc32=True))"
+    ),
     "torch.load + save_file": (
         "import sys, torch; from safetensors.torch import save_file\n"
         "sd = torch.load(sys.argv[1], weights_only=True)\n"
@@ -120,9 +124,14 @@ def check(pt: Path, st: Path) -> None:
         "for k in ('transformer.wte.weight', 'transformer.h.0.mlp.c_fc.weight', 'transformer.ln_f.bias'):\n"
         "    assert torch.equal(a[k], b[k]), k\n"
         "assert a['lm_head.weight'].data_ptr() == a['transformer.wte.weight'].data_ptr()\n"
+        "import torch.utils.serialization.config as config\n"
+        "config.load.calculate_storage_offsets = True   # torch computes every offset, checked under the debug flag\n"
+        "c = torch.load(sys.argv[1], weights_only=True, mmap=True)\n"
+        "assert all(torch.equal(c[k], b[k]) for k in b)\n"
         "print('ok', len(a), len(b))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(pt), str(st)], capture_output=True, text=True)
+    env = dict(os.environ, TORCH_SERIALIZATION_DEBUG="1")
+    out = subprocess.run([sys.executable, "-c", code, str(pt), str(st)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"converted files differ: {out.stderr}")
 
@@ -146,6 +155,7 @@ def main() -> None:
             "cp": (["cp", str(src), str(copy)], copy),
             "pt -> safetensors": (step("pt -> safetensors", src, st), st),
             "safetensors -> pt": (step("safetensors -> pt", st, back), back),
+            "safetensors -> pt, CRC": (step("safetensors -> pt, CRC", st, back), back),
         }, args.repeat)
         rows = [(name, *timed[name]) for name in timed]
         copy.unlink()

@@ -7,11 +7,12 @@ so tensor bytes can be mapped or copied in place. Compressed members fall back t
 
 Writing: members are laid out as ``torch.save`` lays them out: data aligned to 64
 bytes through an ``FB`` padding extra field, zip64 records where sizes or offsets
-pass 4 GiB.
+pass 4 GiB. :func:`write_pt` writes a whole state dict from any source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import zipfile
@@ -19,12 +20,17 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import dtypes
 from ..errors import FormatError
+from ._pickle import StateDictPickler
+from ._stream import _write_all, copy_span, write_tensor
+from .base import TensorSource
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _ALIGN = 64
 _MAX32 = 0xFFFFFFFF
+_UTF8, _DESCRIPTOR = 0x0800, 0x0008      # general-purpose flag bits
 
 
 @dataclass
@@ -44,7 +50,7 @@ class ZipReader:
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, struct.error) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, struct.error) as exc:
             raise FormatError(f"{path}: truncated or corrupt zip archive ({exc}); re-download or re-save the file") from exc
         self.members = {i.filename: Member(i.filename, i.header_offset, i.file_size, i.compress_type != zipfile.ZIP_STORED) for i in infos}
         self._offsets: dict[str, int] = {}
@@ -55,6 +61,8 @@ class ZipReader:
         if off is not None:
             return off
         m = self.members[name]
+        if not 0 <= m.header_offset < self.file_size:
+            raise FormatError(f"{self.path}: corrupt zip archive: member {name!r} claims to start at byte {m.header_offset} of a {self.file_size}-byte file")
         with open(self.path, "rb") as f:
             f.seek(m.header_offset)
             raw = f.read(_LOCAL.size)
@@ -87,7 +95,7 @@ class ZipWriter:
 
     With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
     modelport/formats/pt.py); with ``crc32=True`` each member is read back once from
-    the output to compute it.
+    the output to compute it (the descriptor opened with read access).
     """
 
     def __init__(self, fd: int, prefix: str, crc32: bool):
@@ -95,7 +103,7 @@ class ZipWriter:
         self.prefix = prefix
         self.crc32 = crc32
         self.pos = os.lseek(fd, 0, os.SEEK_CUR)
-        self._central: list[tuple[str, int, int, int]] = []   # name, header offset, size, crc
+        self._central: list[list] = []   # [name, header offset, size, crc, flags]
 
     def _write(self, data) -> None:
         view = memoryview(data).cast("B")
@@ -105,26 +113,38 @@ class ZipWriter:
         self.pos += len(memoryview(data).cast("B"))
 
     def begin(self, name: str, size: int) -> None:
-        """Write the local header of member ``name`` (``size`` bytes follow)."""
+        """Write the local header of member ``name`` (``size`` bytes follow).
+
+        The layout is miniz's, byte for byte in length, because torch can compute storage
+        offsets from it (``torch.utils.serialization.config.load.calculate_storage_offsets``):
+        a zip64 extra field (sizes when ``size`` passes 4 GiB, the header offset when it
+        does), the ``FB`` padding field up to the 64-byte data alignment, and, after the
+        data of a non-empty member, a data descriptor holding its CRC and sizes.
+        """
         full = f"{self.prefix}/{name}".encode()
-        big = size >= _MAX32
-        z64 = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+        big_size, big_off = size >= _MAX32, self.pos >= _MAX32
+        fields = (struct.pack("<QQ", size, size) if big_size else b"") + (struct.pack("<Q", self.pos) if big_off else b"")
+        z64 = struct.pack("<HH", 1, len(fields)) + fields if fields else b""
         base = self.pos + _LOCAL.size + len(full) + len(z64) + 4
         pad = -base % _ALIGN
         extra = z64 + struct.pack("<HH", 0x4246, pad) + b"Z" * pad       # "FB" padding, as torch writes
-        sz32 = _MAX32 if big else size
-        self._central.append((full.decode(), self.pos, size, 0))
-        self._write(_LOCAL.pack(b"PK\x03\x04", 45 if big else 20, 0, 0, 0, 0, 0, sz32, sz32, len(full), len(extra)) + full + extra)
+        flags = _UTF8 | (_DESCRIPTOR if size else 0)
+        self._central.append([full.decode(), self.pos, size, 0, flags])
+        self._write(_LOCAL.pack(b"PK\x03\x04", 45 if fields else 20, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)) + full + extra)
         self._data_start = self.pos
 
     def end(self) -> None:
-        """Check the member's length; compute and patch its CRC when asked."""
-        name, header, size, _ = self._central[-1]
+        """Check the member's length; write its data descriptor (CRC-32 computed when asked)."""
+        entry = self._central[-1]
+        name, header, size = entry[:3]
         written = self.pos - self._data_start
         if written != size:
             raise RuntimeError(f"zip member {name}: wrote {written} bytes, announced {size}")
+        if not size:
+            return
+        crc = 0
         if self.crc32:
-            crc, at, left = 0, self._data_start, size
+            at, left = self._data_start, size
             while left:
                 chunk = os.pread(self.fd, min(left, 16 << 20), at)
                 if not chunk:
@@ -132,8 +152,11 @@ class ZipWriter:
                 crc = zlib.crc32(chunk, crc)
                 at += len(chunk)
                 left -= len(chunk)
-            os.pwrite(self.fd, struct.pack("<I", crc), header + 14)
-            self._central[-1] = (name, header, size, crc)
+            entry[3] = crc
+        if size >= _MAX32 or header >= _MAX32:
+            self._write(struct.pack("<4sIQQ", b"PK\x07\x08", crc, size, size))
+        else:
+            self._write(struct.pack("<4sIII", b"PK\x07\x08", crc, size, size))
 
     def add(self, name: str, data: bytes) -> None:
         self.begin(name, len(data))
@@ -147,7 +170,7 @@ class ZipWriter:
     def close(self) -> None:
         cd_start = self.pos
         out = bytearray()
-        for name, header, size, crc in self._central:
+        for name, header, size, crc, flags in self._central:
             raw = name.encode()
             z64 = b""
             sz32, off32 = size, header
@@ -158,7 +181,7 @@ class ZipWriter:
                 z64 += struct.pack("<Q", header)
                 off32 = _MAX32
             extra = struct.pack("<HH", 1, len(z64)) + z64 if z64 else b""
-            out += _CENTRAL.pack(b"PK\x01\x02", 45 if z64 else 20, 45 if z64 else 20, 0, 0, 0, 0, crc, sz32, sz32,
+            out += _CENTRAL.pack(b"PK\x01\x02", 45 if z64 else 20, 45 if z64 else 20, flags, 0, 0, 0, crc, sz32, sz32,
                                  len(raw), len(extra), 0, 0, 0, 0, off32) + raw + extra
         cd_size = len(out)
         n = len(self._central)
@@ -170,3 +193,79 @@ class ZipWriter:
         else:
             out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, cd_size, cd_start, 0)
         self._write(out)
+
+
+# -- a whole checkpoint --------------------------------------------------------------------------
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def _plan(source: TensorSource):
+    """Storages to write and each name's view: shared storages of the source stay shared."""
+    storages: dict[object, list] = {}     # storage id -> [zip key, dtype, numel, source key or tensor name, shared]
+    entries: list[tuple] = []
+    for name in source.names():
+        info = source.info(name)
+        sv = source.storage_view(name)
+        if sv is not None and info.numel:
+            last = sv.offset + sum((s - 1) * d for s, d in zip(info.shape, sv.stride))
+            sid = ("s", sv.key)
+            if len(sv.stride) == len(info.shape) and last < sv.numel and storages.get(sid, [None, info.dtype])[1] == info.dtype:
+                if sid not in storages:
+                    storages[sid] = [str(len(storages)), info.dtype, sv.numel, sv.key, True]
+                entries.append((name, storages[sid][0], info.dtype, sv.numel, sv.offset, info.shape, tuple(sv.stride)))
+                continue
+        sid = ("t", name)
+        storages[sid] = [str(len(storages)), info.dtype, info.numel, name, False]
+        entries.append((name, storages[sid][0], info.dtype, info.numel, 0, info.shape, _contiguous_strides(info.shape)))
+    by_name = {e[0]: e for e in entries}
+    for alias, kept in source.aliases().items():
+        if kept in by_name:
+            entries.append((alias,) + by_name[kept][1:])
+    return list(storages.values()), entries
+
+
+def _serialization_id(pkl: bytes, storages: list) -> bytes:
+    """40 digits, like torch's; derived from the content so that equal inputs give equal files."""
+    digest = hashlib.sha256(pkl + repr([(s[1], s[2]) for s in storages]).encode()).digest()
+    return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
+
+
+def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
+    storages, entries = _plan(source)
+    pkl = StateDictPickler().state_dict(entries)
+    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        zw = ZipWriter(fd, "archive", crc32)
+        zw.add("data.pkl", pkl)
+        zw.add(".format_version", b"1")
+        zw.add(".storage_alignment", b"64")
+        zw.add("byteorder", b"little")
+        for zkey, dt, numel, src_key, shared in storages:
+            nbytes = numel * dtypes.get(dt).itemsize
+            zw.begin(f"data/{zkey}", nbytes)
+            if shared:
+                span = source.storage_span(src_key)
+                if span is not None:
+                    copy_span(span, fd)
+                else:
+                    data = source.read_storage_bytes(src_key)
+                    if len(memoryview(data).cast("B")) != nbytes:
+                        raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
+                    _write_all(fd, data)
+            else:
+                write_tensor(source, src_key, fd)
+            zw.advance(nbytes)
+            zw.end()
+            if progress:
+                progress(nbytes)
+        zw.add("version", b"3\n")
+        zw.add(".data/serialization_id", _serialization_id(pkl, storages))
+        zw.close()
+    finally:
+        os.close(fd)

@@ -20,8 +20,10 @@ Writing. A zip laid out as torch 2.13's ``torch.save`` lays it out (member names
 ``.format_version``, ``.storage_alignment``, ``byteorder``, ``version``,
 ``.data/serialization_id``, data aligned to 64 bytes), with a hand-written protocol-2
 ``data.pkl``. Tensors that share a storage in the source (``storage_view``) or are
-tied (``aliases``) stay views of one storage, written once. Storage bytes move with
-``os.copy_file_range`` from the source's spans.
+tied (``aliases``) stay views of one storage, written once; tied names come after the
+others. Storage bytes move with ``os.copy_file_range`` from the source's spans. The
+source's string ``metadata`` is not written: the file is a plain state dict that
+``model.load_state_dict`` takes as it is.
 
 CRC-32: computing it means reading every byte in user space (about as long again as
 the kernel copy itself). ``torch.load`` does not check it (verified with
@@ -33,11 +35,9 @@ tools such as ``unzip -t`` or Python's :mod:`zipfile` that verify them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import mmap
-import os
 import pickle
 import struct
 from collections.abc import Mapping
@@ -46,33 +46,25 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
-from ._pickle import BadCheckpoint, CheckpointUnpickler, StateDictPickler, StorageRef, TensorRef
-from ._stream import _write_all, copy_span, write_tensor
-from ._torchzip import ZipReader, ZipWriter
+from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
+from ._torchzip import ZipReader, write_pt
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                  AttributeError, OverflowError, UnicodeDecodeError, struct.error)
+                  AttributeError, OverflowError, UnicodeDecodeError, RecursionError, MemoryError, struct.error)
 
 
 class _Storage:
     """Where one storage's bytes are: ``offset`` in the file, or ``data`` when compressed."""
 
-    __slots__ = ("key", "dtype", "numel", "offset", "data")
+    __slots__ = ("key", "dtype", "numel", "offset", "data", "problem")
 
-    def __init__(self, key: str, dtype: str, numel: int, offset: int | None, data: bytes | None = None):
+    def __init__(self, key: str, dtype: str, numel: int, offset: int | None, data: bytes | None = None, problem: str | None = None):
         self.key, self.dtype, self.numel, self.offset, self.data = key, dtype, numel, offset, data
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(strides))
+        self.problem = problem     # why the bytes cannot be read (missing member, truncated file)
 
 
 def _is_contiguous(shape, stride) -> bool:
@@ -114,7 +106,8 @@ class PtSource(TensorSource):
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {what} is not a plain state dict: {exc}") from exc
         except _PICKLE_ERRORS as exc:
-            raise FormatError(f"{self.path}: corrupt {what} ({type(exc).__name__}: {exc}); the file is truncated or damaged") from exc
+            detail = " ".join(str(exc).split())[:200]
+            raise FormatError(f"{self.path}: corrupt {what} ({type(exc).__name__}: {detail}); the file is truncated or damaged") from exc
 
     def _open_zip(self):
         self._zip = zr = ZipReader(self.path, self._size)
@@ -135,7 +128,8 @@ class PtSource(TensorSource):
             member = f"{prefix}data/{key}"
             m = zr.members.get(member)
             if m is None:
-                raise FormatError(f"{self.path}: storage {key!r} is missing (no member {member}); the archive is incomplete")
+                self._stores[key] = _Storage(key, ref.dtype, 0, None, problem=f"has no member {member}; the archive is incomplete")
+                continue
             itemsize = dtypes.get(ref.dtype).itemsize
             if m.compressed:
                 data = zr.read(member)
@@ -162,6 +156,7 @@ class PtSource(TensorSource):
                 raise FormatError(f"{self.path}: corrupt legacy checkpoint: the storage list is a {type(keys).__name__}")
             pos = f.tell()
         order = ">" if self._big else "<"
+        problem = None
         with open(self.path, "rb") as f:
             for key in keys:
                 ref = storages.get(str(key))
@@ -169,17 +164,16 @@ class PtSource(TensorSource):
                     raise FormatError(f"{self.path}: corrupt legacy checkpoint: storage {key!r} is listed but never used")
                 f.seek(pos)
                 raw = f.read(8)
-                if len(raw) < 8:
-                    raise FormatError(f"{self.path}: storage {key!r} starts past the end of the file; the file is truncated")
-                (count,) = struct.unpack(order + "q", raw)
+                count = struct.unpack(order + "q", raw)[0] if len(raw) == 8 else -1
                 nbytes = count * dtypes.get(ref.dtype).itemsize
                 if count < 0 or pos + 8 + nbytes > self._size:
-                    raise FormatError(f"{self.path}: storage {key!r} ({count} elements) ends past the end of the file ({self._size} bytes); the file is truncated")
+                    problem = f"ends past the end of the file ({self._size} bytes); the file is truncated"
+                    break
                 self._stores[ref.key] = _Storage(ref.key, ref.dtype, count, pos + 8)
                 pos += 8 + nbytes
-        for key in storages:
+        for key, ref in storages.items():
             if key not in self._stores:
-                raise FormatError(f"{self.path}: storage {key!r} is missing from the legacy checkpoint; the file is incomplete")
+                self._stores[key] = _Storage(key, ref.dtype, 0, None, problem=problem or "is missing from the legacy checkpoint; the file is incomplete")
         return root
 
     # -- the object tree ---------------------------------------------------------------------
@@ -193,6 +187,8 @@ class PtSource(TensorSource):
             self._flatten_root(root, strip_prefix)
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {exc}") from exc
+        except RecursionError as exc:   # a structure nested absurdly deep, or one that contains itself
+            raise FormatError(f"{self.path}: the checkpoint's object tree is nested too deeply or contains itself") from exc
 
     def _flatten_root(self, root, strip_prefix: str | None) -> None:
         tensors: dict[str, TensorRef] = {}
@@ -230,6 +226,8 @@ class PtSource(TensorSource):
 
     def _check(self, name: str, t: TensorRef) -> None:
         st = self._stores[t.storage.key]
+        if st.problem:
+            raise FormatError(f"{self.path}: tensor {name!r}: its storage {st.key!r} {st.problem}")
         numel = 1
         for s in t.shape:
             numel *= s
@@ -349,74 +347,6 @@ def _flatten(obj, prefix: str, tensors: dict, metadata: dict) -> None:
             metadata[prefix] = json.dumps(obj, default=repr)
         except (TypeError, ValueError):   # keys JSON cannot hold (tuples), circular references
             metadata[prefix] = json.dumps(repr(obj))
-
-
-# -- writing ------------------------------------------------------------------------------------
-
-def _plan(source: TensorSource):
-    """Storages to write and each name's view: shared storages of the source stay shared."""
-    storages: dict[object, list] = {}     # storage id -> [zip key, dtype, numel, source key or tensor name, shared]
-    entries: list[tuple] = []
-    for name in source.names():
-        info = source.info(name)
-        sv = source.storage_view(name)
-        if sv is not None and info.numel:
-            last = sv.offset + sum((s - 1) * d for s, d in zip(info.shape, sv.stride))
-            sid = ("s", sv.key)
-            if len(sv.stride) == len(info.shape) and last < sv.numel and storages.get(sid, [None, info.dtype])[1] == info.dtype:
-                if sid not in storages:
-                    storages[sid] = [str(len(storages)), info.dtype, sv.numel, sv.key, True]
-                entries.append((name, storages[sid][0], info.dtype, sv.numel, sv.offset, info.shape, tuple(sv.stride)))
-                continue
-        sid = ("t", name)
-        storages[sid] = [str(len(storages)), info.dtype, info.numel, name, False]
-        entries.append((name, storages[sid][0], info.dtype, info.numel, 0, info.shape, _contiguous_strides(info.shape)))
-    by_name = {e[0]: e for e in entries}
-    for alias, kept in source.aliases().items():
-        if kept in by_name:
-            entries.append((alias,) + by_name[kept][1:])
-    return list(storages.values()), entries
-
-
-def _serialization_id(pkl: bytes, storages: list) -> bytes:
-    """40 digits, like torch's; derived from the content so that equal inputs give equal files."""
-    digest = hashlib.sha256(pkl + repr([(s[1], s[2]) for s in storages]).encode()).digest()
-    return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
-
-
-def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
-    storages, entries = _plan(source)
-    pkl = StateDictPickler().state_dict(entries)
-    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        zw = ZipWriter(fd, "archive", crc32)
-        zw.add("data.pkl", pkl)
-        zw.add(".format_version", b"1")
-        zw.add(".storage_alignment", b"64")
-        zw.add("byteorder", b"little")
-        for zkey, dt, numel, src_key, shared in storages:
-            nbytes = numel * dtypes.get(dt).itemsize
-            zw.begin(f"data/{zkey}", nbytes)
-            if shared:
-                span = source.storage_span(src_key)
-                if span is not None:
-                    copy_span(span, fd)
-                else:
-                    data = source.read_storage_bytes(src_key)
-                    if len(memoryview(data).cast("B")) != nbytes:
-                        raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
-                    _write_all(fd, data)
-            else:
-                write_tensor(source, src_key, fd)
-            zw.advance(nbytes)
-            zw.end()
-            if progress:
-                progress(nbytes)
-        zw.add("version", b"3\n")
-        zw.add(".data/serialization_id", _serialization_id(pkl, storages))
-        zw.close()
-    finally:
-        os.close(fd)
 
 
 class Pt(Format):

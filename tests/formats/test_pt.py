@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
@@ -314,7 +315,7 @@ def test_truncated_zip(tmp_path):
 def test_missing_storage_member(tmp_path):
     path = _save({"w": torch.ones(3), "v": torch.zeros(4)}, tmp_path / "w.pt")
     bad = _rewrite_zip(path, tmp_path / "bad.pt", lambda n, d: None if n.endswith("/data/1") else d)
-    with pytest.raises(FormatError, match=r"bad\.pt: storage '1' is missing"):
+    with pytest.raises(FormatError, match=r"bad\.pt: tensor 'v': its storage '1' has no member .*/data/1; the archive is incomplete"):
         formats.open(bad)
 
 
@@ -329,7 +330,7 @@ def test_truncated_legacy(tmp_path):
     path = _save({"w": torch.arange(100.0)}, tmp_path / "w.pt", _use_new_zipfile_serialization=False)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(path.read_bytes()[:-50])
-    with pytest.raises(FormatError, match=r"cut\.pt: storage .* ends past the end of the file"):
+    with pytest.raises(FormatError, match=r"cut\.pt: tensor 'w': its storage .* ends past the end of the file"):
         formats.open(cut)
     cut.write_bytes(path.read_bytes()[:60])
     with pytest.raises(FormatError, match=r"cut\.pt: corrupt"):
@@ -447,3 +448,104 @@ def test_name_collisions_are_errors(tmp_path):
     path = _save({"module.x": torch.ones(1), "x": torch.zeros(1)}, tmp_path / "d.pt")
     with pytest.raises(FormatError, match=r"d\.pt: stripping 'module.' makes 'x' collide"):
         formats.open(path, options=Options(strip_prefix="module."))
+
+
+def test_cli_refuses_malicious_and_corrupt_files(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _save({"w": torch.ones(2), "x": _Evil(marker, "system")}, tmp_path / "evil.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(_save({"w": torch.ones(300)}, tmp_path / "w.pt").read_bytes()[:700])
+    for src, expect in ((evil, "refusing to import posix.system from"), (cut, "truncated or corrupt zip archive")):
+        for args in (["inspect", str(src)], ["convert", str(src), str(tmp_path / "out.safetensors")]):
+            result = subprocess.run([sys.executable, "-m", "modelport", *args], capture_output=True, text=True, cwd=ROOT)
+            assert result.returncode == 2, result.stderr
+            assert expect in result.stderr and str(src) in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "evil.pt", "w.pt"]   # nothing written
+
+
+def test_self_referencing_structure(tmp_path):
+    loop: list = [torch.ones(1)]
+    loop.append(loop)
+    path = _save({"x": loop}, tmp_path / "loop.pt")
+    with pytest.raises(FormatError, match=r"loop\.pt: the checkpoint's object tree is nested too deeply or contains itself"):
+        formats.open(path)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_corrupted_bytes_give_one_line_errors(tmp_path, legacy):
+    """Flipped, cut and deleted bytes: the file reads, or fails as a ModelportError of one line; nothing else."""
+    import random
+
+    from modelport.errors import ModelportError
+
+    w = _tensor(torch.float32, (4, 6), _gen(12))
+    data = _save({"w": w, "t": w.t(), "h": torch.arange(5, dtype=torch.float16), "s": torch.tensor(3)},
+                 tmp_path / "src.pt", _use_new_zipfile_serialization=not legacy).read_bytes()
+    rng = random.Random(13)
+    bad = tmp_path / "bad.pt"
+    for _ in range(300):
+        b = bytearray(data)
+        mode = rng.random()
+        if mode < 0.4:
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif mode < 0.7:
+            del b[rng.randrange(len(b)):]
+        else:
+            p = rng.randrange(len(b))
+            del b[p:p + rng.randint(1, 20)]
+        bad.write_bytes(b)
+        try:
+            with formats.open(bad, format="pt") as src:
+                for name in src.names():
+                    src.read_bytes(name)
+        except ModelportError as exc:
+            assert "\n" not in str(exc) and str(bad) in str(exc)
+
+
+def test_torch_can_compute_storage_offsets_of_written_files(tmp_path, monkeypatch):
+    """torch may compute storage offsets from miniz's layout instead of reading each header
+    (config.load.calculate_storage_offsets); written files follow that layout exactly."""
+    import torch.utils.serialization.config as config
+
+    sd = _mixed(_gen(14))
+    sd["view"] = sd["t_float32"][1:, ::2]
+    with formats.open(_save(sd, tmp_path / "src.pt")) as src:
+        out = _write(src, tmp_path / "out.pt")
+    monkeypatch.setenv("TORCH_SERIALIZATION_DEBUG", "1")     # torch checks each computed offset against the header
+    monkeypatch.setattr(config.load, "calculate_storage_offsets", True)
+    back = torch.load(out, weights_only=True, mmap=True)
+    for name, t in sd.items():
+        _same(back[name], t)
+
+
+def test_big_endian_legacy(tmp_path):
+    """A legacy file whose system info says big-endian: counts and elements are swapped on read."""
+    sd = {"f": _tensor(torch.float32, (3, 4), _gen(15)), "i": torch.arange(6, dtype=torch.int64), "h": torch.tensor([0.5, 3.0], dtype=torch.float16)}
+    data = _save(sd, tmp_path / "little.pt", _use_new_zipfile_serialization=False).read_bytes()
+    from modelport.formats._pickle import CheckpointUnpickler
+
+    f = io.BytesIO(data)
+    starts = []
+    for _ in range(5):          # magic, protocol, system info, objects, storage keys
+        starts.append(f.tell())
+        value = CheckpointUnpickler(f, tmp_path / "little.pt").load()
+    keys, pos = value, f.tell()
+    info = pickle.loads(data[starts[2]:starts[3]])
+    out = data[:starts[2]] + pickle.dumps(dict(info, little_endian=False), protocol=2) + data[starts[3]:pos]
+    with formats.open(tmp_path / "little.pt") as src:
+        dtype_of = {src.storage_view(n).key: src.info(n).dtype for n in src.names()}
+    np_dt = {"float32": "<f4", "int64": "<i8", "float16": "<f2"}
+    for key in keys:
+        (count,) = struct.unpack("<q", data[pos:pos + 8])
+        nbytes = count * np.dtype(np_dt[dtype_of[key]]).itemsize
+        out += struct.pack(">q", count) + np.frombuffer(data[pos + 8:pos + 8 + nbytes], dtype=np_dt[dtype_of[key]]).byteswap().tobytes()
+        pos += 8 + nbytes
+    big = tmp_path / "big.pt"
+    big.write_bytes(out)
+    with formats.open(big) as src:
+        for name, t in sd.items():
+            assert src.span(name) is None
+            _same(src.read(name), t)

@@ -133,17 +133,18 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool) -> Non
 @click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox), used to infer an hf config.json.")
 @click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
 @click.option("--shards", type=click.IntRange(min=1), help="Model-parallel shards for a meta target (default 1).")
+@click.option("--no-crc32", is_flag=True, help="pt target: write zero CRC-32s (torch.load accepts them; unzip -t does not).")
 @click.option("--params-only", is_flag=True, help="t7 source: keep only an nn model's parameters.")
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
-            params_only, t7_mode, t7_long_size, t7_endian) -> None:
+            no_crc32, params_only, t7_mode, t7_long_size, t7_endian) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
     from .convert import convert as run
 
     options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
-                       params_only=params_only or None, t7_mode=t7_mode,
+                       params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                  shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)

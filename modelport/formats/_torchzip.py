@@ -17,6 +17,7 @@ import os
 import struct
 import zipfile
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,8 @@ class ZipWriter:
 
     With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
     modelport/formats/pt.py); with ``crc32=True`` each member is read back once from
-    the output to compute it (the descriptor opened with read access).
+    the output (the descriptor opened with read access) by a second thread while the next
+    member is copied, and its data descriptor is patched when the CRC is known.
     """
 
     def __init__(self, fd: int, prefix: str, crc32: bool):
@@ -104,6 +106,24 @@ class ZipWriter:
         self.crc32 = crc32
         self.pos = os.lseek(fd, 0, os.SEEK_CUR)
         self._central: list[list] = []   # [name, header offset, size, crc, flags]
+        self._pending: list[tuple[list, int, Future]] = []   # (central entry, descriptor offset, CRC)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="crc32") if crc32 else None
+
+    def _crc_of(self, at: int, size: int) -> int:
+        crc = 0
+        while size:
+            chunk = os.pread(self.fd, min(size, 16 << 20), at)
+            if not chunk:
+                raise RuntimeError("zip member: output shorter than written")
+            crc = zlib.crc32(chunk, crc)   # releases the GIL: runs beside the next copy
+            at += len(chunk)
+            size -= len(chunk)
+        return crc
+
+    def shutdown(self) -> None:
+        """Wait for CRC work still running (before the descriptor is closed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _write(self, data) -> None:
         view = memoryview(data).cast("B")
@@ -142,21 +162,12 @@ class ZipWriter:
             raise RuntimeError(f"zip member {name}: wrote {written} bytes, announced {size}")
         if not size:
             return
-        crc = 0
         if self.crc32:
-            at, left = self._data_start, size
-            while left:
-                chunk = os.pread(self.fd, min(left, 16 << 20), at)
-                if not chunk:
-                    raise RuntimeError(f"zip member {name}: output shorter than written")
-                crc = zlib.crc32(chunk, crc)
-                at += len(chunk)
-                left -= len(chunk)
-            entry[3] = crc
+            self._pending.append((entry, self.pos, self._pool.submit(self._crc_of, self._data_start, size)))
         if size >= _MAX32 or header >= _MAX32:
-            self._write(struct.pack("<4sIQQ", b"PK\x07\x08", crc, size, size))
+            self._write(struct.pack("<4sIQQ", b"PK\x07\x08", 0, size, size))
         else:
-            self._write(struct.pack("<4sIII", b"PK\x07\x08", crc, size, size))
+            self._write(struct.pack("<4sIII", b"PK\x07\x08", 0, size, size))
 
     def add(self, name: str, data: bytes) -> None:
         self.begin(name, len(data))
@@ -168,6 +179,10 @@ class ZipWriter:
         self.pos += n
 
     def close(self) -> None:
+        for entry, descriptor, crc in self._pending:
+            entry[3] = crc.result()
+            os.pwrite(self.fd, struct.pack("<I", entry[3]), descriptor + 4)
+        self._pending = []
         cd_start = self.pos
         out = bytearray()
         for name, header, size, crc, flags in self._central:
@@ -240,6 +255,7 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
     storages, entries = _plan(source)
     pkl = StateDictPickler().state_dict(entries)
     fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
+    zw = None
     try:
         zw = ZipWriter(fd, "archive", crc32)
         zw.add("data.pkl", pkl)
@@ -268,4 +284,6 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
         zw.add(".data/serialization_id", _serialization_id(pkl, storages))
         zw.close()
     finally:
+        if zw is not None:
+            zw.shutdown()
         os.close(fd)

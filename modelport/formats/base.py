@@ -66,7 +66,7 @@ class Options:
     t7_mode: str = "binary"              # t7 writer: binary | ascii
     t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
     t7_endian: str | None = None         # t7 reader: force little | big
-    crc32: bool = False                  # pt writer: real zip CRC-32s (reads every byte back; torch.load ignores them)
+    crc32: bool = True                   # pt writer: real zip CRC-32s (computed beside the copy; torch.load ignores them)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -25,12 +25,12 @@ others. Storage bytes move with ``os.copy_file_range`` from the source's spans. 
 source's string ``metadata`` is not written: the file is a plain state dict that
 ``model.load_state_dict`` takes as it is.
 
-CRC-32: computing it means reading every byte in user space (about as long again as
-the kernel copy itself). ``torch.load`` does not check it (verified with
-``weights_only=True``, with and without ``mmap=True``, in tests/formats/test_pt.py;
-``torch.serialization.set_crc32_options(False)`` makes torch.save itself write 0),
-so by default every CRC field is 0. ``Options.crc32=True`` computes real CRCs, for
-tools such as ``unzip -t`` or Python's :mod:`zipfile` that verify them.
+CRC-32: every member gets its real CRC, so ``unzip -t`` and Python's :mod:`zipfile`
+accept the file. Computing it reads every byte back in user space; a second thread does
+that while the next storage is copied in the kernel, so it costs little wall time.
+``Options.crc32=False`` (``--no-crc32``) writes 0 instead, as
+``torch.serialization.set_crc32_options(False)`` makes torch.save do: ``torch.load``
+does not check CRCs (tested with ``weights_only=True``, with and without ``mmap=True``).
 """
 
 from __future__ import annotations

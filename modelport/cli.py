@@ -105,17 +105,35 @@ def _options(**kw):
 @click.option("--from", "from_", type=FormatChoice(), help="Read as this format instead of detecting it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "show_all", is_flag=True, help="List every tensor (default: the first 50).")
-def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool) -> None:
+@click.option("--run", "run_model", is_flag=True, help="Also build the runnable model and run it once on an example input.")
+@click.option("--arch", help="With --run: architecture (gpt2, llama, gptneox) or your own package.module:factory.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --run: config.json for the model (or the kwargs of your factory).")
+@click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
+@click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
+def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, input_shape,
+            input_dtype) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
     from .inspect import inspect as run
+    from .inspect import run_check
 
     summary = run(path, from_)
+    check = run_check(path, arch, config, input_shape, input_dtype, from_) if run_model else None
     if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2, default=str))
+        out = summary.to_json()
+        if check is not None:
+            out["run"] = check.to_json()
+        click.echo(json.dumps(out, indent=2, default=str))
         return
     from .render import print_summary
 
     print_summary(summary, show_all)
+    if check is not None:
+        click.echo(f"\nran {check.model}, {check.parameters:,} parameters: input {check.input} -> output "
+                   f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")
+        if check.assumed:
+            click.echo(f"note: built with assumed values the weights do not reveal ({', '.join(check.assumed)}); "
+                       "pass --config to state them")
 
 
 @cli.command()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,9 +51,14 @@ def tied_state_dict(seed: int = 0) -> dict:
     }
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    """Run the real command line in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "modelport", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    """Run the real command line in a subprocess, as a user would (from any directory)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "modelport", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env)
 
 
 @pytest.fixture

@@ -81,3 +81,38 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(cli, two_files):
 def test_debug_shows_the_traceback(cli, two_files):
     r = cli("--debug", "inspect", two_files / "missing.pt")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_inspect_run_builds_and_runs_the_model(cli, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = cli("inspect", root / "examples" / "tiny-gpt2.pt", "--run", "--config", root / "examples" / "tiny-gpt2.config.json",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["run"]
+    assert run["output"] == [1, 8, 37] and run["finite"] and run["assumed"] == []
+    assert run["parameters"] == 15768
+    r = cli("inspect", root / "examples" / "tiny-gpt2.pt", "--run")
+    assert "note: built with assumed values" in r.stdout and "n_head" in r.stdout
+    r = cli("inspect", root / "fixtures" / "t7nn" / "u1net.net", "--run")
+    assert r.returncode == 2 and "--input-shape" in r.stderr
+    r = cli("inspect", root / "fixtures" / "t7nn" / "u1net.net", "--run", "--input-shape", "1,3,32,32", "--json")
+    assert json.loads(r.stdout)["run"]["output"] == [1, 12, 12, 12]
+
+
+def test_inspect_run_with_a_user_factory(cli, tmp_path):
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\n"
+        "def build(width=4):\n"
+        "    return nn.Sequential(nn.Linear(6, width), nn.ReLU(), nn.Linear(width, 2))\n")
+    g = torch.Generator().manual_seed(1)
+    save_file({"0.weight": torch.randn(5, 6, generator=g), "0.bias": torch.randn(5, generator=g),
+               "2.weight": torch.randn(2, 5, generator=g), "2.bias": torch.randn(2, generator=g)}, tmp_path / "w.safetensors")
+    (tmp_path / "cfg.json").write_text('{"width": 5}')
+    r = cli("inspect", "w.safetensors", "--run", "--arch", "mynets:build", "--config", "cfg.json", "--input-shape", "3,6",
+            "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["run"]["output"] == [3, 2]
+    r = cli("inspect", "w.safetensors", "--run", "--arch", "mynets:build", "--input-shape", "3,6", cwd=tmp_path)
+    assert r.returncode == 2 and "'0.weight' has shape [5, 6]" in r.stderr

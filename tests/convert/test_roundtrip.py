@@ -70,3 +70,25 @@ def test_hf_output_loads_with_safetensors_library(origin, tmp_path):
     for name, t in tensors.items():
         if name != "lm_head.weight":
             assert bitwise_equal(loaded[name], t.contiguous()), name
+
+
+T7_DTYPES = {"f32", "f16", "f64", "i64", "i32", "i8", "u8", "special", "transposed", "sliced"}   # what Torch7 can hold
+
+
+@pytest.mark.parametrize("other", WEIGHT_FORMATS)
+def test_t7_round_trips_with_every_weight_format(tmp_path, other):
+    tensors = {k: v for k, v in tensor_zoo(11).items() if k in T7_DTYPES}
+    tensors.update(tied_state_dict(11))
+    torch.save(tensors, tmp_path / "origin.pt")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "test-zoo"}))
+    _convert(tmp_path / "origin.pt", tmp_path / "a.t7", "t7", config)
+    mid = tmp_path / f"mid{SUFFIX[other]}"
+    _convert(tmp_path / "a.t7", mid, other, config)
+    _convert(mid, tmp_path / "b.t7", "t7", config)
+    for path in (mid, tmp_path / "b.t7"):
+        with modelport.open(path) as got:
+            full = got.state_dict()
+            assert set(full) == set(tensors), path
+            for name, t in tensors.items():
+                assert bitwise_equal(full[name], t.contiguous()), (path, name)

@@ -201,3 +201,13 @@ def read_head(path: Path, n: int = 64) -> bytes:
 
 def file_size(path: Path) -> int:
     return os.stat(path).st_size
+
+
+def release_map(m):
+    """Close a file map unless a caller still holds a view of it (then it goes with the last view); None."""
+    if m is not None:
+        try:
+            m.close()
+        except BufferError:
+            pass
+    return None

@@ -48,7 +48,7 @@ from ..errors import FormatError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
 from ._torchzip import ZipReader, write_pt
-from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head
+from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
@@ -305,12 +305,7 @@ class PtSource(TensorSource):
         return Span(self.path, st.offset, st.numel * dtypes.get(st.dtype).itemsize)
 
     def close(self) -> None:
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:  # a caller still holds a view; the map goes with it
-                pass
-            self._mmap = None
+        self._mmap = release_map(self._mmap)
 
 
 def _swapped(view, dt) -> memoryview:

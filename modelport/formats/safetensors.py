@@ -17,7 +17,7 @@ from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
 from ._stream import write_tensor
-from .base import Format, Options, Span, TensorInfo, TensorSource, file_size, read_head
+from .base import Format, Options, Span, TensorInfo, TensorSource, file_size, read_head, release_map
 
 _MAX_HEADER = 100 << 20
 
@@ -87,12 +87,7 @@ class SafetensorsSource(TensorSource):
         return memoryview(self._mmap)[self._base + begin:self._base + end]
 
     def close(self) -> None:
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:  # a caller still holds a view; the map goes with it
-                pass
-            self._mmap = None
+        self._mmap = release_map(self._mmap)
 
 
 def header_for(source: TensorSource, names: list[str], metadata: dict[str, str]) -> tuple[bytes, int]:

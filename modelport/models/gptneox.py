@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from ._common import Rotary, activation, apply_rotary, attend, attention_bias, merge_heads, position_ids

@@ -95,7 +95,6 @@ def parse_input_dtype(name):
 def load_user_model(spec: str, source: TensorSource, config: dict | None, device="cpu", dtype=None,
                     input_shape=None, input_dtype=None):
     """Build the user's module, load ``source`` into it strictly, and return it in eval mode."""
-    import torch
 
     if input_dtype is not None and input_shape is None:
         raise UnsupportedError("--input-dtype needs --input-shape")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from modelport.t7.objects import LuaObject, LuaTable, T7Storage, T7Tensor
 
@@ -45,3 +46,38 @@ def obj(cls: str, version: int = 1, **fields) -> LuaObject:
         t[k.encode()] = float(v) if isinstance(v, int) and not isinstance(v, bool) else v
     t.setdefault(b"output", empty())
     return LuaObject(cls, t, version)
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def run(module, x):
+    with torch.no_grad():
+        return module(torch.from_numpy(np.asarray(x))).numpy()
+
+
+def xcorr_ref(x, w, b, stride, pad):
+    """Lua SpatialConvolution on one (C, H, W) image: zero padding, valid cross-correlation."""
+    (dh, dw), (ph, pw) = stride, pad
+    x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
+    n_out, n_in, kh, kw = w.shape
+    oh, ow = (x.shape[1] - kh) // dh + 1, (x.shape[2] - kw) // dw + 1
+    out = np.empty((n_out, oh, ow))
+    for o in range(n_out):
+        for i in range(oh):
+            for j in range(ow):
+                out[o, i, j] = b[o] + np.sum(w[o] * x[:, i * dh:i * dh + kh, j * dw:j * dw + kw])
+    return out
+
+
+# nngraph nodes, built by hand
+def node(data: LuaTable) -> LuaObject:
+    return LuaObject("nngraph.Node", LuaTable({b"data": data, b"children": LuaTable()}), 1)
+
+
+def data(*parents, **fields) -> LuaTable:
+    t = LuaTable({b"mapindex": array(*parents), b"input": LuaTable()})
+    for k, v in fields.items():
+        t[k.encode()] = float(v) if isinstance(v, int) else v
+    return t

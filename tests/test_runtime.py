@@ -17,8 +17,8 @@ def test_both_packages_is_refused_with_the_fix(monkeypatch):
 
 
 def test_the_installed_package_imports_and_reports_real_providers(tmp_path):
-    ort = runtime.import_onnxruntime()    # the test extra installs the CPU package
-    assert runtime.installed_packages() == ["onnxruntime"]
+    ort = runtime.import_onnxruntime()
+    assert len(runtime.installed_packages()) == 1
     import onnx
     from onnx import TensorProto, helper
 

@@ -524,8 +524,12 @@ def test_torch_can_compute_storage_offsets_of_written_files(tmp_path, monkeypatc
     with formats.open(_save(sd, tmp_path / "src.pt")) as src:
         out = _write(src, tmp_path / "out.pt")
     monkeypatch.setenv("TORCH_SERIALIZATION_DEBUG", "1")     # torch checks each computed offset against the header
-    monkeypatch.setattr(config.load, "calculate_storage_offsets", True)
-    back = torch.load(out, weights_only=True, mmap=True)
+    before = config.load.calculate_storage_offsets   # torch's config class: monkeypatch would delete it on undo
+    config.load.calculate_storage_offsets = True
+    try:
+        back = torch.load(out, weights_only=True, mmap=True)
+    finally:
+        config.load.calculate_storage_offsets = before
     for name, t in sd.items():
         _same(back[name], t)
 

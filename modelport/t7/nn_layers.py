@@ -249,10 +249,7 @@ def _linear(obj, f):
     if weight.dim() != 2:
         raise f.error(f"weight should be 2-D (out, in), found shape {tuple(weight.shape)}")
     n_out, n_in = weight.shape
-    bias = _optional(f, "bias") if obj.class_name == "nn.Linear" else None
-    if bias is not None:
-        _check_shape(f, "bias", bias, n_out)
-        bias = bias.reshape(n_out).to(weight.dtype)
+    bias = _bias(f, n_out, weight.dtype) if obj.class_name == "nn.Linear" else None
     m = nn.Linear(n_in, n_out, bias=bias is not None, device="meta")
     return _set_params(m, weight=weight, bias=bias)
 
@@ -273,10 +270,7 @@ def _conv(obj, f):
     _check_shape(f, "weight", weight, n_out * (n_in // groups) * kh * kw)
     # SpatialConvolutionMM (and old SpatialConvolution) keep weight 2-D: (nOut, nIn*kH*kW), row-major.
     weight = weight.reshape(n_out, n_in // groups, kh, kw)
-    bias = _optional(f, "bias")
-    if bias is not None:
-        _check_shape(f, "bias", bias, n_out)
-        bias = bias.reshape(n_out).to(weight.dtype)
+    bias = _bias(f, n_out, weight.dtype)
     m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(dh, dw), padding=(ph, pw), groups=groups,
                   bias=bias is not None, device="meta")
     return _set_params(m, weight=weight, bias=bias)
@@ -322,10 +316,7 @@ def _full_conv(obj, f):
     n_in, n_out = f.int("nInputPlane"), f.int("nOutputPlane")
     kw, kh = f.int("kW"), f.int("kH")
     _check_shape(f, "weight", weight, n_in * n_out * kh * kw)
-    bias = _optional(f, "bias")
-    if bias is not None:
-        _check_shape(f, "bias", bias, n_out)
-        bias = bias.reshape(n_out).to(weight.dtype)
+    bias = _bias(f, n_out, weight.dtype)
     m = nn.ConvTranspose2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)),
                            padding=(f.int("padH", 0), f.int("padW", 0)),
                            output_padding=(f.int("adjH", 0), f.int("adjW", 0)), bias=bias is not None, device="meta")
@@ -338,10 +329,7 @@ def _dilated_conv(obj, f):
     n_in, n_out = f.int("nInputPlane"), f.int("nOutputPlane")
     kw, kh = f.int("kW"), f.int("kH")
     _check_shape(f, "weight", weight, n_out * n_in * kh * kw)
-    bias = _optional(f, "bias")
-    if bias is not None:
-        _check_shape(f, "bias", bias, n_out)
-        bias = bias.reshape(n_out).to(weight.dtype)
+    bias = _bias(f, n_out, weight.dtype)
     m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)),
                   padding=(f.int("padH", 0), f.int("padW", 0)),
                   dilation=(f.int("dilationH", 1), f.int("dilationW", 1)), bias=bias is not None, device="meta")
@@ -514,6 +502,15 @@ def _lookup_table(obj, f):
         raise f.error(f"weight should be 2-D (nIndex, dim), found shape {tuple(weight.shape)}")
     max_norm = f.number("maxNorm") if f.has("maxNorm") else None
     return LookupTable(weight, max_norm, f.number("normType", 2.0))
+
+
+def _bias(f, n_out: int, dtype) -> torch.Tensor | None:
+    """The optional ``bias`` field: ``n_out`` elements, as a 1-D tensor of the weight's dtype."""
+    bias = _optional(f, "bias")
+    if bias is None:
+        return None
+    _check_shape(f, "bias", bias, n_out)
+    return bias.reshape(n_out).to(dtype)
 
 
 def _optional(f, name: str):

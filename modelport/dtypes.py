@@ -44,6 +44,12 @@ CAST_TARGETS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 FLOATING = frozenset({"float64", "float32", "float16", "bfloat16"})
 
 
+def canonical(name) -> str:
+    """The canonical name for a user's spelling: fp16, float16, torch.float16, a torch.dtype …"""
+    text = str(name).removeprefix("torch.")
+    return CAST_TARGETS.get(text, text)
+
+
 def get(name: str) -> DType:
     return DTYPES[name]
 

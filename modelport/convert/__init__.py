@@ -68,7 +68,7 @@ def convert(
     if dst.exists() and src.resolve() == dst.resolve():
         raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
     if dtype is not None:
-        dtype = dtypes.CAST_TARGETS.get(dtype, dtype)
+        dtype = dtypes.canonical(dtype)
     with formats.open(src, from_, options) as source:
         source = layouts.adapt(source, target, options)
         if dtype is not None:

@@ -151,7 +151,7 @@ def _torch_dtype(dtype):
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    name = dtypes.CAST_TARGETS.get(str(dtype), str(dtype).removeprefix("torch."))
+    name = dtypes.canonical(dtype)
     if name not in dtypes.FLOATING:
         raise UnsupportedError(f"dtype {dtype!r} cannot run a model; use one of {', '.join(sorted(dtypes.FLOATING))}")
     return dtypes.to_torch(name)

@@ -86,7 +86,7 @@ def parse_input_dtype(name):
         return torch.float32
     if isinstance(name, torch.dtype):
         return name
-    canon = dtypes.CAST_TARGETS.get(str(name), str(name).removeprefix("torch."))
+    canon = dtypes.canonical(name)
     if canon not in dtypes.DTYPES:
         raise UnsupportedError(f"--input-dtype {name!r}: unknown; known: {', '.join(dtypes.DTYPES)}")
     return dtypes.to_torch(canon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,9 +61,7 @@ def module_tree(rows: list[TensorRow], max_depth: int = 3) -> list[ModuleRow]:
         if row.alias_of:
             continue
         parts = row.name.split(".")[:-1]
-        numel = 1
-        for s in row.shape:
-            numel *= s
+        numel = math.prod(row.shape)
         for depth in range(0, min(len(parts), max_depth) + 1):
             prefix = ".".join(parts[:depth])
             order.setdefault(prefix, None)
@@ -85,10 +84,7 @@ def inspect(path: str | Path, format: str | None = None, options: Options | None
         own = [r for r in rows if not r.alias_of]
         dtype_counts = Counter()
         for r in own:
-            numel = 1
-            for s in r.shape:
-                numel *= s
-            dtype_counts[r.dtype] += numel
+            dtype_counts[r.dtype] += math.prod(r.shape)
         return Summary(
             path=str(path),
             format=source.format,

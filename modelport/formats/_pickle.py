@@ -15,25 +15,37 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import pickle
+import pickletools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import dtypes
 from ..errors import UnsafeContentError
+from ._untrusted import MAX_RANK
 
 
 class BadCheckpoint(ValueError):
     """The pickle is well formed but its objects are not what a checkpoint holds."""
 
 
+class _NoState:
+    """Objects built while unpickling take no state: a BUILD opcode on them is refused (a BUILD
+    would otherwise write into ``__dict__`` past every check, frozen dataclass or not)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise BadCheckpoint(f"state applied to a {type(self).__name__}")
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_NoState):
     dtype: str                  # canonical dtype of the storage class (torch.FloatStorage -> float32)
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_NoState):
     key: str                    # persistent id key: zip member data/<key>, or legacy root key
     dtype: str
     numel: int                  # elements, as the pickle claims (checked against the file later)
@@ -41,7 +53,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_NoState):
     storage: StorageRef
     offset: int                 # element offset into the storage
     shape: tuple[int, ...]
@@ -53,7 +65,7 @@ class TensorRef:
 
 
 @dataclass(frozen=True)
-class _Marker:
+class _Marker(_NoState):
     name: str                   # torch.Tensor, torch.nn.Parameter, torch.float32 …
 
 
@@ -66,6 +78,8 @@ def _int(v, what: str) -> int:
 def _ints(v, what: str) -> tuple[int, ...]:
     if not isinstance(v, (tuple, list)):
         raise BadCheckpoint(f"{what} is {type(v).__name__}, not a tuple of integers")
+    if len(v) > MAX_RANK:
+        raise BadCheckpoint(f"{what} has {len(v)} dimensions (at most {MAX_RANK} are read)")
     return tuple(_int(x, what) for x in v)
 
 
@@ -132,6 +146,52 @@ def _allowed() -> dict[tuple[str, str], object]:
         table[("torch", d.storage)] = StorageType(d.name)
         table[("torch", d.name)] = _Marker(f"torch.{d.name}")
     return table
+
+
+def check_opcodes(stream, path: Path) -> None:
+    """Walk one pickle's opcodes (up to its STOP) before it is unpickled, refusing memo indices
+    beyond the opcodes read so far: CPython's unpickler grows its memo to the largest index it is
+    given, so a 9-byte pickle could otherwise take gigabytes. ``stream`` is left after the STOP."""
+    n = 0
+    try:
+        for op, arg, _pos in pickletools.genops(stream):
+            n += 1
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and (type(arg) is not int or not 0 <= arg <= n):
+                raise BadCheckpoint(f"memo index {str(arg)[:20]} after {n} opcodes; no pickler writes that")
+    except (ValueError, EOFError, struct.error, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+        # the unpickler itself reports malformed pickles (with its own message); nothing was allocated
+        if isinstance(exc, BadCheckpoint):
+            raise
+        raise pickle.UnpicklingError(f"malformed pickle ({' '.join(str(exc).split())[:120]})") from None
+
+
+class BoundedReader:
+    """A file object that never hands out (or allocates for) more than the file holds."""
+
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.f.tell())
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = max(0, self.size - self.f.tell())
+        return self.f.readline(min(left, 1 << 20) if limit is None or limit < 0 else min(limit, left))
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        left = max(0, self.size - self.f.tell())
+        return self.f.readinto(view[:left]) if len(view) > left else self.f.readinto(view)
+
+    def peek(self, n: int = 1) -> bytes:
+        return self.f.peek(n)[: max(0, self.size - self.f.tell())]
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
 
 
 class CheckpointUnpickler(pickle.Unpickler):

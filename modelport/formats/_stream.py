@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 
+from ..errors import FormatError
 from .base import Span, TensorSource
+
+
+def _shrunk(span: Span, at: int) -> FormatError:
+    return FormatError(f"{span.path}: ended at byte {at} while being read (it needs {span.offset + span.nbytes}); the source "
+                       f"changed or shrank during the conversion; nothing was written")
 
 _CHUNK = 64 << 20
 
@@ -18,7 +24,7 @@ def copy_span(span: Span, out_fd: int) -> None:
             while left:
                 n = os.copy_file_range(in_fd, out_fd, min(left, 1 << 30), offset)
                 if n == 0:
-                    raise EOFError(f"{span.path}: ended before byte {offset + left}")
+                    raise _shrunk(span, offset)
                 offset += n
                 left -= n
             return
@@ -29,7 +35,7 @@ def copy_span(span: Span, out_fd: int) -> None:
         while left:
             chunk = f.read(min(left, _CHUNK))
             if not chunk:
-                raise EOFError(f"{span.path}: ended before byte {offset + left}")
+                raise _shrunk(span, f.tell())
             _write_all(out_fd, chunk)
             left -= len(chunk)
 

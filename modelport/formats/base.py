@@ -67,6 +67,7 @@ class Options:
     t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
     t7_endian: str | None = None         # t7 reader: force little | big
     crc32: bool = True                   # pt writer: real zip CRC-32s (computed beside the copy; torch.load ignores them)
+    allow_expanded: bool = False         # readers: accept views far larger than their storages (see formats/_untrusted.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -192,10 +193,15 @@ class Format:
 
 
 def read_head(path: Path, n: int = 64) -> bytes:
+    """The first ``n`` bytes of a regular file; b"" for anything else (a FIFO is never opened)."""
+    import stat
+
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return b""
         with open(path, "rb") as f:
             return f.read(n)
-    except (IsADirectoryError, PermissionError, FileNotFoundError):
+    except OSError:
         return b""
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import mmap
 import pickle
 import struct
@@ -46,8 +47,9 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
-from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
+from ._pickle import BadCheckpoint, BoundedReader, CheckpointUnpickler, StorageRef, TensorRef, check_opcodes
 from ._torchzip import ZipReader, write_pt
+from ._untrusted import MAX_RANK, check_expansion, open_regular
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -84,6 +86,7 @@ class PtSource(TensorSource):
     def __init__(self, path: Path, options: Options):
         super().__init__(path)
         self._size = file_size(path)
+        self._allow_expanded = options.allow_expanded
         self._big = False
         self._stores: dict[str, _Storage] = {}
         self._mmap: mmap.mmap | None = None
@@ -99,9 +102,12 @@ class PtSource(TensorSource):
         self._build(root, options.strip_prefix)
 
     # -- containers ------------------------------------------------------------------------
-    def _unpickle(self, data: bytes | io.BufferedReader, what: str, storages=None):
+    def _unpickle(self, data: bytes | BoundedReader, what: str, storages=None):
         stream = io.BytesIO(data) if isinstance(data, bytes) else data
         try:
+            start = stream.tell()
+            check_opcodes(stream, self.path)
+            stream.seek(start)
             return CheckpointUnpickler(stream, self.path, storages).load()
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {what} is not a plain state dict: {exc}") from exc
@@ -118,12 +124,12 @@ class PtSource(TensorSource):
         prefix = pkls[0][: -len("data.pkl")]
         order = f"{prefix}byteorder"
         if order in zr.members:
-            value = zr.read(order).decode("ascii", "replace").strip()
+            value = zr.read(order, limit=16).decode("ascii", "replace").strip()
             if value not in ("little", "big"):
-                raise FormatError(f"{self.path}: unknown byteorder {value!r} in {order}")
+                raise FormatError(f"{self.path}: unknown byteorder {value[:16]!r} in {order}")
             self._big = value == "big"
         storages: dict[str, StorageRef] = {}
-        root = self._unpickle(zr.read(pkls[0]), "data.pkl", storages)
+        root = self._unpickle(zr.read(pkls[0], allow_expanded=self._allow_expanded), "data.pkl", storages)
         for key, ref in storages.items():
             member = f"{prefix}data/{key}"
             m = zr.members.get(member)
@@ -132,14 +138,15 @@ class PtSource(TensorSource):
                 continue
             itemsize = dtypes.get(ref.dtype).itemsize
             if m.compressed:
-                data = zr.read(member)
+                data = zr.read(member, allow_expanded=self._allow_expanded)
                 self._stores[key] = _Storage(key, ref.dtype, len(data) // itemsize, None, data)
             else:
                 self._stores[key] = _Storage(key, ref.dtype, m.size // itemsize, zr.data_offset(member))
         return root
 
     def _open_legacy(self):
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as raw:
+            f = BoundedReader(raw, self._size)
             magic = self._unpickle(f, "legacy header")
             if magic != LEGACY_MAGIC:
                 raise FormatError(f"{self.path}: a Python pickle without torch's magic number: not a torch.save checkpoint")
@@ -147,7 +154,7 @@ class PtSource(TensorSource):
             if version != 1001:
                 raise UnsupportedError(f"{self.path}: legacy torch checkpoint protocol {version!r}, only 1001 is supported; re-save it with a current torch")
             info = self._unpickle(f, "legacy header")
-            if isinstance(info, Mapping) and info.get("little_endian") is False:
+            if isinstance(info, Mapping) and info.get("little_endian", True) is False:
                 self._big = True
             storages: dict[str, StorageRef] = {}
             root = self._unpickle(f, "checkpoint pickle", storages)
@@ -157,7 +164,7 @@ class PtSource(TensorSource):
             pos = f.tell()
         order = ">" if self._big else "<"
         problem = None
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             for key in keys:
                 ref = storages.get(str(key))
                 if ref is None:
@@ -204,6 +211,9 @@ class PtSource(TensorSource):
                     root = inner
                     break
         _flatten(root, "", tensors, self.metadata)
+        for name in tensors:
+            if not name.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+                raise FormatError(f"{self.path}: a tensor name is not valid Unicode (a lone surrogate): {name!r}")
         if strip_prefix:
             stripped: dict[str, TensorRef] = {}
             for name, t in tensors.items():
@@ -215,6 +225,7 @@ class PtSource(TensorSource):
         self._tensors: dict[str, TensorRef] = {}
         self._aliases: dict[str, str] = {}
         seen: dict[tuple, str] = {}
+        logical = 0
         for name, t in tensors.items():
             self._check(name, t)
             ident = (t.storage.key, t.offset, t.shape, t.stride)
@@ -223,14 +234,22 @@ class PtSource(TensorSource):
             else:
                 seen[ident] = name
                 self._tensors[name] = t
+                logical += math.prod(t.shape) * dtypes.get(t.dtype).itemsize
+        used = {t.storage.key for t in self._tensors.values()}
+        stored = sum(self._stores[k].numel * dtypes.get(self._stores[k].dtype).itemsize for k in used)
+        check_expansion(self.path, logical, stored, self._allow_expanded)
 
     def _check(self, name: str, t: TensorRef) -> None:
+        """Every field of a view, validated where it is used: the view must lie inside its storage."""
         st = self._stores[t.storage.key]
         if st.problem:
             raise FormatError(f"{self.path}: tensor {name!r}: its storage {st.key!r} {st.problem}")
-        numel = 1
-        for s in t.shape:
-            numel *= s
+        if type(t) is not TensorRef or not isinstance(t.shape, tuple) or not isinstance(t.stride, tuple) \
+                or len(t.shape) != len(t.stride) or len(t.shape) > MAX_RANK \
+                or not all(type(v) is int and v >= 0 for v in (t.offset, *t.shape, *t.stride)):
+            raise FormatError(f"{self.path}: tensor {name!r}: a malformed view (shape, stride and offset must be "
+                              f"non-negative integers of equal rank, at most {MAX_RANK}); the file is corrupt")
+        numel = math.prod(t.shape)
         if numel == 0:
             return
         last = t.offset + sum((s - 1) * d for s, d in zip(t.shape, t.stride))
@@ -316,32 +335,76 @@ def _swapped(view, dt) -> memoryview:
     return memoryview(np.frombuffer(view, dtype=np.dtype(dt.numpy).newbyteorder(">")).astype(np.dtype(dt.numpy))).cast("B")
 
 
-def _has_tensor(obj) -> bool:
-    if isinstance(obj, TensorRef):
-        return True
-    if isinstance(obj, Mapping):
-        return any(_has_tensor(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_tensor(v) for v in obj)
+_MAX_NODES = 2_000_000        # objects visited while naming tensors (a pickle can share one list 2**40 ways)
+_MAX_METADATA = 100_000       # objects in one metadata value before it is summarised
+
+
+def _has_tensor(obj, cache: dict | None = None) -> bool:
+    """True when a tensor is reachable; shared sub-objects are looked at once."""
+    cache = {} if cache is None else cache
+    stack, order = [obj], []
+    while stack:
+        o = stack.pop()
+        if isinstance(o, TensorRef):
+            return True
+        if id(o) in cache or not isinstance(o, (Mapping, list, tuple)):
+            continue
+        cache[id(o)] = o
+        order.append(o)
+        if len(cache) > _MAX_NODES:
+            raise BadCheckpoint(f"the object tree has more than {_MAX_NODES:,} containers")
+        stack.extend(o.values() if isinstance(o, Mapping) else o)
     return False
 
 
-def _flatten(obj, prefix: str, tensors: dict, metadata: dict) -> None:
+def _size_at_most(obj, limit: int) -> bool:
+    """True when ``obj`` has at most ``limit`` objects counted as JSON would write them (shared ones again)."""
+    stack, n = [obj], 0
+    while stack:
+        o = stack.pop()
+        n += 1
+        if n > limit:
+            return False
+        if isinstance(o, Mapping):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+    return True
+
+
+def _key(k) -> str:
+    if isinstance(k, (str, int, float, bool)) or k is None:
+        return str(k)
+    import reprlib
+
+    return reprlib.repr(k)
+
+
+def _flatten(obj, prefix: str, tensors: dict, metadata: dict, budget: list | None = None) -> None:
+    budget = [_MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadCheckpoint(f"the object tree has more than {_MAX_NODES:,} entries (shared many times over?)")
     if isinstance(obj, TensorRef):
         if prefix in tensors:
             raise BadCheckpoint(f"two tensors are both named {prefix!r} once nested keys are joined with '.'")
         tensors[prefix] = obj
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors, metadata)
+            _flatten(v, f"{prefix}.{_key(k)}" if prefix else _key(k), tensors, metadata, budget)
     elif isinstance(obj, (list, tuple)) and _has_tensor(obj):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), tensors, metadata)
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), tensors, metadata, budget)
+    elif not _size_at_most(obj, _MAX_METADATA):
+        metadata[prefix] = json.dumps(f"<a {type(obj).__name__} of more than {_MAX_METADATA:,} objects, not shown>")
     else:
+        import reprlib
+
         try:
-            metadata[prefix] = json.dumps(obj, default=repr)
+            metadata[prefix] = json.dumps(obj, default=reprlib.repr)
         except (TypeError, ValueError):   # keys JSON cannot hold (tuples), circular references
-            metadata[prefix] = json.dumps(repr(obj))
+            metadata[prefix] = json.dumps(reprlib.repr(obj))
 
 
 class Pt(Format):

@@ -42,6 +42,24 @@ class T7Source(TensorSource):
         self._storages: dict[str, object] = {}        # key -> T7Storage
         self._aliases: dict[str, str] = {}
         self._collect()
+        self._check_expansion(options.allow_expanded)
+
+    def _check_expansion(self, allow: bool) -> None:
+        """Stride-0 and overlapping views may not make the tensors far larger than the file's storages."""
+        from ..t7.objects import T7Tensor
+        from ._untrusted import check_expansion
+
+        logical = stored = 0
+        used: dict[int, object] = {}
+        for value in self._entries.values():
+            storage = value.storage if isinstance(value, T7Tensor) else value
+            if storage is None:
+                continue
+            item = storage.data.itemsize
+            logical += (_numel(value) if isinstance(value, T7Tensor) else storage.size) * item
+            used[id(storage)] = storage.size * item
+        stored = sum(used.values())
+        check_expansion(self.path, logical, stored, allow)
 
     # -- naming ------------------------------------------------------------------------
     def _collect(self) -> None:

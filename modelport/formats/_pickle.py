@@ -152,17 +152,31 @@ def check_opcodes(stream, path: Path) -> None:
     """Walk one pickle's opcodes (up to its STOP) before it is unpickled, refusing memo indices
     beyond the opcodes read so far: CPython's unpickler grows its memo to the largest index it is
     given, so a 9-byte pickle could otherwise take gigabytes. ``stream`` is left after the STOP."""
+    import warnings
+
     n = 0
     try:
-        for op, arg, _pos in pickletools.genops(stream):
-            n += 1
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and (type(arg) is not int or not 0 <= arg <= n):
-                raise BadCheckpoint(f"memo index {str(arg)[:20]} after {n} opcodes; no pickler writes that")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # pickletools warns on odd escapes in protocol-0 strings
+            for op, arg, _pos in _bounded_ops(stream):
+                n += 1
+                if op.name in _MEMO_OPS and (type(arg) is not int or not 0 <= arg <= n):
+                    raise BadCheckpoint(f"memo index {str(arg)[:20]} after {n} opcodes; no pickler writes that")
     except (ValueError, EOFError, struct.error, UnicodeDecodeError, OverflowError, MemoryError) as exc:
         # the unpickler itself reports malformed pickles (with its own message); nothing was allocated
         if isinstance(exc, BadCheckpoint):
             raise
         raise pickle.UnpicklingError(f"malformed pickle ({' '.join(str(exc).split())[:120]})") from None
+
+
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _bounded_ops(stream, limit: int = 50_000_000):
+    for i, item in enumerate(pickletools.genops(stream)):
+        if i >= limit:
+            raise BadCheckpoint(f"more than {limit:,} pickle opcodes")
+        yield item
 
 
 class BoundedReader:

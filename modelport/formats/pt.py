@@ -429,8 +429,8 @@ class Pt(Format):
         try:
             with zipfile.ZipFile(path) as zf:
                 return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in zf.namelist())
-        except (zipfile.BadZipFile, OSError, ValueError, struct.error):
-            return False
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError, struct.error):
+            return False   # an archive zipfile cannot list (an unknown version, a corrupt directory): not ours
 
     def open(self, path: Path, options: Options) -> PtSource:
         return PtSource(path, options)

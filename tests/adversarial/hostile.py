@@ -245,10 +245,10 @@ _JSON_NASTIES = ["NaN", "Infinity", "-Infinity", "1" * 5000, "1e400", '"\\ud800"
                  '"\\u001b]0;pwned\\u0007"', str(2**64), "-0"]
 
 
-def mutate_json(text: str, rng: random.Random) -> str:
+def mutate_json(text: str, rng: random.Random) -> bytes:
     """Replace one JSON value (found by a seeded scan) with something hostile, or mutate the bytes."""
     if rng.random() < 0.3:
-        return mutate(text.encode("utf-8", "surrogatepass"), rng).decode("utf-8", "surrogatepass" if rng.random() < 0.5 else "replace")
+        return mutate(text.encode("utf-8"), rng)
     doc = json.loads(text)
     paths = []
 
@@ -265,9 +265,9 @@ def mutate_json(text: str, rng: random.Random) -> str:
     target = rng.choice(paths)
     marker = "__HOSTILE__"
     if not target:
-        return rng.choice(_JSON_NASTIES)
+        return rng.choice(_JSON_NASTIES).encode()
     parent = doc
     for k in target[:-1]:
         parent = parent[k]
     parent[target[-1]] = marker
-    return json.dumps(doc).replace(f'"{marker}"', rng.choice(_JSON_NASTIES), 1)
+    return json.dumps(doc).replace(f'"{marker}"', rng.choice(_JSON_NASTIES), 1).encode()

@@ -93,12 +93,14 @@ def _complete(dst: Path, expect: int | None) -> bool:
 def check(result: dict, sig: str, dst: Path, expect: int | None = None) -> str | None:
     """What is wrong with an interrupted conversion's outcome, or None. A destination may exist only
     when it is complete (the rename happened before the signal arrived)."""
-    if result["dst_exists"] and not _complete(dst, expect):
-        return f"an incomplete destination after {sig}: {result}"
-    if not result["landed"] or result["rc"] == 0 or result["dst_exists"]:
-        if result["rc"] not in (0, -9, 130) or not result["dst_exists"]:
-            return f"finished without a destination, exit {result['rc']}: {result['stderr'][-300:]}"
-        return None
+    if result["dst_exists"]:           # renamed into place before the signal (even if it then hit the exit)
+        if not _complete(dst, expect):
+            return f"an incomplete destination after {sig}: {result}"
+        return None if not result["temps"] else f"temporaries beside a finished destination: {result['temps']}"
+    if not result["landed"]:
+        return f"no destination and no signal, exit {result['rc']}: {result['stderr'][-300:]}"
+    if sig == "KILL" and result["rc"] != -9:
+        return f"exit {result['rc']} after KILL without a destination"
     if sig != "KILL":
         if result["rc"] != 130:
             return f"exit {result['rc']} after {sig}: {result['stderr'][-300:]}"
@@ -110,7 +112,8 @@ def check(result: dict, sig: str, dst: Path, expect: int | None = None) -> str |
 
 
 def matrix(work: Path, seed: int, per_cell: int = 1, writers=WRITERS, sigs=tuple(SIGNALS)) -> tuple[int, int, list[str]]:
-    """Every writer x signal, ``per_cell`` seeded moments each; (cases, landed mid-write, problems)."""
+    """Every writer x signal, ``per_cell`` seeded moments each; (cases, signals that landed before the
+    rename, problems)."""
     src = sources(work / "src")
     rng = random.Random(seed)
     cases = landed = 0
@@ -123,7 +126,7 @@ def matrix(work: Path, seed: int, per_cell: int = 1, writers=WRITERS, sigs=tuple
                 dst = out / ("model" if to in ("hf", "meta") else f"model.{ {'pt': 'pt', 'safetensors': 'safetensors', 't7': 't7'}[to] }")
                 result = interrupt(src["meta"] if to == "meta" else src["big"], dst, to, sig, rng.uniform(0.0, 0.4))
                 cases += 1
-                landed += result["landed"]
+                landed += result["landed"] and not result["dst_exists"]
                 problem = check(result, sig, dst)
                 if problem:
                     problems.append(f"{to}/{sig}: {problem}")

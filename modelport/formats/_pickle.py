@@ -89,6 +89,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     shape, strides = _ints(size, "a tensor shape"), _ints(stride, "a tensor stride")
     if len(shape) != len(strides):
         raise BadCheckpoint(f"a tensor has shape {list(shape)} but stride {list(strides)}")
+    strides = tuple(1 if n == 1 else d for n, d in zip(shape, strides))   # a size-1 dimension is never stepped along
     return TensorRef(storage, storage.shift + _int(storage_offset, "a storage offset"), shape, strides)
 
 
@@ -148,35 +149,56 @@ def _allowed() -> dict[tuple[str, str], object]:
     return table
 
 
-def check_opcodes(stream, path: Path) -> None:
-    """Walk one pickle's opcodes (up to its STOP) before it is unpickled, refusing memo indices
-    beyond the opcodes read so far: CPython's unpickler grows its memo to the largest index it is
-    given, so a 9-byte pickle could otherwise take gigabytes. ``stream`` is left after the STOP."""
-    import warnings
-
-    n = 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")     # pickletools warns on odd escapes in protocol-0 strings
-            for op, arg, _pos in _bounded_ops(stream):
-                n += 1
-                if op.name in _MEMO_OPS and (type(arg) is not int or not 0 <= arg <= n):
-                    raise BadCheckpoint(f"memo index {str(arg)[:20]} after {n} opcodes; no pickler writes that")
-    except (ValueError, EOFError, struct.error, UnicodeDecodeError, OverflowError, MemoryError) as exc:
-        # the unpickler itself reports malformed pickles (with its own message); nothing was allocated
-        if isinstance(exc, BadCheckpoint):
-            raise
-        raise pickle.UnpicklingError(f"malformed pickle ({' '.join(str(exc).split())[:120]})") from None
+def _arg_table() -> dict[int, int]:
+    """Opcode byte -> argument length (>= 0), or how it is spelled (pickletools' negative codes)."""
+    return {ord(op.code): (op.arg.n if op.arg is not None else 0) for op in pickletools.opcodes}
 
 
-_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+_ARGS = _arg_table()
+_MEMO = {ord("p"): "line", ord("g"): "line", ord("q"): 1, ord("h"): 1, ord("r"): 4, ord("j"): 4}
+_TWO_LINES = {ord("c"), ord("i")}                  # GLOBAL and INST: module and name, a line each
+_STOP = ord(".")
 
 
-def _bounded_ops(stream, limit: int = 50_000_000):
-    for i, item in enumerate(pickletools.genops(stream)):
-        if i >= limit:
-            raise BadCheckpoint(f"more than {limit:,} pickle opcodes")
-        yield item
+def check_opcodes(buf, start: int, path: Path) -> int:
+    """Walk one pickle's opcodes in ``buf`` from ``start`` to its STOP before it is unpickled,
+    refusing memo indices beyond the opcodes read so far: CPython's unpickler grows its memo to the
+    largest index it is given, so a 9-byte pickle could otherwise take gigabytes. Returns where the
+    pickle ends; a malformed pickle is left for the unpickler to report (nothing was allocated)."""
+    pos, end, n = start, len(buf), 0
+    while pos < end:
+        code = buf[pos]
+        pos += 1
+        n += 1
+        kind = _ARGS.get(code)
+        if kind is None or code == _STOP:
+            return pos
+        memo = _MEMO.get(code)
+        if memo is not None:
+            if memo == "line":
+                nl = buf.find(b"\n", pos)
+                raw = bytes(buf[pos:nl]) if nl >= 0 else b""
+                idx = int(raw) if raw.isdigit() and len(raw) < 20 else -1
+            else:
+                idx = int.from_bytes(buf[pos:pos + memo], "little")
+            if not 0 <= idx <= n:
+                raise BadCheckpoint(f"memo index {idx if idx >= 0 else repr(raw[:20])} after {n} opcodes; no pickler writes that")
+        if kind >= 0:
+            pos += kind
+        elif kind == pickletools.UP_TO_NEWLINE:
+            for _ in range(2 if code in _TWO_LINES else 1):
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    return end
+                pos = nl + 1
+        else:
+            width = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+                     pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}[kind]
+            length = int.from_bytes(buf[pos:pos + width], "little", signed=kind == pickletools.TAKEN_FROM_ARGUMENT4)
+            if length < 0:
+                return end
+            pos += width + length
+    return end
 
 
 class BoundedReader:

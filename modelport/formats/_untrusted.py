@@ -66,6 +66,19 @@ def open_regular(path: Path):
         raise
 
 
+def still_whole(path: Path, size: int) -> None:
+    """Refuse to touch a file map of ``path`` once the file is shorter than ``size`` (it shrank during
+    the conversion): reading mapped pages past its end would kill the process with SIGBUS. The check
+    narrows that window to the copy of one tensor; it cannot close it."""
+    try:
+        now = os.stat(path).st_size
+    except OSError:
+        now = -1
+    if now < size:
+        raise FormatError(f"{path}: shrank from {size} to {max(now, 0)} bytes while being read; the source changed "
+                          f"during the conversion; nothing was written")
+
+
 # -- files inside a model directory ---------------------------------------------------------------
 
 def inside(root: Path, name: str, what: str) -> Path:

@@ -49,7 +49,7 @@ from ..errors import FormatError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, BoundedReader, CheckpointUnpickler, StorageRef, TensorRef, check_opcodes
 from ._torchzip import ZipReader, write_pt
-from ._untrusted import MAX_RANK, check_expansion, open_regular
+from ._untrusted import MAX_RANK, check_expansion, open_regular, still_whole
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -102,12 +102,11 @@ class PtSource(TensorSource):
         self._build(root, options.strip_prefix)
 
     # -- containers ------------------------------------------------------------------------
-    def _unpickle(self, data: bytes | BoundedReader, what: str, storages=None):
+    def _unpickle(self, data: bytes | BoundedReader, what: str, storages=None, whole=None):
+        """One pickle from ``data`` (bytes, or a reader positioned in ``whole``, the file's bytes)."""
         stream = io.BytesIO(data) if isinstance(data, bytes) else data
         try:
-            start = stream.tell()
-            check_opcodes(stream, self.path)
-            stream.seek(start)
+            check_opcodes(data if isinstance(data, bytes) else whole, stream.tell(), self.path)
             return CheckpointUnpickler(stream, self.path, storages).load()
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {what} is not a plain state dict: {exc}") from exc
@@ -145,20 +144,20 @@ class PtSource(TensorSource):
         return root
 
     def _open_legacy(self):
-        with open_regular(self.path) as raw:
+        with open_regular(self.path) as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as whole:
             f = BoundedReader(raw, self._size)
-            magic = self._unpickle(f, "legacy header")
+            magic = self._unpickle(f, "legacy header", whole=whole)
             if magic != LEGACY_MAGIC:
                 raise FormatError(f"{self.path}: a Python pickle without torch's magic number: not a torch.save checkpoint")
-            version = self._unpickle(f, "legacy header")
+            version = self._unpickle(f, "legacy header", whole=whole)
             if version != 1001:
                 raise UnsupportedError(f"{self.path}: legacy torch checkpoint protocol {version!r}, only 1001 is supported; re-save it with a current torch")
-            info = self._unpickle(f, "legacy header")
+            info = self._unpickle(f, "legacy header", whole=whole)
             if isinstance(info, Mapping) and info.get("little_endian", True) is False:
                 self._big = True
             storages: dict[str, StorageRef] = {}
-            root = self._unpickle(f, "checkpoint pickle", storages)
-            keys = self._unpickle(f, "storage list")
+            root = self._unpickle(f, "checkpoint pickle", storages, whole=whole)
+            keys = self._unpickle(f, "storage list", whole=whole)
             if not isinstance(keys, list):
                 raise FormatError(f"{self.path}: corrupt legacy checkpoint: the storage list is a {type(keys).__name__}")
             pos = f.tell()
@@ -273,6 +272,7 @@ class PtSource(TensorSource):
     def _buffer(self, st: _Storage):
         if st.data is not None:
             return memoryview(st.data), 0
+        still_whole(self.path, self._size)
         if self._mmap is None:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

@@ -17,7 +17,7 @@ from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
 from ._stream import write_tensor
-from ._untrusted import MAX_RANK, load_json, open_regular
+from ._untrusted import MAX_RANK, load_json, open_regular, still_whole
 from .base import Format, Options, Span, TensorInfo, TensorSource, file_size, read_head, release_map
 
 _MAX_HEADER = 100 << 20
@@ -73,6 +73,7 @@ class SafetensorsSource(TensorSource):
         _, begin, end = self._entries[name]
         if begin == end:
             return memoryview(b"")
+        still_whole(self.path, self._base + end)
         if self._mmap is None:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

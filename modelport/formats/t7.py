@@ -34,6 +34,7 @@ class T7Source(TensorSource):
         from ..t7.reader import read_t7
 
         super().__init__(path)
+        self._size = file_size(path)
         self.file = read_t7(path, long_size=options.t7_long_size, endian=options.t7_endian)
         self.notes = list(self.file.notes)
         self._params_only = options.params_only
@@ -140,6 +141,9 @@ class T7Source(TensorSource):
     def read_bytes(self, name: str) -> memoryview:
         import numpy as np
 
+        from ._untrusted import still_whole
+
+        still_whole(self.path, self._size)
         arr = np.ascontiguousarray(self._array(name)).reshape(-1)
         return memoryview(arr).cast("B")
 
@@ -169,6 +173,9 @@ class T7Source(TensorSource):
         return StorageView(self._storage_keys[id(value)], value.size, 0, (1,))
 
     def read_storage_bytes(self, key: str) -> memoryview:
+        from ._untrusted import still_whole
+
+        still_whole(self.path, self._size)
         return memoryview(self._storages[key].data).cast("B")
 
     def storage_span(self, key: str) -> Span | None:

@@ -383,3 +383,30 @@ def test_force_replaces_a_file_in_one_rename(tmp_path, monkeypatch):
 
 def test_errors_are_modelport_errors():
     assert issubclass(FormatError, ModelportError)
+
+
+@pytest.mark.parametrize("kind", ["pt", "t7"])
+def test_a_huge_stride_on_a_size_1_dimension(tmp_path, kind):
+    """Found by the soak: last-element bounds ignore size-1 dimensions, numpy does not."""
+    big = 5404319552844595203
+    if kind == "pt":
+        src = write_pt_zip(tmp_path / "s.pt", state_dict_pickle({"w": tensor_call("0", 4, 0, (4, 1), (1, big))}), {"0": FLOATS16})
+    else:
+        src = t7_tensor_file(tmp_path / "s.t7", (4, 1), (1, big))
+    with formats.open(src) as s:
+        assert bytes(s.read_bytes(s.names()[0])) == (FLOATS16 if kind == "pt" else struct.pack("<4f", 0, 1, 2, 3))
+
+
+@pytest.mark.parametrize("kind", ["pt", "t7", "safetensors"])
+def test_a_mapped_source_that_shrinks_is_refused_before_reading(tmp_path, kind):
+    src = good_pt_zip(tmp_path / "g.pt")
+    if kind != "pt":
+        with formats.open(src) as g:
+            formats.get(kind).write(g, tmp_path / f"g.{kind}", __import__("modelport.formats.base", fromlist=["Options"]).Options())
+        src = tmp_path / f"g.{kind}"
+    s = formats.open(src)
+    name = next(n for n in s.names() if s.span(n) is None) if kind == "pt" else s.names()[0]
+    os.truncate(src, 40)
+    with pytest.raises(FormatError, match="shrank"):
+        s.read_bytes(name)
+    s.close()

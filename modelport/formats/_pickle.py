@@ -89,7 +89,6 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     shape, strides = _ints(size, "a tensor shape"), _ints(stride, "a tensor stride")
     if len(shape) != len(strides):
         raise BadCheckpoint(f"a tensor has shape {list(shape)} but stride {list(strides)}")
-    strides = tuple(1 if n == 1 else d for n, d in zip(shape, strides))   # a size-1 dimension is never stepped along
     return TensorRef(storage, storage.shift + _int(storage_offset, "a storage offset"), shape, strides)
 
 

@@ -303,7 +303,8 @@ class PtSource(TensorSource):
 
         npdt = np.dtype(dt.numpy).newbyteorder(">" if self._big else "<") if dt.itemsize > 1 else np.dtype(dt.numpy)
         flat = np.frombuffer(buf, dtype=npdt, count=st.numel, offset=base)
-        view = as_strided(flat[t.offset:], shape=t.shape, strides=tuple(s * dt.itemsize for s in t.stride), writeable=False)
+        strides = tuple(0 if n == 1 else s * dt.itemsize for n, s in zip(t.shape, t.stride))   # size-1: never stepped along
+        view = as_strided(flat[t.offset:], shape=t.shape, strides=strides, writeable=False)
         return memoryview(np.ascontiguousarray(view, dtype=npdt.newbyteorder("<") if dt.itemsize > 1 else npdt)).cast("B")
 
     def storage_view(self, name: str) -> StorageView:

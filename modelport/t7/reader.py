@@ -217,9 +217,7 @@ class ObjectReader:
         stride = s.longs(nd, "tensor strides")
         oat = s.pos
         offset = s.long("tensor storage offset") - 1
-        # a size-1 dimension is never stepped along: its stride (any number in a file) is kept as 1
-        stride = tuple(1 if n == 1 else st for n, st in zip(size, stride))
-        t = T7Tensor(name, dtype, tuple(size), stride, offset, None)
+        t = T7Tensor(name, dtype, tuple(size), tuple(stride), offset, None)
         self.memo[idx] = t
         sat = s.pos
         storage = self.read(depth + 1)

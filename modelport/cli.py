@@ -114,13 +114,14 @@ def _options(**kw):
               help="With --run: config.json for the model (or the kwargs of your factory).")
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, input_shape,
-            input_dtype) -> None:
+            input_dtype, allow_expanded) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
     from .inspect import inspect as run
     from .inspect import run_check
 
-    summary = run(path, from_)
+    summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
     check = run_check(path, arch, config, input_shape, input_dtype, from_) if run_model else None
     if as_json:
         out = summary.to_json()

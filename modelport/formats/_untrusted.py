@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import FormatError
 
 MAX_JSON_DEPTH = 64
-MAX_INT_DIGITS = 30          # 10**30 is far beyond any size; 5000-digit integers are refused
+MAX_INT_DIGITS = 100         # far beyond any size or setting (HF writes 1e30 as 31 digits); 5000-digit integers are refused
 MAX_RANK = 64                # dimensions of a tensor (numpy's own limit)
 MAX_EXPANSION = 16           # a file's tensors may hold at most this many times the bytes of its storages (+1 MiB)
 EXPANSION_SLACK = 1 << 20

@@ -92,6 +92,34 @@ class TorchRunnable(Runnable):
         return sum(p.numel() for p in self.module.parameters())
 
 
+@dataclass
+class OrtRunnable(Runnable):
+    """An ONNX graph in an onnxruntime session (``module``); ``device`` names the providers that really run."""
+
+    backend: str = "onnxruntime"
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in self.inputs}
+        values = self.module.run(list(self.outputs), arrays)
+        return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
+
+
+def ort_session(path, device: str = "cpu"):
+    """An onnxruntime session for the graph at ``path`` and the providers it really uses.
+
+    ``device="cuda"`` asks for the CUDA execution provider first; whether it runs is read from the
+    created session, never from what onnxruntime lists as available."""
+    from ..runtime import import_onnxruntime, session_providers
+
+    ort = import_onnxruntime()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+    return session, session_providers(session)
+
+
 def _first_outputs(out, n: int) -> list:
     """The first ``n`` tensors of a module's output (a tensor, a tuple, or a transformers ModelOutput)."""
     if hasattr(out, "to_tuple"):
@@ -208,5 +236,5 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
                        path=path, vocab_size=model.config.vocab_size, assumed=assumed)
 
 
-__all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "SEQUENCE", "TENSOR", "InputSpec", "Runnable", "TorchRunnable",
-           "example_feeds", "from_module", "load_runnable", "tensor_input", "token_inputs"]
+__all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "SEQUENCE", "TENSOR", "InputSpec", "OrtRunnable", "Runnable", "TorchRunnable",
+           "example_feeds", "from_module", "load_runnable", "ort_session", "tensor_input", "token_inputs"]

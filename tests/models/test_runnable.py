@@ -53,3 +53,29 @@ def test_lua_model_is_a_tensor_model():
 def test_lua_model_without_input_shape_is_refused():
     with pytest.raises(UnsupportedError, match="--input-shape"):
         load_runnable(ROOT / "fixtures" / "t7nn" / "u1net.net")
+
+
+def test_onnx_graph_runs_through_the_same_interface(tmp_path):
+    import warnings
+
+    from modelport.models.runnable import OrtRunnable, ort_session, token_inputs
+
+    pytest.importorskip("onnxruntime")
+    model = tiny.ours_from_hf(tiny.gpt2(seed=4))
+    ids, mask = tiny.batch(seed=2)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, mask), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "logits")})
+    session, providers = ort_session(path)
+    assert providers == ["CPUExecutionProvider"]
+    r = OrtRunnable(kind=CAUSAL_LM, inputs=token_inputs(), outputs=("logits",), origin="onnx", path=path,
+                    device="cpu", vocab_size=tiny.VOCAB, module=session)
+    feeds = example_feeds(r, batch=2, seq_len=6, seed=1, left_pad=2)
+    with torch.no_grad():
+        want = model(feeds["input_ids"], feeds["attention_mask"])
+    got = r.run(feeds)["logits"]
+    real = feeds["attention_mask"].bool()
+    assert (got - want)[real].abs().max().item() <= 1e-5

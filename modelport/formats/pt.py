@@ -341,20 +341,21 @@ _MAX_METADATA = 100_000       # objects in one metadata value before it is summa
 
 
 def _has_tensor(obj, cache: dict | None = None) -> bool:
-    """True when a tensor is reachable; shared sub-objects are looked at once."""
+    """True when a tensor is reachable; shared sub-objects are looked at once. (Unpickled mappings
+    are dicts: the unpickler builds no other kind, and isinstance on dict is far cheaper than Mapping.)"""
     cache = {} if cache is None else cache
-    stack, order = [obj], []
+    stack = [obj]
     while stack:
         o = stack.pop()
-        if isinstance(o, TensorRef):
+        t = type(o)
+        if t is TensorRef:
             return True
-        if id(o) in cache or not isinstance(o, (Mapping, list, tuple)):
+        if id(o) in cache or not (t is list or t is tuple or isinstance(o, dict)):
             continue
         cache[id(o)] = o
-        order.append(o)
         if len(cache) > _MAX_NODES:
             raise BadCheckpoint(f"the object tree has more than {_MAX_NODES:,} containers")
-        stack.extend(o.values() if isinstance(o, Mapping) else o)
+        stack.extend(o.values() if isinstance(o, dict) else o)
     return False
 
 
@@ -366,7 +367,7 @@ def _size_at_most(obj, limit: int) -> bool:
         n += 1
         if n > limit:
             return False
-        if isinstance(o, Mapping):
+        if isinstance(o, dict):
             stack.extend(o.keys())
             stack.extend(o.values())
         elif isinstance(o, (list, tuple, set, frozenset)):

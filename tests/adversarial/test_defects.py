@@ -410,3 +410,10 @@ def test_a_mapped_source_that_shrinks_is_refused_before_reading(tmp_path, kind):
     with pytest.raises(FormatError, match="shrank"):
         s.read_bytes(name)
     s.close()
+
+
+def test_deeply_nested_metadata_is_summarised(tmp_path):
+    n = 50_000     # lists nested 50,000 deep beside a tensor: no RecursionError, no traceback
+    pkl = b"\x80\x02}(X\x01\x00\x00\x00m" + b"]" * n + b"a" * (n - 1) + b"X\x01\x00\x00\x00w" + tensor_call("0", 4, 0, (4,), (1,)) + b"u."
+    with formats.open(write_pt_zip(tmp_path / "d.pt", pkl, {"0": FLOATS16})) as s:
+        assert s.names() == ["w"] and "not shown" in s.metadata["m"]

@@ -407,6 +407,8 @@ def _flatten(obj, prefix: str, tensors: dict, metadata: dict, budget: list | Non
             metadata[prefix] = json.dumps(obj, default=reprlib.repr)
         except (TypeError, ValueError):   # keys JSON cannot hold (tuples), circular references
             metadata[prefix] = json.dumps(reprlib.repr(obj))
+        except RecursionError:            # nested deeper than JSON can be written
+            metadata[prefix] = json.dumps(f"<a {type(obj).__name__} nested too deeply to show, not shown>")
 
 
 class Pt(Format):

@@ -302,11 +302,14 @@ class LayoutSource(TensorSource):
 def read_span(span: Span) -> bytearray:
     """A span's bytes, read (not mapped) into one buffer."""
     buf = bytearray(span.nbytes)
-    with open(span.path, "rb", buffering=0) as f:
+    # the view is released even when reading fails: a view left to the garbage collector with the
+    # buffer in one cycle makes CPython print "deallocated bytearray object has exported buffers"
+    with open(span.path, "rb", buffering=0) as f, memoryview(buf) as view:
         f.seek(span.offset)
-        view, got = memoryview(buf), 0
+        got = 0
         while got < span.nbytes:
-            n = f.readinto(view[got:])
+            with view[got:] as rest:
+                n = f.readinto(rest)
             if not n:
                 raise FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
             got += n

@@ -162,8 +162,9 @@ _STOP = ord(".")
 def check_opcodes(buf, start: int, path: Path) -> int:
     """Walk one pickle's opcodes in ``buf`` from ``start`` to its STOP before it is unpickled,
     refusing memo indices beyond the opcodes read so far: CPython's unpickler grows its memo to the
-    largest index it is given, so a 9-byte pickle could otherwise take gigabytes. Returns where the
-    pickle ends; a malformed pickle is left for the unpickler to report (nothing was allocated)."""
+    largest index it is given, so a 9-byte pickle could otherwise take gigabytes), and lengths that run
+    past the data (read from a file, the unpickler allocates them first). Returns where the pickle
+    ends; other malformed pickles are left for the unpickler to report (nothing was allocated)."""
     pos, end, n = start, len(buf), 0
     while pos < end:
         code = buf[pos]
@@ -197,6 +198,8 @@ def check_opcodes(buf, start: int, path: Path) -> int:
             if length < 0:
                 return end
             pos += width + length
+            if pos > end:      # refused here: the unpickler would first allocate ``length`` bytes
+                raise pickle.UnpicklingError(f"an argument of {length:,} bytes runs past the end of the pickle data")
     return end
 
 

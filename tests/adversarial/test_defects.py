@@ -428,3 +428,12 @@ def test_deeply_nested_metadata_is_summarised(tmp_path):
     pkl = b"\x80\x02}(X\x01\x00\x00\x00m" + b"]" * n + b"a" * (n - 1) + b"X\x01\x00\x00\x00w" + tensor_call("0", 4, 0, (4,), (1,)) + b"u."
     with formats.open(write_pt_zip(tmp_path / "d.pt", pkl, {"0": FLOATS16})) as s:
         assert s.names() == ["w"] and "not shown" in s.metadata["m"]
+
+
+@pytest.mark.parametrize("op", [b"\x96" + struct.pack("<Q", 1 << 40), b"\x8e" + struct.pack("<Q", 1 << 40), b"B" + struct.pack("<I", 1 << 31)])
+def test_a_legacy_pickle_length_past_the_file_allocates_nothing(tmp_path, op):
+    """Found by the soak: from a file, the unpickler allocates an argument's length before reading it."""
+    src = tmp_path / "l.pt"
+    src.write_bytes(b"\x80\x05" + op + b"x" * 32)
+    with pytest.raises(FormatError, match="past the end"):
+        formats.open(src, "pt")

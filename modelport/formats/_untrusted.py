@@ -205,8 +205,12 @@ def read_json_file(path: Path, what: str, limit: int = 64 << 20):
 
 def expect(value, kind, where, what: str):
     """``value`` when it is of JSON type ``kind`` (``int`` excludes booleans); FormatError otherwise."""
-    ok = (type(value) is int) if kind is int else (isinstance(value, (int, float)) and type(value) is not bool) \
-        if kind is float else isinstance(value, kind)
+    if kind is int:
+        ok = type(value) is int
+    elif kind is float:
+        ok = type(value) in (int, float)
+    else:
+        ok = isinstance(value, kind)
     if not ok:
         names = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "an array", bool: "true or false"}
         raise FormatError(f"{where}: {what} is {_kind(value)}, not {names.get(kind, kind.__name__)}")

@@ -28,7 +28,7 @@ source's string ``metadata`` is not written: the file is a plain state dict that
 CRC-32: every member gets its real CRC, so ``unzip -t`` and Python's :mod:`zipfile`
 accept the file. Computing it reads every byte back in user space; a second thread does
 that while the next storage is copied in the kernel, so it costs little wall time.
-``Options.crc32=False`` (``--no-crc32``) writes 0 instead, as
+``WriteOptions.crc32=False`` (``--no-crc32``) writes 0 instead, as
 ``torch.serialization.set_crc32_options(False)`` makes torch.save do: ``torch.load``
 does not check CRCs (tested with ``weights_only=True``, with and without ``mmap=True``).
 """
@@ -48,7 +48,7 @@ from ..errors import FormatError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
 from ._torchzip import ZipReader, write_pt
-from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head, release_map
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
@@ -81,7 +81,7 @@ def _is_contiguous(shape, stride) -> bool:
 class PtSource(TensorSource):
     format = "pt"
 
-    def __init__(self, path: Path, options: Options):
+    def __init__(self, path: Path, options: ReadOptions):
         super().__init__(path)
         self._size = file_size(path)
         self._big = False
@@ -369,11 +369,11 @@ class Pt(Format):
         except (zipfile.BadZipFile, OSError, ValueError, struct.error):
             return False
 
-    def open(self, path: Path, options: Options) -> PtSource:
+    def open(self, path: Path, options: ReadOptions) -> PtSource:
         return PtSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        write_pt(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+        write_pt(source, dst, crc32=options.crc32, progress=progress)
 
 
 register(Pt())

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import LayoutError, ModelportError, UnsupportedError
 from ..formats.base import TensorSource
-from .loader import key_mismatch
+from .strict import key_mismatch
 
 
 def import_factory(spec: str):

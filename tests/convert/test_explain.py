@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import modelport
-from modelport.convert import transforms
+from modelport.models import transforms
 from modelport.convert.explain import explain_difference
 from modelport.formats.base import TensorInfo, TensorSource
 

@@ -11,9 +11,10 @@ import torch
 
 import modelport
 from modelport import formats
-from modelport.convert import layouts, transforms
-from modelport.convert.layouts import LayoutSource, adapt, detect_layout, forward_patterns, reverse_patterns
-from modelport.convert.rules import LAYOUTS, Layout, Rule
+from modelport.convert.layouts import adapt
+from modelport.models import layouts, transforms
+from modelport.models.family import Layout, Rule
+from modelport.models.layouts import LAYOUTS, LayoutSource, detect_layout, forward_patterns, reverse_patterns
 from modelport.errors import LayoutError
 from modelport.formats.base import Options, TensorInfo, TensorSource
 from tests.conftest import bitwise_equal

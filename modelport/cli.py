@@ -34,14 +34,6 @@ def parse_size(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 1000000") from None
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def format_ids() -> list[str]:
     from . import formats
 
@@ -166,6 +158,8 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                  shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)
+    from .render import human
+
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")

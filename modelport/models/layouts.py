@@ -160,6 +160,11 @@ def detect_layout(source: TensorSource) -> Layout | None:
     fit = [lay for lay in LAYOUTS.values() if _fits(lay, names)[0] == len(names)]
     if len(fit) > 1:
         fit = [lay for lay in fit if _orientation_ok(lay, source)]
+    if len(fit) > 1:     # a family whose hub holds another's names (Llama's fit Qwen2's hub): ask the names
+        from .detect import family_from_names
+
+        fam = family_from_names(list(names) + list(source.aliases()))
+        fit = [lay for lay in fit if lay.family == fam]
     return fit[0] if len(fit) == 1 else None
 
 

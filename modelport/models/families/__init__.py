@@ -12,7 +12,7 @@ from ...errors import FormatError, UnsupportedError
 from ..family import Family, Layout
 
 # Family modules, imported on first use of the registry; order is the order of listings.
-_MODULES = ("gpt2", "llama", "gptneox")
+_MODULES = ("gpt2", "llama", "gptneox", "qwen2")
 
 _REGISTRY: dict[str, Family] = {}
 

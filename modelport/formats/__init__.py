@@ -89,7 +89,10 @@ def describe_unknown(path: Path) -> str:
     if path.is_dir():
         listing = sorted(p.name for p in path.iterdir())[:8]
         return f"a directory that no format recognises (contains: {', '.join(listing) or 'nothing'})"
-    head = read_head(path, 200)
+    try:
+        head = read_head(path, 200, strict=True)
+    except OSError as exc:
+        return f"a file that cannot be read ({exc.strerror or exc}); check its permissions"
     if not head:
         return "an empty file"
     if head.startswith(b"version https://git-lfs"):

@@ -229,11 +229,28 @@ class Format:
         raise NotImplementedError
 
 
-def read_head(path: Path, n: int = 64) -> bytes:
+def is_contiguous(shape, stride) -> bool:
+    """True when a view of ``shape`` with element ``stride`` is C-contiguous (empty views are)."""
+    if 0 in shape:
+        return True
+    expect = 1
+    for s, st in zip(reversed(shape), reversed(stride)):
+        if s != 1 and st != expect:
+            return False
+        expect *= s
+    return True
+
+
+def read_head(path: Path, n: int = 64, strict: bool = False) -> bytes:
+    """The first ``n`` bytes of a file (fewer when it is shorter). A file that cannot be read (a
+    directory, no permission, gone) gives b"" for sniffers, which only ask "is it mine?", and
+    raises the OSError when ``strict``, so that an unreadable file is not called empty."""
     try:
         with open(path, "rb") as f:
             return f.read(n)
-    except (IsADirectoryError, PermissionError, FileNotFoundError):
+    except OSError:
+        if strict:
+            raise
         return b""
 
 

@@ -48,7 +48,7 @@ from ..errors import FormatError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
 from ._torchzip import ZipReader, write_pt
-from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, read_head, release_map
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, is_contiguous, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
@@ -65,17 +65,6 @@ class _Storage:
     def __init__(self, key: str, dtype: str, numel: int, offset: int | None, data: bytes | None = None, problem: str | None = None):
         self.key, self.dtype, self.numel, self.offset, self.data = key, dtype, numel, offset, data
         self.problem = problem     # why the bytes cannot be read (missing member, truncated file)
-
-
-def _is_contiguous(shape, stride) -> bool:
-    if 0 in shape:
-        return True
-    expect = 1
-    for s, st in zip(reversed(shape), reversed(stride)):
-        if s != 1 and st != expect:
-            return False
-        expect *= s
-    return True
 
 
 class PtSource(TensorSource):
@@ -262,7 +251,7 @@ class PtSource(TensorSource):
     def span(self, name: str) -> Span | None:
         t = self._tensors[name]
         st = self._stores[t.storage.key]
-        if self._big or st.offset is None or not _is_contiguous(t.shape, t.stride):
+        if self._big or st.offset is None or not is_contiguous(t.shape, t.stride):
             return None
         itemsize = dtypes.get(t.dtype).itemsize
         return Span(self.path, st.offset + t.offset * itemsize, self.info(name).nbytes)
@@ -275,7 +264,7 @@ class PtSource(TensorSource):
             return b""
         dt = dtypes.get(t.dtype)
         buf, base = self._buffer(st)
-        if _is_contiguous(t.shape, t.stride):
+        if is_contiguous(t.shape, t.stride):
             start = base + t.offset * dt.itemsize
             view = buf[start:start + info.nbytes]
             return _swapped(view, dt) if self._big else view

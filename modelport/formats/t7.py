@@ -14,13 +14,15 @@ numpy is imported inside functions only: ``modelport formats`` imports this modu
 
 from __future__ import annotations
 
+import math
+
 import re
 import struct
 from pathlib import Path
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, read_head
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, is_contiguous, read_head
 
 # Fields of an nn module that are parameters (and running statistics), not buffers.
 PARAMETER_FIELDS = frozenset({"weight", "bias", "running_mean", "running_var", "running_std"})
@@ -134,7 +136,7 @@ class T7Source(TensorSource):
             return None
         item = storage.data.itemsize
         if isinstance(value, T7Tensor):
-            if not _contiguous(value):
+            if not is_contiguous(value.size, value.stride):
                 return None
             return Span(self.path, storage.file_offset + value.offset * item, _numel(value) * item)
         return Span(self.path, storage.file_offset, storage.size * item)
@@ -222,12 +224,7 @@ def _is_parameter(value, owner, field) -> bool:
 
 
 def _numel(t) -> int:
-    if not t.size:
-        return 0
-    n = 1
-    for s in t.size:
-        n *= s
-    return n
+    return math.prod(t.size) if t.size else 0      # Torch7: a tensor without dimensions is empty
 
 
 def _shape(value) -> tuple[int, ...]:
@@ -236,15 +233,6 @@ def _shape(value) -> tuple[int, ...]:
     if isinstance(value, T7Tensor):
         return tuple(value.size) if value.size else (0,)
     return (value.size,)
-
-
-def _contiguous(t) -> bool:
-    expected = 1
-    for size, stride in reversed(list(zip(t.size, t.stride))):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def object_tree(root, max_lines: int = _TREE_LINES) -> str:

@@ -192,7 +192,7 @@ def load_model(path, arch: str | None = None, device="cpu", dtype=None, *, confi
                input_shape=None, input_dtype=None):
     """A runnable eval-mode model for the checkpoint at ``path``.
 
-    ``arch``: a family (gpt2, llama, gptneox) to override detection, or ``package.module:factory`` for
+    ``arch``: a family id (see :func:`modelport.models.known_archs`) to override detection, or ``package.module:factory`` for
     your own module. ``config``: a config.json path or dict replacing the file's. ``dtype``: cast
     floating weights (float32, bfloat16 …); the file's dtype otherwise. ``input_shape`` /
     ``input_dtype``: example inputs of a user module (see :func:`example_inputs`).

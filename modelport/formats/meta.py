@@ -38,6 +38,9 @@ from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOpti
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
 PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
 
+# The embedding and output names of Meta's files (tied models write the embedding as both).
+EMBEDDING, OUTPUT = "tok_embeddings.weight", "output.weight"
+
 # Dimension each tensor is split on across model-parallel shards; None: replicated.
 # "embedding" is decided by the Llama generation (see the module docstring).
 _SPLIT = (
@@ -117,20 +120,20 @@ class MetaSource(TensorSource):
                 odd = sorted(set(r.names()) ^ set(names))[:3]
                 raise FormatError(f"{r.path}: holds other tensors than {first.path.name} ({', '.join(odd)} …); the shards are of different checkpoints")
         has = set(names) | set(first.aliases())
-        emb = first.info("tok_embeddings.weight") if "tok_embeddings.weight" in names else None
+        emb = first.info(EMBEDDING) if EMBEDDING in names else None
         vocab = emb.shape[0] if emb is not None and (len(self._shards) == 1 or not is_llama3(self.params)) else None
         if vocab is None and emb is not None:
             vocab = emb.shape[0] * len(self._shards)
-        tied = "output.weight" not in names or self._output_is_embedding()
-        if "output.weight" in names and tied:   # written from a tied model: the HF layout leaves lm_head out
-            names.remove("output.weight")
+        tied = OUTPUT not in names or self._output_is_embedding()
+        if OUTPUT in names and tied:   # written from a tied model: the HF layout leaves lm_head out
+            names.remove(OUTPUT)
         params_vocab = self.params.get("vocab_size")
         self.llama3 = is_llama3({**self.params, "vocab_size": vocab if params_vocab in (None, -1) else params_vocab})
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.side_files = {p.name: p for p in sorted(self.path.iterdir())
                            if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
-        if tied and "output.weight" in has:
+        if tied and OUTPUT in has:
             self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
         self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
         for name in names:
@@ -140,12 +143,12 @@ class MetaSource(TensorSource):
         """True when every shard's output weight has the bytes of its embedding (tied embeddings).
         Compared piece by piece: an untied model differs within the first piece."""
         for r in self._shards:
-            if "tok_embeddings.weight" not in r.names():
+            if EMBEDDING not in r.names():
                 return False
-            out, emb = r.info("output.weight"), r.info("tok_embeddings.weight")
+            out, emb = r.info(OUTPUT), r.info(EMBEDDING)
             if out.shape != emb.shape or out.dtype != emb.dtype:
                 return False
-            a, b = r.span("output.weight"), r.span("tok_embeddings.weight")
+            a, b = r.span(OUTPUT), r.span(EMBEDDING)
             if a is None or b is None or not _same_bytes(a, b):
                 return False
         return True
@@ -225,8 +228,8 @@ class Meta(Format):
         extra: dict[str, str] = {}       # name written -> name read (a tied output from the embedding)
         for alias, kept in source.aliases().items():
             extra[alias] = kept
-        if "output.weight" not in names and "output.weight" not in extra and "tok_embeddings.weight" in names:
-            extra["output.weight"] = "tok_embeddings.weight"   # tied embeddings: Meta's model always has an output
+        if OUTPUT not in names and OUTPUT not in extra and EMBEDDING in names:
+            extra[OUTPUT] = EMBEDDING   # tied embeddings: Meta's model always has an output
         plan = []   # (name written, name read, split dim, info)
         for name in names + list(extra):
             read = extra.get(name, name)

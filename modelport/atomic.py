@@ -24,7 +24,8 @@ def check_destination(dst: Path, force: bool) -> None:
 def _check_parent(dst: Path) -> None:
     """Refuse a destination modelport cannot or must not create: under /proc, /sys, /dev, or below a file."""
     real = dst.parent.resolve()
-    if any(real == d or d in real.parents for d in _SYSTEM_DIRS):
+    shm = Path("/dev/shm")
+    if any(real == d or d in real.parents for d in _SYSTEM_DIRS) and not (real == shm or shm in real.parents):
         raise OutputError(f"{dst}: inside the system directory {real}; choose a destination on a real filesystem")
     for p in (real, *real.parents):
         if p.exists():

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import sys as _sys
+
 __version__ = "0.1.0"
+
+
+def _running_as_command() -> bool:
+    """True when this process is the ``modelport`` command (script or ``python -m modelport``)."""
+    argv = getattr(_sys, "orig_argv", None) or []
+    script = _sys.argv[0].rsplit("/", 1)[-1] if _sys.argv else ""
+    return script == "modelport" or any(a == "-m" and b == "modelport" for a, b in zip(argv, argv[1:]))
+
+
+if _running_as_command():    # before the imports below: Ctrl-C while they load is an exit 130 too
+    from .interrupt import install_early as _install_early
+
+    _install_early("modelport: interrupted; nothing was written")
 
 from .errors import ModelportError  # noqa: E402
 from .formats import Options, open  # noqa: E402,A004

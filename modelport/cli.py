@@ -8,7 +8,6 @@ Exit codes: 0 success; 1 a comparison found a difference; 2 the input or argumen
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -194,30 +193,51 @@ def diff(a, b, atol, as_json, from_a, from_b) -> None:
         raise DifferenceFound(f"{a} and {b} differ")
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before ``--`` (before or after the sub-command), taken out of the arguments."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    return debug, [a for a in argv[:end] if a != "--debug"] + argv[end:]
+
+
+INTERRUPTED = "modelport: interrupted; nothing was written"
 
 
 def main(argv: list[str] | None = None) -> None:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    from . import interrupt
+    from .errors import SPELLING
+
+    interrupt.install()
+    SPELLING.set("cli")
+    debug, args = _split_debug(list(sys.argv[1:] if argv is None else argv))
     try:
-        cli.main(args=argv, prog_name="modelport", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("modelport: interrupted; nothing was written", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ModelportError as exc:
-        if debug:
+        try:
+            # Not cli.main(): it prints a blank line on Ctrl-C before the message below.
+            with cli.make_context("modelport", (["--debug"] if debug else []) + args) as ctx:
+                cli.invoke(ctx)
+            interrupt.check()   # an interrupt something swallowed still fails the command
+        except click.exceptions.Exit as exc:
+            interrupt.check()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
+        except click.ClickException as exc:
+            interrupt.check()
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ModelportError as exc:
+            interrupt.check()
+            if debug:
+                raise
+            kind = "error: " if exc.exit_code == 2 else ""
+            click.echo(f"modelport: {kind}{exc}", err=True)
+            sys.exit(exc.exit_code)
+    except BaseException as exc:
+        # An interrupt may surface as another error: a module whose import it cut short fails to load again.
+        if not isinstance(exc, KeyboardInterrupt) and (interrupt.received() is None or isinstance(exc, SystemExit)):
             raise
-        kind = "error: " if exc.exit_code == 2 else ""
-        click.echo(f"modelport: {kind}{exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("modelport: interrupted; nothing was written", err=True)
-        sys.exit(130)
+        # As the process (argv None): exit at once, so a second Ctrl-C cannot print a traceback on the way out.
+        interrupt.exit_interrupted(INTERRUPTED, now=argv is None)
 
 
 if __name__ == "__main__":

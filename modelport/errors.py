@@ -7,6 +7,21 @@ traceback.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
+# Who is asking: "api" (Python callers) or "cli" (the modelport command). Messages that tell the user
+# what to pass spell the option the way the caller passes it (``force=True`` or ``--force``).
+SPELLING: ContextVar[str] = ContextVar("modelport_spelling", default="api")
+
+
+def opt(name: str, value: str = "True") -> str:
+    """An option as the caller spells it: ``--assume-config`` on the command line, ``assume_config=True``
+    from Python. ``name`` is the Python keyword; ``value`` its API value (a flag's is True)."""
+    if SPELLING.get() == "cli":
+        flag = "--" + name.replace("_", "-")
+        return flag if value == "True" else f"{flag} {value}"
+    return f"{name}={value}"
+
 
 class ModelportError(Exception):
     """Something the user can fix: the message says what failed, where, and what to do."""
@@ -27,7 +42,15 @@ class UnsupportedError(ModelportError):
 
 
 class DestinationExistsError(ModelportError):
-    """The output path exists and --force was not given."""
+    """The output path exists and --force was not given, or it may not be replaced (see the message)."""
+
+
+class OverlapError(ModelportError):
+    """The destination is the source, contains it, or lies inside it: writing would destroy the input."""
+
+
+class ConfigNeededError(ModelportError):
+    """A model config is needed and the weights alone cannot give the values that change its math."""
 
 
 class MissingDependencyError(ModelportError):

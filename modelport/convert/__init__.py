@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dtypes, formats
-from ..atomic import atomic_output, check_destination
+from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import UnsupportedError
 from ..formats.base import Format, Options
 from . import layouts
@@ -25,6 +25,19 @@ class Result:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    aliases: int = 0             # tied names stored once (counted apart from ``tensors``)
+
+    def counts(self) -> str:
+        """'28 tensors + 1 tied alias', the way convert, diff and inspect all count."""
+        return count_phrase(self.tensors, self.aliases)
+
+
+def count_phrase(tensors: int, aliases: int) -> str:
+    """How every command counts: the tensors stored, then tied names apart ("28 tensors + 1 tied alias")."""
+    text = f"{tensors} tensor{'s' if tensors != 1 else ''}"
+    if aliases:
+        text += f" + {aliases} tied alias{'es' if aliases != 1 else ''}"
+    return text
 
 
 def target_format(dst: Path, to: str | None) -> Format:
@@ -64,12 +77,12 @@ def convert(
     src, dst = Path(src), Path(dst)
     options = options or Options()
     target = target_format(dst, to)
+    check_overlap(src, dst)
     check_destination(dst, force)
-    if dst.exists() and src.resolve() == dst.resolve():
-        raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with formats.open(src, from_, options) as source:
+        check_overlap(src, dst, list(source.side_files.values()) + _weight_paths(source))
         source = layouts.adapt(source, target, options)
         if dtype is not None:
             source = CastSource(source, dtype, allow_overflow)
@@ -79,12 +92,21 @@ def convert(
         show = sys.stderr.isatty() if progress is None else progress
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
             options.extra["progress"] = advance
+            notes: list[str] = []
             try:
-                with atomic_output(dst, force) as tmp:
+                with atomic_output(dst, force, notes) as tmp:
                     target.write(source, tmp, options)
+                    if tmp.is_dir():
+                        write_marker(tmp, format=target.id)
             finally:
                 options.extra.pop("progress", None)
-        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes))
+        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
+                      aliases=len(source.aliases()))
+
+
+def _weight_paths(source) -> list[Path]:
+    """The files a (directory) source reads its tensors from, for the overlap check."""
+    return [Path(s.path) for s in getattr(source, "_shards", ()) if getattr(s, "path", None) is not None]
 
 
 class _progress_bar:

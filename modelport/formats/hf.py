@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..atomic import MARKER
 from ..errors import FormatError, UnsupportedError
 from . import get, register
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource
@@ -69,7 +70,7 @@ class HFSource(TensorSource):
         except BaseException:
             self.close()
             raise
-        weights = {f.name for f in files} | set(_INDEXES) | {"config.json"}
+        weights = {f.name for f in files} | set(_INDEXES) | {"config.json", MARKER}
         self.side_files = {
             str(p.relative_to(path)): p for p in sorted(path.rglob("*")) if p.is_file() and str(p.relative_to(path)) not in weights
         }

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from dataclasses import replace
 
+from ..atomic import MARKER
 from ..errors import FormatError, LayoutError, UnsupportedError
 from ..models.config import config_from_hf, config_from_meta_params
 from . import get, register
@@ -37,6 +38,9 @@ from .base import Format, Options, Span, TensorInfo, TensorSource
 
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
 PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
+# The Hugging Face config.json a Meta checkpoint was written from: what params.json cannot hold (token ids,
+# max positions, dtype …) so that hf -> meta -> hf gives the same config.json back.
+HF_CONFIG = "hf_config.json"
 
 # Dimension each tensor is split on across model-parallel shards; None: replicated.
 # "embedding" is decided by the Llama generation (see the module docstring).
@@ -137,13 +141,31 @@ class MetaSource(TensorSource):
         self.llama3 = is_llama3({**self.params, "vocab_size": self.config["vocab_size"]})
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.side_files = {p.name: p for p in sorted(self.path.iterdir())
-                           if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
+                           if p.is_file() and p.name not in ("params.json", "checklist.chk", MARKER, HF_CONFIG) and not _SHARD.match(p.name)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
         if tied and "output.weight" in has:
             self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
+        self._carried_config(pj)
         self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
         for name in names:
             self._infos[name] = self._merged_info(name)
+
+    def _carried_config(self, pj: Path) -> None:
+        """Use the config.json carried in ``hf_config.json`` when it describes the same model as params.json."""
+        carried = self.path / HF_CONFIG
+        if not carried.is_file():
+            return
+        try:
+            stored = json.loads(carried.read_text(encoding="utf-8"))
+            same = replace(config_from_hf(stored, "llama", str(carried)), max_positions=0) == \
+                replace(config_from_hf(self.config, "llama", str(pj)), max_positions=0)
+        except (OSError, ValueError, FormatError, UnsupportedError, LayoutError) as exc:
+            self.notes.append(f"{carried.name} ignored: {exc}")
+            return
+        if same:
+            self.config = stored
+        else:
+            self.notes.append(f"{carried.name} ignored: it describes another model than params.json (edited since?)")
 
     def _output_is_embedding(self) -> bool:
         """True when every shard's output weight has the bytes of its embedding (tied embeddings).
@@ -280,6 +302,9 @@ class Meta(Format):
             plan.append((name, read, dim, info))
         dst.mkdir(parents=True)
         (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
+        if source.config is not None:
+            carried = {k: v for k, v in source.config.items() if not k.startswith("_modelport")}
+            (dst / HF_CONFIG).write_text(json.dumps(carried, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         from .pt import write_pt
 
         progress = options.extra.get("progress")
@@ -287,7 +312,7 @@ class Meta(Format):
             write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
                      progress=progress)
         for fname, path in source.side_files.items():
-            if fname in ("config.json", "params.json") or _SHARD.match(fname) or fname.endswith(".safetensors"):
+            if fname in ("config.json", "params.json", HF_CONFIG) or _SHARD.match(fname) or fname.endswith(".safetensors"):
                 continue
             shutil.copyfile(path, dst / fname)
 

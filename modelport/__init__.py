@@ -27,7 +27,12 @@ from .inspect import inspect  # noqa: E402
 
 
 def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
-    """A runnable model for a checkpoint; see :func:`modelport.models.loader.load_model` (imports torch)."""
+    """A runnable eval-mode model for a checkpoint (imports torch).
+
+    ``config=`` (a config.json path or dict) states the hyper-parameters of bare weights; without it,
+    values the weights cannot reveal (head counts, norm epsilon, rope theta …) raise ConfigNeededError
+    naming them, unless ``assume_config=True`` accepts guesses. See :func:`modelport.models.loader.load_model`.
+    """
     from .models.loader import load_model as _load_model
 
     return _load_model(path, arch, device, dtype, **kwargs)

@@ -108,16 +108,17 @@ def _options(**kw):
 @click.option("--arch", help="With --run: architecture (gpt2, llama, gptneox) or your own package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --run: config.json for the model (or the kwargs of your factory).")
+@click.option("--assume-config", is_flag=True, help="With --run on bare weights: accept guessed head counts, norm epsilon … .")
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
-def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, input_shape,
-            input_dtype) -> None:
+def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, assume_config,
+            input_shape, input_dtype) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
     from .inspect import inspect as run
     from .inspect import run_check
 
     summary = run(path, from_)
-    check = run_check(path, arch, config, input_shape, input_dtype, from_) if run_model else None
+    check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
     if as_json:
         out = summary.to_json()
         if check is not None:
@@ -132,7 +133,7 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
                    f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")
         if check.assumed:
             click.echo(f"note: built with assumed values the weights do not reveal ({', '.join(check.assumed)}); "
-                       "pass --config to state them")
+                       "pass --config to state them")  # only with --assume-config, or values that change no output
 
 
 @cli.command()
@@ -146,6 +147,9 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json to write with an hf target (or to build a --arch module).")
+@click.option("--assume-config", is_flag=True,
+              help="hf target from bare weights: accept guessed values the weights do not reveal (head counts, norm "
+                   "epsilon …); they are recorded in the output's metadata. Prefer --config.")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX (e.g. 'module.') from every tensor name.")
 @click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox), used to infer an hf config.json.")
 @click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
@@ -155,19 +159,19 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
-def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
-            no_crc32, params_only, t7_mode, t7_long_size, t7_endian) -> None:
+def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
+            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
     from .convert import convert as run
 
-    options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
+    options = _options(config=config, assume_config=assume_config or None, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                  shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")
+    click.echo(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}")
 
 
 @cli.command()

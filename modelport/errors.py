@@ -14,12 +14,14 @@ from contextvars import ContextVar
 SPELLING: ContextVar[str] = ContextVar("modelport_spelling", default="api")
 
 
-def opt(name: str, value: str = "True") -> str:
+def opt(name: str, value: str = "True", cli_value: str | None = None) -> str:
     """An option as the caller spells it: ``--assume-config`` on the command line, ``assume_config=True``
-    from Python. ``name`` is the Python keyword; ``value`` its API value (a flag's is True)."""
+    from Python. ``name`` is the Python keyword, ``value`` its API value (a flag's is True), ``cli_value``
+    the command line's placeholder when it differs (``config='config.json'`` vs ``--config FILE``)."""
     if SPELLING.get() == "cli":
         flag = "--" + name.replace("_", "-")
-        return flag if value == "True" else f"{flag} {value}"
+        shown = cli_value or ("" if value == "True" else value)
+        return f"{flag} {shown}" if shown else flag
     return f"{name}={value}"
 
 

@@ -119,7 +119,7 @@ class RunCheck:
 
 
 def run_check(path: str | Path, arch: str | None = None, config: str | Path | None = None, input_shape=None,
-              input_dtype=None, format: str | None = None) -> RunCheck:  # noqa: A002
+              input_dtype=None, format: str | None = None, assume_config: bool = False) -> RunCheck:  # noqa: A002
     """Build the runnable model of ``path`` (known architecture, ``--arch`` module, or Lua nn model),
     run it once on an example input, and say what came out."""
     import torch
@@ -139,7 +139,8 @@ def run_check(path: str | Path, arch: str | None = None, config: str | Path | No
         inputs = (torch.randn(parse_input_shape(input_shape), generator=gen).to(parse_input_dtype(input_dtype)),)
         built = f"Lua nn model rebuilt as {type(model).__name__}"
     else:
-        model = load_model(path, arch, config=config, options=Options(), input_shape=input_shape, input_dtype=input_dtype)
+        model = load_model(path, arch, config=config, assume_config=assume_config, options=Options(),
+                           input_shape=input_shape, input_dtype=input_dtype)
         inputs = example_inputs(model)
         built = f"{type(model).__name__} ({getattr(model, 'modelport_arch', None) or arch or 'detected'})"
     with torch.no_grad():

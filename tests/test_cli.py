@@ -81,6 +81,8 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(cli, two_files):
 def test_debug_shows_the_traceback(cli, two_files):
     r = cli("--debug", "inspect", two_files / "missing.pt")
     assert r.returncode != 0 and "Traceback" in r.stderr
+    r = cli("inspect", two_files / "missing.pt", "--debug")        # after the sub-command too
+    assert r.returncode != 0 and "Traceback" in r.stderr
 
 
 def test_inspect_run_builds_and_runs_the_model(cli, tmp_path):
@@ -94,6 +96,8 @@ def test_inspect_run_builds_and_runs_the_model(cli, tmp_path):
     assert run["output"] == [1, 8, 37] and run["finite"] and run["assumed"] == []
     assert run["parameters"] == 15768
     r = cli("inspect", root / "examples" / "tiny-gpt2.pt", "--run")
+    assert r.returncode == 2 and "n_head (would guess 1)" in r.stderr and "--assume-config" in r.stderr
+    r = cli("inspect", root / "examples" / "tiny-gpt2.pt", "--run", "--assume-config")
     assert "note: built with assumed values" in r.stdout and "n_head" in r.stdout
     r = cli("inspect", root / "fixtures" / "t7nn" / "u1net.net", "--run")
     assert r.returncode == 2 and "--input-shape" in r.stderr

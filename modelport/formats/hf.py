@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from ..atomic import MARKER
-from ..errors import FormatError, UnsupportedError
+from ..errors import ConfigNeededError, FormatError, UnsupportedError, opt
 from . import get, register
 from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource
 from .safetensors import write_file as write_safetensors
@@ -16,6 +16,7 @@ from .safetensors import write_file as write_safetensors
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin")
 DEFAULT_SHARD_SIZE = 5 * 10**9
+ASSUMED_METADATA = "modelport.assumed_config"   # safetensors metadata: config values guessed, not known
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -130,10 +131,14 @@ def config_for(source: TensorSource, options: Options) -> dict:
 
     inferred = infer_config(source, options.arch)
     if inferred is None:
-        raise UnsupportedError(
+        raise ConfigNeededError(
             f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
-            "architecture is not recognised: pass --config FILE"
+            f"architecture is not recognised: pass {opt('config', repr('config.json'), 'FILE')}"
         )
+    if not options.assume_config:
+        from ..models.config import refuse_guesses
+
+        refuse_guesses(inferred, f"{source.path}: writing a config.json from bare weights")
     return inferred
 
 
@@ -171,6 +176,8 @@ class HF(Format):
         dst.mkdir()
         (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         metadata = {**source.metadata, "format": "pt"}
+        if assumed:      # what the written config.json guessed, so the file itself says so
+            metadata[ASSUMED_METADATA] = json.dumps({k: config.get(k) for k in assumed}, sort_keys=True)
         plan = _shard_plan(source, shard_size)
         if len(plan) == 1:
             write_safetensors(source, dst / "model.safetensors", plan[0], metadata, progress)
@@ -190,7 +197,8 @@ class HF(Format):
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, out)
         if assumed:
-            source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)}")
+            source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)} "
+                                f"(recorded as {ASSUMED_METADATA} in the weights' metadata)")
 
 
 register(HF())

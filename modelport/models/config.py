@@ -27,6 +27,11 @@ from ..errors import FormatError, LayoutError, UnsupportedError
 
 ASSUMED_KEY = "_modelport_assumed"
 
+# Assumed config.json keys that do not change what a model computes (they only bound the sequence length).
+# Every other guess (head counts, norm epsilon, rope theta, activation …) changes the outputs, and is
+# never written or used unless the caller accepts it.
+NOT_MATH = frozenset({"max_position_embeddings", "n_positions"})
+
 # Activation spellings of config.json that the reference models implement.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
@@ -558,11 +563,29 @@ def _with_assumed(out: dict, assumed: tuple[str, ...]) -> dict:
     return out
 
 
+def math_guesses(config: dict) -> dict[str, Any]:
+    """{key: guessed value} for the assumed keys of an HF config dict that change the model's outputs."""
+    return {k: config.get(k) for k in config.get(ASSUMED_KEY) or () if k not in NOT_MATH}
+
+
+def refuse_guesses(config: dict, where: str, recorded: str = "in the output's metadata") -> None:
+    """ConfigNeededError listing the values a config guessed that change the model's math, if any."""
+    from ..errors import ConfigNeededError, opt
+
+    guesses = math_guesses(config)
+    if guesses:
+        listed = ", ".join(f"{k} (would guess {v!r})" for k, v in guesses.items())
+        raise ConfigNeededError(
+            f"{where}: the weights do not reveal values that change the model's outputs: {listed}; pass "
+            f"{opt('config', repr('config.json'), 'FILE')} stating them, or {opt('assume_config')} to accept the guesses "
+            f"(they are then recorded {recorded})")
+
+
 def with_assumed(cfg: ModelConfig, assumed: list[str]) -> ModelConfig:
     """``cfg`` with ``assumed`` (config.json keys filled by stated defaults) recorded."""
     return replace(cfg, assumed=tuple(dict.fromkeys([*cfg.assumed, *assumed])))
 
 
-__all__ = ["ASSUMED_KEY", "FAMILIES", "GPT2Config", "LlamaConfig", "ModelConfig", "NeoXConfig", "RopeScaling",
+__all__ = ["ASSUMED_KEY", "FAMILIES", "NOT_MATH", "math_guesses", "refuse_guesses", "GPT2Config", "LlamaConfig", "ModelConfig", "NeoXConfig", "RopeScaling",
            "config_from_hf", "config_from_meta_params", "family_of_hf", "known_archs", "meta_ffn_dim", "meta_ffn_params",
            "normalize_arch", "with_assumed"]

@@ -74,10 +74,19 @@ def formats_cmd(as_json: bool) -> None:
     """List every format and what modelport can do with it."""
     from . import formats
 
+    from .models import known_archs
+
+    archs = ", ".join(known_archs())
     rows = []
     for f in formats.all_formats():
         missing = f.missing()
-        rows.append({"id": f.id, "read": f.can_read, "write": f.can_write, "runnable": f.runnable,
+        runs = []
+        if f.runnable:
+            runs.append("its Lua nn model, rebuilt as a torch.nn.Module")
+        if f.can_read:    # any weights load into a reference model or the user's own module
+            runs.append(f"weights of a known architecture ({archs}: detected, or --arch with --config) "
+                        "or of your own module (--arch package.module:factory)")
+        rows.append({"id": f.id, "read": f.can_read, "write": f.can_write, "runnable": bool(runs), "runs": "; ".join(runs),
                      "directory": f.directory, "suffixes": list(f.suffixes), "description": f.description,
                      "missing": missing})
     if as_json:
@@ -90,7 +99,10 @@ def formats_cmd(as_json: bool) -> None:
         if r["missing"]:
             line += f"  [needs: pip install {' '.join(r['missing'])}]"
         click.echo(line)
-    click.echo("\ncapabilities: r = read, w = write, x = runnable model")
+    click.echo("\ncapabilities: r = read, w = write, x = runs (inspect --run, modelport.load_model): weights of a known "
+               f"architecture ({archs}; detected from config.json, params.json or tensor names, or --arch), or your "
+               "own module with --arch package.module:factory; t7 files holding a Lua nn model also rebuild it. "
+               "Running needs torch.")
 
 
 def _options(**kw):
@@ -181,12 +193,13 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
-def diff(a, b, atol, as_json, from_a, from_b) -> None:
+@click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion); use with --atol.")
+def diff(a, b, atol, as_json, from_a, from_b, cast) -> None:
     """Compare A and B tensor by tensor; exit 1 when they differ."""
     from .diff import diff as run
     from .errors import DifferenceFound
 
-    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b)
+    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b, cast=cast)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -194,7 +207,10 @@ def diff(a, b, atol, as_json, from_a, from_b) -> None:
 
         print_diff(report)
     if not report:
-        raise DifferenceFound(f"{a} and {b} differ")
+        hint = ""
+        if report.differences and all(d.kind == "dtype" for d in report.differences):
+            hint = " in dtype; --cast compares their values across dtypes (with --atol)"
+        raise DifferenceFound(f"{a} and {b} differ{hint}")
 
 
 def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:

@@ -120,3 +120,41 @@ def test_inspect_run_with_a_user_factory(cli, tmp_path):
     assert json.loads(r.stdout)["run"]["output"] == [3, 2]
     r = cli("inspect", "w.safetensors", "--run", "--arch", "mynets:build", "--input-shape", "3,6", cwd=tmp_path)
     assert r.returncode == 2 and "'0.weight' has shape [5, 6]" in r.stderr
+
+
+def test_one_count_everywhere_for_a_tied_model(cli, tmp_path):
+    """convert, diff and inspect all say '28 tensors + 1 tied alias' for the shipped tied GPT-2."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny-gpt2.pt"
+    out = tmp_path / "out.safetensors"
+    phrase = "28 tensors + 1 tied alias"
+    r = cli("convert", example, out)
+    assert r.returncode == 0 and phrase in r.stdout, r.stderr
+    r = cli("diff", example, out)
+    assert r.returncode == 0 and f"same: {phrase} compared, all equal" in r.stdout
+    r = cli("inspect", out)
+    assert r.returncode == 0 and r.stdout.splitlines()[2].startswith(phrase)
+    assert "(1 tensors)" not in r.stdout and "(1 tensor)" in r.stdout
+
+
+def test_diff_cast_checks_a_dtype_conversion_within_atol(cli, tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny-gpt2.pt"
+    half = tmp_path / "half.safetensors"
+    assert cli("convert", example, half, "--dtype", "fp16").returncode == 0
+    r = cli("diff", example, half, "--atol", "1e-3")
+    assert r.returncode == 1 and "--cast" in r.stderr           # a dtype difference alone counts without --cast
+    r = cli("diff", example, half, "--atol", "1e-3", "--cast")
+    assert r.returncode == 0 and "values compared across dtypes" in r.stdout
+    r = cli("diff", example, half, "--cast")                     # fp16 rounding is still seen at atol 0
+    assert r.returncode == 1
+
+
+def test_formats_says_what_runs_and_how():
+    rows = {r["id"]: r for r in json.loads(CliRunner().invoke(cli, ["formats", "--json"]).output)}
+    for fid in ("pt", "safetensors", "hf", "meta", "t7"):
+        assert rows[fid]["runnable"] and "--arch" in rows[fid]["runs"], fid
+    assert "Lua nn model" in rows["t7"]["runs"] and "Lua" not in rows["pt"]["runs"]
+

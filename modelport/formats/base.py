@@ -119,6 +119,11 @@ class TensorSource:
         """Where a whole storage's bytes lie contiguous in a file, for zero-copy writers."""
         return None
 
+    def buffers(self) -> set[str]:
+        """Names that hold module state rather than learnable parameters (running statistics, pooling
+        indices, outputs of a Lua nn model), counted apart by ``inspect``; none for plain weight files."""
+        return set()
+
     def tree(self) -> str | None:
         """A printable object tree for ``inspect`` (t7 objects, graphs), when the format has one."""
         return None

@@ -158,3 +158,43 @@ def test_formats_says_what_runs_and_how():
         assert rows[fid]["runnable"] and "--arch" in rows[fid]["runs"], fid
     assert "Lua nn model" in rows["t7"]["runs"] and "Lua" not in rows["pt"]["runs"]
 
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_ends_in_130_one_line_and_no_output(tmp_path):
+    """SIGINT at random moments of a --dtype conversion (start-up, the lazy torch import, the cast, the write):
+    exit 130, the one-line message, nothing written, no temporary left."""
+    import os
+    import random
+    import signal
+    import time
+    from pathlib import Path
+
+    import modelport
+
+    root = Path(__file__).resolve().parents[1]
+    package_dir = str(Path(modelport.__file__).parent)
+    rng = random.Random(20261201)
+    delays = sorted(rng.uniform(0.0, 1.2) for _ in range(8))
+    handled = 0
+    for i, delay in enumerate(delays):
+        out = tmp_path / f"run{i}"
+        out.mkdir()
+        p = subprocess.Popen([sys.executable, "-m", "modelport", "convert", root / "examples" / "tiny-gpt2.pt",
+                              out / "x.safetensors", "--dtype", "fp16"], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+        left = sorted(os.listdir(out))
+        what = f"delay {delay:.3f}s: rc {p.returncode}, left {left}, stderr {stderr.decode()[-400:]!r}"
+        if p.returncode == 0:                      # finished before the signal came
+            assert left == ["x.safetensors"], what
+            continue
+        assert left == [] and stdout == b"", what
+        if p.returncode == 130:
+            assert stderr == b"modelport: interrupted; nothing was written\n", what
+            handled += 1
+        else:   # Python itself was still starting (site, runpy): no modelport code had run yet
+            assert p.returncode in (-signal.SIGINT, 1) and package_dir.encode() not in stderr, what
+    assert handled >= len(delays) // 2

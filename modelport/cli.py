@@ -221,6 +221,8 @@ def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
 
 
 INTERRUPTED = "modelport: interrupted; nothing was written"
+# Optional packages -> the extra that installs them (pyproject.toml).
+OPTIONAL_EXTRAS = {"torch": "torch", "transformers": "hf", "onnx": "cpu", "onnxruntime": "cpu"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,6 +254,13 @@ def main(argv: list[str] | None = None) -> None:
             kind = "error: " if exc.exit_code == 2 else ""
             click.echo(f"modelport: {kind}{exc}", err=True)
             sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:     # an optional package, imported where no check named it
+            interrupt.check()
+            if debug or exc.name not in OPTIONAL_EXTRAS:
+                raise
+            click.echo(f"modelport: error: this step needs the package '{exc.name}', which is not installed; "
+                       f"install it with: pip install 'modelport[{OPTIONAL_EXTRAS[exc.name]}]'", err=True)
+            sys.exit(2)
     except BaseException as exc:
         # An interrupt may surface as another error: a module whose import it cut short fails to load again.
         if not isinstance(exc, KeyboardInterrupt) and (interrupt.received() is None or isinstance(exc, SystemExit)):

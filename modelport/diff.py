@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import formats
+from .errors import need_torch
 from .formats.base import Options, TensorSource
 
 
@@ -76,6 +77,7 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
     from .convert.explain import explain_difference
     from .convert.layouts import align
 
+    need_torch("diff (it compares tensor values with torch)")
     report = DiffReport(str(a), str(b), atol, cast=cast)
     with formats.open(a, from_a, options) as sa, formats.open(b, from_b, options) as sb:
         raw_b = sb

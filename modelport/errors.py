@@ -55,7 +55,7 @@ class ConfigNeededError(ModelportError):
     """A model config is needed and the weights alone cannot give the values that change its math."""
 
 
-class MissingDependencyError(ModelportError):
+class MissingDependencyError(ModelportError, ImportError):
     """An optional package needed for this step is not installed."""
 
 
@@ -67,6 +67,18 @@ class DifferenceFound(ModelportError):
     """A comparison found a difference (diff, parity): exit 1."""
 
     exit_code = 1
+
+
+def need_torch(step: str):
+    """The torch module, or a MissingDependencyError naming the step that needs it and the extra that brings it.
+    Conversions between weight formats (pt, safetensors, hf, meta, t7) never need it."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{step} needs torch, which is not installed; install it with: pip install 'modelport[torch]' "
+            "(conversions between weight formats work without it)") from exc
+    return torch
 
 
 def require(module: str, package: str | None = None, extra: str | None = None):

@@ -198,3 +198,41 @@ def test_ctrl_c_at_any_moment_ends_in_130_one_line_and_no_output(tmp_path):
         else:   # Python itself was still starting (site, runpy): no modelport code had run yet
             assert p.returncode in (-signal.SIGINT, 1) and package_dir.encode() not in stderr, what
     assert handled >= len(delays) // 2
+
+
+NO_TORCH = ("import sys\nsys.modules['torch'] = None   # import torch now fails, as where it is not installed\n"
+            "from modelport.cli import main\nsys.argv[0] = 'modelport'\nmain()\n")
+
+
+def test_weight_conversions_work_without_torch(tmp_path):
+    """pt, safetensors, hf, meta and t7 weights convert with torch unimportable; the steps that need torch
+    say which extra brings it."""
+    from pathlib import Path
+
+    from tests.formats.test_meta import LLAMA2, hf_dir
+
+    root = Path(__file__).resolve().parents[1]
+    example = root / "examples" / "tiny-gpt2.pt"
+    llama, _ = hf_dir(tmp_path, LLAMA2, seed=7, name="llama")     # made here, with torch and transformers
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True,
+                              cwd=root)
+
+    steps = [(example, tmp_path / "a.safetensors"), (tmp_path / "a.safetensors", tmp_path / "b.pt"),
+             (tmp_path / "b.pt", tmp_path / "hf", "--to", "hf", "--config", root / "examples" / "tiny-gpt2.config.json"),
+             (llama, tmp_path / "meta", "--to", "meta"), (tmp_path / "meta", tmp_path / "back", "--to", "hf"),
+             (root / "fixtures" / "t7nn" / "u1net.net", tmp_path / "u.safetensors"),
+             (tmp_path / "u.safetensors", tmp_path / "u.t7")]
+    for args in steps:
+        r = run("convert", *args)
+        assert r.returncode == 0 and r.stdout.startswith("wrote "), (args, r.stderr)
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((llama / "config.json").read_text())
+    assert run("inspect", tmp_path / "hf").returncode == 0
+    for args in (("convert", example, tmp_path / "h.safetensors", "--dtype", "fp16"), ("diff", example, tmp_path / "b.pt"),
+                 ("inspect", example, "--run", "--config", root / "examples" / "tiny-gpt2.config.json"),
+                 ("convert", example, tmp_path / "g", "--to", "hf", "--assume-config")):
+        r = run(*args)
+        assert r.returncode == 2 and "pip install 'modelport[torch]'" in r.stderr, (args, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("h.", "g"))) == []

@@ -134,7 +134,9 @@ class TensorSource:
 
     def read(self, name: str):
         """One tensor as a torch.Tensor (imports torch)."""
-        import torch
+        from ..errors import need_torch
+
+        torch = need_torch("reading a tensor as a torch.Tensor")
 
         info = self.info(self._canonical(name))
         data = self.read_bytes(info.name)

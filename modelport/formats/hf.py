@@ -129,16 +129,12 @@ def config_for(source: TensorSource, options: Options) -> dict:
         return source.config
     from ..models import infer_config
 
-    inferred = infer_config(source, options.arch)
+    inferred = infer_config(source, options.arch, assume_config=options.assume_config)
     if inferred is None:
         raise ConfigNeededError(
             f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
             f"architecture is not recognised: pass {opt('config', repr('config.json'), 'FILE')}"
         )
-    if not options.assume_config:
-        from ..models.config import refuse_guesses
-
-        refuse_guesses(inferred, f"{source.path}: writing a config.json from bare weights")
     return inferred
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from .. import dtypes
-from ..errors import FormatError, LayoutError, UnsupportedError
+from ..errors import FormatError, LayoutError, UnsupportedError, need_torch
 from ..formats.base import Options, TensorSource
 from . import detect
 from .config import ModelConfig, config_from_hf, normalize_arch
@@ -55,7 +55,7 @@ def _no_init():
 
 def build_model(cfg: ModelConfig, device="meta"):
     """The reference model for ``cfg``, with uninitialised parameters on ``device`` (meta by default)."""
-    import torch
+    torch = need_torch("building a reference model (inspect --run, load_model, checking an inferred config)")
 
     cls, _ = _families()[cfg.family]
     with torch.device(device), _no_init():
@@ -79,6 +79,7 @@ def _tied_names(cfg: ModelConfig) -> dict[str, str]:
 
 def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
     """Model parameter name -> source tensor name; a LayoutError listing missing and unexpected names."""
+    need_torch("checking tensor shapes against a model config")
     _, module = _families()[cfg.family]
     derived = [re.compile(p) for p in getattr(module, "DERIVED_BUFFERS", ())]
     renames = getattr(module, "RENAMES", {})

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     from .errors import SPELLING
 
     interrupt.install()
-    SPELLING.set("cli")
+    spelling = SPELLING.set("cli")
     debug, args = _split_debug(list(sys.argv[1:] if argv is None else argv))
     try:
         try:
@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         # As the process (argv None): exit at once, so a second Ctrl-C cannot print a traceback on the way out.
         interrupt.exit_interrupted(INTERRUPTED, now=argv is None)
+    finally:
+        SPELLING.reset(spelling)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ from ..formats.base import TensorSource
 from .config import ASSUMED_KEY, known_archs
 
 
-def infer_config(source: TensorSource, arch: str | None = None, assume_config: bool = True) -> dict | None:
+def infer_config(source: TensorSource, arch: str | None = None, assume_config: bool = False) -> dict | None:
     """An HF ``config.json`` for ``source`` inferred from tensor names and shapes, or None.
 
     Values that weights cannot reveal (head count, norm epsilon, rope_theta, rotary fraction,
     max positions …) are filled with the defaults in :data:`modelport.models.detect.ASSUMED_DEFAULTS`
     and their config.json keys listed under ``"_modelport_assumed"``; a writer prints that list and
     drops the key. Every tensor's shape is checked against the inferred config (LayoutError otherwise).
-    ``assume_config=False``: a ConfigNeededError listing the guesses that change the model's outputs instead.
+    Unless ``assume_config``, guesses that change the model's outputs raise ConfigNeededError listing them.
     """
     from .detect import infer_model_config
     from .loader import plan_names

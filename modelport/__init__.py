@@ -20,7 +20,8 @@ if _running_as_command():    # before the imports below: Ctrl-C while they load 
     _install_early("modelport: interrupted; nothing was written")
 
 from .errors import ModelportError  # noqa: E402
-from .formats import Options, open  # noqa: E402,A004
+from .formats import Options  # noqa: E402
+from .models.sources import open_source as open  # noqa: E402,A001
 from .convert import convert  # noqa: E402  (the function; rebinds the subpackage's name)
 from .diff import diff  # noqa: E402
 from .inspect import inspect  # noqa: E402

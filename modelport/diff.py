@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import formats
 from .errors import need_torch
 from .formats.base import Options, TensorSource
+from .models.sources import open_source
 
 
 @dataclass
@@ -75,11 +75,11 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
     """Compare A and B tensor by tensor. ``cast``: compare values across dtypes (both widened), so a
     ``--dtype fp16`` conversion can be checked against its source with ``atol``."""
     from .convert.explain import explain_difference
-    from .convert.layouts import align
+    from .models.layouts import align
 
     need_torch("diff (it compares tensor values with torch)")
     report = DiffReport(str(a), str(b), atol, cast=cast)
-    with formats.open(a, from_a, options) as sa, formats.open(b, from_b, options) as sb:
+    with open_source(a, from_a, options) as sa, open_source(b, from_b, options) as sb:
         raw_b = sb
         sb = align(sb, sa)    # B under A's names when both are layouts of one family (meta vs hf …)
         if sb is not raw_b:

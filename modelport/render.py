@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import click
 
+from .convert import count_phrase
 from .diff import DiffReport
 from .inspect import Summary
 
 
-def _human(n: float) -> str:
-    from .cli import human
-
-    return human(n)
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 def _count(n: int) -> str:
@@ -27,11 +30,9 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
     if s.architecture:
         echo(f"architecture: {s.architecture}")
     dtypes = ", ".join(f"{d} {_count(n)}" for d, n in s.dtypes.items())
-    from .convert import count_phrase
-
     buffers = f"   buffers: {_count(s.total_buffers)} ({s.total_buffers:,})" if s.total_buffers else ""
     echo(f"{count_phrase(len(s.tensors) - s.aliases, s.aliases)}   parameters: {_count(s.total_params)} "
-         f"({s.total_params:,}){buffers}   size: {_human(s.total_bytes)}   dtypes: {dtypes or '-'}")
+         f"({s.total_params:,}){buffers}   size: {human(s.total_bytes)}   dtypes: {dtypes or '-'}")
     for note in s.notes:
         echo(f"note: {note}")
     if s.tensors:
@@ -42,7 +43,7 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
         for t in rows:
             shape = "[" + ", ".join(map(str, t.shape)) + "]"
             extra = f"  = {t.alias_of} (tied alias)" if t.alias_of else ("  (buffer)" if t.buffer else "")
-            echo(f"{t.name:<{width}}  {shape:<20} {t.dtype:<9} {_human(t.bytes):>10}{extra}")
+            echo(f"{t.name:<{width}}  {shape:<20} {t.dtype:<9} {human(t.bytes):>10}{extra}")
         if len(rows) < len(s.tensors):
             echo(f"… {len(s.tensors) - len(rows)} more (--all lists every tensor)")
     if len(s.modules) > 1:
@@ -82,8 +83,6 @@ def print_diff(r: DiffReport) -> None:
         if d.explanation:
             line += f" — {d.explanation}"
         echo(line)
-    from .convert import count_phrase
-
     verdict = "same" if r else "DIFFERENT"
     compared = count_phrase(r.compared - r.aliases, r.aliases)
     equal = "all equal" if r.equal == r.compared else f"{count_phrase(r.equal - r.aliases_equal, r.aliases_equal)} equal"

@@ -1,4 +1,5 @@
-"""Conversion: open a source, adapt its layout, cast, and write the target atomically, one tensor at a time."""
+"""Conversion: open a source, resolve its config once, adapt its layout once, cast, and write the
+target atomically, one tensor at a time."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 from .. import dtypes, formats
 from ..atomic import atomic_output, check_destination, check_overlap, write_marker
-from ..errors import UnsupportedError
-from ..formats.base import Format, Options
+from ..errors import MissingDependencyError, UnsupportedError
+from ..formats.base import Format, Options, TensorSource, WriteOptions
+from ..models.sources import open_source, read_config_file
 from . import layouts
 from .cast import CastSource
 
@@ -52,8 +54,28 @@ def target_format(dst: Path, to: str | None) -> Format:
         raise UnsupportedError(f"format {fmt.id!r} cannot be written")
     missing = fmt.missing()
     if missing:
-        raise UnsupportedError(f"writing {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
+        raise MissingDependencyError(f"writing {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
     return fmt
+
+
+def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path,
+                    assume_config: bool = False) -> dict | None:
+    """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
+    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``),
+    meta a params.json (from the source's config)."""
+    if target.config_file == "config.json":
+        if given is not None:
+            return given
+        if source.config is not None:
+            return source.config
+        from ..models import infer_config
+
+        return infer_config(source, arch, assume_config=assume_config)
+    if target.config_file == "params.json":
+        from ..models.families.llama import params_for
+
+        return params_for(source.config if source.config is not None else given, source.metadata, dst)
+    return None
 
 
 def convert(
@@ -73,6 +95,7 @@ def convert(
 
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
+    ``options`` is read, never changed.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
@@ -81,25 +104,22 @@ def convert(
     check_destination(dst, force)
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
-    with formats.open(src, from_, options) as source:
+    with open_source(src, from_, options.reading()) as source:
         check_overlap(src, dst, list(source.side_files.values()) + _weight_paths(source))
-        source = layouts.adapt(source, target, options)
+        given = read_config_file(options.config, source) if options.config is not None else None
+        source = layouts.adapt(source, target, options, given)
         if dtype is not None:
             source = CastSource(source, dtype, allow_overflow)
+        writing = options.writing(config_to_write(source, given, target, options.arch, dst, options.assume_config),
+                                  shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
-        if shard_size:
-            options.extra["shard_size"] = shard_size
         show = sys.stderr.isatty() if progress is None else progress
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
-            options.extra["progress"] = advance
             notes: list[str] = []
-            try:
-                with atomic_output(dst, force, notes) as tmp:
-                    target.write(source, tmp, options)
-                    if tmp.is_dir():
-                        write_marker(tmp, format=target.id)
-            finally:
-                options.extra.pop("progress", None)
+            with atomic_output(dst, force, notes) as tmp:
+                target.write(source, tmp, writing, advance)
+                if tmp.is_dir():
+                    write_marker(tmp, format=target.id)
         return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
                       aliases=len(source.aliases()))
 
@@ -130,3 +150,6 @@ class _progress_bar:
     def __exit__(self, *exc):
         if self.show:
             self.bar.stop()
+
+
+__all__ = ["Result", "WriteOptions", "convert", "target_format"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..errors import LayoutError, UnsupportedError, need_torch
+from ..errors import SPELLING, LayoutError, UnsupportedError, need_torch
 from ..formats.base import Options, TensorSource
 from . import detect, families
 from .strict import key_mismatch
@@ -196,7 +196,7 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
         from .config import refuse_guesses
 
         refuse_guesses(cfg.to_hf_config(), f"{source.path}: building a {cfg.family} model",
-                       recorded="in the model's modelport_assumed")
+                       recorded="in the model's modelport_assumed" if SPELLING.get() == "api" else "in a note")
     source = _to_hub_layout(source, cfg.family, cfg.to_hf_config())
     model = build_model(cfg)
     load_weights(model, source, cfg, device=device, dtype=torch_dtype)

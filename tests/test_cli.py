@@ -83,7 +83,7 @@ def test_debug_shows_the_traceback(two_files):
 
     r = run_cli("--debug", "inspect", two_files / "missing.pt")     # a real process: the traceback reaches stderr
     assert r.returncode != 0 and "Traceback" in r.stderr
-    r = cli("inspect", two_files / "missing.pt", "--debug")        # after the sub-command too
+    r = run_cli("inspect", two_files / "missing.pt", "--debug")    # after the sub-command too
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 

@@ -90,8 +90,9 @@ class OnnxSource(TensorSource):
     def __init__(self, path: Path, options: Options):
         super().__init__(path)
         self.model = load_proto(path)
-        self._inits = {t.name: t for t in self.model.graph.initializer}
         self.metadata = {p.key: p.value for p in self.model.metadata_props}
+        prefix = self.metadata.get("modelport.strip_prefix", "")   # a wrapper's attribute name (transformers)
+        self._inits = {t.name.removeprefix(prefix): t for t in self.model.graph.initializer}
         self._aliases: dict[str, str] = {}
         if ALIASES_KEY in self.metadata:
             try:

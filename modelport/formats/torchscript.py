@@ -150,7 +150,9 @@ class TorchScriptSource(TensorSource):
     def __init__(self, path: Path, options: Options):
         super().__init__(path)
         self.module = load_module(path)
-        state = self.module.state_dict()
+        meta = read_metadata(path)
+        prefix = meta.get("strip_prefix") or ""          # a wrapper's attribute name (transformers models)
+        state = {k.removeprefix(prefix): v for k, v in self.module.state_dict().items()}
         self._tensors: dict = {}
         self._aliases: dict[str, str] = {}
         seen: dict[tuple, str] = {}
@@ -165,7 +167,6 @@ class TorchScriptSource(TensorSource):
             if key is not None:
                 seen[key] = name
             self._tensors[name] = t
-        meta = read_metadata(path)
         if meta:
             self.metadata = {f"modelport.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 

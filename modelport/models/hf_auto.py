@@ -116,10 +116,15 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
         from .loader import _torch_dtype
 
         kw["dtype"] = _torch_dtype(dtype)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
     try:
         model = auto.from_pretrained(str(path), **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise FormatError(f"{path}: transformers cannot load this directory ({' '.join(str(exc).split())[:200]})") from exc
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     model.eval().to(device)
     if kind == CAUSAL_LM:
         names, outputs = ["input_ids", "attention_mask"], ("logits",)

@@ -1,0 +1,402 @@
+"""Exporters: a runnable model written as TorchScript (script or trace) or as ONNX at a chosen opset.
+
+ONNX. The exporter is picked from the opset, as measured with torch 2.13 / onnx 1.23 / onnxruntime 1.32:
+the TorchScript-based ``torch.onnx.export(dynamo=False)`` for opsets 14-20 (it needs ``attention_mask``
+traced, which modelport always does), the torch.export-based ``dynamo=True`` (needs ``onnxscript``) for
+21-24; ``dynamo=True`` below 18 gives invalid graphs, and opset 13 lacks ``Trilu``. After export the
+file's ``opset_import`` must equal the request, ``onnx.checker.check_model`` runs on the path, the graph
+runs in onnxruntime at a second batch size and sequence length and is compared with eager, and
+``metadata_props`` record the source (path, sha256), modelport's version, the exporter and the opset.
+Weights keep their parameter names (no constant folding: a folded ``Transpose`` would store a
+transposed copy under a new name); a tied weight is one initializer, its other name recorded in
+``modelport.aliases``. Over 2 GB, or with ``external_data``, tensors go to one ``<name>.onnx.data`` beside
+the file, by relative location.
+
+TorchScript. ``script`` for modelport's reference models (written to be scriptable), ``trace`` for
+everything else; a trace is checked at a second batch size and sequence length against eager and
+refused when it specialised.
+
+Both write through :func:`modelport.atomic.atomic_output`: nothing appears unless it all succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_output, check_destination
+from ..errors import ModelportError, MissingDependencyError, UnsupportedError
+
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 24, 17
+LEGACY_MAX_OPSET = 20          # dynamo=False up to here; dynamo=True above
+TWO_GB = 2 * 10**9 - 64 * 2**20  # protobuf's limit, with room for the graph itself
+METHODS = ("script", "trace")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export (a role of its own beside reading, writing and converting options)."""
+
+    opset: int = DEFAULT_OPSET        # onnx
+    dtype: str | None = None          # fp32 | fp16 (None: the source's)
+    static_shapes: bool = False       # onnx: no dynamic batch / sequence axes
+    external_data: bool = False       # onnx: tensors in <name>.onnx.data even under 2 GB
+    method: str | None = None         # torchscript: script | trace (default: script for reference models)
+    device: str = "cpu"
+
+
+@dataclass
+class ExportResult:
+    dst: Path
+    format: str                       # onnx | torchscript
+    exporter: str                     # what wrote it, in words
+    origin: str                       # the runnable exported
+    bytes: int
+    opset: int | None = None
+    external_data: Path | None = None
+    max_abs_diff: float | None = None  # against eager, at the check shapes
+    notes: list[str] = field(default_factory=list)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's regular files (name and content, in name order)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _feeds(runnable, static: bool, second: bool):
+    """Inputs to trace with (batch 2, a left-padded row) and to check with (batch 3, longer, padded)."""
+    from ..models.runnable import CAUSAL_LM, ENCODER, example_feeds
+
+    if runnable.kind not in (CAUSAL_LM, ENCODER):
+        return example_feeds(runnable, seed=7 if second else 0)
+    if static:
+        return example_feeds(runnable, batch=1, seq_len=16, seed=7 if second else 0)
+    if second:
+        return example_feeds(runnable, batch=3, seq_len=11, seed=7, left_pad=3)
+    return example_feeds(runnable, batch=2, seq_len=7, seed=0, left_pad=2)
+
+
+def _compare(runnable, got: dict, want: dict, feeds: dict, fp16: bool) -> float:
+    """Largest |got - want| over the first output (padded positions of token models excluded)."""
+    import torch
+
+    name = runnable.outputs[0]
+    a, b = got[name].float().cpu(), want[name].float().cpu()
+    if a.shape != b.shape:
+        raise ModelportError(f"the exported model returns {name} of shape {list(a.shape)}, eager {list(b.shape)}")
+    mask = feeds.get("attention_mask")
+    if mask is not None and a.dim() >= 2 and tuple(a.shape[:2]) == tuple(mask.shape):
+        real = mask.bool().cpu()
+        a, b = a[real], b[real]
+    if not torch.isfinite(b).all():
+        return 0.0 if torch.equal(torch.isnan(a), torch.isnan(b)) else float("inf")
+    return (a - b).abs().max().item() if a.numel() else 0.0
+
+
+def _tolerance(want: dict, name: str, fp16: bool, base: float) -> float:
+    scale = max(1.0, want[name].float().abs().max().item())
+    return (2e-2 if fp16 else base) * scale
+
+
+def _load(src, *, arch, config, input_shape, input_dtype, engine, options: ExportOptions):
+    from ..models.runnable import load_runnable
+
+    dtype = {"fp32": "float32", "fp16": "float16", None: None}.get(options.dtype, options.dtype)
+    runnable = load_runnable(src, arch=arch, config=config, device=options.device, dtype=dtype,
+                             input_shape=input_shape, input_dtype=input_dtype, engine=engine)
+    if runnable.backend == "onnxruntime":
+        raise UnsupportedError(f"{src}: already an ONNX graph; modelport exports torch models (eager or TorchScript)")
+    return runnable
+
+
+def _strip_prefix(runnable) -> str:
+    """The wrapper's prefix on parameter names (transformers models are wrapped as ``model``)."""
+    return "model." if runnable.origin.startswith("transformers ") else ""
+
+
+def _metadata(runnable, src: Path, sha: str, exporter: str, opset: int | None) -> dict[str, str]:
+    meta = {"modelport.source": str(src), "modelport.source_sha256": sha, "modelport.version": _version(),
+            "modelport.exporter": exporter, "modelport.kind": runnable.kind, "modelport.origin": runnable.origin,
+            "modelport.inputs": json.dumps([{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)}
+                                            for i in runnable.inputs]),
+            "modelport.outputs": json.dumps(list(runnable.outputs))}
+    if opset is not None:
+        meta["modelport.opset"] = str(opset)
+    if runnable.vocab_size is not None:
+        meta["modelport.vocab_size"] = str(runnable.vocab_size)
+    prefix = _strip_prefix(runnable)
+    if prefix:
+        meta["modelport.strip_prefix"] = prefix
+    return meta
+
+
+def _tied(module) -> dict[str, str]:
+    """alias -> first name, for state-dict entries that are the same tensor."""
+    seen, out = {}, {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        if t.numel() == 0:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key in seen:
+            out[name] = seen[key]
+        else:
+            seen[key] = name
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' deprecation notices, tracer warnings and progress prints kept from users' output."""
+    from ..formats.torchscript import quiet_jit
+
+    with quiet_jit(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+# -- ONNX -------------------------------------------------------------------------------------------
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedError(f"opset {opset}: modelport exports ONNX opsets {MIN_OPSET}-{MAX_OPSET} "
+                               f"(default {DEFAULT_OPSET})")
+    return opset
+
+
+def _export_graph(module, args: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
+                  static: bool) -> str:
+    """torch.onnx.export with the exporter the opset needs; returns its description."""
+    import torch
+
+    if opset <= LEGACY_MAX_OPSET:
+        axes = None if static else {n: {0: "batch", 1: "sequence"} for n in names + outputs[:1]}
+        with _quiet():
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
+                              output_names=outputs[:1], dynamic_axes=axes, do_constant_folding=False)
+        return f"torch.onnx.export (TorchScript-based, dynamo=False), torch {torch.__version__}"
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(f"ONNX opset {opset} needs torch's torch.export-based exporter, which needs the "
+                                     "package 'onnxscript'; pip install onnxscript (or choose --opset 14-20)") from exc
+    shapes = None
+    if not static:
+        dim = torch.export.Dim.DYNAMIC
+        shapes = tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args)
+    with _quiet():
+        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, input_names=names,
+                          output_names=outputs[:1], dynamic_shapes=shapes, external_data=False, optimize=True)
+    return f"torch.onnx.export (torch.export-based, dynamo=True), torch {torch.__version__}"
+
+
+def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: dict, tied: dict, prefix: str) -> bool:
+    """Check the written opset, add metadata and tied aliases, lay the tensors out; True when external."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise UnsupportedError(f"asked for ONNX opset {opset} but the exporter wrote {written}; choose another --opset "
+                               f"({MIN_OPSET}-{MAX_OPSET})")
+    inits = {t.name for t in proto.graph.initializer}
+    aliases = {a.removeprefix(prefix): k.removeprefix(prefix) for a, k in tied.items() if a not in inits and k in inits}
+    if aliases:
+        meta = {**meta, "modelport.aliases": json.dumps(aliases)}
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    for p in path.parent.iterdir():          # a >2 GB export may have left one file per tensor
+        if p.name != path.name:
+            p.unlink()
+    external = external or proto.ByteSize() > TWO_GB
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    del proto
+    onnx.checker.check_model(str(path))
+    return external
+
+
+def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOptions(), force: bool = False,
+                         source_path=None) -> ExportResult:
+    """Write ``runnable`` (a torch module, eager or TorchScript) as ONNX at ``dst``."""
+    dst = Path(dst)
+    opset = check_opset(options.opset)
+    check_destination(dst, force)
+    src = Path(source_path or runnable.path or dst)
+    data_name = dst.name + ".data"
+    data_dst = dst.parent / data_name
+    with ThreadPoolExecutor(1) as pool:
+        sha = pool.submit(_sha256, src) if src.exists() else None
+        feeds = _feeds(runnable, options.static_shapes, second=False)
+        args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
+        names, outputs = [i.name for i in runnable.inputs], list(runnable.outputs)
+        with atomic_output(dst, force) as tmp:
+            stage = dst.parent / f".{dst.name}.modelport-{os.getpid()}.stage"
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir()
+            try:
+                staged = stage / dst.name
+                exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, options.static_shapes)
+                meta = _metadata(runnable, src, sha.result() if sha else "", exporter, opset)
+                external = _finish_onnx(staged, data_name, options.external_data, opset, meta, _tied(runnable.module),
+                                        _strip_prefix(runnable))
+                diff = _check_onnx(runnable, staged, options)
+                size = staged.stat().st_size
+                with atomic_output(data_dst, force) if external else contextlib.nullcontext() as tmp_data:
+                    if external:
+                        size += (stage / data_name).stat().st_size
+                        os.rename(stage / data_name, tmp_data)
+                    os.rename(staged, tmp)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    return ExportResult(dst, "onnx", exporter, runnable.origin, size, opset, data_dst if external else None, diff)
+
+
+def _check_onnx(runnable, path: Path, options: ExportOptions) -> float:
+    """The graph in onnxruntime against eager at the check shapes; refused beyond tolerance."""
+    from ..models.graph import onnx_runnable
+
+    graph = onnx_runnable(path, device=options.device)
+    feeds = _feeds(runnable, options.static_shapes, second=True)
+    got = graph.run(feeds)
+    want = runnable.run(feeds)
+    diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
+    tol = _tolerance(want, runnable.outputs[0], options.dtype == "fp16", 1e-4)
+    if not diff <= tol:
+        raise ModelportError(f"the exported ONNX graph differs from the eager model by {diff:.3g} (> {tol:.3g}) at "
+                             "another batch size and sequence length; nothing was written")
+    return diff
+
+
+def export_onnx(src_path, dst_path, *, opset: int = DEFAULT_OPSET, dtype: str | None = None, static_shapes: bool = False,
+                external_data: bool = False, device: str = "cpu", arch: str | None = None, config=None,
+                input_shape=None, input_dtype=None, engine: str = "auto", force: bool = False) -> ExportResult:
+    """Export the model at ``src_path`` (any runnable source) to ONNX at ``dst_path``."""
+    options = ExportOptions(opset=check_opset(opset), dtype=dtype, static_shapes=static_shapes,
+                            external_data=external_data, device=device)
+    check_destination(Path(dst_path), force)
+    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
+                     engine=engine, options=options)
+    return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
+
+
+# -- TorchScript ------------------------------------------------------------------------------------
+
+def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = ExportOptions(), force: bool = False,
+                                source_path=None) -> ExportResult:
+    """Write ``runnable`` (an eager torch module) as a TorchScript archive at ``dst``."""
+    import torch
+
+    dst = Path(dst)
+    check_destination(dst, force)
+    if runnable.backend != "torch":
+        raise UnsupportedError(f"{runnable.path}: already {runnable.backend}; export a torch model to TorchScript")
+    method = options.method or ("script" if runnable.origin.startswith("modelport reference") else "trace")
+    if method not in METHODS:
+        raise UnsupportedError(f"--method {method}: choose script or trace")
+    src = Path(source_path or runnable.path or dst)
+    feeds = _feeds(runnable, False, second=False)
+    args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
+    with _quiet(), torch.no_grad():
+        if method == "script":
+            try:
+                ts = torch.jit.script(runnable.module)
+            except Exception as exc:  # torch.jit.frontend errors have no common public base
+                raise UnsupportedError(f"{src}: {runnable.origin} cannot be scripted ({str(exc).splitlines()[0][:160]}); "
+                                       "use --method trace") from exc
+        else:
+            ts = torch.jit.trace(runnable.module, args, check_trace=False, strict=False)
+    diff = _check_torchscript(runnable, ts, options, method, src)
+    meta = {"kind": runnable.kind, "origin": f"TorchScript ({method}) of {runnable.origin}",
+            "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in runnable.inputs],
+            "outputs": list(runnable.outputs), "vocab_size": runnable.vocab_size, "method": method,
+            "source": str(src), "source_sha256": _sha256(src) if src.exists() else "", "version": _version(),
+            "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": _strip_prefix(runnable)}
+    with atomic_output(dst, force) as tmp, _quiet():
+        torch.jit.save(ts, str(tmp), _extra_files={"modelport.json": json.dumps(meta)})
+    return ExportResult(dst, "torchscript", meta["exporter"], runnable.origin, dst.stat().st_size, None, None, diff,
+                        [f"method {method}"])
+
+
+def _check_torchscript(runnable, ts, options: ExportOptions, method: str, src: Path) -> float:
+    import torch
+
+    feeds = _feeds(runnable, False, second=True)
+    args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
+    want = runnable.run(feeds)
+    try:
+        with _quiet(), torch.no_grad():
+            out = ts(*args)
+        from ..models.runnable import _first_outputs
+
+        got = dict(zip(runnable.outputs, _first_outputs(out, len(runnable.outputs))))
+        diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
+    except RuntimeError as exc:
+        diff, detail = float("inf"), str(exc).splitlines()[0][:120]
+    else:
+        detail = None
+    tol = _tolerance(want, runnable.outputs[0], options.dtype == "fp16", 1e-5)
+    if not diff <= tol:
+        if method == "trace":
+            why = f"fails ({detail})" if detail else f"differs from eager by {diff:.3g}"
+            raise UnsupportedError(f"{src}: the traced module specialised to the traced shapes: at another batch size "
+                                   f"and sequence length it {why}; use --method script, or a user module "
+                                   "(--arch package.module:factory) written to trace")
+        raise ModelportError(f"{src}: the scripted module differs from eager by {diff:.3g}; nothing was written")
+    return diff
+
+
+def export_torchscript(src_path, dst_path, *, method: str | None = None, dtype: str | None = None, device: str = "cpu",
+                       arch: str | None = None, config=None, input_shape=None, input_dtype=None, engine: str = "auto",
+                       force: bool = False) -> ExportResult:
+    """Export the model at ``src_path`` (any runnable source) to TorchScript at ``dst_path``."""
+    options = ExportOptions(method=method, dtype=dtype, device=device)
+    check_destination(Path(dst_path), force)
+    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
+                     engine=engine, options=options)
+    return export_torchscript_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
+
+
+def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOptions(), arch: str | None = None,
+           config=None, input_shape=None, input_dtype=None, engine: str = "auto", force: bool = False) -> ExportResult:
+    """``convert`` to a graph format: ``to`` is onnx or torchscript."""
+    if options.dtype not in (None, "fp32", "fp16", "float32", "float16"):
+        raise UnsupportedError(f"--dtype {options.dtype}: graph exports are fp32 or fp16")
+    if to == "onnx":
+        check_opset(options.opset)
+    elif to != "torchscript":
+        raise UnsupportedError(f"format {to!r} is not a graph format")
+    check_destination(Path(dst_path), force)
+    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
+                     engine=engine, options=options)
+    write = export_onnx_runnable if to == "onnx" else export_torchscript_runnable
+    return write(runnable, dst_path, options=options, force=force, source_path=src_path)
+
+
+__all__ = ["export", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "export_onnx",
+           "export_onnx_runnable", "export_torchscript", "export_torchscript_runnable"]

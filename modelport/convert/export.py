@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_output, check_destination
-from ..errors import ModelportError, MissingDependencyError, UnsupportedError
+from ..errors import MissingDependencyError, ModelportError, UnsupportedError
+from ..models.runnable import TENSOR
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 24, 17
 LEGACY_MAX_OPSET = 20          # dynamo=False up to here; dynamo=True above
@@ -261,7 +262,8 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
             stage.mkdir()
             try:
                 staged = stage / dst.name
-                exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, options.static_shapes)
+                static = options.static_shapes or runnable.kind == TENSOR     # tensor models have one fixed shape
+                exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, static)
                 meta = _metadata(runnable, src, sha.result() if sha else "", exporter, opset)
                 external = _finish_onnx(staged, data_name, options.external_data, opset, meta, _tied(runnable.module),
                                         _strip_prefix(runnable))

@@ -104,6 +104,8 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
                                                                    for d in i.shape)))
     outputs = tuple(o.name for o in session.get_outputs())
     kind = meta.get("modelport.kind") or _kind_of([i.name for i in inputs], list(outputs))
+    if kind == TENSOR and meta.get("modelport.inputs"):
+        inputs = list(_specs_from_meta({"inputs": meta["modelport.inputs"]}))
     if kind == TENSOR:
         if len(inputs) != 1:
             raise UnsupportedError(f"{path}: the graph takes {len(inputs)} inputs; modelport runs graphs that take "

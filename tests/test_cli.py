@@ -116,3 +116,16 @@ def test_inspect_run_with_a_user_factory(cli, tmp_path):
     assert json.loads(r.stdout)["run"]["output"] == [3, 2]
     r = cli("inspect", "w.safetensors", "--run", "--arch", "mynets:build", "--input-shape", "3,6", cwd=tmp_path)
     assert r.returncode == 2 and "'0.weight' has shape [5, 6]" in r.stderr
+
+
+def test_convert_to_onnx_and_torchscript_keeps_jit_notices_out(cli, tmp_path):
+    from tests.models import tiny
+
+    tiny.gpt2(seed=41).save_pretrained(tmp_path / "src")
+    r = cli("convert", tmp_path / "src", tmp_path / "m.onnx", "--opset", "18")
+    assert r.returncode == 0, r.stderr
+    assert "opset 18" in r.stdout and r.stderr == ""
+    r = cli("convert", tmp_path / "src", tmp_path / "m.pt", "--to", "torchscript", "--method", "trace",
+            "--engine", "transformers")
+    assert r.returncode == 0, r.stderr
+    assert "torchscript" in r.stdout and r.stderr == ""

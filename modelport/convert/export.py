@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -172,9 +173,17 @@ def _quiet():
     """The exporters' deprecation notices, tracer warnings and progress prints kept from users' output."""
     from ..formats.torchscript import quiet_jit
 
-    with quiet_jit(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    hf_logging = sys.modules.get("transformers.utils.logging")     # only when transformers is already in use
+    level = hf_logging.get_verbosity() if hf_logging else None
+    if hf_logging:
+        hf_logging.set_verbosity_error()
+    try:
+        with quiet_jit(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if hf_logging:
+            hf_logging.set_verbosity(level)
 
 
 # -- ONNX -------------------------------------------------------------------------------------------

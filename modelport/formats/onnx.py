@@ -160,7 +160,7 @@ def _looks_like_model(head: bytes) -> bool:
 
 class Onnx(Format):
     id = "onnx"
-    description = "ONNX model: initializers as tensors, the graph runs in onnxruntime; written by export at opset 14-23"
+    description = "ONNX model: initializers as tensors, the graph runs in onnxruntime; written by export at opsets 14-24 (default 17)"
     suffixes = (".onnx",)
     runnable = True
     graph = True

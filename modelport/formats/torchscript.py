@@ -206,7 +206,7 @@ class TorchScriptSource(TensorSource):
 
 class TorchScript(Format):
     id = "torchscript"
-    description = "torch.jit archive (script or trace); pickles allow-listed before torch.jit.load; written by export"
+    description = "torch.jit archive (script or trace); pickles allow-listed before torch.jit.load; written by export (--to torchscript)"
     suffixes = (".ts", ".torchscript", ".jit")   # .pt stays the pt format's: pass --to torchscript
     runnable = True
     graph = True                   # written by exporting a runnable model, not by copying tensors

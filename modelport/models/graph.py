@@ -121,7 +121,8 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
     if vocab is None and kind == ENCODER:
         vocab = 2      # ids are only looked up: any id below the smallest vocabulary runs
     return OrtRunnable(kind=kind, inputs=tuple(inputs), outputs=outputs,
-                       origin=meta.get("modelport.origin", f"ONNX graph ({proto_producer(meta)})"), path=path,
+                       origin=f"ONNX graph of {meta['modelport.origin']}" if "modelport.origin" in meta
+                       else f"ONNX graph ({proto_producer(meta)})", path=path,
                        device="cuda" if providers and providers[0].startswith("CUDA") else "cpu", vocab_size=int(vocab) if vocab else None,
                        module=session, providers=tuple(providers))
 

@@ -106,6 +106,15 @@ class OrtRunnable(Runnable):
         values = self.module.run(list(self.outputs), arrays)
         return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
 
+    @property
+    def parameters(self) -> int:
+        """Elements in the graph's initializers."""
+        import math
+
+        from ..formats.onnx import load_proto
+
+        return sum(math.prod(t.dims) for t in load_proto(self.path).graph.initializer) if self.path else 0
+
 
 def ort_session(path, device: str = "cpu"):
     """An onnxruntime session for the graph at ``path`` and the providers it really uses.

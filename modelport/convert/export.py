@@ -195,12 +195,16 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+def exporter_is_legacy(opset: int) -> bool:
+    return opset <= LEGACY_MAX_OPSET
+
+
 def _export_graph(module, args: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
                   static: bool) -> str:
     """torch.onnx.export with the exporter the opset needs; returns its description."""
     import torch
 
-    if opset <= LEGACY_MAX_OPSET:
+    if exporter_is_legacy(opset):
         axes = None if static else {n: {0: "batch", 1: "sequence"} for n in names + outputs[:1]}
         with _quiet():
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
@@ -221,10 +225,90 @@ def _export_graph(module, args: tuple, names: list[str], outputs: list[str], pat
     return f"torch.onnx.export (torch.export-based, dynamo=True), torch {torch.__version__}"
 
 
-def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: dict, tied: dict, prefix: str) -> bool:
-    """Check the written opset, add metadata and tied aliases, lay the tensors out; True when external."""
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
+def _top_level(path: Path) -> tuple[int | None, bool]:
+    """The default-domain opset of a ModelProto file and whether it has external data, read by walking its
+    top-level fields (the graph is skipped by its length, never parsed)."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        pos, opset = 0, None
+        while pos < len(buf):
+            tag, pos = _read_varint(buf, pos)
+            field_no, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = _read_varint(buf, pos)
+                continue
+            if wire != 2:
+                return None, False      # not what an exporter writes: let the caller parse it properly
+            length, pos = _read_varint(buf, pos)
+            if field_no == 8:           # opset_import: OperatorSetIdProto {1: domain, 2: version}
+                domain, version, p = "", None, pos
+                while p < pos + length:
+                    t, p = _read_varint(buf, p)
+                    if t == 0x0A:
+                        n, p = _read_varint(buf, p)
+                        domain, p = bytes(buf[p:p + n]).decode(), p + n
+                    elif t == 0x10:
+                        version, p = _read_varint(buf, p)
+                    else:
+                        return None, False
+                if domain in ("", "ai.onnx"):
+                    opset = version
+            pos += length
+    return opset, False
+
+
+def _entry(key: str, value: str) -> bytes:
+    """One ModelProto.metadata_props entry (field 14), serialised: appended fields merge on parse."""
+    k, v = key.encode(), value.encode()
+    body = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(v)) + v
+    return b"\x72" + _varint(len(body)) + body
+
+
+def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: dict, tied: dict, prefix: str,
+                 kept: set[str] | None = None) -> bool:
+    """Check the written opset, add metadata and tied aliases, lay the tensors out; True when external.
+
+    The common case (one file under 2 GB, ``kept`` naming the initializers) never parses the graph: the
+    opset is read from the top-level fields and the metadata entries are appended to the file, which
+    protobuf merges into the repeated field."""
     import onnx
 
+    size = path.stat().st_size
+    if kept is not None and not external and size <= TWO_GB and len(list(path.parent.iterdir())) == 1:
+        written, _ = _top_level(path)
+        if written is not None:
+            if written != opset:
+                raise UnsupportedError(f"asked for ONNX opset {opset} but the exporter wrote {written}; choose "
+                                       f"another --opset ({MIN_OPSET}-{MAX_OPSET})")
+            aliases = {a.removeprefix(prefix): k.removeprefix(prefix) for a, k in tied.items()
+                       if a not in kept and k in kept}
+            if aliases:
+                meta = {**meta, "modelport.aliases": json.dumps(aliases)}
+            with open(path, "ab") as f:
+                f.write(b"".join(_entry(k, v) for k, v in meta.items()))
+            onnx.checker.check_model(str(path))
+            return False
     proto = onnx.load(str(path))
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
@@ -274,8 +358,12 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
                 static = options.static_shapes or runnable.kind == TENSOR     # tensor models have one fixed shape
                 exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, static)
                 meta = _metadata(runnable, src, sha.result() if sha else "", exporter, opset)
+                kept = None
+                if exporter_is_legacy(opset):        # it names initializers after the parameters, once each
+                    kept = {n for n, _ in runnable.module.named_parameters()} | {
+                        n for n, _ in runnable.module.named_buffers()}
                 external = _finish_onnx(staged, data_name, options.external_data, opset, meta, _tied(runnable.module),
-                                        _strip_prefix(runnable))
+                                        _strip_prefix(runnable), kept)
                 diff = _check_onnx(runnable, staged, options)
                 size = staged.stat().st_size
                 with atomic_output(data_dst, force) if external else contextlib.nullcontext() as tmp_data:

@@ -195,6 +195,64 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+# torch dtype name -> onnx.TensorProto.DataType
+_ONNX_TYPE = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
+              "float64": 11, "bfloat16": 16}
+
+
+def _named_tensors(module) -> dict:
+    """Parameters and buffers by name, each tensor once (a tied weight under its first name)."""
+    out = dict(module.named_parameters())
+    for name, b in module.named_buffers():
+        out.setdefault(name, b)
+    return out
+
+
+def _add_weights(path: Path, tensors: dict) -> None:
+    """Turn a graph exported without parameters (they became graph inputs named after them) into one
+    with initializers, writing each tensor's bytes straight from the module into the file.
+
+    ``torch.onnx.export(export_params=True)`` builds the whole model as a protobuf in memory, then a
+    serialized copy: twice the weights on top of the module. Here the weightless graph is parsed
+    (small), the parameter inputs dropped, and the ModelProto written as its fields, the graph's
+    length computed beforehand and each initializer (dims, type, name, raw_data) streamed after the
+    graph's other fields. Protobuf does not care about field order."""
+    import onnx
+    import torch
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    used = {i.name for i in graph.input} & set(tensors)
+    inputs = [i for i in graph.input if i.name not in used]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    entries, total = [], 0
+    for name in (n for n in tensors if n in used):
+        t = tensors[name].detach().cpu().contiguous()
+        from .. import dtypes
+
+        kind = _ONNX_TYPE.get(dtypes.from_torch(t.dtype))
+        if kind is None:
+            raise UnsupportedError(f"tensor {name!r} of dtype {t.dtype} has no ONNX type")
+        nbytes = t.numel() * t.element_size()
+        key = name.encode()
+        head = (b"".join(b"\x08" + _varint(d) for d in t.shape) + b"\x10" + _varint(kind)
+                + b"\x42" + _varint(len(key)) + key + b"\x4a" + _varint(nbytes))
+        entry = b"\x2a" + _varint(len(head) + nbytes) + head
+        entries.append((entry, t))
+        total += len(entry) + nbytes
+    body = graph.SerializeToString()
+    proto.ClearField("graph")
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+        f.write(b"\x3a" + _varint(len(body) + total))
+        f.write(body)
+        for entry, t in entries:
+            f.write(entry)
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
 def exporter_is_legacy(opset: int) -> bool:
     return opset <= LEGACY_MAX_OPSET
 
@@ -206,9 +264,14 @@ def _export_graph(module, args: tuple, names: list[str], outputs: list[str], pat
 
     if exporter_is_legacy(opset):
         axes = None if static else {n: {0: "batch", 1: "sequence"} for n in names + outputs[:1]}
+        tensors = _named_tensors(module)
+        stream = sum(t.numel() * t.element_size() for t in tensors.values()) <= TWO_GB
         with _quiet():
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
-                              output_names=outputs[:1], dynamic_axes=axes, do_constant_folding=False)
+                              output_names=outputs[:1], dynamic_axes=axes, do_constant_folding=False,
+                              export_params=not stream)
+        if stream:
+            _add_weights(path, {n: t for n, t in tensors.items() if n not in names})
         return f"torch.onnx.export (TorchScript-based, dynamo=False), torch {torch.__version__}"
     try:
         import onnxscript  # noqa: F401
@@ -336,8 +399,12 @@ def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: d
 
 
 def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOptions(), force: bool = False,
-                         source_path=None) -> ExportResult:
-    """Write ``runnable`` (a torch module, eager or TorchScript) as ONNX at ``dst``."""
+                         source_path=None, release: bool = False) -> ExportResult:
+    """Write ``runnable`` (a torch module, eager or TorchScript) as ONNX at ``dst``.
+
+    ``release=True`` lets the export drop ``runnable.module`` once the graph is written (the eager
+    outputs it is checked against are computed first), so the check of the file does not hold the
+    weights twice: for callers that built the runnable only to export it."""
     dst = Path(dst)
     opset = check_opset(options.opset)
     check_destination(dst, force)
@@ -356,15 +423,22 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
             try:
                 staged = stage / dst.name
                 static = options.static_shapes or runnable.kind == TENSOR     # tensor models have one fixed shape
+                check_feeds = _feeds(runnable, options.static_shapes, second=True)
+                want = runnable.run(check_feeds)
                 exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, static)
                 meta = _metadata(runnable, src, sha.result() if sha else "", exporter, opset)
                 kept = None
                 if exporter_is_legacy(opset):        # it names initializers after the parameters, once each
-                    kept = {n for n, _ in runnable.module.named_parameters()} | {
-                        n for n, _ in runnable.module.named_buffers()}
-                external = _finish_onnx(staged, data_name, options.external_data, opset, meta, _tied(runnable.module),
+                    kept = set(_named_tensors(runnable.module))
+                tied = _tied(runnable.module)
+                if release:
+                    runnable.module = args = None
+                    import gc
+
+                    gc.collect()
+                external = _finish_onnx(staged, data_name, options.external_data, opset, meta, tied,
                                         _strip_prefix(runnable), kept)
-                diff = _check_onnx(runnable, staged, options)
+                diff = _check_onnx(runnable, staged, options, check_feeds, want)
                 size = staged.stat().st_size
                 with atomic_output(data_dst, force) if external else contextlib.nullcontext() as tmp_data:
                     if external:
@@ -376,14 +450,12 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
     return ExportResult(dst, "onnx", exporter, runnable.origin, size, opset, data_dst if external else None, diff)
 
 
-def _check_onnx(runnable, path: Path, options: ExportOptions) -> float:
-    """The graph in onnxruntime against eager at the check shapes; refused beyond tolerance."""
+def _check_onnx(runnable, path: Path, options: ExportOptions, feeds: dict, want: dict) -> float:
+    """The graph in onnxruntime against the eager outputs ``want`` for ``feeds``; refused beyond tolerance."""
     from ..models.graph import onnx_runnable
 
     graph = onnx_runnable(path, device=options.device)
-    feeds = _feeds(runnable, options.static_shapes, second=True)
     got = graph.run(feeds)
-    want = runnable.run(feeds)
     diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
     tol = _tolerance(want, runnable.outputs[0], options.dtype == "fp16", 1e-4)
     if not diff <= tol:
@@ -401,7 +473,7 @@ def export_onnx(src_path, dst_path, *, opset: int = DEFAULT_OPSET, dtype: str | 
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
                      engine=engine, options=options)
-    return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
+    return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path, release=True)
 
 
 # -- TorchScript ------------------------------------------------------------------------------------
@@ -493,8 +565,10 @@ def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOption
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
                      engine=engine, options=options)
-    write = export_onnx_runnable if to == "onnx" else export_torchscript_runnable
-    return write(runnable, dst_path, options=options, force=force, source_path=src_path)
+    if to == "onnx":
+        return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path,
+                                    release=True)
+    return export_torchscript_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
 
 
 __all__ = ["export", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "export_onnx",

@@ -12,6 +12,12 @@ For each: wall time, peak RSS (VmHWM of the process, file-backed pages included;
 optimum, which runs one process), the size of what it wrote, and whether the tied embedding is stored
 once (the number of initializers shaped like the embedding).
 
+What bounds modelport's figures: peak RSS is set while the model is loaded (the weights read from
+safetensors into the module: file pages and the module's copy, about 2.6x the checkpoint for a moment),
+not by the export, which writes each weight straight from the module into the file, nor by the check,
+which runs after the module is released. Wall time is mostly torch's TorchScript-based exporter itself
+(its ONNX shape inference), then importing torch, loading, and the onnxruntime check.
+
 Usage: python benchmarks/bench_onnx_export.py [--optimum /work/optimum-venv/bin/optimum-cli] [--workdir DIR]
 """
 

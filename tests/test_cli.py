@@ -78,8 +78,10 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(cli, two_files):
     assert not (d / "o.safetensors").exists() and not (d / "o.unknown").exists()
 
 
-def test_debug_shows_the_traceback(cli, two_files):
-    r = cli("--debug", "inspect", two_files / "missing.pt")
+def test_debug_shows_the_traceback(two_files):
+    from tests.conftest import run_cli
+
+    r = run_cli("--debug", "inspect", two_files / "missing.pt")     # a real process: the traceback reaches stderr
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
@@ -119,13 +121,14 @@ def test_inspect_run_with_a_user_factory(cli, tmp_path):
 
 
 def test_convert_to_onnx_and_torchscript_keeps_jit_notices_out(cli, tmp_path):
+    from tests.conftest import run_cli
     from tests.models import tiny
 
     tiny.gpt2(seed=41).save_pretrained(tmp_path / "src")
     r = cli("convert", tmp_path / "src", tmp_path / "m.onnx", "--opset", "18")
     assert r.returncode == 0, r.stderr
     assert "opset 18" in r.stdout and r.stderr == ""
-    r = cli("convert", tmp_path / "src", tmp_path / "m.pt", "--to", "torchscript", "--method", "trace",
+    r = run_cli("convert",       # a real process: torch.jit's and transformers' notices would show here tmp_path / "src", tmp_path / "m.pt", "--to", "torchscript", "--method", "trace",
             "--engine", "transformers")
     assert r.returncode == 0, r.stderr
     assert "torchscript" in r.stdout and r.stderr == ""

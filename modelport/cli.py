@@ -171,6 +171,7 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     target = target_format(dst, to)
     if target.graph:
         from .convert.export import DEFAULT_OPSET, ExportOptions, export
+        from .render import human
 
         options = ExportOptions(opset=opset or DEFAULT_OPSET, dtype=dtype, static_shapes=static_shapes,
                                 external_data=external_data, method=method, device=device)

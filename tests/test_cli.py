@@ -128,7 +128,8 @@ def test_convert_to_onnx_and_torchscript_keeps_jit_notices_out(cli, tmp_path):
     r = cli("convert", tmp_path / "src", tmp_path / "m.onnx", "--opset", "18")
     assert r.returncode == 0, r.stderr
     assert "opset 18" in r.stdout and r.stderr == ""
-    r = run_cli("convert",       # a real process: torch.jit's and transformers' notices would show here tmp_path / "src", tmp_path / "m.pt", "--to", "torchscript", "--method", "trace",
-            "--engine", "transformers")
+    # a real process: torch.jit's and transformers' notices would show here
+    r = run_cli("convert", tmp_path / "src", tmp_path / "m.pt", "--to", "torchscript", "--method", "trace",
+                "--engine", "transformers")
     assert r.returncode == 0, r.stderr
     assert "torchscript" in r.stdout and r.stderr == ""

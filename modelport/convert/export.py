@@ -231,7 +231,7 @@ def _add_weights(path: Path, tensors: dict) -> None:
         t = tensors[name].detach().cpu().contiguous()
         from .. import dtypes
 
-        kind = _ONNX_TYPE.get(dtypes.from_torch(t.dtype))
+        kind = _ONNX_TYPE.get(dtypes.canonical(t.dtype))
         if kind is None:
             raise UnsupportedError(f"tensor {name!r} of dtype {t.dtype} has no ONNX type")
         nbytes = t.numel() * t.element_size()

@@ -175,7 +175,7 @@ class TorchScriptSource(TensorSource):
 
     def info(self, name: str) -> TensorInfo:
         t = self._get(name)
-        return TensorInfo(name, dtypes.from_torch(t.dtype), tuple(t.shape))
+        return TensorInfo(name, dtypes.canonical(t.dtype), tuple(t.shape))
 
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)

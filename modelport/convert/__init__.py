@@ -86,6 +86,12 @@ def convert(
     options = options or Options()
     target = target_format(dst, to)
     check_destination(dst, force)
+    if target.graph:       # a program, not weights: export the runnable model (defaults: opset 17, script/trace)
+        from .export import ExportOptions, export
+
+        done = export(src, dst, target.id, options=ExportOptions(dtype=dtype), force=force,
+                      arch=options.arch, config=options.config)
+        return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"])
     if dst.exists() and src.resolve() == dst.resolve():
         raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
     if dtype is not None:

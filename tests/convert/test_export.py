@@ -190,3 +190,12 @@ def test_lua_cnn_both_ways_matches_the_rebuilt_module(tmp_path, fmt, name):
         got, want = graph.run(feeds)["output"], eager.run(feeds)["output"]
         assert got.shape == want.shape
         assert (got - want).abs().max().item() <= (1e-4 if fmt == "onnx" else 1e-5)
+
+
+def test_python_convert_to_a_graph_format_exports(tmp_path):
+    import modelport
+
+    tiny.gptneox(seed=7).save_pretrained(tmp_path / "src")
+    result = modelport.convert(tmp_path / "src", tmp_path / "m.onnx")
+    assert result.target_format == "onnx" and (tmp_path / "m.onnx").is_file()
+    assert onnx_runnable(tmp_path / "m.onnx").origin.startswith("ONNX graph of modelport reference gptneox")

@@ -173,6 +173,11 @@ def _quiet():
     """The exporters' deprecation notices, tracer warnings and progress prints kept from users' output."""
     from ..formats.torchscript import quiet_jit
 
+    import logging
+
+    torch_onnx_log = logging.getLogger("torch.onnx")      # "torchvision is not installed. Skipping …"
+    onnx_level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)
     hf_logging = sys.modules.get("transformers.utils.logging")     # only when transformers is already in use
     level = hf_logging.get_verbosity() if hf_logging else None
     if hf_logging:
@@ -182,6 +187,7 @@ def _quiet():
             warnings.simplefilter("ignore")
             yield
     finally:
+        torch_onnx_log.setLevel(onnx_level)
         if hf_logging:
             hf_logging.set_verbosity(level)
 
@@ -349,7 +355,7 @@ def _entry(key: str, value: str) -> bytes:
 
 
 def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: dict, tied: dict, prefix: str,
-                 kept: set[str] | None = None) -> bool:
+                 kept: set[str] | None = None, state_names: set[str] | None = None) -> bool:
     """Check the written opset, add metadata and tied aliases, lay the tensors out; True when external.
 
     The common case (one file under 2 GB, ``kept`` naming the initializers) never parses the graph: the
@@ -378,9 +384,18 @@ def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: d
         raise UnsupportedError(f"asked for ONNX opset {opset} but the exporter wrote {written}; choose another --opset "
                                f"({MIN_OPSET}-{MAX_OPSET})")
     inits = {t.name for t in proto.graph.initializer}
-    aliases = {a.removeprefix(prefix): k.removeprefix(prefix) for a, k in tied.items() if a not in inits and k in inits}
+    aliases = {}
+    for a, k in tied.items():        # the exporter may keep a tied weight under either of its names
+        if a not in inits and k in inits:
+            aliases[a.removeprefix(prefix)] = k.removeprefix(prefix)
+        elif k not in inits and a in inits:
+            aliases[k.removeprefix(prefix)] = a.removeprefix(prefix)
     if aliases:
         meta = {**meta, "modelport.aliases": json.dumps(aliases)}
+    if state_names is not None:      # the exporter's own constants (shapes, folded values), not weights
+        constants = sorted(inits - state_names)
+        if constants:
+            meta = {**meta, "modelport.constants": json.dumps(constants)}
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -431,13 +446,14 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
                 if exporter_is_legacy(opset):        # it names initializers after the parameters, once each
                     kept = set(_named_tensors(runnable.module))
                 tied = _tied(runnable.module)
+                state_names = set(runnable.module.state_dict()) | set(_named_tensors(runnable.module))
                 if release:
                     runnable.module = args = None
                     import gc
 
                     gc.collect()
                 external = _finish_onnx(staged, data_name, options.external_data, opset, meta, tied,
-                                        _strip_prefix(runnable), kept)
+                                        _strip_prefix(runnable), kept, state_names)
                 diff = _check_onnx(runnable, staged, options, check_feeds, want)
                 size = staged.stat().st_size
                 with atomic_output(data_dst, force) if external else contextlib.nullcontext() as tmp_data:

@@ -92,7 +92,8 @@ class OnnxSource(TensorSource):
         self.model = load_proto(path)
         self.metadata = {p.key: p.value for p in self.model.metadata_props}
         prefix = self.metadata.get("modelport.strip_prefix", "")   # a wrapper's attribute name (transformers)
-        self._inits = {t.name.removeprefix(prefix): t for t in self.model.graph.initializer}
+        constants = set(self._json_list("modelport.constants"))   # the exporter's own, not the source's
+        self._inits = {t.name.removeprefix(prefix): t for t in self.model.graph.initializer if t.name not in constants}
         self._aliases: dict[str, str] = {}
         if ALIASES_KEY in self.metadata:
             try:
@@ -103,6 +104,13 @@ class OnnxSource(TensorSource):
         opset = opset_of(self.model)
         self.notes.append(f"ONNX opset {opset}, IR version {self.model.ir_version}, producer "
                           f"{self.model.producer_name} {self.model.producer_version}".strip())
+
+    def _json_list(self, key: str) -> list:
+        try:
+            value = json.loads(self.metadata.get(key, "[]"))
+        except ValueError:
+            return []
+        return value if isinstance(value, list) else []
 
     def names(self) -> list[str]:
         return list(self._inits)

@@ -74,6 +74,15 @@ def test_onnx_matches_eager(reference, tmp_path, family, opset):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["modelport.opset"] == str(opset) and "dynamo" in meta["modelport.exporter"]
     assert_matches(onnx_runnable(tmp_path / "m.onnx"), eager, 1e-4)
+    from modelport import formats
+
+    from ..conftest import bitwise_equal
+
+    state = eager.module.state_dict()
+    with formats.open(tmp_path / "m.onnx") as src:          # read back: the module's weights, bit for bit
+        assert set(src.names()) | set(src.aliases()) == set(state)
+        for name in state:
+            assert bitwise_equal(src.read(name), state[name]), name
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

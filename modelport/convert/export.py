@@ -7,8 +7,9 @@ traced, which modelport always does), the torch.export-based ``dynamo=True`` (ne
 file's ``opset_import`` must equal the request, ``onnx.checker.check_model`` runs on the path, the graph
 runs in onnxruntime at a second batch size and sequence length and is compared with eager, and
 ``metadata_props`` record the source (path, sha256), modelport's version, the exporter and the opset.
-Weights keep their parameter names (no constant folding: a folded ``Transpose`` would store a
-transposed copy under a new name); a tied weight is one initializer, its other name recorded in
+Weights keep their parameter names (no constant folding and, for ``dynamo=True``, no graph
+optimisation: either would store transposed or fused copies under new names; onnxruntime folds them
+when it loads the graph); a tied weight is one initializer, its other name recorded in
 ``modelport.aliases``. Over 2 GB, or with ``external_data``, tensors go to one ``<name>.onnx.data`` beside
 the file, by relative location.
 
@@ -290,7 +291,7 @@ def _export_graph(module, args: tuple, names: list[str], outputs: list[str], pat
         shapes = tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args)
     with _quiet():
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, input_names=names,
-                          output_names=outputs[:1], dynamic_shapes=shapes, external_data=False, optimize=True)
+                          output_names=outputs[:1], dynamic_shapes=shapes, external_data=False, optimize=False)
     return f"torch.onnx.export (torch.export-based, dynamo=True), torch {torch.__version__}"
 
 

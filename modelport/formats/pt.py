@@ -373,7 +373,7 @@ class Pt(Format):
         return PtSource(path, options)
 
     def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        write_pt(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
+        write_pt(source, dst, crc32=options.crc32, progress=options.extra.get("progress"), align=options.align)
 
 
 register(Pt())

@@ -34,13 +34,13 @@ def _model(seed: int) -> dict[str, torch.Tensor]:
     """Large tensors of several dtypes (each >= ALIGN_MIN bytes, distinct sizes) among small ones."""
     g = torch.Generator().manual_seed(seed)
     sd = {
-        "embed.weight": torch.randn(1037, 400, generator=g),                       # 1.66 MB
-        "embed.bias": torch.randn(400, generator=g),
-        "block.0.w": torch.randn(700, 800, generator=g).to(torch.bfloat16),          # 1.12 MB
+        "embed.weight": torch.randn(1637, 800, generator=g),                      # 5.24 MB
+        "embed.bias": torch.randn(800, generator=g),
+        "block.0.w": torch.randn(1500, 1450, generator=g).to(torch.bfloat16),       # 4.35 MB
         "block.0.b": torch.randint(-100, 100, (37,), generator=g, dtype=torch.int8),   # odd size: shifts what follows
-        "block.1.w": torch.randn(520, 600, generator=g),                            # 1.25 MB
+        "block.1.w": torch.randn(1100, 1000, generator=g),                          # 4.40 MB
         "block.1.b": torch.randn(600, generator=g, dtype=torch.float64),
-        "counts": torch.randint(0, 1 << 40, (140_000,), generator=g),               # 1.12 MB int64
+        "counts": torch.randint(0, 1 << 40, (560_000,), generator=g),               # 4.48 MB int64
     }
     sd["head.weight"] = sd["embed.weight"]      # tied
     return sd
@@ -164,7 +164,7 @@ def test_safetensors_header_aligns_the_largest_tensor(tmp_path):
 def test_many_tiny_tensors_get_no_padding(tmp_path):
     g = torch.Generator().manual_seed(6)
     sd = {f"layer.{i}.w": torch.randn(3 + i % 7, 5 + i % 11, generator=g) for i in range(300)}
-    sd["mid"] = torch.randn(200, 1000, generator=g)      # 800 KB: under ALIGN_MIN
+    sd["mid"] = torch.randn(1000, 1000, generator=g)     # 4 MB: just under ALIGN_MIN (4 MiB)
     path = tmp_path / "src.pt"
     torch.save(sd, path)
     with formats.open(path) as s:

@@ -23,6 +23,7 @@ from its header, which works with any extra-field length.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 import zipfile
@@ -42,6 +43,7 @@ _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _ALIGN = 64
 _MAX_PAD = 0xFFFF - 4 - 28    # an extra field is at most 64 KiB - 1, zip64 (up to 28) and the FB header included
 _MAX32 = 0xFFFFFFFF
+_CRC_CHUNK = 16 << 20         # output bytes mapped at a time to compute CRC-32s
 _UTF8, _DESCRIPTOR = 0x0800, 0x0008      # general-purpose flag bits
 
 
@@ -119,16 +121,17 @@ class ZipWriter:
         self._central: list[list] = []   # [name, header offset, size, crc, flags]
         self._pending: list[tuple[list, int, Future]] = []   # (central entry, descriptor offset, CRC)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="crc32") if crc32 else None
+        self._crc32 = _crc32_function() if crc32 else None
 
     def _crc_of(self, at: int, size: int) -> int:
-        crc = 0
-        while size:
-            chunk = os.pread(self.fd, min(size, 16 << 20), at)
-            if not chunk:
-                raise RuntimeError("zip member: output shorter than written")
-            crc = zlib.crc32(chunk, crc)   # releases the GIL: runs beside the next copy
-            at += len(chunk)
-            size -= len(chunk)
+        """CRC-32 of ``size`` output bytes from ``at``, read through short-lived maps (no copy)."""
+        crc, end = 0, at + size
+        while at < end:
+            start = at - at % mmap.ALLOCATIONGRANULARITY
+            n = min(end - start, _CRC_CHUNK)
+            with mmap.mmap(self.fd, n, access=mmap.ACCESS_READ, offset=start) as m, memoryview(m) as view, view[at - start:] as part:
+                crc = self._crc32(part, crc)   # releases the GIL: runs beside the next copy
+            at = start + n
         return crc
 
     def shutdown(self) -> None:
@@ -224,6 +227,15 @@ class ZipWriter:
         else:
             out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, cd_size, cd_start, 0)
         self._write(out)
+
+
+def _crc32_function():
+    """zlib-ng's crc32 when installed (the ``fast`` extra: SIMD, several times faster), else zlib's."""
+    try:
+        from zlib_ng.zlib_ng import crc32
+    except ImportError:
+        crc32 = zlib.crc32
+    return crc32
 
 
 # -- a whole checkpoint --------------------------------------------------------------------------

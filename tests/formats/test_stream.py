@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -207,3 +208,20 @@ def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
     assert zr.data_offset("archive/x") == 64
     with zipfile.ZipFile(path) as zf:
         assert zf.read("archive/x") == b"\1" * 100
+
+
+@pytest.mark.parametrize("use_zlib_ng", [True, False])
+def test_crc32s_right_with_or_without_zlib_ng_and_across_map_chunks(tmp_path, monkeypatch, use_zlib_ng):
+    """CRC-32s are computed through short maps of the output: every chunk boundary and start counts."""
+    from modelport.formats import _torchzip
+
+    if use_zlib_ng:
+        pytest.importorskip("zlib_ng")
+    else:
+        monkeypatch.setitem(sys.modules, "zlib_ng", None)       # the import fails: zlib's crc32
+    monkeypatch.setattr(_torchzip, "_CRC_CHUNK", 3 * 4096)
+    sd = _model(7)
+    _, out = _pt_from_safetensors(tmp_path, sd)
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None
+        assert all(i.CRC != 0 for i in zf.infolist() if i.file_size)

@@ -26,6 +26,7 @@ the layout is free: see modelport/formats/_stream.py.
 
     python benchmarks/bench_streaming.py            # the full run (about 2 x 6 GB of disk)
     python benchmarks/bench_streaming.py --small    # a quick run on a 4-layer model
+    python benchmarks/bench_streaming.py --offsets  # only copy_file_range at equal and shifted offsets
 """
 
 from __future__ import annotations
@@ -67,21 +68,21 @@ torch.save(sd, path)
 
 # Each measured step runs in its own interpreter and prints its own peak RSS (KiB).
 PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+def _convert(to: str, options: str = "") -> str:
+    """A modelport step; it prints how long convert() itself took (no interpreter start, no imports)."""
+    return ("import sys, time\n"
+            "from modelport.convert import convert; from modelport.formats.base import Options\n"
+            "t0 = time.perf_counter()\n"
+            f"convert(sys.argv[1], sys.argv[2], to={to!r}, progress=False, options=Options({options}))\n"
+            "print('CONVERT', time.perf_counter() - t0)")
+
+
 STEPS = {
-    "pt -> safetensors": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False)",
-    "safetensors -> pt": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='pt', progress=False)",
-    "safetensors -> pt, no CRC": (
-        "from modelport.convert import convert; from modelport.formats.base import Options; import sys\n"
-        "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, options=Options(crc32=False))"
-    ),
-    "pt -> safetensors, no align": (
-        "from modelport.convert import convert; from modelport.formats.base import Options; import sys\n"
-        "convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False, options=Options(align=False))"
-    ),
-    "safetensors -> pt, no align": (
-        "from modelport.convert import convert; from modelport.formats.base import Options; import sys\n"
-        "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, options=Options(align=False))"
-    ),
+    "pt -> safetensors": _convert("safetensors"),
+    "safetensors -> pt": _convert("pt"),
+    "safetensors -> pt, no CRC": _convert("pt", "crc32=False"),
+    "pt -> safetensors, no align": _convert("safetensors", "align=False"),
+    "safetensors -> pt, no align": _convert("pt", "align=False"),
     "torch.load + save_file": (
         "import sys, torch; from safetensors.torch import save_file\n"
         "sd = torch.load(sys.argv[1], weights_only=True)\n"
@@ -98,9 +99,9 @@ def params_per_layer() -> int:
     return 2 * D + D * 3 * D + 3 * D + D * D + D + 2 * D + D * 4 * D + 4 * D + 4 * D * D + D
 
 
-def run(cmd: list[str], out: Path | None) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds (user + sys) and peak RSS (bytes, 0 when the step does not
-    report it) of one fresh process."""
+def run(cmd: list[str], out: Path | None) -> tuple[float, float, int, float]:
+    """Wall seconds, CPU seconds (user + sys), peak RSS (bytes) and the seconds convert() itself
+    took (0 when the step does not report them) of one fresh process."""
     if out is not None and out.exists():
         out.unlink()
     os.sync()
@@ -113,27 +114,27 @@ def run(cmd: list[str], out: Path | None) -> tuple[float, float, int]:
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"step failed: {' '.join(cmd)}\n{proc.stderr}")
-    peak = [int(line.split()[1]) * 1024 for line in proc.stdout.splitlines() if line.startswith("PEAK ")]
-    return wall, cpu, (peak[0] if peak else 0)
+    said = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.startswith(("PEAK ", "CONVERT ")))
+    return wall, cpu, int(said.get("PEAK", 0)) * 1024, float(said.get("CONVERT", 0))
 
 
 def step(name: str, src: Path, dst: Path) -> list[str]:
     return [sys.executable, "-c", f"{STEPS[name]}\n{PEAK}", str(src), str(dst)]
 
 
-def rounds(steps: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, list[tuple[float, float, int]]]:
+def rounds(steps: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, list[tuple[float, float, int, float]]]:
     """Run every step once per round, interleaved (so a busy spell hits all steps alike)."""
-    runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in steps}
+    runs: dict[str, list[tuple[float, float, int, float]]] = {name: [] for name in steps}
     for _ in range(repeat):
         for name, (cmd, out) in steps.items():
             runs[name].append(run(cmd, out))
     return runs
 
 
-def summary(rs: list[tuple[float, float, int]]) -> tuple[float, float, float, float, int]:
-    """Best, median and worst wall time, best CPU time, highest peak RSS."""
+def summary(rs: list[tuple[float, float, int, float]]) -> tuple[float, float, float, float, int, float]:
+    """Best, median and worst wall time, best CPU time, highest peak RSS, best convert() time."""
     walls = sorted(r[0] for r in rs)
-    return walls[0], statistics.median(walls), walls[-1], min(r[1] for r in rs), max(r[2] for r in rs)
+    return walls[0], statistics.median(walls), walls[-1], min(r[1] for r in rs), max(r[2] for r in rs), min(r[3] for r in rs)
 
 
 def build(layers: int, path: Path) -> int:
@@ -164,12 +165,47 @@ def check(pt: Path, st: Path) -> None:
         raise SystemExit(f"converted files differ: {out.stderr}")
 
 
+def offsets(src: Path, work: Path, repeat: int) -> None:
+    """copy_file_range of the checkpoint at equal and shifted offsets (source, destination)."""
+    size = src.stat().st_size
+    shifts = [(0, 0), (64, 0), (0, 64), (4096, 0), (100_000, 0), (65536, 0), (100_000, 100_000 - 65536)]
+    n = size - 100_000
+    dst = work / "shifted.bin"
+    runs: dict[tuple[int, int], list[tuple[float, float]]] = {s: [] for s in shifts}
+    for _ in range(repeat):
+        for s_src, s_dst in shifts:
+            dst.unlink(missing_ok=True)
+            os.sync()
+            time.sleep(SETTLE)
+            fi, fo = os.open(src, os.O_RDONLY), os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                os.write(fo, b"\0" * s_dst)
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                at, left = s_src, n
+                while left:
+                    k = os.copy_file_range(fi, fo, min(left, 1 << 30), at)
+                    at, left = at + k, left - k
+                wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+            finally:
+                os.close(fi)
+                os.close(fo)
+            runs[(s_src, s_dst)].append((wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
+    dst.unlink(missing_ok=True)
+    print(f"\ncopy_file_range of {n / 1e9:.2f} GB, {repeat} interleaved rounds; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"{'source +':>10}{'dest +':>9}{'differ mod 64K':>16}{'best s':>8}{'median':>8}{'cpu s':>7}")
+    for (s_src, s_dst), rs in runs.items():
+        walls = sorted(r[0] for r in rs)
+        print(f"{s_src:>10}{s_dst:>9}{(s_src - s_dst) % 65536:>16}{walls[0]:8.3f}{statistics.median(walls):8.3f}{min(r[1] for r in rs):7.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="4 layers instead of 24 (a quick run)")
     ap.add_argument("--repeat", type=int, default=5, help="rounds of the timed steps; the best wall time counts")
     ap.add_argument("--dir", type=Path, default=None, help="where to put the files (default: a temp dir)")
     ap.add_argument("--no-reference", action="store_true", help="skip the torch.load reference steps")
+    ap.add_argument("--offsets", action="store_true", help="only time copy_file_range at equal and shifted offsets")
     args = ap.parse_args()
 
     layers = 4 if args.small else 24
@@ -177,6 +213,8 @@ def main() -> None:
     try:
         src = work / "model.pt"
         size = build(layers, src)
+        if args.offsets:
+            return offsets(src, work, args.repeat)
         st, back, copy = work / "model.safetensors", work / "back.pt", work / "copy.pt"
         run(step("pt -> safetensors", src, st), st)   # warm the page cache (and make the safetensors input)
         plain_st, plain_pt = work / "plain.safetensors", work / "plain.pt"
@@ -203,14 +241,17 @@ def main() -> None:
         cp_wall, cp_cpu = rows[0][1], rows[0][4]
         print(f"\ncheckpoint: {size / 1e9:.3f} GB, {layers} layers; {args.repeat} interleaved rounds (reference steps: 1 run)")
         print(f"load average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-        print(f"{'step':<29}{'best s':>8}{'median':>8}{'worst':>8}{'x cp':>7}{'cpu s':>7}{'x cp':>6}{'peak RSS MB':>13}{'RSS/ckpt':>10}")
-        for name, best, med, worst, cpu, peak in rows:
+        print(f"{'step':<29}{'best s':>8}{'median':>8}{'worst':>8}{'x cp':>7}{'cpu s':>7}{'x cp':>6}"
+              f"{'convert()':>10}{'x cp':>6}{'peak RSS MB':>13}{'RSS/ckpt':>10}")
+        for name, best, med, worst, cpu, peak, conv in rows:
             rss = f"{peak / 1e6:13.1f}{peak / size:10.3f}" if peak else f"{'-':>13}{'-':>10}"
-            print(f"{name:<29}{best:8.3f}{med:8.3f}{worst:8.3f}{best / cp_wall:7.2f}{cpu:7.3f}{cpu / cp_cpu:6.2f}{rss}")
+            inner = f"{conv:10.3f}{conv / cp_wall:6.2f}" if conv else f"{'-':>10}{'-':>6}"
+            print(f"{name:<29}{best:8.3f}{med:8.3f}{worst:8.3f}{best / cp_wall:7.2f}{cpu:7.3f}{cpu / cp_cpu:6.2f}{inner}{rss}")
+        print("x cp: best over cp's best (wall), CPU over cp's CPU; convert(): the call alone, without interpreter start and imports")
         print("targets: pt -> safetensors <= 1.5 x cp, safetensors -> pt <= 1.2 x cp, peak RSS <= 0.05 x checkpoint")
         for fname, extra in padding:
             print(f"alignment padding in {fname}: {extra} bytes ({extra / size * 100:.4f} % of the checkpoint)")
-        peaks = {name: peak for name, *_, peak in rows}
+        peaks = {name: peak for name, _, _, _, _, peak, _ in rows}
         for p in (st, back, plain_st, plain_pt, copy_pt):
             p.unlink(missing_ok=True)
         src.unlink()
@@ -227,7 +268,7 @@ def main() -> None:
         check(back, st)
         print(f"\n4x checkpoint: {big_size / 1e9:.3f} GB ({big_size / size:.2f}x), {big_layers} layers, same largest tensor")
         print(f"{'step':<24}{'wall s':>9}{'peak RSS MB':>13}{'extra vs 1x MB':>16}")
-        for name, wall, _, _, _, peak in big_rows:
+        for name, wall, _, _, _, peak, _ in big_rows:
             print(f"{name:<24}{wall:9.3f}{peak / 1e6:13.1f}{(peak - peaks[name]) / 1e6:16.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -149,14 +149,15 @@ class ZipWriter:
     def begin(self, name: str, size: int, match: int | None = None) -> None:
         """Write the local header of member ``name`` (``size`` bytes follow).
 
-        With ``match`` (a source offset), the data starts at the first position congruent to
-        it modulo ``ALIGN_MOD`` instead, when the padding field can hold the distance.
-
         The layout is miniz's, byte for byte in length, because torch can compute storage
         offsets from it (``torch.utils.serialization.config.load.calculate_storage_offsets``):
         a zip64 extra field (sizes when ``size`` passes 4 GiB, the header offset when it
         does), the ``FB`` padding field up to the 64-byte data alignment, and, after the
         data of a non-empty member, a data descriptor holding its CRC and sizes.
+
+        With ``match`` (a source offset) the ``FB`` field instead reaches the first position
+        congruent to it modulo ``ALIGN_MOD``, when a field can hold the distance; the layout
+        then is no longer miniz's (see the module's docstring).
         """
         full = f"{self.prefix}/{name}".encode()
         big_size, big_off = size >= _MAX32, self.pos >= _MAX32

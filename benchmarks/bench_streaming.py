@@ -21,8 +21,8 @@ with the same largest tensor (more layers) and prints how much more peak RSS eac
 modelport direction takes (target < 100 MB).
 
 copy_file_range (what cp and the writers use) is fast on ext4 when source and
-destination offsets agree modulo 64 KiB, so the writers pad to make them agree where
-the layout is free: see modelport/formats/_stream.py.
+destination offsets agree modulo the 4 KiB page (--offsets shows it), so the writers
+pad to make them agree where the layout is free: see modelport/formats/_stream.py.
 
     python benchmarks/bench_streaming.py            # the full run (about 2 x 6 GB of disk)
     python benchmarks/bench_streaming.py --small    # a quick run on a 4-layer model
@@ -168,7 +168,7 @@ def check(pt: Path, st: Path) -> None:
 def offsets(src: Path, work: Path, repeat: int) -> None:
     """copy_file_range of the checkpoint at equal and shifted offsets (source, destination)."""
     size = src.stat().st_size
-    shifts = [(0, 0), (64, 0), (0, 64), (4096, 0), (100_000, 0), (65536, 0), (100_000, 100_000 - 65536)]
+    shifts = [(0, 0), (64, 0), (0, 64), (4096, 0), (32768, 0), (61440, 0), (65536, 0), (100_000, 0), (100_000, 100_000 - 12288)]
     n = size - 100_000
     dst = work / "shifted.bin"
     runs: dict[tuple[int, int], list[tuple[float, float]]] = {s: [] for s in shifts}
@@ -193,10 +193,10 @@ def offsets(src: Path, work: Path, repeat: int) -> None:
     dst.unlink(missing_ok=True)
     print(f"\ncopy_file_range of {n / 1e9:.2f} GB, {repeat} interleaved rounds; load average now "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    print(f"{'source +':>10}{'dest +':>9}{'differ mod 64K':>16}{'best s':>8}{'median':>8}{'cpu s':>7}")
+    print(f"{'source +':>10}{'dest +':>9}{'differ mod 4K':>15}{'mod 64K':>9}{'best s':>8}{'median':>8}{'cpu s':>7}")
     for (s_src, s_dst), rs in runs.items():
         walls = sorted(r[0] for r in rs)
-        print(f"{s_src:>10}{s_dst:>9}{(s_src - s_dst) % 65536:>16}{walls[0]:8.3f}{statistics.median(walls):8.3f}{min(r[1] for r in rs):7.3f}")
+        print(f"{s_src:>10}{s_dst:>9}{(s_src - s_dst) % 4096:>15}{(s_src - s_dst) % 65536:>9}{walls[0]:8.3f}{statistics.median(walls):8.3f}{min(r[1] for r in rs):7.3f}")
 
 
 def main() -> None:

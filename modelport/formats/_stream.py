@@ -7,12 +7,13 @@ import os
 from .base import Span, TensorSource
 
 _CHUNK = 64 << 20
-# copy_file_range between two files of one filesystem (ext4, Linux 6.x) runs about 1.3-1.4x faster
-# when the source and destination offsets agree modulo 64 KiB; writers that choose their layout pad
-# for it, for spans of at least ALIGN_MIN bytes (so the padding, under 64 KiB, is under 1/64 of the
-# span it aligns: a pt file written from a safetensors file needs close to 64 KiB per such span).
-ALIGN_MOD = 64 << 10
-ALIGN_MIN = 4 << 20
+# copy_file_range between two files of one filesystem (ext4, Linux 6.18 here) costs about 1.5x the CPU
+# and 1.7x the time when source and destination offsets differ modulo the 4 KiB page than when they
+# agree (any multiple of 4 KiB apart is as fast as equal offsets: bench_streaming.py --offsets).
+# Writers that choose their layout pad for it, for spans of at least ALIGN_MIN bytes, so the padding
+# (under ALIGN_MOD) stays under 1/64 of the span it aligns.
+ALIGN_MOD = 4 << 10
+ALIGN_MIN = 256 << 10
 
 
 def copy_span(span: Span, out_fd: int) -> None:

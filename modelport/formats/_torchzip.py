@@ -10,11 +10,10 @@ bytes through an ``FB`` padding extra field, zip64 records where sizes or offset
 pass 4 GiB. :func:`write_pt` writes a whole state dict from any source.
 
 Aligned copies: ``copy_file_range`` between two files of one filesystem runs much
-faster when the source and destination offsets agree modulo the 4 KiB page
-(``ALIGN_MOD``, measured on ext4: benchmarks/bench_streaming.py --offsets). So a
-storage of at least ``ALIGN_MIN`` bytes whose bytes lie in a file gets an ``FB``
-field long enough (under 4 KiB more) to put its data at its source offset modulo
-``ALIGN_MOD``. Such a file departs from miniz's layout,
+faster when the source and destination offsets agree modulo 64 KiB (measured on
+ext4: benchmarks/bench_streaming.py). So a storage of at least ``ALIGN_MIN`` bytes
+whose bytes lie in a file gets an ``FB`` field long enough (under 64 KiB) to put its
+data at its source offset modulo 64 KiB. Such a file departs from miniz's layout,
 from which torch can compute offsets instead of reading each local header
 (``config.load.calculate_storage_offsets``), so it is written without the
 ``.format_version`` record that announces that layout; torch then reads every offset
@@ -294,7 +293,7 @@ def _match(span, nbytes: int) -> int | None:
 
 def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None, align: bool = True) -> None:
     """Write ``source`` as a torch.save zip; ``align``: large storages keep their source offset
-    modulo ``ALIGN_MOD`` (faster kernel copies, under ``ALIGN_MOD`` bytes of padding each)."""
+    modulo 64 KiB (faster kernel copies, at most 64 KiB of padding each)."""
     storages, entries = _plan(source)
     pkl = StateDictPickler().state_dict(entries)
     spans = [_storage_span(source, s[3], s[4]) for s in storages]

@@ -67,7 +67,7 @@ class Options:
     t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
     t7_endian: str | None = None         # t7 reader: force little | big
     crc32: bool = True                   # pt writer: real zip CRC-32s (computed beside the copy; torch.load ignores them)
-    align: bool = True                   # pt / safetensors writers: large tensors keep their source offset mod 4 KiB
+    align: bool = True                   # pt / safetensors writers: large tensors keep their source offset mod 64 KiB
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -19,8 +19,8 @@ JSON strings, and tensors outside the unwrapped part are listed in ``notes``.
 Writing. A zip laid out as torch 2.13's ``torch.save`` lays it out (member names,
 ``.format_version``, ``.storage_alignment``, ``byteorder``, ``version``,
 ``.data/serialization_id``, data aligned to 64 bytes), with a hand-written protocol-2
-``data.pkl``; storages of 256 KiB and more are instead placed at their source offset
-modulo 4 KiB, for faster kernel copies (``Options.align``, see :mod:`._torchzip`).
+``data.pkl``; storages of 4 MiB and more are instead placed at their source offset
+modulo 64 KiB, for faster kernel copies (``Options.align``, see :mod:`._torchzip`).
 Tensors that share a storage in the source (``storage_view``) or are tied
 (``aliases``) stay views of one storage, written once; tied names come after the
 others. Storage bytes move with ``os.copy_file_range`` from the source's spans. The

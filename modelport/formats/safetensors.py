@@ -6,9 +6,9 @@ metadata as ``alias -> kept`` (the convention of ``safetensors.torch.save_model`
 
 Tensor data follows the header without gaps, so the header's length is the one free
 choice of the layout. ``copy_file_range`` runs faster when source and destination
-offsets agree modulo the 4 KiB page, so the header is padded with spaces (as the
-format allows, under 4 KiB more, keeping data 8-aligned) to put as many bytes of large
-tensors as one length can at their source offsets modulo 4 KiB.
+offsets agree modulo 64 KiB, so the header is padded with spaces (as the format
+allows, under 64 KiB, keeping data 8-aligned) to put as many bytes of large tensors
+as one length can at their source offsets modulo 64 KiB.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class SafetensorsSource(TensorSource):
 def header_for(source: TensorSource, names: list[str], metadata: dict[str, str], align: bool = False) -> tuple[bytes, int]:
     """The safetensors header (padded to 8 bytes) for ``names`` of ``source`` and the data size.
 
-    ``align``: pad it further (under ``ALIGN_MOD``) so the most bytes of tensors of at least ``ALIGN_MIN``
+    ``align``: pad it further (under 64 KiB) so the most bytes of tensors of at least ``ALIGN_MIN``
     bytes start at their source span's offset modulo ``ALIGN_MOD``.
     """
     header: dict = {}

@@ -1,6 +1,6 @@
-"""Aligned kernel copies: pt and safetensors writers put large tensors at their source offset mod 4 KiB.
+"""Aligned kernel copies: pt and safetensors writers put large tensors at their source offset mod 64 KiB.
 
-copy_file_range is faster when source and destination offsets agree modulo the page; the writers pad
+copy_file_range is faster when source and destination offsets agree modulo 64 KiB; the writers pad
 (a zip extra field, spaces after a safetensors header) where they are free to, and only for spans of
 at least ALIGN_MIN bytes. These tests check that the padded files still load everywhere, bit for bit,
 and that the padding stays bounded.
@@ -35,13 +35,13 @@ def _model(seed: int) -> dict[str, torch.Tensor]:
     """Large tensors of several dtypes (each >= ALIGN_MIN bytes, distinct sizes) among small ones."""
     g = torch.Generator().manual_seed(seed)
     sd = {
-        "embed.weight": torch.randn(401, 337, generator=g),                       # 541 KB
-        "embed.bias": torch.randn(337, generator=g),
-        "block.0.w": torch.randn(500, 450, generator=g).to(torch.bfloat16),         # 450 KB
+        "embed.weight": torch.randn(1637, 800, generator=g),                      # 5.24 MB
+        "embed.bias": torch.randn(800, generator=g),
+        "block.0.w": torch.randn(1500, 1450, generator=g).to(torch.bfloat16),       # 4.35 MB
         "block.0.b": torch.randint(-100, 100, (37,), generator=g, dtype=torch.int8),   # odd size: shifts what follows
-        "block.1.w": torch.randn(300, 280, generator=g),                            # 336 KB
+        "block.1.w": torch.randn(1100, 1000, generator=g),                          # 4.40 MB
         "block.1.b": torch.randn(600, generator=g, dtype=torch.float64),
-        "counts": torch.randint(0, 1 << 40, (40_000,), generator=g),                # 320 KB int64
+        "counts": torch.randint(0, 1 << 40, (560_000,), generator=g),               # 4.48 MB int64
     }
     sd["head.weight"] = sd["embed.weight"]      # tied
     return sd
@@ -88,7 +88,7 @@ def test_pt_storages_keep_their_source_offset_mod_64k(tmp_path):
         assert subprocess.run(["unzip", "-tq", str(out)], capture_output=True).returncode == 0
 
 
-def test_padding_costs_under_align_mod_per_large_storage(tmp_path):
+def test_padding_costs_under_64k_per_large_storage(tmp_path):
     sd = _model(1)
     _, out = _pt_from_safetensors(tmp_path, sd)
     _, plain = _pt_from_safetensors(tmp_path, sd, align=False)
@@ -124,7 +124,7 @@ def test_padded_pt_loads_when_torch_is_asked_to_compute_offsets(tmp_path, monkey
 
 def test_shared_storages_and_ties_survive_padding(tmp_path):
     sd = _model(4)
-    sd["embed.rows"] = sd["embed.weight"][3:300]          # a view into the same storage
+    sd["embed.rows"] = sd["embed.weight"][3:900]          # a view into the same storage
     path = tmp_path / "src.pt"
     torch.save(sd, path)
     with formats.open(path) as s:
@@ -165,7 +165,7 @@ def test_safetensors_header_aligns_the_largest_tensor(tmp_path):
 def test_many_tiny_tensors_get_no_padding(tmp_path):
     g = torch.Generator().manual_seed(6)
     sd = {f"layer.{i}.w": torch.randn(3 + i % 7, 5 + i % 11, generator=g) for i in range(300)}
-    sd["mid"] = torch.randn(250, 256, generator=g)       # 256,000 bytes: just under ALIGN_MIN (256 KiB)
+    sd["mid"] = torch.randn(1000, 1000, generator=g)     # 4 MB: just under ALIGN_MIN (4 MiB)
     path = tmp_path / "src.pt"
     torch.save(sd, path)
     with formats.open(path) as s:
@@ -175,7 +175,7 @@ def test_many_tiny_tensors_get_no_padding(tmp_path):
             assert (tmp_path / f"a.{suffix}").read_bytes() == (tmp_path / f"b.{suffix}").read_bytes()
 
 
-@pytest.mark.parametrize("shift", [0, 8, 1000, ALIGN_MOD - 8])
+@pytest.mark.parametrize("shift", [0, 8, 4096, ALIGN_MOD - 8])
 def test_zip_member_lands_at_any_residue_even_past_4gib(tmp_path, shift):
     """The padding field holds the distance with zip64 headers too; zipfile and modelport find the data."""
     path = tmp_path / "big.zip"
@@ -189,16 +189,12 @@ def test_zip_member_lands_at_any_residue_even_past_4gib(tmp_path, shift):
     zw.close()
     os.close(fd)
     zr = ZipReader(path, path.stat().st_size)
-    assert zr.data_offset("archive/data/0") % ALIGN_MOD == shift % ALIGN_MOD
+    assert zr.data_offset("archive/data/0") % ALIGN_MOD == shift
     with zipfile.ZipFile(path) as zf:
         assert zf.read("archive/data/0") == payload
 
 
-def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path, monkeypatch):
-    """An extra field holds under 64 KiB: were ALIGN_MOD that large, some residues could not be reached."""
-    from modelport.formats import _torchzip
-
-    monkeypatch.setattr(_torchzip, "ALIGN_MOD", 64 << 10)
+def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
     path = tmp_path / "a.zip"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     zw = ZipWriter(fd, "archive", crc32=True)
@@ -223,7 +219,7 @@ def test_crc32s_right_with_or_without_zlib_ng_and_across_map_chunks(tmp_path, mo
         pytest.importorskip("zlib_ng")
     else:
         monkeypatch.setitem(sys.modules, "zlib_ng", None)       # the import fails: zlib's crc32
-    monkeypatch.setattr(_torchzip, "_CRC_CHUNK", 3 * 4096)     # members span several maps, from any start
+    monkeypatch.setattr(_torchzip, "_CRC_CHUNK", 3 * 4096)
     sd = _model(7)
     _, out = _pt_from_safetensors(tmp_path, sd)
     with zipfile.ZipFile(out) as zf:

@@ -30,6 +30,10 @@ class DestinationExistsError(ModelportError):
     """The output path exists and --force was not given."""
 
 
+class OutputError(ModelportError):
+    """The destination cannot be written: disk full, read-only, a parent that is a file, a system directory."""
+
+
 class MissingDependencyError(ModelportError):
     """An optional package needed for this step is not installed."""
 
@@ -43,14 +47,3 @@ class DifferenceFound(ModelportError):
 
     exit_code = 1
 
-
-def require(module: str, package: str | None = None, extra: str | None = None):
-    """Import an optional module, or raise a :class:`MissingDependencyError` naming the package."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        pkg = package or module.split(".")[0]
-        hint = f"pip install 'modelport[{extra}]'" if extra else f"pip install {pkg}"
-        raise MissingDependencyError(f"this step needs the package '{pkg}' ({exc}); install it with: {hint}") from exc

@@ -73,8 +73,9 @@ def module_tree(rows: list[TensorRow], max_depth: int = 3) -> list[ModuleRow]:
 
 def inspect(path: str | Path, format: str | None = None, options: Options | None = None) -> Summary:  # noqa: A002
     from .models import detect_arch
+    from .models.sources import open_source
 
-    with formats.open(path, format, options) as source:
+    with open_source(path, format, options) as source:
         rows = []
         for info in source.infos():
             rows.append(TensorRow(info.name, list(info.shape), info.dtype, info.nbytes))
@@ -124,26 +125,11 @@ def run_check(path: str | Path, arch: str | None = None, config: str | Path | No
     run it once on an example input, and say what came out."""
     import torch
 
-    from .errors import UnsupportedError
-    from .models.loader import example_inputs, load_model
+    from .models.runnable import example_feeds, load_runnable
 
-    fmt = formats.get(format) if format else formats.detect(Path(path))
-    if fmt.id == "t7" and arch is None:
-        from .models.user import parse_input_dtype, parse_input_shape
-        from .t7.nn import load_lua_model
-
-        if input_shape is None:
-            raise UnsupportedError(f"{path}: running a Lua nn model needs an example input: pass --input-shape, e.g. 1,3,32,32")
-        model = load_lua_model(path)
-        gen = torch.Generator().manual_seed(0)
-        inputs = (torch.randn(parse_input_shape(input_shape), generator=gen).to(parse_input_dtype(input_dtype)),)
-        built = f"Lua nn model rebuilt as {type(model).__name__}"
-    else:
-        model = load_model(path, arch, config=config, options=Options(), input_shape=input_shape, input_dtype=input_dtype)
-        inputs = example_inputs(model)
-        built = f"{type(model).__name__} ({getattr(model, 'modelport_arch', None) or arch or 'detected'})"
-    with torch.no_grad():
-        out = model(*inputs)
-    first = out[0] if isinstance(out, (list, tuple)) else out
-    return RunCheck(built, sum(p.numel() for p in model.parameters()), [list(x.shape) for x in inputs],
-                    list(first.shape), bool(torch.isfinite(first).all()), list(getattr(model, "modelport_assumed", [])))
+    runnable = load_runnable(path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
+                             format=format)
+    feeds = example_feeds(runnable)
+    first = runnable.run(feeds)[runnable.outputs[0]]
+    return RunCheck(runnable.origin, runnable.parameters, [list(x.shape) for x in feeds.values()],
+                    list(first.shape), bool(torch.isfinite(first).all()), list(runnable.assumed))

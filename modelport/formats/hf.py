@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import FormatError, UnsupportedError
 from . import get, register
-from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource
+from ._untrusted import inside, open_regular, read_json_file, side_files
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions
 from .safetensors import write_file as write_safetensors
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -18,36 +19,38 @@ DEFAULT_SHARD_SIZE = 5 * 10**9
 
 
 def _weight_files(path: Path) -> list[Path]:
-    """The weight files of an HF directory, in order, from its index or the single-file names."""
+    """The weight files of an HF directory, in order, from its index or the single-file names.
+    Every name must be a regular file inside the directory (see formats/_untrusted.py)."""
     for index_name in _INDEXES:
         index = path / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise FormatError(f"{index}: corrupt index ({exc}); it needs a 'weight_map' object") from exc
+            inside(path, index_name, "index")
+            data = read_json_file(index, "index")
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise FormatError(f"{index}: corrupt index; it needs a 'weight_map' object of tensor name -> file name")
             files = sorted(set(weight_map.values()))
-            missing = [f for f in files if not (path / f).is_file()]
+            paths = [inside(path, f, "shard") for f in files]
+            missing = [f for f, p in zip(files, paths) if not p.is_file()]
             if missing:
-                raise FormatError(f"{index}: names shard {missing[0]} which is not in {path}; the download is incomplete")
-            return [path / f for f in files]
+                raise FormatError(f"{index}: names shard {missing[0]!r} which is not in {path}; the download is incomplete")
+            return paths
     for single in _SINGLES:
         if (path / single).is_file():
-            return [path / single]
+            return [inside(path, single, "weight file")]
     return []
 
 
 class HFSource(TensorSource):
     format = "hf"
 
-    def __init__(self, path: Path, options: Options):
+    def __init__(self, path: Path, options: ReadOptions):
         super().__init__(path)
         config_path = path / "config.json"
         if config_path.is_file():
-            try:
-                self.config = json.loads(config_path.read_text())
-            except ValueError as exc:
-                raise FormatError(f"{config_path}: not valid JSON ({exc})") from exc
+            self.config = read_json_file(inside(path, "config.json", "config"), "config.json")
+            if not isinstance(self.config, dict):
+                raise FormatError(f"{config_path}: config.json is {type(self.config).__name__}, not a JSON object")
         files = _weight_files(path)
         if not files:
             raise FormatError(f"{path}: no weights found (expected model.safetensors, pytorch_model.bin, or a sharded index)")
@@ -70,9 +73,7 @@ class HFSource(TensorSource):
             self.close()
             raise
         weights = {f.name for f in files} | set(_INDEXES) | {"config.json"}
-        self.side_files = {
-            str(p.relative_to(path)): p for p in sorted(path.rglob("*")) if p.is_file() and str(p.relative_to(path)) not in weights
-        }
+        self.side_files = side_files(path, weights | {"model.safetensors", "pytorch_model.bin"}, self.notes)
 
     def names(self) -> list[str]:
         return list(self._where)
@@ -113,29 +114,6 @@ class HFSource(TensorSource):
             shard.close()
 
 
-def config_for(source: TensorSource, options: Options) -> dict:
-    """The config.json to write: --config, else the source's, else one inferred from the weights."""
-    if options.config is not None:
-        try:
-            config = json.loads(Path(options.config).read_text())
-        except (OSError, ValueError) as exc:
-            raise UnsupportedError(f"{options.config}: cannot read the --config file ({exc})") from exc
-        from .meta import config_from_params_of, is_params
-
-        return config_from_params_of(config, source, Path(options.config)) if is_params(config) else config
-    if source.config is not None:
-        return source.config
-    from ..models import infer_config
-
-    inferred = infer_config(source, options.arch)
-    if inferred is None:
-        raise UnsupportedError(
-            f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
-            "architecture is not recognised: pass --config FILE"
-        )
-    return inferred
-
-
 def _shard_plan(source: TensorSource, shard_size: int) -> list[list[str]]:
     shards: list[list[str]] = [[]]
     size = 0
@@ -153,20 +131,27 @@ class HF(Format):
     id = "hf"
     description = "Hugging Face model directory (config.json + safetensors or pytorch_model.bin, sharded or not)"
     directory = True
+    config_file = "config.json"
 
     def sniff(self, path: Path) -> bool:
         return path.is_dir() and (path / "config.json").is_file() and bool(_weight_files(path))
 
-    def open(self, path: Path, options: Options) -> HFSource:
+    def open(self, path: Path, options: ReadOptions) -> HFSource:
         if not path.is_dir():
             raise FormatError(f"{path}: a Hugging Face model is a directory; this is a file (use --from to pick its format)")
         return HFSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        config = dict(config_for(source, options))
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+        """Write ``source`` (in its family's hub layout) with ``options.config`` as config.json; a
+        ``_modelport_assumed`` list in it (values inferred, not read) becomes a note and is dropped."""
+        if options.config is None:
+            raise UnsupportedError(
+                f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
+                "architecture is not recognised: pass --config FILE"
+            )
+        config = dict(options.config)
         assumed = config.pop("_modelport_assumed", None)
-        shard_size = options.extra.get("shard_size") or DEFAULT_SHARD_SIZE
-        progress = options.extra.get("progress")
+        shard_size = options.shard_size or DEFAULT_SHARD_SIZE
         dst.mkdir()
         (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         metadata = {**source.metadata, "format": "pt"}
@@ -187,7 +172,8 @@ class HF(Format):
             if out.exists():  # the config and weights written above win over a side file of the same name
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, out)
+            with open_regular(src) as fin, open(out, "xb") as fout:   # a regular file, copied as bytes only
+                shutil.copyfileobj(fin, fout, 1 << 20)
         if assumed:
             source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)}")
 

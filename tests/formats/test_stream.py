@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import modelport.formats as formats
 from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD
 from modelport.formats._torchzip import ZipReader, ZipWriter
-from modelport.formats.base import Options
+from modelport.formats.base import WriteOptions
 from tests.conftest import bitwise_equal
 
 PT = formats.get("pt")
@@ -59,7 +59,7 @@ def _pt_from_safetensors(tmp_path: Path, sd: dict, align: bool = True) -> tuple[
         save_file({k: v for k, v in sd.items() if k != "head.weight"}, src)
     out = tmp_path / f"out-{align}.pt"
     with formats.open(src) as s:
-        PT.write(s, out, Options(align=align))
+        PT.write(s, out, WriteOptions(align=align))
     return src, out
 
 
@@ -128,7 +128,7 @@ def test_shared_storages_and_ties_survive_padding(tmp_path):
     path = tmp_path / "src.pt"
     torch.save(sd, path)
     with formats.open(path) as s:
-        PT.write(s, tmp_path / "out.pt", Options())
+        PT.write(s, tmp_path / "out.pt", WriteOptions())
         with formats.open(tmp_path / "out.pt") as o:
             key = s.storage_view("embed.weight").key
             assert o.storage_span(o.storage_view("embed.weight").key).offset % ALIGN_MOD == s.storage_span(key).offset % ALIGN_MOD
@@ -143,8 +143,8 @@ def test_safetensors_header_aligns_the_largest_tensor(tmp_path):
     path = tmp_path / "src.pt"
     torch.save(sd, path)
     with formats.open(path) as s:
-        ST.write(s, tmp_path / "out.safetensors", Options())
-        ST.write(s, tmp_path / "plain.safetensors", Options(align=False))
+        ST.write(s, tmp_path / "out.safetensors", WriteOptions())
+        ST.write(s, tmp_path / "plain.safetensors", WriteOptions(align=False))
         with formats.open(tmp_path / "out.safetensors") as o, formats.open(tmp_path / "plain.safetensors") as p:
             largest = max(s.names(), key=lambda n: s.info(n).nbytes)
             assert o.span(largest).offset % ALIGN_MOD == s.span(largest).offset % ALIGN_MOD
@@ -170,8 +170,8 @@ def test_many_tiny_tensors_get_no_padding(tmp_path):
     torch.save(sd, path)
     with formats.open(path) as s:
         for fmt, suffix in ((PT, "pt"), (ST, "safetensors")):
-            fmt.write(s, tmp_path / f"a.{suffix}", Options())
-            fmt.write(s, tmp_path / f"b.{suffix}", Options(align=False))
+            fmt.write(s, tmp_path / f"a.{suffix}", WriteOptions())
+            fmt.write(s, tmp_path / f"b.{suffix}", WriteOptions(align=False))
             assert (tmp_path / f"a.{suffix}").read_bytes() == (tmp_path / f"b.{suffix}").read_bytes()
 
 

@@ -1,0 +1,240 @@
+"""One notion of a model that runs, whatever produced it.
+
+Every producer (a reference family, a user module, a Lua ``nn`` model, and the graph formats) returns
+a :class:`Runnable`; every consumer (``inspect --run``, the exporters, the parity checker) takes one.
+A runnable says what it takes (:class:`InputSpec` per input: name, dtype, shape with named dynamic
+axes), what it returns (output names), where it came from, and on which device it really runs; its
+``run(feeds)`` maps input names to tensors and returns output names to tensors.
+
+Three kinds of model:
+
+- ``causal-lm``: ``input_ids`` and ``attention_mask`` (int64, ``batch`` × ``sequence``) → ``logits``
+  (``batch`` × ``sequence`` × vocab);
+- ``encoder``: the inputs its tokenizer gives (``input_ids``, ``attention_mask``, maybe
+  ``token_type_ids``) → its first output (``last_hidden_state``);
+- ``tensor``: anything else (Lua ``nn``, user modules): one input of a fixed shape and dtype
+  (``--input-shape`` / ``--input-dtype``) → ``output``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnsupportedError
+
+CAUSAL_LM = "causal-lm"
+ENCODER = "encoder"
+TENSOR = "tensor"
+
+BATCH, SEQUENCE = "batch", "sequence"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input: its name, canonical dtype name (see :mod:`modelport.dtypes`) and shape, where an
+    int is a fixed size and a string names a dynamic axis (``batch``, ``sequence``)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+def token_inputs(names=("input_ids", "attention_mask")) -> tuple[InputSpec, ...]:
+    return tuple(InputSpec(n, "int64", (BATCH, SEQUENCE)) for n in names)
+
+
+@dataclass
+class Runnable:
+    """A model that runs. Subclasses implement :meth:`run` for one backend."""
+
+    kind: str                           # CAUSAL_LM | ENCODER | TENSOR
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+    origin: str                         # what was built, in words: "modelport reference llama", "Lua nn model" …
+    path: Path | None = None            # the file or directory it came from
+    backend: str = "torch"              # torch | torchscript | onnxruntime
+    device: str = "cpu"                 # where it really runs ("cpu", "cuda:0")
+    vocab_size: int | None = None       # causal-lm and encoder
+    assumed: list[str] = field(default_factory=list)  # config values the weights did not reveal, guessed
+    module: Any = None                  # the nn.Module, ScriptModule or InferenceSession underneath
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What ran, for reports: origin, backend, device, inputs and outputs."""
+        return {"origin": self.origin, "kind": self.kind, "backend": self.backend, "device": self.device,
+                "path": str(self.path) if self.path else None,
+                "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in self.inputs],
+                "outputs": list(self.outputs)}
+
+
+@dataclass
+class TorchRunnable(Runnable):
+    """An eager ``torch.nn.Module`` (or a TorchScript module) called with the inputs in spec order."""
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        args = [feeds[spec.name].to(self.device) for spec in self.inputs]
+        with torch.no_grad():
+            out = self.module(*args)
+        return dict(zip(self.outputs, _first_outputs(out, len(self.outputs))))
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+@dataclass
+class OrtRunnable(Runnable):
+    """An ONNX graph in an onnxruntime session (``module``); ``device`` names the providers that really run."""
+
+    backend: str = "onnxruntime"
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in self.inputs}
+        values = self.module.run(list(self.outputs), arrays)
+        return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
+
+
+def ort_session(path, device: str = "cpu"):
+    """An onnxruntime session for the graph at ``path`` and the providers it really uses.
+
+    ``device="cuda"`` asks for the CUDA execution provider first; whether it runs is read from the
+    created session, never from what onnxruntime lists as available."""
+    from ..runtime import import_onnxruntime, session_providers
+
+    ort = import_onnxruntime()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+    return session, session_providers(session)
+
+
+def _first_outputs(out, n: int) -> list:
+    """The first ``n`` tensors of a module's output (a tensor, a tuple, or a transformers ModelOutput)."""
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    if not isinstance(out, (list, tuple)):
+        out = (out,)
+    return list(out[:n])
+
+
+def example_feeds(runnable: Runnable, batch: int = 1, seq_len: int = 8, seed: int = 0,
+                  left_pad: int = 0) -> dict[str, Any]:
+    """Seeded inputs for ``runnable``. Token models get ids spread over the whole vocabulary and a mask;
+    ``left_pad`` > 0 pads the last row on the left by that many positions (mask 0, id 0), as a batch of
+    prompts of different lengths is. Tensor models get values of their spec's shape and dtype; a dynamic
+    axis takes ``batch`` (axis 0) or ``seq_len``."""
+    import torch
+
+    from .. import dtypes
+
+    gen = torch.Generator().manual_seed(seed)
+    feeds = {}
+    if runnable.kind in (CAUSAL_LM, ENCODER):
+        if runnable.vocab_size is None:
+            raise UnsupportedError(f"{runnable.origin}: no vocabulary size known to make token inputs from")
+        ids = torch.randint(0, runnable.vocab_size, (batch, seq_len), generator=gen)
+        mask = torch.ones_like(ids)
+        if left_pad:
+            if left_pad >= seq_len:
+                raise UnsupportedError(f"left padding {left_pad} leaves no token in a sequence of {seq_len}")
+            ids[-1, :left_pad] = 0
+            mask[-1, :left_pad] = 0
+        for spec in runnable.inputs:
+            feeds[spec.name] = {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
+        return feeds
+    for spec in runnable.inputs:
+        shape = tuple(d if isinstance(d, int) else (batch if i == 0 else seq_len) for i, d in enumerate(spec.shape))
+        dtype = dtypes.to_torch(spec.dtype)
+        if dtype.is_floating_point:
+            x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+        elif dtype == torch.bool:
+            x = torch.randint(0, 2, shape, generator=gen).bool()
+        else:
+            x = torch.randint(0, 10, shape, generator=gen, dtype=torch.int64).to(dtype)
+        feeds[spec.name] = x
+    return feeds
+
+
+def tensor_input(input_shape, input_dtype=None) -> InputSpec:
+    """The one input of a ``tensor`` model from ``--input-shape`` / ``--input-dtype``."""
+    from .. import dtypes
+    from .user import parse_input_dtype, parse_input_shape
+
+    return InputSpec("input", dtypes.canonical(parse_input_dtype(input_dtype)), parse_input_shape(input_shape))
+
+
+def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, input_spec: InputSpec | None = None,
+                assumed=()) -> TorchRunnable:
+    """Wrap an eager module: a language model (``kind`` causal-lm / encoder) or a tensor model with
+    ``input_spec``."""
+    import torch
+
+    device = str(next(iter(module.parameters()), torch.empty(0)).device)
+    if kind == CAUSAL_LM:
+        inputs, outputs = token_inputs(), ("logits",)
+    elif kind == ENCODER:
+        inputs, outputs = token_inputs(), ("last_hidden_state",)
+    else:
+        if input_spec is None:
+            raise UnsupportedError(f"{path or origin}: running this model needs an example input: pass --input-shape, "
+                                   "e.g. 1,3,32,32")
+        inputs, outputs = (input_spec,), ("output",)
+    return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs, origin=origin, path=Path(path) if path else None,
+                         device=device, vocab_size=vocab_size, assumed=list(assumed), module=module)
+
+
+def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", dtype=None, input_shape=None,
+                  input_dtype=None, format: str | None = None) -> Runnable:  # noqa: A002
+    """The runnable model held by ``path``: a Lua ``nn`` model from ``.t7``, a user module
+    (``arch="package.module:factory"``), or a reference family (detected, or ``arch``)."""
+    from .. import formats
+
+    path = Path(path)
+    fmt = formats.get(format) if format else formats.detect(path)
+    if fmt.id == "t7" and arch is None:
+        from ..t7.nn import load_lua_model
+
+        if input_shape is None:
+            raise UnsupportedError(f"{path}: running a Lua nn model needs an example input: pass --input-shape, "
+                                   "e.g. 1,3,32,32")
+        spec = tensor_input(input_shape, input_dtype)
+        model = load_lua_model(path)
+        if dtype is not None:
+            from .loader import _torch_dtype
+
+            model.to(_torch_dtype(dtype))
+        model.to(device)
+        return from_module(model, kind=TENSOR, origin=f"Lua nn model rebuilt as {type(model).__name__}", path=path,
+                           input_spec=spec)
+    from .loader import load_model
+
+    model = load_model(path, arch, device, dtype, config=config, input_shape=input_shape, input_dtype=input_dtype)
+    assumed = list(getattr(model, "modelport_assumed", []))
+    if arch and ":" in arch:
+        shape_dtype = getattr(model, "modelport_input", None)
+        spec = None
+        if shape_dtype is not None:
+            from .. import dtypes
+
+            spec = InputSpec("input", dtypes.canonical(shape_dtype[1]), tuple(shape_dtype[0]))
+        return from_module(model, kind=TENSOR, origin=f"user module {arch} ({type(model).__name__})", path=path,
+                           input_spec=spec, assumed=assumed)
+    family = getattr(model, "modelport_arch", None) or arch
+    return from_module(model, kind=CAUSAL_LM, origin=f"modelport reference {family} ({type(model).__name__})",
+                       path=path, vocab_size=model.config.vocab_size, assumed=assumed)
+
+
+__all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "SEQUENCE", "TENSOR", "InputSpec", "OrtRunnable", "Runnable", "TorchRunnable",
+           "example_feeds", "from_module", "load_runnable", "ort_session", "tensor_input", "token_inputs"]

@@ -22,8 +22,10 @@ import contextlib
 import io
 import json
 import pickle
+import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 from .. import dtypes
@@ -32,6 +34,9 @@ from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, _Safe
 from .base import Format, Options, TensorInfo, TensorSource
 
+# what zipfile raises for archives it cannot list (damaged, unsupported versions, zip bombs of headers)
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, NotImplementedError, EOFError,
+               struct.error, RuntimeError, zlib.error)
 METADATA_FILE = "modelport.json"     # extra/ file modelport writes: kind, inputs, outputs, origin
 
 
@@ -81,7 +86,7 @@ def archive_members(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as zf:
             return zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise FormatError(f"{path}: truncated or corrupt zip archive ({exc}); re-export the TorchScript file") from exc
 
 
@@ -110,7 +115,7 @@ def check_pickles(path: Path) -> None:
                         RecursionError, MemoryError) as exc:
                     raise FormatError(f"{path}: corrupt {name} ({type(exc).__name__}: {str(exc)[:160]}); "
                                       "re-export the TorchScript file") from exc
-    except (zipfile.BadZipFile, OSError) as exc:
+    except _ZIP_ERRORS as exc:
         raise FormatError(f"{path}: cannot read the archive ({exc}); re-export the TorchScript file") from exc
 
 
@@ -221,7 +226,7 @@ class TorchScript(Format):
         try:
             with zipfile.ZipFile(path) as zf:
                 return archive_prefix(zf.namelist()) is not None
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except _ZIP_ERRORS:
             return False
 
     def open(self, path: Path, options: Options) -> TorchScriptSource:

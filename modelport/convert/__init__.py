@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dtypes, formats
-from ..atomic import atomic_output, check_destination
+from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import MissingDependencyError, UnsupportedError
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
@@ -27,6 +27,19 @@ class Result:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    aliases: int = 0             # tied names stored once (counted apart from ``tensors``)
+
+    def counts(self) -> str:
+        """'28 tensors + 1 tied alias', the way convert, diff and inspect all count."""
+        return count_phrase(self.tensors, self.aliases)
+
+
+def count_phrase(tensors: int, aliases: int) -> str:
+    """How every command counts: the tensors stored, then tied names apart ("28 tensors + 1 tied alias")."""
+    text = f"{tensors} tensor{'s' if tensors != 1 else ''}"
+    if aliases:
+        text += f" + {aliases} tied alias{'es' if aliases != 1 else ''}"
+    return text
 
 
 def target_format(dst: Path, to: str | None) -> Format:
@@ -45,9 +58,11 @@ def target_format(dst: Path, to: str | None) -> Format:
     return fmt
 
 
-def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path) -> dict | None:
+def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path,
+                    assume_config: bool = False) -> dict | None:
     """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
-    source's, else inferred from the weights), meta a params.json (from the source's config)."""
+    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``),
+    meta a params.json (from the source's config)."""
     if target.config_file == "config.json":
         if given is not None:
             return given
@@ -55,7 +70,7 @@ def config_to_write(source: TensorSource, given: dict | None, target: Format, ar
             return source.config
         from ..models import infer_config
 
-        return infer_config(source, arch)
+        return infer_config(source, arch, assume_config=assume_config)
     if target.config_file == "params.json":
         from ..models.families.llama import params_for
 
@@ -85,6 +100,7 @@ def convert(
     src, dst = Path(src), Path(dst)
     options = options or Options()
     target = target_format(dst, to)
+    check_overlap(src, dst)
     check_destination(dst, force)
     if target.graph:       # a program, not weights: export the runnable model (defaults: opset 17, script/trace)
         from .export import ExportOptions, export
@@ -92,22 +108,31 @@ def convert(
         done = export(src, dst, target.id, options=ExportOptions(dtype=dtype), force=force,
                       arch=options.arch, config=options.config)
         return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"])
-    if dst.exists() and src.resolve() == dst.resolve():
-        raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:
+        check_overlap(src, dst, list(source.side_files.values()) + _weight_paths(source))
         given = read_config_file(options.config, source) if options.config is not None else None
         source = layouts.adapt(source, target, options, given)
         if dtype is not None:
             source = CastSource(source, dtype, allow_overflow)
-        writing = options.writing(config_to_write(source, given, target, options.arch, dst), shard_size)
+        writing = options.writing(config_to_write(source, given, target, options.arch, dst, options.assume_config),
+                                  shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
         show = sys.stderr.isatty() if progress is None else progress
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
-            with atomic_output(dst, force) as tmp:
+            notes: list[str] = []
+            with atomic_output(dst, force, notes) as tmp:
                 target.write(source, tmp, writing, advance)
-        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes))
+                if tmp.is_dir():
+                    write_marker(tmp, format=target.id)
+        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
+                      aliases=len(source.aliases()))
+
+
+def _weight_paths(source) -> list[Path]:
+    """The files a (directory) source reads its tensors from, for the overlap check."""
+    return [Path(s.path) for s in getattr(source, "_shards", ()) if getattr(s, "path", None) is not None]
 
 
 class _progress_bar:

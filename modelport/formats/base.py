@@ -93,6 +93,7 @@ class Options:
     t7_endian: str | None = None         # t7 reader: force little | big
     crc32: bool = True                   # pt writer: real zip CRC-32s (computed beside the copy; torch.load ignores them)
     allow_expanded: bool = False         # readers: accept views far larger than their storages (see formats/_untrusted.py)
+    assume_config: bool = False          # bare weights: accept guessed config values (recorded in the output)
 
     def reading(self) -> ReadOptions:
         return ReadOptions(self.strip_prefix, self.params_only, self.t7_long_size, self.t7_endian, self.allow_expanded)
@@ -156,6 +157,11 @@ class TensorSource:
         """Where a whole storage's bytes lie contiguous in a file, for zero-copy writers."""
         return None
 
+    def buffers(self) -> set[str]:
+        """Names that hold module state rather than learnable parameters (running statistics, pooling
+        indices, outputs of a Lua nn model), counted apart by ``inspect``; none for plain weight files."""
+        return set()
+
     def tree(self) -> str | None:
         """A printable object tree for ``inspect`` (t7 objects, graphs), when the format has one."""
         return None
@@ -166,7 +172,9 @@ class TensorSource:
 
     def read(self, name: str):
         """One tensor as a torch.Tensor (imports torch)."""
-        import torch
+        from ..errors import need_torch
+
+        torch = need_torch("reading a tensor as a torch.Tensor")
 
         info = self.info(self._canonical(name))
         data = self.read_bytes(info.name)

@@ -22,21 +22,16 @@ import contextlib
 import io
 import json
 import pickle
-import struct
 import warnings
-import zipfile
-import zlib
 from pathlib import Path
 
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, _Safe
+from ._torchzip import ZipReader
 from .base import Format, Options, TensorInfo, TensorSource
 
-# what zipfile raises for archives it cannot list (damaged, unsupported versions, zip bombs of headers)
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, NotImplementedError, EOFError,
-               struct.error, RuntimeError, zlib.error)
 METADATA_FILE = "modelport.json"     # extra/ file modelport writes: kind, inputs, outputs, origin
 
 
@@ -82,12 +77,13 @@ class ScriptUnpickler(CheckpointUnpickler):
         return super().find_class(module, name)
 
 
+def _archive(path: Path) -> ZipReader:
+    """The archive's members, through the hardened zip reader (sizes and inflation bounded)."""
+    return ZipReader(Path(path), Path(path).stat().st_size)
+
+
 def archive_members(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except _ZIP_ERRORS as exc:
-        raise FormatError(f"{path}: truncated or corrupt zip archive ({exc}); re-export the TorchScript file") from exc
+    return list(_archive(path).members)
 
 
 def archive_prefix(names: list[str]) -> str | None:
@@ -101,22 +97,19 @@ def archive_prefix(names: list[str]) -> str | None:
 
 def check_pickles(path: Path) -> None:
     """Every pickle of the archive read by the allow-listing unpickler; refuse the file otherwise."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for name in zf.namelist():
-                if not name.endswith(".pkl"):
-                    continue
-                data = zf.read(name)
-                try:
-                    ScriptUnpickler(io.BytesIO(data), path).load()
-                except BadCheckpoint as exc:
-                    raise FormatError(f"{path}: {name} is not what a TorchScript archive holds: {exc}") from exc
-                except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-                        RecursionError, MemoryError) as exc:
-                    raise FormatError(f"{path}: corrupt {name} ({type(exc).__name__}: {str(exc)[:160]}); "
-                                      "re-export the TorchScript file") from exc
-    except _ZIP_ERRORS as exc:
-        raise FormatError(f"{path}: cannot read the archive ({exc}); re-export the TorchScript file") from exc
+    archive = _archive(path)
+    for name in archive.members:
+        if not name.endswith(".pkl"):
+            continue
+        data = archive.read(name)
+        try:
+            ScriptUnpickler(io.BytesIO(data), path).load()
+        except BadCheckpoint as exc:
+            raise FormatError(f"{path}: {name} is not what a TorchScript archive holds: {exc}") from exc
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                RecursionError, MemoryError) as exc:
+            raise FormatError(f"{path}: corrupt {name} ({type(exc).__name__}: {str(exc)[:160]}); "
+                              "re-export the TorchScript file") from exc
 
 
 def read_metadata(path: Path) -> dict:
@@ -126,11 +119,10 @@ def read_metadata(path: Path) -> dict:
     member = f"{prefix}extra/{METADATA_FILE}"
     if member not in names:
         return {}
-    with zipfile.ZipFile(path) as zf:
-        try:
-            meta = json.loads(zf.read(member))
-        except ValueError as exc:
-            raise FormatError(f"{path}: {member} is not valid JSON ({exc})") from exc
+    try:
+        meta = json.loads(_archive(path).read(member, limit=1 << 20))
+    except ValueError as exc:
+        raise FormatError(f"{path}: {member} is not valid JSON ({exc})") from exc
     return meta if isinstance(meta, dict) else {}
 
 
@@ -224,9 +216,8 @@ class TorchScript(Format):
             if f.read(4) != b"PK\x03\x04":
                 return False
         try:
-            with zipfile.ZipFile(path) as zf:
-                return archive_prefix(zf.namelist()) is not None
-        except _ZIP_ERRORS:
+            return archive_prefix(archive_members(path)) is not None
+        except FormatError:
             return False
 
     def open(self, path: Path, options: Options) -> TorchScriptSource:

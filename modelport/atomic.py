@@ -130,7 +130,7 @@ def atomic_output(dst: Path | str, force: bool = False, notes: list[str] | None 
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"writer produced nothing at {tmp}")
-        interrupt.check()          # an interrupt that something swallowed still stops the rename
+        interrupt.commit()         # an interrupt that something swallowed still stops the rename
         if dst.exists() or dst.is_symlink():
             check_destination(dst, force)
             old = dst.parent / f".{dst.name}.modelport-{os.getpid()}.old"

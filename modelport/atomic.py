@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -11,7 +12,11 @@ from pathlib import Path
 from typing import Iterator
 
 from . import interrupt
-from .errors import DestinationExistsError, OverlapError, opt
+from .errors import DestinationExistsError, OutputError, OverlapError, opt
+
+# Errors of the output side, reported as one line (exit 2) rather than as a bug.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+_SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 # Written into every directory output; --force replaces a non-empty directory only when it holds this.
 MARKER = ".modelport.json"
@@ -105,6 +110,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _check_parent(dst: Path) -> None:
+    """Refuse a destination modelport cannot or must not create: under /proc, /sys, /dev, or below a file."""
+    real = dst.parent.resolve()
+    shm = Path("/dev/shm")
+    if any(real == d or d in real.parents for d in _SYSTEM_DIRS) and not (real == shm or shm in real.parents):
+        raise OutputError(f"{dst}: inside the system directory {real}; choose a destination on a real filesystem")
+    for p in (real, *real.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise OutputError(f"{dst}: {p} is a file, not a directory; choose another destination")
+            break
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -113,26 +131,50 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def output_error(dst: Path, exc: OSError) -> OutputError:
+    """One line for an OSError met while writing ``dst``."""
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EFBIG: "the file is too large "
+            "for the filesystem", errno.EROFS: "the filesystem is read-only"}.get(exc.errno, exc.strerror or str(exc))
+    return OutputError(f"{dst}: cannot write the output: {what}; nothing was written")
+
+
 @contextlib.contextmanager
 def atomic_output(dst: Path | str, force: bool = False, notes: list[str] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``dst``; on success it replaces ``dst``, on any failure
     (Ctrl-C included) it is removed and ``dst`` is left as it was. Stale temporaries of ``dst`` from
-    dead processes are removed first, each with a note appended to ``notes``."""
+    dead processes are removed first, each with a note appended to ``notes``.
+
+    A file replaces a file (or a link) in one ``os.replace``, so there is no moment without a
+    destination. A directory replacing an existing one is swapped in two renames (Linux has no
+    portable atomic exchange), the old one removed afterwards."""
     dst = Path(dst)
     check_destination(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    _check_parent(dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot create its directory {dst.parent} ({exc.strerror})") from exc
     removed = remove_stale_temps(dst)
     if notes is not None:
         notes.extend(removed)
     tmp = dst.parent / f".{dst.name}.modelport-{os.getpid()}.tmp"
     _remove(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            ours = exc.filename is not None and str(exc.filename).startswith(str(tmp))
+            if exc.errno in _OUTPUT_ERRNOS or (ours and exc.errno in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)):
+                raise output_error(dst, exc) from exc
+            raise
         if not tmp.exists():
             raise RuntimeError(f"writer produced nothing at {tmp}")
         interrupt.commit()         # an interrupt that something swallowed still stops the rename
         if dst.exists() or dst.is_symlink():
             check_destination(dst, force)
+            if not tmp.is_dir() and not (dst.is_dir() and not dst.is_symlink()):
+                os.replace(tmp, dst)
+                return
             old = dst.parent / f".{dst.name}.modelport-{os.getpid()}.old"
             os.rename(dst, old)
             try:

@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 a comparison found a difference; 2 the input or argumen
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -28,9 +29,12 @@ def parse_size(text: str) -> int:
     else:
         unit, number = "B", t
     try:
-        return int(float(number) * SIZE_UNITS[unit])
-    except ValueError:
+        size = int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, OverflowError):   # inf, nan
         raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 1000000") from None
+    if size < 1:
+        raise click.BadParameter(f"{text!r}: a size must be at least 1 byte")
+    return size
 
 
 def format_ids() -> list[str]:
@@ -115,13 +119,14 @@ def _options(**kw):
 @click.option("--assume-config", is_flag=True, help="With --run on bare weights: accept guessed head counts, norm epsilon … .")
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, assume_config,
-            input_shape, input_dtype) -> None:
+            input_shape, input_dtype, allow_expanded) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
     from .inspect import inspect as run
     from .inspect import run_check
 
-    summary = run(path, from_)
+    summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
     check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
     if as_json:
         out = summary.to_json()
@@ -163,21 +168,23 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
-            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian) -> None:
+            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, allow_expanded) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
     from .convert import convert as run
 
     options = _options(config=config, assume_config=assume_config or None, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
-                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
+                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian,
+                       allow_expanded=allow_expanded or None)
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                  shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)
-    from .render import human
+    from .render import escape, human
 
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}")
+        click.echo(f"note: {escape(note)}", err=True)
+    click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}"))
 
 
 @cli.command()
@@ -188,12 +195,14 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
 @click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion); use with --atol.")
-def diff(a, b, atol, as_json, from_a, from_b, cast) -> None:
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+def diff(a, b, atol, as_json, from_a, from_b, cast, allow_expanded) -> None:
     """Compare A and B tensor by tensor; exit 1 when they differ."""
     from .diff import diff as run
     from .errors import DifferenceFound
 
-    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b, cast=cast)
+    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b, cast=cast,
+                 options=_options(allow_expanded=allow_expanded or None))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -223,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import interrupt
     from .errors import SPELLING
 
-    interrupt.install()
+    interrupt.install(signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
     spelling = SPELLING.set("cli")
     debug, args = _split_debug(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -245,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
             interrupt.check()
             if debug:
                 raise
+            from .render import escape
+
             kind = "error: " if exc.exit_code == 2 else ""
-            click.echo(f"modelport: {kind}{exc}", err=True)
+            click.echo(f"modelport: {kind}{escape(exc)}", err=True)
             sys.exit(exc.exit_code)
         except ModuleNotFoundError as exc:     # an optional package, imported where no check named it
             interrupt.check()

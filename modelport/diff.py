@@ -77,9 +77,9 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
     from .convert.explain import explain_difference
     from .models.layouts import align
 
-    need_torch("diff (it compares tensor values with torch)")
     report = DiffReport(str(a), str(b), atol, cast=cast)
     with open_source(a, from_a, options) as sa, open_source(b, from_b, options) as sb:
+        need_torch("diff (it compares tensor values with torch)")   # after the files are known to be readable
         raw_b = sb
         sb = align(sb, sa)    # B under A's names when both are layouts of one family (meta vs hf …)
         if sb is not raw_b:

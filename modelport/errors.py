@@ -47,6 +47,10 @@ class DestinationExistsError(ModelportError):
     """The output path exists and --force was not given, or it may not be replaced (see the message)."""
 
 
+class OutputError(ModelportError):
+    """The destination cannot be written: disk full, read-only, a parent that is a file, a system directory."""
+
+
 class OverlapError(ModelportError):
     """The destination is the source, contains it, or lies inside it: writing would destroy the input."""
 

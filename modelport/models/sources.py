@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .. import formats
 from ..errors import FormatError
+from ..formats._untrusted import read_json_file
 from ..formats.base import Options, ReadOptions, TensorSource
 from .families import llama
 
@@ -40,7 +40,9 @@ def _carried_config(source: TensorSource) -> None:
     if not carried.is_file():
         return
     try:
-        stored = json.loads(carried.read_text(encoding="utf-8"))
+        stored = read_json_file(carried, "config file")
+        if not isinstance(stored, dict):
+            raise FormatError(f"{carried}: not a JSON object")
         same = replace(config_from_hf(stored, "llama", str(carried)), max_positions=0) == \
             replace(config_from_hf(source.config, "llama", f"{source.path}: params.json"), max_positions=0)
     except (OSError, ValueError, FormatError, UnsupportedError, LayoutError) as exc:
@@ -56,10 +58,9 @@ def read_config_file(path, source: TensorSource | None = None) -> dict:
     """A config file given with ``--config``: a config.json dict, or a Meta params.json translated to
     one (its vocabulary and tying read from ``source``). A FormatError when it cannot be read."""
     path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: cannot read the config file ({exc})") from exc
+    config = read_json_file(path, "config file")     # a regular file, plain JSON (depth, numbers, strings checked)
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: the config file holds {type(config).__name__}, not a JSON object")
     if llama.is_params(config) and source is not None:
         return llama.hf_config_from_meta_source(config, source, path)
     return config

@@ -194,6 +194,68 @@ def diff(a, b, atol, as_json, from_a, from_b) -> None:
         raise DifferenceFound(f"{a} and {b} differ")
 
 
+def _seq_lens(ctx, param, value):
+    lens = [int(x) for v in value for x in str(v).replace(",", " ").split()] if value else None
+    if lens is not None and any(n < 1 for n in lens):
+        raise click.BadParameter("sequence lengths are positive integers, e.g. --seq-len 1 --seq-len 8")
+    return lens
+
+
+@cli.command()
+@click.argument("ref", type=click.Path(path_type=Path))
+@click.argument("candidates", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where both models run; auto uses CUDA when a GPU is visible. cuda without one is an error.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run both models in this dtype "
+              "(default: as stored); picks the default tolerances.")
+@click.option("--atol", type=float, help="Absolute tolerance (default depends on the dtype and is printed).")
+@click.option("--rtol", type=float, help="Relative tolerance (default depends on the dtype and is printed).")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Rows per input batch; the last row is left-padded.")
+@click.option("--seq-len", "seq_lens", multiple=True, callback=_seq_lens, metavar="L",
+              help="Sequence lengths to feed (repeat or comma-separate; default 1, 8, 32).")
+@click.option("--new-tokens", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Greedy tokens to generate and compare (language models; 0 skips).")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Real prompts, one per line, through the reference's tokenizer instead of seeded ids.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox) or package.module:factory.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="config.json for models whose files carry none.")
+@click.option("--input-shape", metavar="DIMS", help="Input shape of non-language models, e.g. 1,3,224,224.")
+@click.option("--input-dtype", metavar="DTYPE", help="Input dtype of non-language models (default float32).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path),
+              help="Also write JUnit XML here (one test case per candidate and check).")
+def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
+           input_shape, input_dtype, as_json, report_path, junit_path) -> None:
+    """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
+    from .errors import DifferenceFound
+    from .parity import parity as run
+    from .parity.inputs import DEFAULT_SEQ_LENS
+
+    report = run(ref, *candidates, device=device, dtype=dtype, atol=atol, rtol=rtol, batch=batch,
+                 seq_lens=seq_lens or DEFAULT_SEQ_LENS, new_tokens=new_tokens, prompts=prompts, seed=seed, arch=arch,
+                 config=config, input_shape=input_shape, input_dtype=input_dtype)
+    data = report.to_json()
+    if report_path:
+        _write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
+    if junit_path:
+        _write_text(junit_path, report.to_junit() + "\n")
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else report.to_text())
+    if not report:
+        failed = [c.model["path"] or c.model["origin"] for c in report.candidates if not c.passed]
+        raise DifferenceFound(f"parity failed for {', '.join(map(str, failed))}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    from .atomic import atomic_output
+
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 

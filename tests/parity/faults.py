@@ -74,3 +74,32 @@ def fp16_overflow(state: dict, layer: int, factor: float = 1e6) -> dict:
     name = f"model.layers.{layer}.mlp.down_proj.weight"
     out[name] = state[name] * factor
     return out
+
+
+def export_onnx(model, path):
+    import warnings
+
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "logits")})
+    return path
+
+
+def ort_runnable(model, path):
+    """The model exported to ONNX at ``path`` and run by onnxruntime."""
+    from modelport.models.runnable import CAUSAL_LM, OrtRunnable, ort_session, token_inputs
+
+    session, providers = ort_session(export_onnx(model, path))
+    return OrtRunnable(kind=CAUSAL_LM, inputs=token_inputs(), outputs=("logits",), origin="onnx export", path=path,
+                       device="cpu", vocab_size=model.config.vocab_size, module=session)
+
+
+def script_runnable(model):
+    """The model scripted, behind the runnable interface as a TorchScript file's producer gives it."""
+    from modelport.models.runnable import CAUSAL_LM, TorchRunnable, token_inputs
+
+    return TorchRunnable(kind=CAUSAL_LM, inputs=token_inputs(), outputs=("logits",), origin="torchscript",
+                         backend="torchscript", vocab_size=model.config.vocab_size, module=torch.jit.script(model))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from modelport.models.runnable import CAUSAL_LM, TorchRunnable, from_module, load_runnable
+from modelport.models.runnable import from_module, load_runnable
 from modelport.parity import parity
 from modelport.parity.layers import block_names, onnx_scope
 
@@ -94,42 +94,11 @@ def test_same_model_in_fp16_passes_fp16_defaults(llama):
     assert report.candidates[0].tolerance.dtype == "float16"
 
 
-def _export_onnx(model, path):
-    import warnings
-
-    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "logits")})
-    return path
-
-
-def ort_runnable(model, path):
-    from modelport.models.runnable import OrtRunnable, ort_session, token_inputs
-
-    session, providers = ort_session(_export_onnx(model, path))
-    return OrtRunnable(kind=CAUSAL_LM, inputs=token_inputs(), outputs=("logits",), origin="onnx export", path=path,
-                       device="cpu", vocab_size=model.config.vocab_size, module=session)
-
-
-def script_runnable(model):
-    return TorchRunnable(kind=CAUSAL_LM, inputs=load_inputs(), outputs=("logits",), origin="torchscript",
-                         backend="torchscript", vocab_size=model.config.vocab_size, module=torch.jit.script(model))
-
-
-def load_inputs():
-    from modelport.models.runnable import token_inputs
-
-    return token_inputs()
-
-
 def test_onnx_candidate_names_the_layer_from_graph_values(llama, tmp_path):
     pytest.importorskip("onnxruntime")
     root, state, config, ref = llama
     bad = load_runnable(faults.write_dir(root / "swap-onnx", faults.swap_layers(state, 0, 2), config))
-    cand = ort_runnable(bad.module, tmp_path / "bad.onnx")
+    cand = faults.ort_runnable(bad.module, tmp_path / "bad.onnx")
     report = parity(load_runnable(ref), cand, seq_lens=(6,), new_tokens=2)
     div = report.candidates[0].first_divergence
     assert not report and div.method == "onnx-outputs" and div.layer == 0 and div.layers == 3
@@ -139,7 +108,7 @@ def test_onnx_candidate_names_the_layer_from_graph_values(llama, tmp_path):
 def test_torchscript_candidate_names_the_layer_by_replay(llama):
     root, state, config, ref = llama
     bad = load_runnable(faults.write_dir(root / "rope-ts", faults.rotary_meta_order(state, 1, config), config))
-    report = parity(load_runnable(ref), script_runnable(bad.module), seq_lens=(6,), new_tokens=2)
+    report = parity(load_runnable(ref), faults.script_runnable(bad.module), seq_lens=(6,), new_tokens=2)
     div = report.candidates[0].first_divergence
     assert not report and div.method == "torchscript-replay"
     assert (div.layer, div.name, div.matched) == (1, "model.layers.1.self_attn", [0])

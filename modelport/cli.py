@@ -156,18 +156,31 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+@click.option("--verify", is_flag=True, help="Run the written model against SRC (as `modelport parity` does) before "
+              "declaring success; keep nothing when they differ (exit 1).")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
-            no_crc32, params_only, t7_mode, t7_long_size, t7_endian) -> None:
+            no_crc32, params_only, t7_mode, t7_long_size, t7_endian, verify) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
     from .convert import convert as run
 
     options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
-    result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
-                 shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)
+    from .convert import VerifyFailed
+
+    try:
+        result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
+                     shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
+                     verify=verify)
+    except VerifyFailed as exc:
+        click.echo(exc.report.to_text())
+        raise
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+    if result.parity is not None:
+        tol = result.parity.candidates[0].tolerance
+        click.echo(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
+                   f"torch on {result.parity.torch_device})")
     click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")
 
 

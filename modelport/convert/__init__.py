@@ -6,10 +6,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import dtypes, formats
 from ..atomic import atomic_output, check_destination
-from ..errors import UnsupportedError
+from ..errors import DifferenceFound, UnsupportedError
 from ..formats.base import Format, Options
 from . import layouts
 from .cast import CastSource
@@ -25,6 +26,7 @@ class Result:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    parity: Any = None              # the ParityReport of --verify, when asked
 
 
 def target_format(dst: Path, to: str | None) -> Format:
@@ -55,11 +57,15 @@ def convert(
     allow_overflow: bool = False,
     options: Options | None = None,
     progress: bool | None = None,
+    verify: bool | dict = False,
 ) -> Result:
     """Convert ``src`` to ``dst``. Nothing is written unless the whole conversion succeeds.
 
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
+    ``verify`` runs the written model against the source with the parity check before it is moved into
+    place (a dict passes options to :func:`modelport.parity.parity`); a mismatch raises
+    :class:`VerifyFailed` carrying the report, and nothing is kept.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
@@ -69,6 +75,7 @@ def convert(
         raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
+    reference = _verify_reference(src, from_, options) if verify else None
     with formats.open(src, from_, options) as source:
         source = layouts.adapt(source, target, options)
         if dtype is not None:
@@ -82,9 +89,42 @@ def convert(
             try:
                 with atomic_output(dst, force) as tmp:
                     target.write(source, tmp, options)
+                    report = _verify(reference, tmp, dst, target, options, verify) if verify else None
             finally:
                 options.extra.pop("progress", None)
-        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes))
+        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes), report)
+
+
+class VerifyFailed(DifferenceFound):
+    """The written model does not match its source; nothing was kept."""
+
+    def __init__(self, dst: Path, report):
+        self.report = report
+        div = next((c.first_divergence for c in report.candidates if c.first_divergence), None)
+        where = f" ({div.describe()})" if div else ""
+        super().__init__(f"{dst}: the converted model does not match the source{where}; nothing was written")
+
+
+def _verify_reference(src: Path, from_: str | None, options: Options):
+    """The source as a runnable model, built before anything is written (a source that cannot run
+    cannot be verified: that is an input error, found first)."""
+    from ..models.runnable import load_runnable
+
+    return load_runnable(src, format=from_, arch=options.arch, config=options.config)
+
+
+def _verify(reference, written: Path, dst: Path, target: Format, options: Options, verify):
+    """Parity of the written model (at its temporary path) against the source; raise when it fails."""
+    from ..models.runnable import load_runnable
+    from ..parity import parity
+
+    config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
+    candidate = load_runnable(written, format=target.id, arch=options.arch,
+                              config=config() if config is not None else options.config)
+    report = parity(reference, candidate, **(verify if isinstance(verify, dict) else {}))
+    if not report:
+        raise VerifyFailed(dst, report)
+    return report
 
 
 class _progress_bar:

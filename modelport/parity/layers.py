@@ -15,7 +15,9 @@ the order they ran) that does names the part (``model.layers.3.self_attn``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .metrics import Tolerance, compare_tensors
@@ -190,7 +192,7 @@ def capture_onnx(runnable, names: list[str], feeds: dict):
 
     if runnable.path is None:
         return {}
-    model = onnx.load(str(runnable.path))
+    model = onnx.load(str(runnable.path), load_external_data=False)
     values = onnx_scope_values(model.graph, names)
     if not values:
         return {}
@@ -201,11 +203,26 @@ def capture_onnx(runnable, names: list[str], feeds: dict):
             present.add(v)
     ort = import_onnxruntime()
     providers = runnable.module.get_providers() if hasattr(runnable.module, "get_providers") else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(model.SerializeToString(), providers=providers)
+    session = _session_beside(ort, model, Path(runnable.path), providers)
     arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in runnable.inputs}
     wanted = list(dict.fromkeys(values.values()))
     got = dict(zip(wanted, session.run(wanted, arrays)))
     return {name: torch.from_numpy(got[v]) for name, v in values.items()}
+
+
+def _session_beside(ort, model, original: Path, providers):
+    """A session for the edited graph. Weights stored as external data are found relative to the graph,
+    so such a graph is written for a moment beside the original (hidden name, removed at once)."""
+    from onnx.external_data_helper import uses_external_data
+
+    if not any(uses_external_data(t) for t in model.graph.initializer):
+        return ort.InferenceSession(model.SerializeToString(), providers=providers)
+    tmp = original.parent / f".{original.name}.modelport-{os.getpid()}.layers.onnx"
+    try:
+        tmp.write_bytes(model.SerializeToString())
+        return ort.InferenceSession(str(tmp), providers=providers)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _torch_eager(r) -> bool:

@@ -79,7 +79,8 @@ def fp16_overflow(state: dict, layer: int, factor: float = 1e6) -> dict:
 def export_onnx(model, path):
     import warnings
 
-    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0)).to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
@@ -88,11 +89,17 @@ def export_onnx(model, path):
     return path
 
 
-def ort_runnable(model, path):
-    """The model exported to ONNX at ``path`` and run by onnxruntime."""
+def ort_runnable(model, path, external_data: bool = False):
+    """The model exported to ONNX at ``path`` (its weights in a side file if asked) and run by onnxruntime."""
     from modelport.models.runnable import CAUSAL_LM, OrtRunnable, ort_session, token_inputs
 
-    session, providers = ort_session(export_onnx(model, path))
+    export_onnx(model, path)
+    if external_data:
+        import onnx
+
+        onnx.save(onnx.load(str(path)), str(path), save_as_external_data=True, location=path.name + ".data",
+                  size_threshold=0)
+    session, providers = ort_session(path)
     return OrtRunnable(kind=CAUSAL_LM, inputs=token_inputs(), outputs=("logits",), origin="onnx export", path=path,
                        device="cpu", vocab_size=model.config.vocab_size, module=session)
 

@@ -98,11 +98,14 @@ def test_onnx_candidate_names_the_layer_from_graph_values(llama, tmp_path):
     pytest.importorskip("onnxruntime")
     root, state, config, ref = llama
     bad = load_runnable(faults.write_dir(root / "swap-onnx", faults.swap_layers(state, 0, 2), config))
-    cand = faults.ort_runnable(bad.module, tmp_path / "bad.onnx")
-    report = parity(load_runnable(ref), cand, seq_lens=(6,), new_tokens=2)
-    div = report.candidates[0].first_divergence
-    assert not report and div.method == "onnx-outputs" and div.layer == 0 and div.layers == 3
-    assert report.to_json()["candidates"][0]["model"]["providers"] == ["CPUExecutionProvider"]
+    for external in (False, True):
+        cand = faults.ort_runnable(bad.module, tmp_path / f"bad-{external}.onnx", external_data=external)
+        report = parity(load_runnable(ref), cand, seq_lens=(6,), new_tokens=2)
+        div = report.candidates[0].first_divergence
+        assert not report and div.method == "onnx-outputs" and div.layer == 0 and div.layers == 3
+        assert report.to_json()["candidates"][0]["model"]["providers"] == ["CPUExecutionProvider"]
+    assert (tmp_path / "bad-True.onnx.data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-False.onnx", "bad-True.onnx", "bad-True.onnx.data"]
 
 
 def test_torchscript_candidate_names_the_layer_by_replay(llama):

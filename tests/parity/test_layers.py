@@ -145,3 +145,19 @@ def test_tensor_model_divergence_by_top_level_children():
     div = report.candidates[0].first_divergence
     assert not report and (div.layer, div.name) == (2, "2")
     assert parity(ref, from_module(net, kind="tensor", origin="same", input_spec=spec))
+
+
+def test_wrong_rmsnorm_epsilon_in_the_config(cli, llama):
+    root, state, config, ref = llama
+    cand = faults.write_dir(root / "eps", state, dict(config, rms_norm_eps=0.5))
+    div = _cli_fails_at(cli, ref, cand, 0)
+    assert div["name"] == "model.layers.0.input_layernorm"
+
+
+def test_fp16_overflow_in_a_converted_file(cli, llama):
+    root, state, config, _ = llama
+    src = faults.write_dir(root / "big-src", faults.fp16_overflow(state, 1), config)
+    half = root / "big-fp16"
+    assert cli("convert", src, half, "--to", "hf", "--dtype", "fp16", "--allow-overflow").returncode == 0
+    div = _cli_fails_at(cli, src, half, 1)
+    assert div["max_abs"] is None          # the block's output is not finite

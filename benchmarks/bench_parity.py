@@ -11,7 +11,8 @@ times
 
 and prints both and their ratio (target: parity <= 1.5 x bare). Each figure is the best of --repeat runs.
 
-Usage: python benchmarks/bench_parity.py [--new-tokens 16] [--repeat 2] [--threads N] [--workdir DIR]
+Usage: python benchmarks/bench_parity.py [--new-tokens 16] [--repeat 2] [--threads N] [--candidates copy,onnx]
+       [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--candidates", default="copy,onnx", help="which candidates: copy, onnx (comma-separated)")
     args = ap.parse_args()
     import torch
 
@@ -123,9 +125,13 @@ def main() -> None:
         ref = build_dir(tmp / "gpt2-small")
         import shutil
 
-        shutil.copy(ref / "model.safetensors", tmp / "copy.safetensors")
-        cands = {"safetensors copy": tmp / "copy.safetensors", "ONNX export (onnxruntime CPU)":
-                 export_onnx(ref, tmp / "gpt2-small.onnx")}
+        wanted = args.candidates.split(",")
+        cands = {}
+        if "copy" in wanted:
+            shutil.copy(ref / "model.safetensors", tmp / "copy.safetensors")
+            cands["safetensors copy"] = tmp / "copy.safetensors"
+        if "onnx" in wanted:
+            cands["ONNX export (onnxruntime CPU)"] = export_onnx(ref, tmp / "gpt2-small.onnx")
         print(f"GPT-2-small shape, random fp32 weights; torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"inputs: seq 1, 8, 32 at batch 2 (last row left-padded) + {args.new_tokens} greedy tokens")
         for label, cand in cands.items():

@@ -89,7 +89,7 @@ def ort_runnable(path: Path, device: str, vocab: int):
 
     session, providers = ort_session(path, device)
     return OrtRunnable(kind="causal-lm", inputs=token_inputs(), outputs=("logits",),
-                       origin=f"ONNX export in onnxruntime", path=path, device=",".join(providers), vocab_size=vocab,
+                       origin="ONNX export in onnxruntime", path=path, device=",".join(providers), vocab_size=vocab,
                        module=session)
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import UnsupportedError
-from ..models.runnable import CAUSAL_LM, ENCODER, Runnable
+from ..models.runnable import CAUSAL_LM, Runnable
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets
 from .layers import first_divergence
 from .metrics import (compare_generation, compare_tensors, dtype_name, greedy, least_precise, token_agreement,
@@ -59,7 +59,7 @@ def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype)
     return r, time.perf_counter() - start
 
 
-def _pairs(ref_out: dict, cand_out: dict, cand: Runnable):
+def _pairs(ref_out: dict, cand_out: dict):
     """(name, ref tensor, cand tensor) by output name, or by position when the names differ."""
     if all(n in cand_out for n in ref_out):
         return [(n, ref_out[n], cand_out[n]) for n in ref_out]
@@ -113,7 +113,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         tol = tolerance(dtype or least_precise(*float_dtypes), atol, rtol)
         result = CandidateResult(describe(cand_r), tol)
         for s, ref_out, cand_out in zip(sets, ref_outs, cand_outs):
-            pairs = _pairs(ref_out, cand_out, cand_r)
+            pairs = _pairs(ref_out, cand_out)
             if len(pairs) < len(ref_out):
                 result.comparisons.append(_missing_output(ref_out, cand_out, s.label))
             for name, a, b in pairs:

@@ -1,4 +1,5 @@
-"""Conversion: open a source, adapt its layout, cast, and write the target atomically, one tensor at a time."""
+"""Conversion: open a source, resolve its config once, adapt its layout once, cast, and write the
+target atomically, one tensor at a time."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 from .. import dtypes, formats
 from ..atomic import atomic_output, check_destination
-from ..errors import DifferenceFound, UnsupportedError
-from ..formats.base import Format, Options
+from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
+from ..formats.base import Format, Options, TensorSource, WriteOptions
+from ..models.sources import open_source, read_config_file
 from . import layouts
 from .cast import CastSource
 
@@ -41,8 +43,26 @@ def target_format(dst: Path, to: str | None) -> Format:
         raise UnsupportedError(f"format {fmt.id!r} cannot be written")
     missing = fmt.missing()
     if missing:
-        raise UnsupportedError(f"writing {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
+        raise MissingDependencyError(f"writing {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
     return fmt
+
+
+def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path) -> dict | None:
+    """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
+    source's, else inferred from the weights), meta a params.json (from the source's config)."""
+    if target.config_file == "config.json":
+        if given is not None:
+            return given
+        if source.config is not None:
+            return source.config
+        from ..models import infer_config
+
+        return infer_config(source, arch)
+    if target.config_file == "params.json":
+        from ..models.families.llama import params_for
+
+        return params_for(source.config if source.config is not None else given, source.metadata, dst)
+    return None
 
 
 def convert(
@@ -63,9 +83,9 @@ def convert(
 
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
-    ``verify`` runs the written model against the source with the parity check before it is moved into
-    place (a dict passes options to :func:`modelport.parity.parity`); a mismatch raises
-    :class:`VerifyFailed` carrying the report, and nothing is kept.
+    ``options`` is read, never changed. ``verify`` runs the written model against the source with the
+    parity check before it is moved into place (a dict passes options to :func:`modelport.parity.parity`);
+    a mismatch raises :class:`VerifyFailed` carrying the report, and nothing is kept.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
@@ -76,22 +96,18 @@ def convert(
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     reference = _verify_reference(src, from_, options) if verify else None
-    with formats.open(src, from_, options) as source:
-        source = layouts.adapt(source, target, options)
+    with open_source(src, from_, options.reading()) as source:
+        given = read_config_file(options.config, source) if options.config is not None else None
+        source = layouts.adapt(source, target, options, given)
         if dtype is not None:
             source = CastSource(source, dtype, allow_overflow)
+        writing = options.writing(config_to_write(source, given, target, options.arch, dst), shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
-        if shard_size:
-            options.extra["shard_size"] = shard_size
         show = sys.stderr.isatty() if progress is None else progress
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
-            options.extra["progress"] = advance
-            try:
-                with atomic_output(dst, force) as tmp:
-                    target.write(source, tmp, options)
-                    report = _verify(reference, tmp, dst, target, options, verify) if verify else None
-            finally:
-                options.extra.pop("progress", None)
+            with atomic_output(dst, force) as tmp:
+                target.write(source, tmp, writing, advance)
+                report = _verify(reference, tmp, dst, target, options, verify) if verify else None
         return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes), report)
 
 
@@ -148,3 +164,6 @@ class _progress_bar:
     def __exit__(self, *exc):
         if self.show:
             self.bar.stop()
+
+
+__all__ = ["Result", "VerifyFailed", "WriteOptions", "convert", "target_format"]

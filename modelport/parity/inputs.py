@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, UnsupportedError
+from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, ENCODER, Runnable, example_feeds
 
 DEFAULT_SEQ_LENS = (1, 8, 32)
@@ -120,9 +120,11 @@ def load_tokenizer(tokenizer_dir: Path | None, prompts_file):
     if tokenizer_dir is None:
         raise UnsupportedError(f"--prompts {prompts_file}: the reference has no tokenizer beside it "
                                "(tokenizer.json / tokenizer_config.json); drop --prompts to use seeded token ids")
-    from ..errors import require
-
-    transformers = require("transformers", extra="hf")
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MissingDependencyError(f"--prompts: reading {tokenizer_dir}'s tokenizer needs transformers ({exc}); "
+                                     "pip install 'modelport[hf]'") from exc
     try:
         return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     except (OSError, ValueError) as exc:

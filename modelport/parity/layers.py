@@ -23,8 +23,9 @@ from typing import Any
 from .metrics import Tolerance, compare_tensors
 
 # Where each family keeps its blocks (Hugging Face names, which modelport's reference models share).
-# A per-family fact kept in this one table so it can move into the family records unchanged.
-BLOCK_LISTS = {"llama": "model.layers", "gpt2": "transformer.h", "gptneox": "gpt_neox.layers"}
+# A per-family fact kept in this one table so it can move into the family records
+# (models/families/<family>.py, a field of Family) unchanged.
+BLOCK_LISTS = {"llama": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h", "gptneox": "gpt_neox.layers"}
 
 
 @dataclass

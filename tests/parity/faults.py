@@ -32,7 +32,7 @@ def gpt2_state(seed: int = 0):
 
 def rotary_meta_order(state: dict, layer: int, config: dict) -> dict:
     """q/k rows of one layer left in Meta's interleaved rotary order (the permute not applied)."""
-    from modelport.convert.transforms import permute_rope_hf_to_meta
+    from modelport.models.transforms import permute_rope_hf_to_meta
 
     out = dict(state)
     p = f"model.layers.{layer}.self_attn."

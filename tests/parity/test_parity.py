@@ -183,3 +183,17 @@ def test_gptneox_from_transformers_module_passes_against_the_reference():
                        vocab_size=tiny.VOCAB)
     report = parity(ref, cand, seq_lens=(1, 7), new_tokens=4)
     assert report, report.to_text()
+
+
+def test_lua_nn_model_with_input_shape(cli):
+    from pathlib import Path
+
+    net = Path(__file__).resolve().parents[2] / "fixtures" / "t7nn" / "u1net.net"
+    r = cli("parity", net, net, "--input-shape", "1,3,32,32", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["inputs"][0]["shapes"] == {"input": [1, 3, 32, 32]}
+    assert data["candidates"][0]["outputs"][0]["positions"] == 12 * 12 * 12
+    assert "Lua nn model" in data["reference"]["origin"]
+    missing = cli("parity", net, net)
+    assert missing.returncode == 2 and "--input-shape" in missing.stderr

@@ -161,23 +161,42 @@ def onnx_scope(name: str) -> str:
     return "/" + "/".join(parts) + "/"
 
 
+def _node_scopes(node) -> set[str] | None:
+    """The module names a node of the dynamo exporter lies in (``pkg.torch.onnx.name_scopes``), or None."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return {str(x) for x in ast.literal_eval(prop.value)}
+            except (ValueError, SyntaxError):
+                return None
+    return None
+
+
 def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
-    """Module name -> the last value computed inside its scope and used outside it."""
-    consumers: dict[str, list[str]] = {}
-    for node in graph.node:
+    """Module name -> the last value computed inside its scope and used outside it. A node's scopes
+    are read from the dynamo exporter's ``name_scopes`` metadata, else from the TorchScript-based
+    exporter's node name (``/model/layers.3/…``)."""
+    nodes = list(graph.node)
+    scopes = [_node_scopes(n) for n in nodes]
+
+    def inside(i: int, name: str) -> bool:
+        return name in scopes[i] if scopes[i] is not None else nodes[i].name.startswith(onnx_scope(name))
+
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
         for v in node.input:
-            consumers.setdefault(v, []).append(node.name)
+            consumers.setdefault(v, []).append(i)
     graph_outputs = {o.name for o in graph.output}
     found = {}
     for name in names:
-        scope = onnx_scope(name)
         last = None
-        for node in graph.node:
-            if not node.name.startswith(scope):
+        for i, node in enumerate(nodes):
+            if not inside(i, name):
                 continue
             for v in node.output:
-                users = consumers.get(v, [])
-                if v in graph_outputs or any(not u.startswith(scope) for u in users):
+                if v in graph_outputs or any(not inside(u, name) for u in consumers.get(v, [])):
                     last = v
         if last is not None:
             found[name] = last

@@ -161,3 +161,28 @@ def test_fp16_overflow_in_a_converted_file(cli, llama):
     assert cli("convert", src, half, "--to", "hf", "--dtype", "fp16", "--allow-overflow").returncode == 0
     div = _cli_fails_at(cli, src, half, 1)
     assert div["max_abs"] is None          # the block's output is not finite
+
+
+def test_onnx_from_the_dynamo_exporter_names_the_layer_from_its_scopes(llama, tmp_path):
+    pytest.importorskip("onnxscript")
+    import warnings
+
+    from modelport.models.runnable import OrtRunnable, ort_session, token_inputs
+
+    root, state, config, ref = llama
+    bad = load_runnable(faults.write_dir(root / "swap-dynamo", faults.swap_layers(state, 1, 2), config))
+    ids = torch.randint(0, bad.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "dynamo.onnx"
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(bad.module, (ids, torch.ones_like(ids)), str(path), dynamo=True, verbose=False,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+    session, _ = ort_session(path)
+    cand = OrtRunnable(kind="causal-lm", inputs=token_inputs(), outputs=("logits",), origin="dynamo export", path=path,
+                       device="cpu", vocab_size=bad.vocab_size, module=session)
+    report = parity(load_runnable(ref), cand, seq_lens=(6,), new_tokens=2)
+    div = report.candidates[0].first_divergence
+    assert not report and div is not None, report.candidates[0].divergence_note
+    assert (div.layer, div.method, div.matched) == (1, "onnx-outputs", [0])

@@ -29,9 +29,12 @@ def parse_size(text: str) -> int:
     else:
         unit, number = "B", t
     try:
-        return int(float(number) * SIZE_UNITS[unit])
-    except ValueError:
+        size = int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, OverflowError):   # inf, nan
         raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 1000000") from None
+    if size < 1:
+        raise click.BadParameter(f"{text!r}: a size must be at least 1 byte")
+    return size
 
 
 def format_ids() -> list[str]:
@@ -103,13 +106,14 @@ def _options(**kw):
               help="With --run: config.json for the model (or the kwargs of your factory).")
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, input_shape,
-            input_dtype) -> None:
+            input_dtype, allow_expanded) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
     from .inspect import inspect as run
     from .inspect import run_check
 
-    summary = run(path, from_)
+    summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
     check = run_check(path, arch, config, input_shape, input_dtype, from_) if run_model else None
     if as_json:
         out = summary.to_json()
@@ -148,33 +152,35 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 @click.option("--verify", is_flag=True, help="Run the written model against SRC (as `modelport parity` does) before "
               "declaring success; keep nothing when they differ (exit 1).")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
-            no_crc32, params_only, t7_mode, t7_long_size, t7_endian, verify) -> None:
+            no_crc32, params_only, t7_mode, t7_long_size, t7_endian, allow_expanded, verify) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
     from .convert import convert as run
 
     options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
-                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
+                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian,
+                       allow_expanded=allow_expanded or None)
     from .convert import VerifyFailed
-    from .render import human
+    from .render import escape, escape_lines, human
 
     try:
         result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                      shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
                      verify=verify)
     except VerifyFailed as exc:
-        click.echo(exc.report.to_text())
+        click.echo(escape_lines(exc.report.to_text()))
         raise
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {escape(note)}", err=True)
     if result.parity is not None:
         tol = result.parity.candidates[0].tolerance
-        click.echo(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
-                   f"torch on {result.parity.torch_device})")
-    click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")
+        click.echo(escape(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
+                          f"torch on {result.parity.torch_device})"))
+    click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}"))
 
 
 @cli.command()
@@ -184,12 +190,13 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
-def diff(a, b, atol, as_json, from_a, from_b) -> None:
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+def diff(a, b, atol, as_json, from_a, from_b, allow_expanded) -> None:
     """Compare A and B tensor by tensor; exit 1 when they differ."""
     from .diff import diff as run
     from .errors import DifferenceFound
 
-    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b)
+    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b, options=_options(allow_expanded=allow_expanded or None))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -249,7 +256,9 @@ def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_toke
         _write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
     if junit_path:
         _write_text(junit_path, report.to_junit() + "\n")
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else report.to_text())
+    from .render import escape_lines
+
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else escape_lines(report.to_text()))
     if not report:
         failed = [c.model["path"] or c.model["origin"] for c in report.candidates if not c.passed]
         raise DifferenceFound(f"parity failed for {', '.join(map(str, failed))}")
@@ -269,6 +278,8 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if hasattr(signal, "SIGHUP"):        # the terminal closed: clean up as for SIGTERM
+        signal.signal(signal.SIGHUP, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="modelport", standalone_mode=False)
     except click.exceptions.Abort:
@@ -280,8 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     except ModelportError as exc:
         if debug:
             raise
+        from .render import escape
+
         kind = "error: " if exc.exit_code == 2 else ""
-        click.echo(f"modelport: {kind}{exc}", err=True)
+        click.echo(f"modelport: {kind}{escape(exc)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("modelport: interrupted; nothing was written", err=True)

@@ -30,6 +30,10 @@ class DestinationExistsError(ModelportError):
     """The output path exists and --force was not given."""
 
 
+class OutputError(ModelportError):
+    """The destination cannot be written: disk full, read-only, a parent that is a file, a system directory."""
+
+
 class MissingDependencyError(ModelportError):
     """An optional package needed for this step is not installed."""
 

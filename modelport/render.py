@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from .diff import DiffReport
 from .inspect import Summary
+
+# Characters a terminal acts on (C0/C1 controls: ESC sequences that set the title, write the clipboard,
+# erase lines), invisible or reordering format characters, and lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]")
+
+
+def _escape_char(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape(text) -> str:
+    """``text`` safe to print: every character a terminal would act on shown as an escape (``\\x1b``)."""
+    return _UNSAFE.sub(_escape_char, str(text))
+
+
+def escape_lines(text) -> str:
+    """Like :func:`escape`, keeping the newlines of a multi-line block (object trees)."""
+    return "\n".join(escape(line) for line in str(text).split("\n"))
 
 
 def human(n: float) -> str:
@@ -24,7 +45,9 @@ def _count(n: int) -> str:
 
 
 def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
-    echo = click.echo
+    def echo(text=""):   # everything from a file is escaped before it reaches the terminal
+        click.echo(escape_lines(text))
+
     echo(f"{s.path}: {s.format}")
     if s.architecture:
         echo(f"architecture: {s.architecture}")
@@ -36,25 +59,27 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
     if s.tensors:
         echo("")
         rows = s.tensors if show_all else s.tensors[:limit]
-        width = min(max(len(t.name) for t in rows), 70)
+        width = min(max(len(escape(t.name)) for t in rows), 70)
         echo(f"{'name':<{width}}  {'shape':<20} {'dtype':<9} {'bytes':>10}")
         for t in rows:
             shape = "[" + ", ".join(map(str, t.shape)) + "]"
             extra = f"  = {t.alias_of} (tied)" if t.alias_of else ""
-            echo(f"{t.name:<{width}}  {shape:<20} {t.dtype:<9} {human(t.bytes):>10}{extra}")
+            extra = f"  = {escape(t.alias_of)} (tied)" if t.alias_of else ""
+            echo(f"{escape(t.name):<{width}}  {shape:<20} {t.dtype:<9} {human(t.bytes):>10}{extra}")
         if len(rows) < len(s.tensors):
             echo(f"… {len(s.tensors) - len(rows)} more (--all lists every tensor)")
     if len(s.modules) > 1:
         echo("\nmodules (parameters):")
         for m in s.modules:
             if m.name:
-                echo(f"  {'  ' * (m.depth - 1)}{m.name.rsplit('.', 1)[-1]:<24} {_count(m.params):>9}  ({m.tensors} tensors)")
+                echo(f"  {'  ' * (m.depth - 1)}{escape(m.name.rsplit('.', 1)[-1]):<24} {_count(m.params):>9}  ({m.tensors} tensors)")
     if s.metadata:
         echo("\nmetadata:")
         for k, v in s.metadata.items():
-            echo(f"  {k}: {v if len(v) < 100 else v[:97] + '…'}")
+            v = escape(v)
+            echo(f"  {escape(k)}: {v if len(v) < 100 else v[:97] + '…'}")
     if s.side_files:
-        echo(f"\nother files: {', '.join(s.side_files)}")
+        echo(f"\nother files: {escape(', '.join(s.side_files))}")
     if s.model:
         echo("\nrebuilt as a PyTorch module:")
         echo(s.model)
@@ -64,7 +89,9 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
 
 
 def print_diff(r: DiffReport) -> None:
-    echo = click.echo
+    def echo(text=""):
+        click.echo(escape(text))
+
     for note in r.notes:
         echo(f"note: {note}")
     for name in r.missing:

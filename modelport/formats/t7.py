@@ -36,6 +36,7 @@ class T7Source(TensorSource):
         from ..t7.reader import read_t7
 
         super().__init__(path)
+        self._size = file_size(path)
         self.file = read_t7(path, long_size=options.t7_long_size, endian=options.t7_endian)
         self.notes = list(self.file.notes)
         self._params_only = options.params_only
@@ -44,6 +45,24 @@ class T7Source(TensorSource):
         self._storages: dict[str, object] = {}        # key -> T7Storage
         self._aliases: dict[str, str] = {}
         self._collect()
+        self._check_expansion(options.allow_expanded)
+
+    def _check_expansion(self, allow: bool) -> None:
+        """Stride-0 and overlapping views may not make the tensors far larger than the file's storages."""
+        from ..t7.objects import T7Tensor
+        from ._untrusted import check_expansion
+
+        logical = stored = 0
+        used: dict[int, object] = {}
+        for value in self._entries.values():
+            storage = value.storage if isinstance(value, T7Tensor) else value
+            if storage is None:
+                continue
+            item = storage.data.itemsize
+            logical += (_numel(value) if isinstance(value, T7Tensor) else storage.size) * item
+            used[id(storage)] = storage.size * item
+        stored = sum(used.values())
+        check_expansion(self.path, logical, stored, allow)
 
     # -- naming ------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -124,6 +143,9 @@ class T7Source(TensorSource):
     def read_bytes(self, name: str) -> memoryview:
         import numpy as np
 
+        from ._untrusted import still_whole
+
+        still_whole(self.path, self._size)
         arr = np.ascontiguousarray(self._array(name)).reshape(-1)
         return memoryview(arr).cast("B")
 
@@ -153,6 +175,9 @@ class T7Source(TensorSource):
         return StorageView(self._storage_keys[id(value)], value.size, 0, (1,))
 
     def read_storage_bytes(self, key: str) -> memoryview:
+        from ._untrusted import still_whole
+
+        still_whole(self.path, self._size)
         return memoryview(self._storages[key].data).cast("B")
 
     def storage_span(self, key: str) -> Span | None:

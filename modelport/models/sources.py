@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .. import formats
 from ..errors import FormatError
+from ..formats._untrusted import read_json_file
 from ..formats.base import Options, ReadOptions, TensorSource
 from .families import llama
 
@@ -30,10 +30,9 @@ def read_config_file(path, source: TensorSource | None = None) -> dict:
     """A config file given with ``--config``: a config.json dict, or a Meta params.json translated to
     one (its vocabulary and tying read from ``source``). A FormatError when it cannot be read."""
     path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: cannot read the config file ({exc})") from exc
+    config = read_json_file(path, "config file")     # a regular file, plain JSON (depth, numbers, strings checked)
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: the config file holds {type(config).__name__}, not a JSON object")
     if llama.is_params(config) and source is not None:
         return llama.hf_config_from_meta_source(config, source, path)
     return config

@@ -70,10 +70,19 @@ def formats_cmd(as_json: bool) -> None:
     """List every format and what modelport can do with it."""
     from . import formats
 
+    from .models import known_archs
+
+    archs = ", ".join(known_archs())
     rows = []
     for f in formats.all_formats():
         missing = f.missing()
-        rows.append({"id": f.id, "read": f.can_read, "write": f.can_write, "runnable": f.runnable,
+        runs = []
+        if f.runnable:
+            runs.append("its Lua nn model, rebuilt as a torch.nn.Module")
+        if f.can_read:    # any weights load into a reference model or the user's own module
+            runs.append(f"weights of a known architecture ({archs}: detected, or --arch with --config) "
+                        "or of your own module (--arch package.module:factory)")
+        rows.append({"id": f.id, "read": f.can_read, "write": f.can_write, "runnable": bool(runs), "runs": "; ".join(runs),
                      "directory": f.directory, "suffixes": list(f.suffixes), "description": f.description,
                      "missing": missing})
     if as_json:
@@ -86,7 +95,10 @@ def formats_cmd(as_json: bool) -> None:
         if r["missing"]:
             line += f"  [needs: pip install {' '.join(r['missing'])}]"
         click.echo(line)
-    click.echo("\ncapabilities: r = read, w = write, x = runnable model")
+    click.echo("\ncapabilities: r = read, w = write, x = runs (inspect --run, modelport.load_model): weights of a known "
+               f"architecture ({archs}; detected from config.json, params.json or tensor names, or --arch), or your "
+               "own module with --arch package.module:factory; t7 files holding a Lua nn model also rebuild it. "
+               "Running needs torch.")
 
 
 def _options(**kw):
@@ -104,17 +116,18 @@ def _options(**kw):
 @click.option("--arch", help="With --run: architecture (gpt2, llama, gptneox, qwen2) or your own package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --run: config.json for the model (or the kwargs of your factory).")
+@click.option("--assume-config", is_flag=True, help="With --run on bare weights: accept guessed head counts, norm epsilon … .")
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
-def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, input_shape,
-            input_dtype, allow_expanded) -> None:
+def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, assume_config,
+            input_shape, input_dtype, allow_expanded) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
     from .inspect import inspect as run
     from .inspect import run_check
 
     summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
-    check = run_check(path, arch, config, input_shape, input_dtype, from_) if run_model else None
+    check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
     if as_json:
         out = summary.to_json()
         if check is not None:
@@ -129,7 +142,7 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
                    f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")
         if check.assumed:
             click.echo(f"note: built with assumed values the weights do not reveal ({', '.join(check.assumed)}); "
-                       "pass --config to state them")
+                       "pass --config to state them")  # only with --assume-config, or values that change no output
 
 
 @cli.command()
@@ -143,6 +156,9 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json to write with an hf target (or to build a --arch module).")
+@click.option("--assume-config", is_flag=True,
+              help="hf target from bare weights: accept guessed values the weights do not reveal (head counts, norm "
+                   "epsilon …); they are recorded in the output's metadata. Prefer --config.")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX (e.g. 'module.') from every tensor name.")
 @click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox, qwen2), used to infer an hf config.json.")
 @click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
@@ -152,15 +168,57 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+@click.option("--method", type=click.Choice(["script", "trace"]),
+              help="torchscript target: script (default for modelport's reference models) or trace.")
+@click.option("--opset", type=int, help="onnx target: opset 14-24 (default 17).")
+@click.option("--static-shapes", is_flag=True, help="onnx target: fixed shapes instead of dynamic batch and sequence.")
+@click.option("--external-data", is_flag=True, help="onnx target: tensors in DST.data beside the file (always over 2 GB).")
+@click.option("--input-shape", metavar="DIMS", help="Graph targets: example input shape of non-LM models, e.g. 1,3,32,32.")
+@click.option("--input-dtype", metavar="DTYPE", help="Graph targets: example input dtype (default float32).")
+@click.option("--device", default="cpu", show_default=True, help="Graph targets: device to export and check on (cpu, cuda).")
+@click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
+              help="Graph targets from a Hugging Face directory: who builds the model (auto: modelport's reference "
+                   "family when it knows the architecture, transformers otherwise).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 @click.option("--verify", is_flag=True, help="Run the written model against SRC (as `modelport parity` does) before "
               "declaring success; keep nothing when they differ (exit 1).")
-def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
-            no_crc32, params_only, t7_mode, t7_long_size, t7_endian, allow_expanded, verify) -> None:
-    """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
-    from .convert import convert as run
+def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
+            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, static_shapes,
+            external_data, input_shape, input_dtype, device, engine, allow_expanded, verify) -> None:
+    """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds.
 
-    options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
+    A torchscript or onnx DST exports the runnable model SRC holds (see `modelport formats`)."""
+    from .convert import convert as run
+    from .convert import target_format
+
+    target = target_format(dst, to)
+    if target.graph:
+        from .convert.export import DEFAULT_OPSET, ExportOptions, export
+        from .render import human
+
+        options = ExportOptions(opset=opset or DEFAULT_OPSET, dtype=dtype, static_shapes=static_shapes,
+                                external_data=external_data, method=method, device=device)
+        result = export(src, dst, target.id, options=options, arch=arch, config=config, input_shape=input_shape,
+                        input_dtype=input_dtype, engine=engine, force=force)
+        extra = f", data in {result.external_data.name}" if result.external_data else ""
+        opset_text = f", opset {result.opset}" if result.opset else ""
+        if verify:
+            from .convert import VerifyFailed, verify_export
+            from .render import escape, escape_lines
+
+            try:
+                report = verify_export(src, result.dst, target, from_=from_, arch=arch, config=config)
+            except VerifyFailed as exc:
+                click.echo(escape_lines(exc.report.to_text()))
+                raise
+            tol = report.candidates[0].tolerance
+            click.echo(escape(f"verified: matches {src} on {len(report.inputs)} input sets ({tol.describe()}, "
+                              f"torch on {report.torch_device})"))
+        click.echo(f"wrote {result.dst} ({result.format}{opset_text}{extra}): {human(result.bytes)} from "
+                   f"{result.origin}; matches eager within {result.max_abs_diff:.2g}")
+        return
+
+    options = _options(config=config, assume_config=assume_config or None, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian,
                        allow_expanded=allow_expanded or None)
@@ -180,7 +238,7 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
         tol = result.parity.candidates[0].tolerance
         click.echo(escape(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
                           f"torch on {result.parity.torch_device})"))
-    click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}"))
+    click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}"))
 
 
 @cli.command()
@@ -190,13 +248,15 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
+@click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion); use with --atol.")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
-def diff(a, b, atol, as_json, from_a, from_b, allow_expanded) -> None:
+def diff(a, b, atol, as_json, from_a, from_b, cast, allow_expanded) -> None:
     """Compare A and B tensor by tensor; exit 1 when they differ."""
     from .diff import diff as run
     from .errors import DifferenceFound
 
-    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b, options=_options(allow_expanded=allow_expanded or None))
+    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b, cast=cast,
+                 options=_options(allow_expanded=allow_expanded or None))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -204,7 +264,10 @@ def diff(a, b, atol, as_json, from_a, from_b, allow_expanded) -> None:
 
         print_diff(report)
     if not report:
-        raise DifferenceFound(f"{a} and {b} differ")
+        hint = ""
+        if report.differences and all(d.kind == "dtype" for d in report.differences):
+            hint = " in dtype; --cast compares their values across dtypes (with --atol)"
+        raise DifferenceFound(f"{a} and {b} differ{hint}")
 
 
 def _seq_lens(ctx, param, value):
@@ -237,12 +300,16 @@ def _seq_lens(ctx, param, value):
               help="config.json for models whose files carry none.")
 @click.option("--input-shape", metavar="DIMS", help="Input shape of non-language models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="Input dtype of non-language models (default float32).")
+@click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
+              help="Who runs a Hugging Face directory (auto: modelport's reference family when it knows the "
+                   "architecture, transformers otherwise); the report names which ran.")
+@click.option("--assume-config", is_flag=True, help="Accept the values bare weights cannot reveal (else pass --config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one test case per candidate and check).")
 def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
-           input_shape, input_dtype, as_json, report_path, junit_path) -> None:
+           input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
     """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
     from .errors import DifferenceFound
     from .parity import parity as run
@@ -250,7 +317,8 @@ def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_toke
 
     report = run(ref, *candidates, device=device, dtype=dtype, atol=atol, rtol=rtol, batch=batch,
                  seq_lens=seq_lens or DEFAULT_SEQ_LENS, new_tokens=new_tokens, prompts=prompts, seed=seed, arch=arch,
-                 config=config, input_shape=input_shape, input_dtype=input_dtype)
+                 config=config, input_shape=input_shape, input_dtype=input_dtype, engine=engine,
+                 assume_config=assume_config)
     data = report.to_json()
     if report_path:
         _write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
@@ -275,30 +343,64 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> None:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    if hasattr(signal, "SIGHUP"):        # the terminal closed: clean up as for SIGTERM
-        signal.signal(signal.SIGHUP, _on_sigterm)
-    try:
-        cli.main(args=argv, prog_name="modelport", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("modelport: interrupted; nothing was written", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ModelportError as exc:
-        if debug:
-            raise
-        from .render import escape
+def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before ``--`` (before or after the sub-command), taken out of the arguments."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    return debug, [a for a in argv[:end] if a != "--debug"] + argv[end:]
 
-        kind = "error: " if exc.exit_code == 2 else ""
-        click.echo(f"modelport: {kind}{escape(exc)}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("modelport: interrupted; nothing was written", err=True)
-        sys.exit(130)
+
+INTERRUPTED = "modelport: interrupted; nothing was written"
+# Optional packages -> the extra that installs them (pyproject.toml).
+OPTIONAL_EXTRAS = {"torch": "torch", "transformers": "hf", "onnx": "cpu", "onnxruntime": "cpu"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from . import interrupt
+    from .errors import SPELLING
+
+    interrupt.install(signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+    spelling = SPELLING.set("cli")
+    debug, args = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    try:
+        try:
+            # Not cli.main(): it prints a blank line on Ctrl-C before the message below.
+            with cli.make_context("modelport", (["--debug"] if debug else []) + args) as ctx:
+                cli.invoke(ctx)
+            interrupt.check()   # an interrupt something swallowed still fails the command
+        except click.exceptions.Exit as exc:
+            interrupt.check()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
+        except click.ClickException as exc:
+            interrupt.check()
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ModelportError as exc:
+            interrupt.check()
+            if debug:
+                raise
+            from .render import escape
+
+            kind = "error: " if exc.exit_code == 2 else ""
+            click.echo(f"modelport: {kind}{escape(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:     # an optional package, imported where no check named it
+            interrupt.check()
+            if debug or exc.name not in OPTIONAL_EXTRAS:
+                raise
+            click.echo(f"modelport: error: this step needs the package '{exc.name}', which is not installed; "
+                       f"install it with: pip install 'modelport[{OPTIONAL_EXTRAS[exc.name]}]'", err=True)
+            sys.exit(2)
+    except BaseException as exc:
+        # An interrupt may surface as another error: a module whose import it cut short fails to load again.
+        if not isinstance(exc, KeyboardInterrupt) and (interrupt.received() is None or isinstance(exc, SystemExit)):
+            raise
+        # As the process (argv None): exit at once, so a second Ctrl-C cannot print a traceback on the way out.
+        interrupt.exit_interrupted(INTERRUPTED, now=argv is None)
+    finally:
+        SPELLING.reset(spelling)
 
 
 if __name__ == "__main__":

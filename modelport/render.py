@@ -6,6 +6,7 @@ import re
 
 import click
 
+from .convert import count_phrase
 from .diff import DiffReport
 from .inspect import Summary
 
@@ -52,8 +53,9 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
     if s.architecture:
         echo(f"architecture: {s.architecture}")
     dtypes = ", ".join(f"{d} {_count(n)}" for d, n in s.dtypes.items())
-    echo(f"tensors: {sum(1 for t in s.tensors if not t.alias_of)}   parameters: {_count(s.total_params)} "
-         f"({s.total_params:,})   size: {human(s.total_bytes)}   dtypes: {dtypes or '-'}")
+    buffers = f"   buffers: {_count(s.total_buffers)} ({s.total_buffers:,})" if s.total_buffers else ""
+    echo(f"{count_phrase(len(s.tensors) - s.aliases, s.aliases)}   parameters: {_count(s.total_params)} "
+         f"({s.total_params:,}){buffers}   size: {human(s.total_bytes)}   dtypes: {dtypes or '-'}")
     for note in s.notes:
         echo(f"note: {note}")
     if s.tensors:
@@ -63,8 +65,7 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
         echo(f"{'name':<{width}}  {'shape':<20} {'dtype':<9} {'bytes':>10}")
         for t in rows:
             shape = "[" + ", ".join(map(str, t.shape)) + "]"
-            extra = f"  = {t.alias_of} (tied)" if t.alias_of else ""
-            extra = f"  = {escape(t.alias_of)} (tied)" if t.alias_of else ""
+            extra = f"  = {escape(t.alias_of)} (tied alias)" if t.alias_of else ("  (buffer)" if t.buffer else "")
             echo(f"{escape(t.name):<{width}}  {shape:<20} {t.dtype:<9} {human(t.bytes):>10}{extra}")
         if len(rows) < len(s.tensors):
             echo(f"… {len(s.tensors) - len(rows)} more (--all lists every tensor)")
@@ -72,7 +73,8 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
         echo("\nmodules (parameters):")
         for m in s.modules:
             if m.name:
-                echo(f"  {'  ' * (m.depth - 1)}{escape(m.name.rsplit('.', 1)[-1]):<24} {_count(m.params):>9}  ({m.tensors} tensors)")
+                echo(f"  {'  ' * (m.depth - 1)}{escape(m.name.rsplit('.', 1)[-1]):<24} {_count(m.params):>9}  "
+                     f"({m.tensors} tensor{'s' if m.tensors != 1 else ''})")
     if s.metadata:
         echo("\nmetadata:")
         for k, v in s.metadata.items():
@@ -109,5 +111,7 @@ def print_diff(r: DiffReport) -> None:
             line += f" — {d.explanation}"
         echo(line)
     verdict = "same" if r else "DIFFERENT"
-    echo(f"{verdict}: {r.equal}/{r.compared} shared tensors equal (atol {r.atol:g}), "
-         f"{len(r.missing)} only in A, {len(r.unexpected)} only in B")
+    compared = count_phrase(r.compared - r.aliases, r.aliases)
+    equal = "all equal" if r.equal == r.compared else f"{count_phrase(r.equal - r.aliases_equal, r.aliases_equal)} equal"
+    how = f"atol {r.atol:g}" + (", values compared across dtypes" if r.cast else "")
+    echo(f"{verdict}: {compared} compared, {equal} ({how}); {len(r.missing)} only in A, {len(r.unexpected)} only in B")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes, formats
-from ..atomic import atomic_output, check_destination
+from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
@@ -28,7 +28,20 @@ class Result:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
-    parity: Any = None              # the ParityReport of --verify, when asked
+    aliases: int = 0             # tied names stored once (counted apart from ``tensors``)
+    parity: Any = None           # the ParityReport of --verify, when asked
+
+    def counts(self) -> str:
+        """'28 tensors + 1 tied alias', the way convert, diff and inspect all count."""
+        return count_phrase(self.tensors, self.aliases)
+
+
+def count_phrase(tensors: int, aliases: int) -> str:
+    """How every command counts: the tensors stored, then tied names apart ("28 tensors + 1 tied alias")."""
+    text = f"{tensors} tensor{'s' if tensors != 1 else ''}"
+    if aliases:
+        text += f" + {aliases} tied alias{'es' if aliases != 1 else ''}"
+    return text
 
 
 def target_format(dst: Path, to: str | None) -> Format:
@@ -47,9 +60,11 @@ def target_format(dst: Path, to: str | None) -> Format:
     return fmt
 
 
-def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path) -> dict | None:
+def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path,
+                    assume_config: bool = False) -> dict | None:
     """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
-    source's, else inferred from the weights), meta a params.json (from the source's config)."""
+    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``),
+    meta a params.json (from the source's config)."""
     if target.config_file == "config.json":
         if given is not None:
             return given
@@ -57,7 +72,7 @@ def config_to_write(source: TensorSource, given: dict | None, target: Format, ar
             return source.config
         from ..models import infer_config
 
-        return infer_config(source, arch)
+        return infer_config(source, arch, assume_config=assume_config)
     if target.config_file == "params.json":
         from ..models.families.llama import params_for
 
@@ -84,31 +99,44 @@ def convert(
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
     ``options`` is read, never changed. ``verify`` runs the written model against the source with the
-    parity check before it is moved into place (a dict passes options to :func:`modelport.parity.parity`);
-    a mismatch raises :class:`VerifyFailed` carrying the report, and nothing is kept.
+    parity check before declaring success (a dict passes options to :func:`modelport.parity.parity`); a
+    mismatch raises :class:`VerifyFailed` carrying the report, and nothing is kept.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
     target = target_format(dst, to)
+    check_overlap(src, dst)
     check_destination(dst, force)
-    if dst.exists() and src.resolve() == dst.resolve():
-        raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
+    reference = _verify_reference(src, from_, options) if verify else None
+    if target.graph:       # a program, not weights: export the runnable model (defaults: opset 17, script/trace)
+        from .export import ExportOptions, export
+
+        done = export(src, dst, target.id, options=ExportOptions(dtype=dtype), force=force,
+                      arch=options.arch, config=options.config)
+        report = _verify_export(reference, Path(done.dst), target, options, verify) if verify else None
+        return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"],
+                      parity=report)
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
-    reference = _verify_reference(src, from_, options) if verify else None
     with open_source(src, from_, options.reading()) as source:
+        check_overlap(src, dst, list(source.side_files.values()) + _weight_paths(source))
         given = read_config_file(options.config, source) if options.config is not None else None
         source = layouts.adapt(source, target, options, given)
         if dtype is not None:
             source = CastSource(source, dtype, allow_overflow)
-        writing = options.writing(config_to_write(source, given, target, options.arch, dst), shard_size)
+        writing = options.writing(config_to_write(source, given, target, options.arch, dst, options.assume_config),
+                                  shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
         show = sys.stderr.isatty() if progress is None else progress
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
-            with atomic_output(dst, force) as tmp:
+            notes: list[str] = []
+            with atomic_output(dst, force, notes) as tmp:
                 target.write(source, tmp, writing, advance)
+                if tmp.is_dir():
+                    write_marker(tmp, format=target.id)
                 report = _verify(reference, tmp, dst, target, options, verify) if verify else None
-        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes), report)
+        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
+                      aliases=len(source.aliases()), parity=report)
 
 
 class VerifyFailed(DifferenceFound):
@@ -135,12 +163,44 @@ def _verify(reference, written: Path, dst: Path, target: Format, options: Option
     from ..parity import parity
 
     config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
-    candidate = load_runnable(written, format=target.id, arch=options.arch,
-                              config=config() if config is not None else options.config)
+    if target.graph:
+        candidate = load_runnable(written, format=target.id)
+    else:
+        candidate = load_runnable(written, format=target.id, arch=options.arch,
+                                  config=config() if config is not None else options.config)
     report = parity(reference, candidate, **(verify if isinstance(verify, dict) else {}))
     if not report:
         raise VerifyFailed(dst, report)
     return report
+
+
+def verify_export(src, dst, target: Format, *, from_: str | None = None, arch=None, config=None, verify=True):
+    """Parity of an exported graph at ``dst`` against ``src``; on a mismatch the graph is removed and
+    :class:`VerifyFailed` raised."""
+    options = Options(arch=arch, config=config)
+    return _verify_export(_verify_reference(Path(src), from_, options), Path(dst), target, options, verify)
+
+
+def _verify_export(reference, dst: Path, target: Format, options: Options, verify):
+    """The exporter writes atomically itself: the graph is verified where it was written, and removed
+    (with its external data) when it does not match."""
+    try:
+        return _verify(reference, dst, dst, target, options, verify)
+    except BaseException:
+        _remove_export(dst)
+        raise
+
+
+def _remove_export(path: Path) -> None:
+    """An exported graph and its external-data file."""
+    for p in (path, path.parent / (path.name + ".data")):
+        if p.is_file():
+            p.unlink()
+
+
+def _weight_paths(source) -> list[Path]:
+    """The files a (directory) source reads its tensors from, for the overlap check."""
+    return [Path(s.path) for s in getattr(source, "_shards", ()) if getattr(s, "path", None) is not None]
 
 
 class _progress_bar:
@@ -166,4 +226,4 @@ class _progress_bar:
             self.bar.stop()
 
 
-__all__ = ["Result", "VerifyFailed", "WriteOptions", "convert", "target_format"]
+__all__ = ["Result", "VerifyFailed", "verify_export", "WriteOptions", "convert", "target_format"]

@@ -7,7 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ..errors import FormatError, UnsupportedError
+from ..atomic import MARKER
+from ..errors import ConfigNeededError, FormatError, opt
 from . import get, register
 from ._untrusted import inside, open_regular, read_json_file, side_files
 from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions
@@ -16,6 +17,7 @@ from .safetensors import write_file as write_safetensors
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin")
 DEFAULT_SHARD_SIZE = 5 * 10**9
+ASSUMED_METADATA = "modelport.assumed_config"   # safetensors metadata: config values guessed, not known
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -72,7 +74,7 @@ class HFSource(TensorSource):
         except BaseException:
             self.close()
             raise
-        weights = {f.name for f in files} | set(_INDEXES) | {"config.json"}
+        weights = {f.name for f in files} | set(_INDEXES) | {"config.json", MARKER}
         self.side_files = side_files(path, weights | {"model.safetensors", "pytorch_model.bin"}, self.notes)
 
     def names(self) -> list[str]:
@@ -145,9 +147,9 @@ class HF(Format):
         """Write ``source`` (in its family's hub layout) with ``options.config`` as config.json; a
         ``_modelport_assumed`` list in it (values inferred, not read) becomes a note and is dropped."""
         if options.config is None:
-            raise UnsupportedError(
+            raise ConfigNeededError(
                 f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
-                "architecture is not recognised: pass --config FILE"
+                f"architecture is not recognised: pass {opt('config', repr('config.json'), 'FILE')}"
             )
         config = dict(options.config)
         assumed = config.pop("_modelport_assumed", None)
@@ -155,14 +157,16 @@ class HF(Format):
         dst.mkdir()
         (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         metadata = {**source.metadata, "format": "pt"}
+        if assumed:      # what the written config.json guessed, so the file itself says so
+            metadata[ASSUMED_METADATA] = json.dumps({k: config.get(k) for k in assumed}, sort_keys=True)
         plan = _shard_plan(source, shard_size)
         if len(plan) == 1:
-            write_safetensors(source, dst / "model.safetensors", plan[0], metadata, progress)
+            write_safetensors(source, dst / "model.safetensors", plan[0], metadata, progress, options.align)
         else:
             weight_map = {}
             for i, names in enumerate(plan, 1):
                 fname = f"model-{i:05d}-of-{len(plan):05d}.safetensors"
-                write_safetensors(source, dst / fname, names, metadata, progress)
+                write_safetensors(source, dst / fname, names, metadata, progress, options.align)
                 weight_map.update(dict.fromkeys(names, fname))
             total = sum(source.info(n).nbytes for n in source.names())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -175,7 +179,8 @@ class HF(Format):
             with open_regular(src) as fin, open(out, "xb") as fout:   # a regular file, copied as bytes only
                 shutil.copyfileobj(fin, fout, 1 << 20)
         if assumed:
-            source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)}")
+            source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)} "
+                                f"(recorded as {ASSUMED_METADATA} in the weights' metadata)")
 
 
 register(HF())

@@ -30,6 +30,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ..atomic import MARKER
 from ..errors import FormatError, LayoutError, UnsupportedError
 from . import get, register
 from ._stream import read_span, span_chunks
@@ -38,6 +39,9 @@ from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOpti
 
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
 PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
+# The Hugging Face config.json a Meta checkpoint was written from: what params.json cannot hold (token ids,
+# max positions, dtype …) so that hf -> meta -> hf gives the same config.json back.
+HF_CONFIG = "hf_config.json"
 
 # The embedding and output names of Meta's files (tied models write the embedding as both).
 EMBEDDING, OUTPUT = "tok_embeddings.weight", "output.weight"
@@ -143,7 +147,8 @@ class MetaSource(TensorSource):
         self.llama3 = is_llama3({**self.params, "vocab_size": vocab if params_vocab in (None, -1) else params_vocab})
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
-        self.side_files = side_files(self.path, {"params.json", "checklist.chk"} | {p.name for _, p in found}, self.notes)
+        self.side_files = side_files(self.path, {"params.json", "checklist.chk", MARKER, HF_CONFIG} | {p.name for _, p in found},
+                                     self.notes)
         if tied and OUTPUT in has:
             self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
         self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
@@ -262,13 +267,16 @@ class Meta(Format):
             plan.append((name, read, dim, info))
         dst.mkdir(parents=True)
         (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
+        if source.config is not None:
+            carried = {k: v for k, v in source.config.items() if not k.startswith("_modelport")}
+            (dst / HF_CONFIG).write_text(json.dumps(carried, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         from .pt import write_pt
 
         for s in range(n):   # split tensors are read once per shard: time, not memory
             write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
-                     progress=progress)
+                     progress=progress, align=options.align)
         for fname, path in source.side_files.items():
-            if fname in ("config.json", "params.json") or _SHARD.match(fname) or fname.endswith(".safetensors"):
+            if fname in ("config.json", "params.json", HF_CONFIG) or _SHARD.match(fname) or fname.endswith(".safetensors"):
                 continue
             from ._untrusted import open_regular
 

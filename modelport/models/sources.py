@@ -20,10 +20,38 @@ def open_source(path, format: str | None = None, options: Options | ReadOptions 
     if source.config is None and isinstance(params, dict):
         try:
             source.config = llama.hf_config_from_meta_source(params, source, Path(source.path) / "params.json")
+            _carried_config(source)
         except BaseException:
             source.close()
             raise
     return source
+
+
+def _carried_config(source: TensorSource) -> None:
+    """The config.json a Meta checkpoint was written from (``hf_config.json``, beside params.json), when it
+    describes the same model: it holds what params.json cannot (token ids, max positions …)."""
+    from dataclasses import replace
+
+    from ..errors import LayoutError, UnsupportedError
+    from ..formats.meta import HF_CONFIG
+    from .config import config_from_hf
+
+    carried = Path(source.path) / HF_CONFIG
+    if not carried.is_file():
+        return
+    try:
+        stored = read_json_file(carried, "config file")
+        if not isinstance(stored, dict):
+            raise FormatError(f"{carried}: not a JSON object")
+        same = replace(config_from_hf(stored, "llama", str(carried)), max_positions=0) == \
+            replace(config_from_hf(source.config, "llama", f"{source.path}: params.json"), max_positions=0)
+    except (OSError, ValueError, FormatError, UnsupportedError, LayoutError) as exc:
+        source.notes.append(f"{HF_CONFIG} ignored: {exc}")
+        return
+    if same:
+        source.config = stored
+    else:
+        source.notes.append(f"{HF_CONFIG} ignored: it describes another model than params.json (edited since?)")
 
 
 def read_config_file(path, source: TensorSource | None = None) -> dict:

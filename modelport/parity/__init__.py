@@ -48,14 +48,15 @@ def describe(r: Runnable) -> dict:
     return out
 
 
-def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype) -> tuple[Runnable, float]:
+def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype, engine,
+          assume_config) -> tuple[Runnable, float]:
     if isinstance(model, Runnable):
         return model, 0.0
     from ..models.runnable import load_runnable
 
     start = time.perf_counter()
     r = load_runnable(Path(model), arch=arch, config=config, device=torch_device, dtype=dtype, input_shape=input_shape,
-                      input_dtype=input_dtype)
+                      input_dtype=input_dtype, engine=engine, assume_config=assume_config)
     return r, time.perf_counter() - start
 
 
@@ -69,12 +70,14 @@ def _pairs(ref_out: dict, cand_out: dict):
 def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, atol: float | None = None,
            rtol: float | None = None, batch: int = DEFAULT_BATCH, seq_lens=DEFAULT_SEQ_LENS,
            new_tokens: int = DEFAULT_NEW_TOKENS, prompts=None, seed: int = 0, arch: str | None = None, config=None,
-           input_shape=None, input_dtype=None, locate: bool = True) -> ParityReport:
+           input_shape=None, input_dtype=None, engine: str = "auto", assume_config: bool = False,
+           locate: bool = True) -> ParityReport:
     """Check every candidate against ``ref``; the :class:`ParityReport` is true when all pass.
 
     ``ref`` and each candidate: a path (anything :func:`load_runnable` opens; ``arch`` / ``config`` /
     ``input_shape`` apply to each) or a :class:`Runnable`. ``dtype`` runs both in fp32/fp16/bf16 and picks
-    its default tolerances; without it the tolerances follow the less precise of the two outputs.
+    its default tolerances; without it the tolerances follow the less precise of the two outputs. ``engine``
+    chooses who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
     """
     import torch
 
@@ -91,7 +94,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
-                input_dtype=input_dtype)
+                input_dtype=input_dtype, engine=engine, assume_config=assume_config)
     ref_r, ref_load = _load(ref, **load)
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0

@@ -68,3 +68,14 @@ def test_verify_needs_a_runnable_source(tmp_path):
     with pytest.raises(ModelportError):
         modelport.convert(tmp_path / "w.safetensors", tmp_path / "o.safetensors", verify=True)
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_verified_export_and_a_failed_one_removed(src, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    path, _, _ = src
+    r = modelport.convert(path, tmp_path / "m.onnx", verify={"seq_lens": (1, 5), "new_tokens": 2})
+    assert r.parity and r.parity.candidates[0].model["backend"] == "onnxruntime"
+    with pytest.raises(VerifyFailed):
+        modelport.convert(path, tmp_path / "n.onnx", verify={"atol": 0.0, "rtol": 0.0, "seq_lens": (5,),
+                                                            "new_tokens": 0})
+    assert not (tmp_path / "n.onnx").exists() and not (tmp_path / "n.onnx.data").exists()

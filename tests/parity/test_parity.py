@@ -197,3 +197,22 @@ def test_lua_nn_model_with_input_shape(cli):
     assert "Lua nn model" in data["reference"]["origin"]
     missing = cli("parity", net, net)
     assert missing.returncode == 2 and "--input-shape" in missing.stderr
+
+
+def test_exported_files_through_the_command_line(cli, tmp_path):
+    pytest.importorskip("onnxruntime")
+    state, config = faults.llama_state(seed=35)
+    ref = faults.write_dir(tmp_path / "ref", state, config)
+    bad = faults.write_dir(tmp_path / "bad", faults.swap_layers(state, 1, 2), config)
+    for src, dst, extra in ((ref, "m.onnx", ()), (ref, "m.pt", ("--to", "torchscript")), (bad, "bad.onnx", ())):
+        r = cli("convert", src, tmp_path / dst, *extra)
+        assert r.returncode == 0, r.stderr
+    ok = cli("parity", ref, tmp_path / "m.onnx", tmp_path / "m.pt", "--seq-len", "1,6", "--new-tokens", "3", "--json")
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert [c["model"]["backend"] for c in data["candidates"]] == ["onnxruntime", "torchscript"]
+    assert data["onnxruntime_providers"] == ["CPUExecutionProvider"]
+    fail = cli("parity", ref, tmp_path / "bad.onnx", "--seq-len", "6", "--new-tokens", "2", "--json")
+    assert fail.returncode == 1
+    div = json.loads(fail.stdout)["candidates"][0]["first_divergence"]
+    assert (div["layer"], div["method"]) == (1, "onnx-outputs")

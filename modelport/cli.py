@@ -180,9 +180,11 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
               help="Graph targets from a Hugging Face directory: who builds the model (auto: modelport's reference "
                    "family when it knows the architecture, transformers otherwise).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+@click.option("--verify", is_flag=True, help="Run the written model against SRC (as `modelport parity` does) before "
+              "declaring success; keep nothing when they differ (exit 1).")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
             layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, static_shapes,
-            external_data, input_shape, input_dtype, device, engine, allow_expanded) -> None:
+            external_data, input_shape, input_dtype, device, engine, allow_expanded, verify) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds.
 
     A torchscript or onnx DST exports the runnable model SRC holds (see `modelport formats`)."""
@@ -200,6 +202,18 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
                         input_dtype=input_dtype, engine=engine, force=force)
         extra = f", data in {result.external_data.name}" if result.external_data else ""
         opset_text = f", opset {result.opset}" if result.opset else ""
+        if verify:
+            from .convert import VerifyFailed, verify_export
+            from .render import escape, escape_lines
+
+            try:
+                report = verify_export(src, result.dst, target, from_=from_, arch=arch, config=config)
+            except VerifyFailed as exc:
+                click.echo(escape_lines(exc.report.to_text()))
+                raise
+            tol = report.candidates[0].tolerance
+            click.echo(escape(f"verified: matches {src} on {len(report.inputs)} input sets ({tol.describe()}, "
+                              f"torch on {report.torch_device})"))
         click.echo(f"wrote {result.dst} ({result.format}{opset_text}{extra}): {human(result.bytes)} from "
                    f"{result.origin}; matches eager within {result.max_abs_diff:.2g}")
         return
@@ -208,12 +222,22 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian,
                        allow_expanded=allow_expanded or None)
-    result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
-                 shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)
-    from .render import escape, human
+    from .convert import VerifyFailed
+    from .render import escape, escape_lines, human
 
+    try:
+        result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
+                     shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
+                     verify=verify)
+    except VerifyFailed as exc:
+        click.echo(escape_lines(exc.report.to_text()))
+        raise
     for note in result.notes:
         click.echo(f"note: {escape(note)}", err=True)
+    if result.parity is not None:
+        tol = result.parity.candidates[0].tolerance
+        click.echo(escape(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
+                          f"torch on {result.parity.torch_device})"))
     click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}"))
 
 
@@ -244,6 +268,79 @@ def diff(a, b, atol, as_json, from_a, from_b, cast, allow_expanded) -> None:
         if report.differences and all(d.kind == "dtype" for d in report.differences):
             hint = " in dtype; --cast compares their values across dtypes (with --atol)"
         raise DifferenceFound(f"{a} and {b} differ{hint}")
+
+
+def _seq_lens(ctx, param, value):
+    lens = [int(x) for v in value for x in str(v).replace(",", " ").split()] if value else None
+    if lens is not None and any(n < 1 for n in lens):
+        raise click.BadParameter("sequence lengths are positive integers, e.g. --seq-len 1 --seq-len 8")
+    return lens
+
+
+@cli.command()
+@click.argument("ref", type=click.Path(path_type=Path))
+@click.argument("candidates", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where both models run; auto uses CUDA when a GPU is visible. cuda without one is an error.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run both models in this dtype "
+              "(default: as stored); picks the default tolerances.")
+@click.option("--atol", type=float, help="Absolute tolerance (default depends on the dtype and is printed).")
+@click.option("--rtol", type=float, help="Relative tolerance (default depends on the dtype and is printed).")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Rows per input batch; the last row is left-padded.")
+@click.option("--seq-len", "seq_lens", multiple=True, callback=_seq_lens, metavar="L",
+              help="Sequence lengths to feed (repeat or comma-separate; default 1, 8, 32).")
+@click.option("--new-tokens", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Greedy tokens to generate and compare (language models; 0 skips).")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Real prompts, one per line, through the reference's tokenizer instead of seeded ids.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox) or package.module:factory.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="config.json for models whose files carry none.")
+@click.option("--input-shape", metavar="DIMS", help="Input shape of non-language models, e.g. 1,3,224,224.")
+@click.option("--input-dtype", metavar="DTYPE", help="Input dtype of non-language models (default float32).")
+@click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
+              help="Who runs a Hugging Face directory (auto: modelport's reference family when it knows the "
+                   "architecture, transformers otherwise); the report names which ran.")
+@click.option("--assume-config", is_flag=True, help="Accept the values bare weights cannot reveal (else pass --config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path),
+              help="Also write JUnit XML here (one test case per candidate and check).")
+def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
+           input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
+    """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
+    from .errors import DifferenceFound
+    from .parity import parity as run
+    from .parity.inputs import DEFAULT_SEQ_LENS
+
+    report = run(ref, *candidates, device=device, dtype=dtype, atol=atol, rtol=rtol, batch=batch,
+                 seq_lens=seq_lens or DEFAULT_SEQ_LENS, new_tokens=new_tokens, prompts=prompts, seed=seed, arch=arch,
+                 config=config, input_shape=input_shape, input_dtype=input_dtype, engine=engine,
+                 assume_config=assume_config)
+    data = report.to_json()
+    if report_path:
+        _write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
+    if junit_path:
+        _write_text(junit_path, report.to_junit() + "\n")
+    from .render import escape_lines
+
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else escape_lines(report.to_text()))
+    if not report:
+        failed = [c.model["path"] or c.model["origin"] for c in report.candidates if not c.passed]
+        raise DifferenceFound(f"parity failed for {', '.join(map(str, failed))}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    from .atomic import atomic_output
+
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:

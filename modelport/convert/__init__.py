@@ -7,10 +7,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import dtypes, formats
 from ..atomic import atomic_output, check_destination, check_overlap, write_marker
-from ..errors import MissingDependencyError, UnsupportedError
+from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
 from . import layouts
@@ -28,6 +29,7 @@ class Result:
     bytes: int
     notes: list[str] = field(default_factory=list)
     aliases: int = 0             # tied names stored once (counted apart from ``tensors``)
+    parity: Any = None           # the ParityReport of --verify, when asked
 
     def counts(self) -> str:
         """'28 tensors + 1 tied alias', the way convert, diff and inspect all count."""
@@ -90,24 +92,30 @@ def convert(
     allow_overflow: bool = False,
     options: Options | None = None,
     progress: bool | None = None,
+    verify: bool | dict = False,
 ) -> Result:
     """Convert ``src`` to ``dst``. Nothing is written unless the whole conversion succeeds.
 
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
-    ``options`` is read, never changed.
+    ``options`` is read, never changed. ``verify`` runs the written model against the source with the
+    parity check before declaring success (a dict passes options to :func:`modelport.parity.parity`); a
+    mismatch raises :class:`VerifyFailed` carrying the report, and nothing is kept.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
     target = target_format(dst, to)
     check_overlap(src, dst)
     check_destination(dst, force)
+    reference = _verify_reference(src, from_, options) if verify else None
     if target.graph:       # a program, not weights: export the runnable model (defaults: opset 17, script/trace)
         from .export import ExportOptions, export
 
         done = export(src, dst, target.id, options=ExportOptions(dtype=dtype), force=force,
                       arch=options.arch, config=options.config)
-        return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"])
+        report = _verify_export(reference, Path(done.dst), target, options, verify) if verify else None
+        return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"],
+                      parity=report)
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:
@@ -126,8 +134,68 @@ def convert(
                 target.write(source, tmp, writing, advance)
                 if tmp.is_dir():
                     write_marker(tmp, format=target.id)
+                report = _verify(reference, tmp, dst, target, options, verify) if verify else None
         return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
-                      aliases=len(source.aliases()))
+                      aliases=len(source.aliases()), parity=report)
+
+
+class VerifyFailed(DifferenceFound):
+    """The written model does not match its source; nothing was kept."""
+
+    def __init__(self, dst: Path, report):
+        self.report = report
+        div = next((c.first_divergence for c in report.candidates if c.first_divergence), None)
+        where = f" ({div.describe()})" if div else ""
+        super().__init__(f"{dst}: the converted model does not match the source{where}; nothing was written")
+
+
+def _verify_reference(src: Path, from_: str | None, options: Options):
+    """The source as a runnable model, built before anything is written (a source that cannot run
+    cannot be verified: that is an input error, found first)."""
+    from ..models.runnable import load_runnable
+
+    return load_runnable(src, format=from_, arch=options.arch, config=options.config)
+
+
+def _verify(reference, written: Path, dst: Path, target: Format, options: Options, verify):
+    """Parity of the written model (at its temporary path) against the source; raise when it fails."""
+    from ..models.runnable import load_runnable
+    from ..parity import parity
+
+    config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
+    if target.graph:
+        candidate = load_runnable(written, format=target.id)
+    else:
+        candidate = load_runnable(written, format=target.id, arch=options.arch,
+                                  config=config() if config is not None else options.config)
+    report = parity(reference, candidate, **(verify if isinstance(verify, dict) else {}))
+    if not report:
+        raise VerifyFailed(dst, report)
+    return report
+
+
+def verify_export(src, dst, target: Format, *, from_: str | None = None, arch=None, config=None, verify=True):
+    """Parity of an exported graph at ``dst`` against ``src``; on a mismatch the graph is removed and
+    :class:`VerifyFailed` raised."""
+    options = Options(arch=arch, config=config)
+    return _verify_export(_verify_reference(Path(src), from_, options), Path(dst), target, options, verify)
+
+
+def _verify_export(reference, dst: Path, target: Format, options: Options, verify):
+    """The exporter writes atomically itself: the graph is verified where it was written, and removed
+    (with its external data) when it does not match."""
+    try:
+        return _verify(reference, dst, dst, target, options, verify)
+    except BaseException:
+        _remove_export(dst)
+        raise
+
+
+def _remove_export(path: Path) -> None:
+    """An exported graph and its external-data file."""
+    for p in (path, path.parent / (path.name + ".data")):
+        if p.is_file():
+            p.unlink()
 
 
 def _weight_paths(source) -> list[Path]:
@@ -158,4 +226,4 @@ class _progress_bar:
             self.bar.stop()
 
 
-__all__ = ["Result", "WriteOptions", "convert", "target_format"]
+__all__ = ["Result", "VerifyFailed", "verify_export", "WriteOptions", "convert", "target_format"]

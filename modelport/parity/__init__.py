@@ -1,0 +1,161 @@
+"""Parity: run a reference and candidates on the same seeded inputs and judge them by evidence.
+
+``parity(ref, cand, …)`` loads what it is given (paths through :func:`load_runnable`, or ready
+:class:`Runnable` objects), feeds both the same input sets (see :mod:`.inputs`), compares every
+output (see :mod:`.metrics`), language models also by tokens and greedy generation, and, for a
+candidate that fails, names the first block whose output differs (see :mod:`.layers`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import UnsupportedError
+from ..models.runnable import CAUSAL_LM, Runnable
+from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets
+from .layers import first_divergence
+from .metrics import (compare_generation, compare_tensors, dtype_name, greedy, least_precise, token_agreement,
+                      tolerance)
+from .report import CandidateResult, Check, ParityReport
+
+DEFAULT_NEW_TOKENS = 16
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device for ``auto | cpu | cuda``; ``cuda`` without a visible GPU is an error, never a
+    silent CPU run."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UnsupportedError(f"--device {device}: no CUDA device is visible to torch "
+                                   "(torch.cuda.is_available() is false); use --device cpu or auto")
+        return device
+    if device != "cpu":
+        raise UnsupportedError(f"--device {device}: choose auto, cpu or cuda")
+    return device
+
+
+def describe(r: Runnable) -> dict:
+    out = r.describe()
+    if r.backend == "onnxruntime" and hasattr(r.module, "get_providers"):
+        out["providers"] = list(r.module.get_providers())
+    if r.assumed:
+        out["assumed"] = list(r.assumed)
+    return out
+
+
+def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype, engine,
+          assume_config) -> tuple[Runnable, float]:
+    if isinstance(model, Runnable):
+        return model, 0.0
+    from ..models.runnable import load_runnable
+
+    start = time.perf_counter()
+    r = load_runnable(Path(model), arch=arch, config=config, device=torch_device, dtype=dtype, input_shape=input_shape,
+                      input_dtype=input_dtype, engine=engine, assume_config=assume_config)
+    return r, time.perf_counter() - start
+
+
+def _pairs(ref_out: dict, cand_out: dict):
+    """(name, ref tensor, cand tensor) by output name, or by position when the names differ."""
+    if all(n in cand_out for n in ref_out):
+        return [(n, ref_out[n], cand_out[n]) for n in ref_out]
+    return [(n, t, c) for (n, t), c in zip(ref_out.items(), cand_out.values())]
+
+
+def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, atol: float | None = None,
+           rtol: float | None = None, batch: int = DEFAULT_BATCH, seq_lens=DEFAULT_SEQ_LENS,
+           new_tokens: int = DEFAULT_NEW_TOKENS, prompts=None, seed: int = 0, arch: str | None = None, config=None,
+           input_shape=None, input_dtype=None, engine: str = "auto", assume_config: bool = False,
+           locate: bool = True) -> ParityReport:
+    """Check every candidate against ``ref``; the :class:`ParityReport` is true when all pass.
+
+    ``ref`` and each candidate: a path (anything :func:`load_runnable` opens; ``arch`` / ``config`` /
+    ``input_shape`` apply to each) or a :class:`Runnable`. ``dtype`` runs both in fp32/fp16/bf16 and picks
+    its default tolerances; without it the tolerances follow the less precise of the two outputs. ``engine``
+    chooses who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
+    """
+    import torch
+
+    if not candidates:
+        raise UnsupportedError("parity needs at least one candidate to compare with the reference")
+    if new_tokens < 0:
+        raise UnsupportedError(f"--new-tokens {new_tokens}: cannot be negative")
+    torch_device = resolve_device(device)
+    if dtype is not None:
+        from .. import dtypes
+
+        dtype = dtypes.canonical(dtype)
+    on_gpu = torch_device.startswith("cuda")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
+                input_dtype=input_dtype, engine=engine, assume_config=assume_config)
+    ref_r, ref_load = _load(ref, **load)
+    is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
+    n_new = new_tokens if is_lm else 0
+    sets = input_sets(ref_r, batch=batch, seq_lens=seq_lens, seed=seed, prompts=prompts, reserve=n_new)
+    start = time.perf_counter()
+    ref_outs = [ref_r.run(s.feeds) for s in sets]
+    gen_set = next((s for s in sets if s.seq_len > 1), sets[0])
+    ref_gen = greedy(ref_r, gen_set.feeds, n_new) if n_new else None
+    ref_seconds = {"load": ref_load, "run": time.perf_counter() - start}
+    results = []
+    for cand in candidates:
+        cand_r, cand_load = _load(cand, **load)
+        if cand_r.kind != ref_r.kind:
+            raise UnsupportedError(f"{cand_r.path or cand_r.origin}: a {cand_r.kind} model cannot be compared with the "
+                                   f"reference, a {ref_r.kind} model")
+        start = time.perf_counter()
+        cand_outs = [cand_r.run(s.feeds) for s in sets]
+        float_dtypes = [dtype_name(t) for o in (ref_outs[0], cand_outs[0]) for t in o.values() if t.is_floating_point()]
+        tol = tolerance(dtype or least_precise(*float_dtypes), atol, rtol)
+        result = CandidateResult(describe(cand_r), tol)
+        for s, ref_out, cand_out in zip(sets, ref_outs, cand_outs):
+            pairs = _pairs(ref_out, cand_out)
+            if len(pairs) < len(ref_out):
+                result.comparisons.append(_missing_output(ref_out, cand_out, s.label))
+            for name, a, b in pairs:
+                result.comparisons.append(compare_tensors(a, b, tol, output=name, inputs=s.label, mask=s.mask))
+                if is_lm and name == "logits" and a.shape == b.shape:
+                    result.tokens.append(token_agreement(a, b, tol, inputs=s.label, mask=s.mask))
+        if ref_gen is not None:
+            result.generation = compare_generation(ref_gen, greedy(cand_r, gen_set.feeds, n_new), tol,
+                                                   inputs=gen_set.label)
+        result.seconds = {"load": cand_load, "run": time.perf_counter() - start}
+        if locate and not result.passed:
+            start = time.perf_counter()
+            failing = next((s for s in sets for c in result.comparisons if c.inputs == s.label and not c.passed),
+                           gen_set)
+            _locate(result, ref_r, cand_r, failing.feeds, tol)
+            result.seconds["locate"] = time.perf_counter() - start
+        results.append(result)
+    peak = torch.cuda.max_memory_allocated() if on_gpu else None
+    return ParityReport(describe(ref_r), results, device, torch_device, seed, [s.describe() for s in sets], n_new,
+                        peak, ref_seconds)
+
+
+def _missing_output(ref_out, cand_out, label):
+    from .metrics import TensorComparison
+
+    c = TensorComparison("outputs", label, [], "", "", 0)
+    c.problem = f"the candidate returns {len(cand_out)} outputs where the reference returns {len(ref_out)}"
+    return c
+
+
+def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol) -> None:
+    try:
+        div = first_divergence(ref_r, cand_r, feeds, tol)
+    except ImportError as exc:       # onnx needed to read the graph's scopes
+        result.divergence_note = f"reading the candidate's layers needs {exc.name}"
+        return
+    if div is None:
+        result.divergence_note = "no block names match between the two models (per-layer outputs unavailable)"
+    result.first_divergence = div
+
+
+__all__ = ["CandidateResult", "Check", "DEFAULT_NEW_TOKENS", "ParityReport", "parity", "resolve_device"]

@@ -1,0 +1,297 @@
+"""Find the first block whose output differs: per-layer outputs of both models through one name map.
+
+Names are the reference model's module names (``model.layers.3``), which the conversion keeps: the
+reference families use Hugging Face names, and an export keeps them as module scopes. Per backend:
+
+- torch eager: forward hooks on every block and on each block's direct children;
+- onnxruntime: the values leaving each module scope (``/model/layers.3/``) of an exported graph are
+  added as outputs to a copy of the graph, run in a session with the same providers;
+- TorchScript: each scripted block is called with the inputs the reference block received, so a
+  block is judged on its own (a fault does not spread into later layers).
+
+The first block whose output exceeds tolerance is the divergence; within it, the first child (in
+the order they ran) that does names the part (``model.layers.3.self_attn``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .metrics import Tolerance, compare_tensors
+
+# Where each family keeps its blocks (Hugging Face names, which modelport's reference models share).
+# A per-family fact kept in this one table so it can move into the family records
+# (models/families/<family>.py, a field of Family) unchanged.
+BLOCK_LISTS = {"llama": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h", "gptneox": "gpt_neox.layers"}
+
+
+@dataclass
+class Divergence:
+    """Where the candidate first leaves the reference."""
+
+    layer: int | None                # block index; None: every block matched (the head or final norm differs)
+    name: str | None                 # the module named: a block's child when one was found, else the block
+    block: str | None
+    max_abs: float | None
+    matched: list[int] = field(default_factory=list)
+    method: str = ""                 # hooks | onnx-outputs | torchscript-replay
+    layers: int = 0                  # blocks compared
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        err = "non-finite" if self.max_abs is None else f"max abs {self.max_abs:.3g}"
+        if self.layer is None:
+            return (f"first divergence: after the last block (all {self.layers} blocks match; "
+                    "the final norm or the output head differs)")
+        before = ("no layer before it" if not self.matched else
+                  f"layer {self.matched[0]} matches" if len(self.matched) == 1 else
+                  f"layers {self.matched[0]}–{self.matched[-1]} match")
+        return f"first divergence: layer {self.layer} ({self.name}, {err}); {before}"
+
+
+def _is_script(module) -> bool:
+    import torch
+
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+def block_names(module) -> list[str]:
+    """The model's blocks in order: the family table's list, else the longest module list, else the
+    top-level children (a Lua ``nn.Sequential`` rebuild)."""
+    from torch import nn
+
+    names = dict(module.named_modules())
+    for prefix in BLOCK_LISTS.values():
+        if prefix in names:
+            return [f"{prefix}.{i}" for i in range(len(names[prefix]))]
+    lists = [(n, m) for n, m in names.items() if n and isinstance(m, nn.ModuleList)]
+    if lists:
+        name, best = max(lists, key=lambda nm: len(nm[1]))
+        return [f"{name}.{i}" for i in range(len(best))]
+    return [n for n, _ in module.named_children()]
+
+
+def child_names(module, block: str) -> list[str]:
+    return [f"{block}.{n}" for n, _ in module.get_submodule(block).named_children()]
+
+
+def _first_tensor(out):
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    if hasattr(out, "to_tuple"):
+        return _first_tensor(out.to_tuple())
+    return None
+
+
+def capture_hooks(runnable, names: list[str], feeds: dict, keep_inputs: bool = False):
+    """Outputs (and, if asked, positional inputs) of the named modules in one run; names in call order."""
+    outputs: dict[str, Any] = {}
+    inputs: dict[str, tuple] = {}
+    order: list[str] = []
+    handles = []
+    modules = dict(runnable.module.named_modules())
+    for name in names:
+        if name not in modules:
+            continue
+
+        def hook(mod, args, out, name=name):
+            t = _first_tensor(out)
+            if t is not None and name not in outputs:
+                outputs[name] = t.detach()
+                order.append(name)
+                if keep_inputs:
+                    inputs[name] = tuple(a.detach() if hasattr(a, "detach") else a for a in args)
+
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        runnable.run(feeds)
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs, inputs, order
+
+
+def replay_script(runnable, inputs: dict[str, tuple], names: list[str]):
+    """Each named submodule of a TorchScript model called with the reference's inputs to it."""
+    import torch
+
+    outputs = {}
+    for name in names:
+        if name not in inputs:
+            continue
+        try:
+            sub = _submodule(runnable.module, name)
+            with torch.no_grad():
+                out = sub(*[a.to(runnable.device) if hasattr(a, "to") else a for a in inputs[name]])
+        except (AttributeError, RuntimeError, TypeError):
+            continue
+        t = _first_tensor(out)
+        if t is not None:
+            outputs[name] = t.detach()
+    return outputs
+
+
+def _submodule(module, name: str):
+    """``module.get_submodule(name)`` by attribute walk (ScriptModules refuse get_submodule)."""
+    for part in name.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def onnx_scope(name: str) -> str:
+    """``model.layers.3.self_attn`` -> ``/model/layers.3/self_attn/`` (torch.onnx's node-name scopes)."""
+    parts: list[str] = []
+    for p in name.split("."):
+        if p.isdigit() and parts:
+            parts[-1] += f".{p}"
+        else:
+            parts.append(p)
+    return "/" + "/".join(parts) + "/"
+
+
+def _node_scopes(node) -> set[str] | None:
+    """The module names a node of the dynamo exporter lies in (``pkg.torch.onnx.name_scopes``), or None."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return {str(x) for x in ast.literal_eval(prop.value)}
+            except (ValueError, SyntaxError):
+                return None
+    return None
+
+
+def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
+    """Module name -> the last value computed inside its scope and used outside it. A node's scopes
+    are read from the dynamo exporter's ``name_scopes`` metadata, else from the TorchScript-based
+    exporter's node name (``/model/layers.3/…``)."""
+    nodes = list(graph.node)
+    scopes = [_node_scopes(n) for n in nodes]
+
+    def inside(i: int, name: str) -> bool:
+        return name in scopes[i] if scopes[i] is not None else nodes[i].name.startswith(onnx_scope(name))
+
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for v in node.input:
+            consumers.setdefault(v, []).append(i)
+    graph_outputs = {o.name for o in graph.output}
+    found = {}
+    for name in names:
+        last = None
+        for i, node in enumerate(nodes):
+            if not inside(i, name):
+                continue
+            for v in node.output:
+                if v in graph_outputs or any(not inside(u, name) for u in consumers.get(v, [])):
+                    last = v
+        if last is not None:
+            found[name] = last
+    return found
+
+
+def capture_onnx(runnable, names: list[str], feeds: dict):
+    """Intermediate values of an onnxruntime model, added as outputs to a copy of its graph."""
+    import onnx
+    import torch
+
+    from ..runtime import import_onnxruntime
+
+    if runnable.path is None:
+        return {}
+    model = onnx.load(str(runnable.path), load_external_data=False)
+    values = onnx_scope_values(model.graph, names)
+    if not values:
+        return {}
+    present = {o.name for o in model.graph.output}
+    for v in values.values():
+        if v not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=v))
+            present.add(v)
+    ort = import_onnxruntime()
+    providers = runnable.module.get_providers() if hasattr(runnable.module, "get_providers") else ["CPUExecutionProvider"]
+    session = _session_beside(ort, model, Path(runnable.path), providers)
+    arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in runnable.inputs}
+    wanted = list(dict.fromkeys(values.values()))
+    got = dict(zip(wanted, session.run(wanted, arrays)))
+    return {name: torch.from_numpy(got[v]) for name, v in values.items()}
+
+
+def _session_beside(ort, model, original: Path, providers):
+    """A session for the edited graph. Weights stored as external data are found relative to the graph,
+    so such a graph is written for a moment beside the original (hidden name, removed at once)."""
+    from onnx.external_data_helper import uses_external_data
+
+    if not any(uses_external_data(t) for t in model.graph.initializer):
+        return ort.InferenceSession(model.SerializeToString(), providers=providers)
+    tmp = original.parent / f".{original.name}.modelport-{os.getpid()}.layers.onnx"
+    try:
+        tmp.write_bytes(model.SerializeToString())
+        return ort.InferenceSession(str(tmp), providers=providers)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _torch_eager(r) -> bool:
+    return r.backend in ("torch", "torchscript") and r.module is not None and not _is_script(r.module)
+
+
+def _capture(runnable, names, feeds, ref_inputs):
+    if runnable.backend == "onnxruntime":
+        return capture_onnx(runnable, names, feeds), "onnx-outputs"
+    if _is_script(runnable.module):
+        return replay_script(runnable, ref_inputs, names), "torchscript-replay"
+    return capture_hooks(runnable, names, feeds)[0], "hooks"
+
+
+def first_divergence(ref, cand, feeds: dict, tol: Tolerance) -> Divergence | None:
+    """Compare per-block outputs of ``ref`` and ``cand`` on ``feeds``; None when no block names could be
+    matched on both sides (the report then says the layer was not located)."""
+    namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
+    if namer is None:
+        return None
+    blocks = block_names(namer.module)
+    if not blocks:
+        return None
+    children = {b: child_names(namer.module, b) for b in blocks}
+    names = blocks + [c for b in blocks for c in children[b]]
+    mask = feeds.get("attention_mask")
+    if _torch_eager(ref):
+        ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
+    else:
+        ref_out, ref_in, order = _capture(ref, names, feeds, {})[0], {}, names
+    cand_out, method = _capture(cand, names, feeds, ref_in)
+    compared = [b for b in blocks if b in ref_out and b in cand_out]
+    if not compared:
+        return None
+    matched = []
+    for i, block in enumerate(blocks):
+        if block not in compared:
+            continue
+        c = compare_tensors(ref_out[block], cand_out[block], tol, output=block, inputs="", mask=mask)
+        if c.passed:
+            matched.append(i)
+            continue
+        name, worst = block, c.max_abs
+        ran = [n for n in order if n in children[block]] or children[block]
+        for child in ran:
+            if child in ref_out and child in cand_out:
+                cc = compare_tensors(ref_out[child], cand_out[child], tol, output=child, inputs="", mask=mask)
+                if not cc.passed:
+                    name, worst = child, cc.max_abs
+                    break
+        return Divergence(i, name, block, worst, matched, method, len(compared))
+    return Divergence(None, None, None, None, matched, method, len(compared))

@@ -1,0 +1,244 @@
+"""Evidence, not a boolean: what two models' outputs say about each other.
+
+Every comparison is a small JSON-serialisable object holding its numbers, the tolerance it was judged
+by, the tolerance that would have passed, and ``passed`` (also its truth value), in the manner of
+Polygraphy's comparator results. An element passes when ``|cand - ref| <= atol + rtol * |ref|``;
+NaN or Inf in the candidate where the reference is finite fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Default tolerances per compute dtype. fp32 catches a logit moved by 1e-3 wherever |logit| < 90
+# (atol + rtol * 90 = 1e-3) while torch and onnxruntime, whose kernels sum in different orders, agree
+# (tests/parity, benchmarks/bench_parity.py); fp16 / bf16 allow for their 11 / 8 significant bits.
+DEFAULT_TOLERANCES = {
+    "float32": (1e-4, 1e-5),
+    "float64": (1e-7, 1e-7),
+    "float16": (2e-2, 1e-2),
+    "bfloat16": (1e-1, 2e-2),
+}
+_PRECISION = ["float64", "float32", "float16", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    dtype: str          # the dtype the defaults were chosen for
+    given: bool = False  # --atol / --rtol overrode a default
+
+    def describe(self) -> str:
+        how = "given" if self.given else f"default for {self.dtype}"
+        return f"atol {self.atol:g}, rtol {self.rtol:g} ({how})"
+
+
+def least_precise(*dtypes: str) -> str:
+    """The least precise of the floating dtypes named (what both sides can be held to)."""
+    known = [d for d in dtypes if d in _PRECISION]
+    return max(known, key=_PRECISION.index) if known else "float32"
+
+
+def tolerance(dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+    d_atol, d_rtol = DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES["float32"])
+    return Tolerance(d_atol if atol is None else atol, d_rtol if rtol is None else rtol, dtype,
+                     given=atol is not None or rtol is not None)
+
+
+def dtype_name(t) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+@dataclass
+class TensorComparison:
+    """One output of one input set: ref against candidate."""
+
+    output: str
+    inputs: str                     # the input set's label
+    shape: list[int]
+    ref_dtype: str
+    cand_dtype: str
+    positions: int                  # elements compared (padding excluded)
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    max_rel: float | None = None
+    cosine: float | None = None
+    required_atol: float | None = None   # smallest atol that passes at this rtol
+    required_rtol: float | None = None   # smallest rtol that passes at this atol
+    nonfinite: int = 0              # candidate NaN/Inf where the reference is finite
+    worst: list[int] | None = None  # index of the largest error
+    passed: bool = False
+    problem: str | None = None      # why nothing could be compared (shape mismatch …)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _finite_or_none(x: float) -> float | None:
+    import math
+
+    return x if math.isfinite(x) else None
+
+
+def compare_tensors(ref, cand, tol: Tolerance, *, output: str, inputs: str, mask=None) -> TensorComparison:
+    """Compare ``cand`` with ``ref``; ``mask`` (batch × sequence) excludes padded positions."""
+    import torch
+
+    ref_c, cand_c = ref.detach().cpu(), cand.detach().cpu()
+    out = TensorComparison(output, inputs, list(ref_c.shape), dtype_name(ref_c), dtype_name(cand_c), 0)
+    if tuple(ref_c.shape) != tuple(cand_c.shape):
+        out.problem = f"shape {list(cand_c.shape)} where the reference has {list(ref_c.shape)}"
+        return out
+    a, b = ref_c.double(), cand_c.double()
+    keep = torch.ones(a.shape, dtype=torch.bool)
+    if mask is not None and a.dim() >= 2 and tuple(a.shape[:2]) == tuple(mask.shape):
+        keep = mask.cpu().bool().reshape(*mask.shape, *([1] * (a.dim() - 2))).expand(a.shape)
+    ref_finite = torch.isfinite(a)
+    keep = keep & ref_finite          # what the reference itself cannot say is not compared
+    a, b = a[keep], b[keep]
+    out.positions = int(a.numel())
+    if out.positions == 0:
+        out.problem = "no finite reference value to compare"
+        return out
+    bad = ~torch.isfinite(b)
+    out.nonfinite = int(bad.sum())
+    err = (a - b).abs()
+    if out.nonfinite:
+        err = torch.where(bad, torch.full_like(err, float("inf")), err)
+    scale = a.abs()
+    rel = err / scale.clamp(min=torch.finfo(torch.float64).tiny)
+    out.max_abs = _finite_or_none(float(err.max()))
+    out.mean_abs = _finite_or_none(float(err.mean()))
+    out.max_rel = _finite_or_none(float(rel.max()))
+    out.required_atol = _finite_or_none(float((err - tol.rtol * scale).clamp(min=0).max()))
+    out.required_rtol = _finite_or_none(float(((err - tol.atol).clamp(min=0) / scale.clamp(min=1e-300)).max()))
+    if not out.nonfinite:
+        denom = float(a.norm() * b.norm())
+        out.cosine = float((a * b).sum()) / denom if denom > 0 else (1.0 if float(err.max()) == 0 else 0.0)
+    flat_worst = int(torch.argmax(torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))))
+    idx = keep.nonzero()[flat_worst].tolist() if keep.any() else None
+    out.worst = idx
+    out.passed = out.nonfinite == 0 and bool((err <= tol.atol + tol.rtol * scale).all())
+    return out
+
+
+@dataclass
+class TokenAgreement:
+    """Next-token agreement of a language model's logits at every real position of one input set."""
+
+    inputs: str
+    positions: int
+    top1: float                     # fraction of positions whose argmax agrees
+    top1_disagreements: int         # positions whose argmax differs ...
+    top1_ties: int                  # ... of which the reference's top two are within tolerance of each other
+    top5_overlap: float             # mean |top5(ref) ∩ top5(cand)| / 5
+    kl_mean: float | None           # KL(ref || cand) of the next-token distributions, nats
+    kl_max: float | None
+    passed: bool = False
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def near_tie(logits_row, tol: Tolerance) -> bool:
+    """The top two logits are within tolerance of each other: argmax may flip without a fault."""
+    import torch
+
+    top = torch.topk(logits_row.double(), 2).values
+    return bool(top[0] - top[1] <= 2 * (tol.atol + tol.rtol * top[0].abs()))
+
+
+def token_agreement(ref_logits, cand_logits, tol: Tolerance, *, inputs: str, mask=None) -> TokenAgreement:
+    import torch
+
+    a = ref_logits.detach().cpu().double()
+    b = cand_logits.detach().cpu().double()
+    vocab = a.shape[-1]
+    a, b = a.reshape(-1, vocab), b.reshape(-1, vocab)
+    if mask is not None:
+        keep = mask.cpu().bool().reshape(-1)
+        a, b = a[keep], b[keep]
+    n = a.shape[0]
+    arg_a, arg_b = a.argmax(-1), b.argmax(-1)
+    differ = (arg_a != arg_b).nonzero().reshape(-1).tolist()
+    ties = sum(1 for i in differ if near_tie(a[i], tol))
+    k = min(5, vocab)
+    top_a, top_b = a.topk(k, -1).indices, b.topk(k, -1).indices
+    overlap = (top_a.unsqueeze(-1) == top_b.unsqueeze(-2)).any(-1).double().sum(-1) / k
+    kl_mean = kl_max = None
+    if bool(torch.isfinite(b).all()):
+        log_p, log_q = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0)
+        kl_mean, kl_max = float(kl.mean()), float(kl.max())
+    finite = kl_mean is not None
+    return TokenAgreement(inputs, n, float((arg_a == arg_b).double().mean()) if n else 1.0, len(differ), ties,
+                          float(overlap.mean()) if n else 1.0, kl_mean, kl_max,
+                          passed=finite and len(differ) == ties)
+
+
+@dataclass
+class Generation:
+    """Greedy decoding of ``new_tokens`` tokens from the same prompts, compared token by token."""
+
+    inputs: str
+    new_tokens: int
+    ref_tokens: list[list[int]]
+    cand_tokens: list[list[int]]
+    first_difference: int | None    # index (0-based, among the new tokens) of the first differing token
+    row: int | None                 # the batch row where it differs first
+    at_tie: bool = False            # the reference's top two were within tolerance at that step
+    passed: bool = False
+    steps_run: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("steps_run")
+        return out
+
+
+def greedy(runnable, feeds: dict, new_tokens: int, output: str = "logits"):
+    """``new_tokens`` greedy tokens per row, re-running the growing sequence (no cache needed); the
+    last-position logits of every step."""
+    import torch
+
+    ids, mask = feeds["input_ids"], feeds.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    tokens, steps = [], []
+    for _ in range(new_tokens):
+        step_feeds = {spec.name: {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
+                      for spec in runnable.inputs}
+        last = runnable.run(step_feeds)[output][:, -1].detach().cpu().float()
+        steps.append(last)
+        nxt = torch.nan_to_num(last, nan=float("-inf")).argmax(-1, keepdim=True)
+        tokens.append(nxt)
+        ids = torch.cat([ids, nxt.to(ids.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt, dtype=mask.dtype)], dim=1)
+    if not tokens:
+        return torch.empty(ids.shape[0], 0, dtype=torch.int64), []
+    return torch.cat(tokens, dim=1), steps
+
+
+def compare_generation(ref_out, cand_out, tol: Tolerance, *, inputs: str) -> Generation:
+    (ref_tokens, ref_steps), (cand_tokens, cand_steps) = ref_out, cand_out
+    n = ref_tokens.shape[1]
+    first, row = None, None
+    differ = (ref_tokens != cand_tokens)
+    if bool(differ.any()):
+        cols = differ.any(0).nonzero().reshape(-1)
+        first = int(cols[0])
+        row = int(differ[:, first].nonzero()[0])
+    at_tie = first is not None and near_tie(ref_steps[first][row], tol)
+    finite = all(bool(s.isfinite().all()) for s in cand_steps)
+    return Generation(inputs, n, ref_tokens.tolist(), cand_tokens.tolist(), first, row, at_tie,
+                      passed=finite and (first is None or at_tie))

@@ -1,0 +1,81 @@
+"""convert --verify: the written model is checked against its source before it is kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import modelport
+from modelport.convert import VerifyFailed
+from tests.parity import faults
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def src(tmp_path):
+    state, config = faults.llama_state(seed=41)
+    return faults.write_dir(tmp_path / "src", state, config), state, config
+
+
+def test_verified_conversions_keep_their_report(src, tmp_path):
+    path, _, _ = src
+    fast = {"seq_lens": (1, 6), "new_tokens": 2}
+    r = modelport.convert(path, tmp_path / "w.safetensors", verify=fast)
+    assert r.parity and r.parity.candidates[0].tolerance.dtype == "float32"
+    r = modelport.convert(path, tmp_path / "meta", to="meta", verify=fast)      # rotary permute and back
+    assert r.parity and (tmp_path / "meta").is_dir()
+    r = modelport.convert(path, tmp_path / "h.safetensors", dtype="fp16", verify=fast)
+    assert r.parity and r.parity.candidates[0].tolerance.dtype == "float16"
+
+
+def test_failed_verify_keeps_nothing(src, tmp_path):
+    path, _, _ = src
+    dst = tmp_path / "h.safetensors"
+    with pytest.raises(VerifyFailed, match="does not match the source") as exc:
+        modelport.convert(path, dst, dtype="fp16", verify={"atol": 1e-7, "rtol": 0.0, "seq_lens": (4,),
+                                                            "new_tokens": 0})
+    assert not exc.value.report and exc.value.exit_code == 1
+    assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_cli_verify_refuses_an_overflowing_fp16_copy(cli, tmp_path):
+    state, config = faults.llama_state(seed=42)
+    path = faults.write_dir(tmp_path / "src", faults.fp16_overflow(state, 1), config)
+    dst = tmp_path / "out"
+    r = cli("convert", path, dst, "--to", "hf", "--dtype", "fp16", "--allow-overflow", "--verify")
+    assert r.returncode == 1, r.stderr
+    assert "first divergence: layer 1" in r.stdout and "NaN/Inf" in r.stdout
+    assert "nothing was written" in r.stderr and not dst.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    ok = cli("convert", path, tmp_path / "ok.safetensors", "--verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "verified: matches" in ok.stdout and (tmp_path / "ok.safetensors").exists()
+
+
+def test_verify_needs_a_runnable_source(tmp_path):
+    from safetensors.torch import save_file
+
+    from modelport.errors import ModelportError
+
+    save_file({"w": torch.ones(3)}, tmp_path / "w.safetensors")
+    with pytest.raises(ModelportError):
+        modelport.convert(tmp_path / "w.safetensors", tmp_path / "o.safetensors", verify=True)
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_verified_export_and_a_failed_one_removed(src, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    path, _, _ = src
+    r = modelport.convert(path, tmp_path / "m.onnx", verify={"seq_lens": (1, 5), "new_tokens": 2})
+    assert r.parity and r.parity.candidates[0].model["backend"] == "onnxruntime"
+    with pytest.raises(VerifyFailed):
+        modelport.convert(path, tmp_path / "n.onnx", verify={"atol": 0.0, "rtol": 0.0, "seq_lens": (5,),
+                                                            "new_tokens": 0})
+    assert not (tmp_path / "n.onnx").exists() and not (tmp_path / "n.onnx.data").exists()

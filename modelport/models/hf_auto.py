@@ -74,29 +74,42 @@ def _wrapper(model, kind: str, names: list[str]):
 
     takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
-    class CausalLM(torch.nn.Module):
-        """``forward(input_ids, attention_mask) -> logits``, positions following the mask."""
-
+    class Wrapper(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
+
+        @property
+        def root(self):
+            """The transformers model, whose module names are the checkpoint's (``model.layers.3``)."""
+            return self.model
+
+    class CausalLM(Wrapper):
+        """``forward(input_ids, attention_mask) -> logits``, positions following the mask."""
 
         def forward(self, input_ids, attention_mask):
             kw = {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
 
-    class Encoder(torch.nn.Module):
+    class Encoder(Wrapper):
         """``forward(*tokenizer inputs) -> last hidden state``."""
-
-        def __init__(self):
-            super().__init__()
-            self.model = model
 
         def forward(self, *args):
             out = self.model(**dict(zip(names, args)))
             return out[0]
 
     return (CausalLM if kind == CAUSAL_LM else Encoder)().eval()
+
+
+def _known_family(cfg: dict, path: Path) -> bool:
+    """Whether a config without ``architectures`` names a causal-LM family modelport knows (by model_type)."""
+    from ..errors import ModelportError
+    from .config import family_of_hf
+
+    try:
+        return family_of_hf(cfg, str(path / "config.json")) is not None
+    except ModelportError:
+        return False
 
 
 def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunnable:
@@ -109,7 +122,8 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     path = Path(path)
     cfg = _config(path)
     archs = list(cfg.get("architectures") or [])
-    kind = CAUSAL_LM if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) else ENCODER
+    kind = CAUSAL_LM if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) or (not archs and _known_family(cfg, path)) \
+        else ENCODER
     auto = transformers.AutoModelForCausalLM if kind == CAUSAL_LM else transformers.AutoModel
     kw = {"attn_implementation": "eager", "local_files_only": True, "trust_remote_code": False}
     if dtype is not None:

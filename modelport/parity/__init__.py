@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import UnsupportedError
+from ..errors import ModelportError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, Runnable
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets
 from .layers import first_divergence
@@ -60,6 +60,24 @@ def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype,
     return r, time.perf_counter() - start
 
 
+def _reference_engine(ref, engine: str, arch, config) -> str:
+    """Who runs the reference: for a Hugging Face directory with ``engine="auto"``, transformers when it is
+    installed (the reference of truth), modelport's reference family otherwise. The report's origin says."""
+    if engine != "auto" or isinstance(ref, Runnable) or config is not None or (arch and ":" in arch):
+        return engine
+    import importlib.util
+
+    from .. import formats
+
+    if importlib.util.find_spec("transformers") is None:
+        return engine
+    try:
+        is_hf = formats.detect(Path(ref)).id == "hf"
+    except ModelportError:
+        return engine              # load_runnable reports what is wrong with the path
+    return "transformers" if is_hf else engine
+
+
 def _pairs(ref_out: dict, cand_out: dict):
     """(name, ref tensor, cand tensor) by output name, or by position when the names differ."""
     if all(n in cand_out for n in ref_out):
@@ -95,7 +113,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
                 input_dtype=input_dtype, engine=engine, assume_config=assume_config)
-    ref_r, ref_load = _load(ref, **load)
+    ref_r, ref_load = _load(ref, **{**load, "engine": _reference_engine(ref, engine, arch, config)})
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
     sets = input_sets(ref_r, batch=batch, seq_lens=seq_lens, seed=seed, prompts=prompts, reserve=n_new)

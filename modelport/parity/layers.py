@@ -54,6 +54,12 @@ class Divergence:
         return f"first divergence: layer {self.layer} ({self.name}, {err}); {before}"
 
 
+def named_root(module):
+    """The module whose names are the model's own: a wrapper that adapts a model's calling convention
+    (a transformers model behind ``forward(input_ids, attention_mask)``) names it as ``root``."""
+    return getattr(module, "root", module)
+
+
 def _is_script(module) -> bool:
     import torch
 
@@ -101,7 +107,7 @@ def capture_hooks(runnable, names: list[str], feeds: dict, keep_inputs: bool = F
     inputs: dict[str, tuple] = {}
     order: list[str] = []
     handles = []
-    modules = dict(runnable.module.named_modules())
+    modules = dict(named_root(runnable.module).named_modules())
     for name in names:
         if name not in modules:
             continue
@@ -263,10 +269,10 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance) -> Divergence | Non
     namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
     if namer is None:
         return None
-    blocks = block_names(namer.module)
+    blocks = block_names(named_root(namer.module))
     if not blocks:
         return None
-    children = {b: child_names(namer.module, b) for b in blocks}
+    children = {b: child_names(named_root(namer.module), b) for b in blocks}
     names = blocks + [c for b in blocks for c in children[b]]
     mask = feeds.get("attention_mask")
     if _torch_eager(ref):

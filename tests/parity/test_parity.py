@@ -38,8 +38,10 @@ def test_copy_passes_and_the_report_says_what_ran(llama):
     assert data["device"] == "auto" and data["torch_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert data["seed"] == 7 and [i["seq_len"] for i in data["inputs"]] == [1, 5, 12]
     assert data["inputs"][2]["shapes"]["input_ids"] == [2, 12] and data["inputs"][2]["left_pad"] == 6
-    assert "modelport reference llama" in data["reference"]["origin"]
+    # a Hugging Face directory as the reference runs in transformers (the reference of truth); candidates as detected
+    assert data["reference"]["origin"] == "transformers LlamaForCausalLM"
     cand = data["candidates"][0]
+    assert "modelport reference llama" in cand["model"]["origin"]
     assert cand["tolerance"] == {"atol": 1e-4, "rtol": 1e-5, "dtype": "float32", "given": False}
     assert {c["name"] for c in cand["checks"]} >= {"logits within tolerance", "finite", "top-1 agreement",
                                                    "greedy generation of 4 tokens"}

@@ -117,17 +117,27 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
     from .inspect import inspect as run
     from .inspect import run_check
 
+    from .convert import manifest as mf
+
     summary = run(path, from_)
     check = run_check(path, arch, config, input_shape, input_dtype, from_) if run_model else None
+    record = mf.find(path)
+    record = mf.load(record) if record is not None else None
     if as_json:
         out = summary.to_json()
         if check is not None:
             out["run"] = check.to_json()
+        if record is not None:
+            out["manifest"] = record
         click.echo(json.dumps(out, indent=2, default=str))
         return
     from .render import print_summary
 
     print_summary(summary, show_all)
+    if record is not None:
+        click.echo(f"\nmanifest ({mf.find(path)}):")
+        for line in mf.summary(record):
+            click.echo(f"  {line}")
     if check is not None:
         click.echo(f"\nran {check.model}, {check.parameters:,} parameters: input {check.input} -> output "
                    f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")
@@ -156,19 +166,95 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+@click.option("--no-manifest", is_flag=True,
+              help="Write no DST.modelport.json (or DST/modelport.json) recording what the conversion did.")
+@click.option("--verify", "verify_parity", is_flag=True, help="Run the parity check on the result; exit 1 if it fails.")
+@click.option("--view", "view_after", is_flag=True, help="Open the result in Netron when done (needs modelport[view]).")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
-            no_crc32, params_only, t7_mode, t7_long_size, t7_endian) -> None:
+            no_crc32, params_only, t7_mode, t7_long_size, t7_endian, no_manifest, verify_parity, view_after) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
     from .convert import convert as run
+    from .errors import DifferenceFound
 
     options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
+    if view_after:
+        from .errors import require
+
+        require("netron", extra="view")
+    check = _parity_check(from_, options) if verify_parity else None
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
-                 shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options)
+                 shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
+                 manifest=not no_manifest, verify=check)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")
+    if result.manifest is not None:
+        click.echo(f"manifest: {result.manifest}")
+    if result.parity is not None:
+        click.echo(f"parity: {'passed' if result.parity else 'FAILED'}")
+    if view_after:
+        _serve(result.dst, "127.0.0.1", None, True, False, False)
+    if result.parity is not None and not result.parity:
+        raise DifferenceFound(f"{dst}: the parity check failed; the output is kept with its manifest for inspection")
+
+
+def _parity_check(from_, options):
+    """The parity checker for ``convert --verify`` (``verify(src, written) -> report``), or a clear
+    error while this version has none."""
+    from .errors import MissingDependencyError
+
+    try:
+        from .parity import check_conversion
+    except ImportError as exc:
+        if getattr(exc, "name", "") and not str(exc.name).startswith("modelport"):
+            raise
+        raise MissingDependencyError("--verify needs the parity checker, which is not available in this version of "
+                                     "modelport yet; convert without --verify") from exc
+    return lambda src, written: check_conversion(src, written, from_=from_, options=options)
+
+
+def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
+    from .view import view as run
+
+    run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
+        echo=lambda line: click.echo(line, err=line.startswith("note:")))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to serve on (default: a free one).")
+@click.option("--no-browser", is_flag=True, help="Only print the URL; open no browser.")
+@click.option("--graph-only", is_flag=True,
+              help="ONNX: show the graph with shape-only weights (automatic above 1 GiB of weights).")
+@click.option("--as-onnx", is_flag=True, help="Export a weights-only source to ONNX first and show its graph.")
+def view(path, host, port, no_browser, graph_only, as_onnx) -> None:
+    """Show PATH in Netron (modelport[view]) on localhost until Ctrl-C."""
+    _serve(path, host, port, not no_browser, graph_only, as_onnx)
+
+
+@cli.command("verify")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_cmd(manifest, as_json) -> None:
+    """Check a conversion's MANIFEST (or the file/directory it describes): re-hash every file; exit 1 on a change."""
+    from .convert import manifest as mf
+    from .errors import DifferenceFound
+
+    found = mf.find(manifest) if not str(manifest).endswith(".json") else None
+    report = mf.verify(found or manifest)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for f in report.files:
+            state = "ok" if f.ok else "MISSING" if f.actual is None else "CHANGED"
+            click.echo(f"{state:<8} {f.role:<7} {f.path}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
+    if not report:
+        raise DifferenceFound(f"{report.manifest}: the files differ from what the manifest records")
 
 
 @cli.command()

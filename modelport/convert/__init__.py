@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Any, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,8 +13,9 @@ from .. import dtypes, formats
 from ..atomic import atomic_output, check_destination
 from ..errors import UnsupportedError
 from ..formats.base import Format, Options
-from . import layouts
+from . import layouts, manifest
 from .cast import CastSource
+from .manifest import DIR_NAME, SUFFIX
 
 
 @dataclass
@@ -25,6 +28,8 @@ class Result:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    manifest: Path | None = None      # the conversion's manifest, unless it was turned off
+    parity: Any = None                # the parity report, when ``verify`` ran
 
 
 def target_format(dst: Path, to: str | None) -> Format:
@@ -55,11 +60,17 @@ def convert(
     allow_overflow: bool = False,
     options: Options | None = None,
     progress: bool | None = None,
+    manifest: bool = True,
+    verify: Callable[[Path, Path], Any] | None = None,
 ) -> Result:
     """Convert ``src`` to ``dst``. Nothing is written unless the whole conversion succeeds.
 
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
+    ``manifest`` writes the conversion's record (:mod:`.manifest`) with the output, in the same
+    atomic step. ``verify(src, written)`` is called on the written output before it is moved into
+    place and returns a parity report (``bool`` verdict, ``to_json()``) kept in the manifest and
+    the result; a failed verdict still keeps the output, for the caller to judge.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
@@ -77,14 +88,73 @@ def convert(
         if shard_size:
             options.extra["shard_size"] = shard_size
         show = sys.stderr.isatty() if progress is None else progress
+        record = _Record(src, dst, source, target.id, options, dtype) if manifest else None
+        if hasattr(source, "side_files"):   # a source's own manifest describes the source, not this output
+            source.side_files = {k: v for k, v in source.side_files.items() if k != DIR_NAME}
+        report = None
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
             options.extra["progress"] = advance
             try:
                 with atomic_output(dst, force) as tmp:
                     target.write(source, tmp, options)
+                    if verify is not None:
+                        report = verify(src, tmp)
+                    if record is not None:
+                        record.write(tmp, report)
+                if record is not None:
+                    record.commit()
+                else:
+                    stale = dst.with_name(dst.name + SUFFIX)
+                    if dst.is_file() and stale.is_file():
+                        stale.unlink()
+            except BaseException:
+                if record is not None:
+                    record.discard()
+                raise
             finally:
                 options.extra.pop("progress", None)
-        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes))
+        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes),
+                      manifest=record.final if record is not None else None, parity=report)
+
+
+class _Record:
+    """The manifest of one conversion: the source hashed in a thread while the output is written,
+    the manifest written into a directory output, or beside a file output under a temporary name
+    that :meth:`commit` renames once the output is in place."""
+
+    def __init__(self, src: Path, dst: Path, source, target_id: str, options: Options, dtype: str | None):
+        self.src, self.dst, self.source, self.target_id, self.options, self.dtype = src, dst, source, target_id, options, dtype
+        self.hashing = manifest.BackgroundHash(src)
+        self.final: Path | None = None
+        self.pending: Path | None = None
+
+    def write(self, written: Path, report) -> None:
+        parity = None
+        if report is not None:
+            parity = {"passed": bool(report), **report.to_json()}
+        m = manifest.build(src=self.src, dst=self.dst, written=written, source=self.source,
+                           target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
+                           dtype=self.dtype, opset=self.options.extra.get("opset"), parity=parity)
+        if written.is_dir():
+            manifest.write(m, written / DIR_NAME)
+            self.final = self.dst / DIR_NAME
+        else:
+            for f in m.output["files"]:
+                f["path"] = self.dst.name
+            self.final = self.dst.with_name(self.dst.name + SUFFIX)
+            self.pending = self.dst.with_name(f".{self.final.name}.modelport-{os.getpid()}.tmp")
+            manifest.write(m, self.pending)
+
+    def commit(self) -> None:
+        if self.pending is not None:
+            os.replace(self.pending, self.final)
+            self.pending = None
+
+    def discard(self) -> None:
+        if self.pending is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.pending.unlink()
+        self.final = None
 
 
 class _progress_bar:

@@ -74,6 +74,10 @@ class HFSource(TensorSource):
             str(p.relative_to(path)): p for p in sorted(path.rglob("*")) if p.is_file() and str(p.relative_to(path)) not in weights
         }
 
+    def shard_paths(self) -> list[Path]:
+        """The weight files joined on read (for the conversion manifest)."""
+        return [s.path for s in self._shards]
+
     def names(self) -> list[str]:
         return list(self._where)
 

@@ -8,6 +8,8 @@ each in a fresh process with the file in the page cache:
   pt -> safetensors        modelport.convert.convert
   safetensors -> pt        modelport.convert.convert (real zip CRC-32s, the default)
   safetensors -> pt, no CRC  the same with Options(crc32=False) (--no-crc32)
+  ... no manifest          both directions with manifest=False (--no-manifest): the manifest's
+                           cost is the difference (it hashes source and output with sha256)
   torch.load + save_file   the usual way, for reference
   load_file + torch.save   the usual way back, for reference
 
@@ -60,6 +62,14 @@ PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).
 STEPS = {
     "pt -> safetensors": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False)",
     "safetensors -> pt": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='pt', progress=False)",
+    "pt -> st, no manifest": (
+        "from modelport.convert import convert; import sys\n"
+        "convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False, manifest=False)"
+    ),
+    "st -> pt, no manifest": (
+        "from modelport.convert import convert; import sys\n"
+        "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, manifest=False)"
+    ),
     "safetensors -> pt, no CRC": (
         "from modelport.convert import convert; from modelport.formats.base import Options; import sys\n"
         "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, options=Options(crc32=False))"
@@ -156,6 +166,8 @@ def main() -> None:
             "pt -> safetensors": (step("pt -> safetensors", src, st), st),
             "safetensors -> pt": (step("safetensors -> pt", st, back), back),
             "safetensors -> pt, no CRC": (step("safetensors -> pt, no CRC", st, back), back),
+            "pt -> st, no manifest": (step("pt -> st, no manifest", src, st), st),
+            "st -> pt, no manifest": (step("st -> pt, no manifest", st, back), back),
         }, args.repeat)
         rows = [(name, *timed[name]) for name in timed]
         copy.unlink()

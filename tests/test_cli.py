@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from modelport.cli import cli
 
 
-@pytest.mark.parametrize("command", [[], ["formats"], ["inspect"], ["convert"], ["diff"]])
+@pytest.mark.parametrize("command", [[], ["formats"], ["inspect"], ["convert"], ["diff"], ["view"], ["verify"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0, result.output

@@ -195,3 +195,28 @@ def test_view_stops_when_asked(tmp_path):
     stop.set()
     t.join(timeout=10)
     assert not t.is_alive() and lines[-1] == "stopped"
+
+
+def test_convert_view_serves_the_result(tmp_path):
+    """`convert … --view` writes the output, then serves it until stopped (BROWSER=true: no browser opens)."""
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    from .conftest import tied_state_dict
+
+    import torch
+
+    src = tmp_path / "m.pt"
+    torch.save(tied_state_dict(), src)
+    env = {**os.environ, "BROWSER": "true",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "modelport", "convert", str(src), str(tmp_path / "m.safetensors"),
+                             "--view"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith("wrote ") and lines[1].startswith("manifest: ")
+        host = lines[2].split("http://", 1)[1].split()[0]
+        served = urllib.request.urlopen(f"http://{host}/data/m.safetensors", timeout=10).read()
+        assert served == (tmp_path / "m.safetensors").read_bytes()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0

@@ -46,16 +46,20 @@ def is_onnx(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in _ONNX_SUFFIXES
 
 
-def onnx_weight_bytes(path: Path) -> int:
-    """Bytes of an ONNX model's weights: the file itself plus every external data file it names."""
+def _load_graph(path: Path):
     onnx = require("onnx", extra="cpu")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds on a corrupt file
         raise FormatError(f"{path}: not a readable ONNX model ({exc})") from exc
+
+
+def onnx_weight_bytes(path: Path, model=None) -> int:
+    """Bytes of an ONNX model's weights: the file itself plus every external data file it names."""
+    model = model if model is not None else _load_graph(path)
     total, seen = path.stat().st_size, set()
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
+    for graph in _graphs(model.graph):
+        for init in graph.initializer:
             loc = next((e.value for e in init.external_data if e.key == "location"), None)
             if loc and loc not in seen:
                 seen.add(loc)
@@ -64,14 +68,11 @@ def onnx_weight_bytes(path: Path) -> int:
     return total
 
 
-def graph_only_copy(src: Path, dst: Path) -> int:
+def graph_only_copy(src: Path, dst: Path, model=None) -> int:
     """Write ``src``'s graph to ``dst`` with every initializer a shape-only placeholder (name,
     dtype and dims kept; no data, no external reference). Returns the number of placeholders."""
     onnx = require("onnx", extra="cpu")
-    try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001
-        raise FormatError(f"{src}: not a readable ONNX model ({exc})") from exc
+    model = model if model is not None else _load_graph(src)
     n = 0
     for graph in _graphs(model.graph):
         for init in graph.initializer:
@@ -146,13 +147,14 @@ def prepare(path: Path, workdir: Path, *, graph_only: bool = False, as_onnx: boo
             return Shown(f, path, kind, [f"showing {f.name} of the {kind} directory"])
         _recognised(path)
         return Shown(path, path, "weights")
-    size = onnx_weight_bytes(onnx_path)
+    model = _load_graph(onnx_path)
+    size = onnx_weight_bytes(onnx_path, model)
     if graph_only or size > graph_only_above:
         if not graph_only:
             notes.append(f"the model holds {size / 1e9:.1f} GB of weights; showing the graph only "
                          "(initializers as shape-only placeholders)")
         copy = workdir / (onnx_path.stem + ".graph.onnx")
-        n = graph_only_copy(onnx_path, copy)
+        n = graph_only_copy(onnx_path, copy, model)
         notes.append(f"graph only: {n} initializers shown by shape, without data")
         return Shown(copy, path, "onnx-graph-only", notes)
     return Shown(onnx_path, path, origin_kind, notes)

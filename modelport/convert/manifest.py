@@ -24,13 +24,7 @@ SCHEMA = "modelport.manifest/1"
 DIR_NAME = "modelport.json"          # inside a directory output
 SUFFIX = ".modelport.json"           # beside a file output: <output>.modelport.json
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "safetensors", "numpy")
-_CHUNK = 16 << 20
-
-
-def manifest_path(output: Path) -> Path:
-    """Where the manifest of ``output`` lies (``output`` need not exist yet: pass is_dir)."""
-    output = Path(output)
-    return output / DIR_NAME if output.is_dir() else output.with_name(output.name + SUFFIX)
+_CHUNK = 4 << 20
 
 
 def find(path: Path) -> Path | None:
@@ -38,6 +32,19 @@ def find(path: Path) -> Path | None:
     path = Path(path)
     m = path / DIR_NAME if path.is_dir() else path.with_name(path.name + SUFFIX)
     return m if m.is_file() else None
+
+
+def written_by_modelport(path: Path) -> bool:
+    """True when ``path`` is an output modelport wrote: it has a manifest of this schema (for a
+    directory, ``modelport.json`` inside it). Used to decide what ``--force`` may replace."""
+    m = find(path)
+    if m is None:
+        return False
+    try:
+        load(m)
+    except FormatError:
+        return False
+    return True
 
 
 # -- hashing ------------------------------------------------------------------------------
@@ -296,5 +303,5 @@ def summary(data: dict) -> list[str]:
     return lines
 
 
-__all__ = ["DIR_NAME", "SUFFIX", "BackgroundHash", "Manifest", "build", "find", "load", "manifest_path", "summary",
-           "verify", "write"]
+__all__ = ["DIR_NAME", "SUFFIX", "BackgroundHash", "Manifest", "build", "find", "load", "summary",
+           "verify", "write", "written_by_modelport"]

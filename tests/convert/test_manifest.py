@@ -195,3 +195,13 @@ def _opts(**kw):
     from modelport.formats.base import Options
 
     return Options(**{k: v for k, v in kw.items() if v is not None})
+
+
+def test_a_modelport_output_is_known_by_its_manifest(tmp_path, llama_pt):
+    out = tmp_path / "hf"
+    convert(llama_pt, out, to="hf", options=_opts(config=tmp_path / "config.json"))
+    assert mf.written_by_modelport(out)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "modelport.json").write_text("{}")          # not of the manifest's schema
+    assert not mf.written_by_modelport(other) and not mf.written_by_modelport(llama_pt)

@@ -132,8 +132,10 @@ class _Record:
         parity = None
         if report is not None:
             parity = {"passed": bool(report), **report.to_json()}
+        output = manifest.BackgroundHash(written)    # beside the rest of the source's hashing
         m = manifest.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
+                           output_files=output.get(),
                            dtype=self.dtype, opset=self.options.extra.get("opset"), parity=parity)
         if written.is_dir():
             manifest.write(m, written / DIR_NAME)

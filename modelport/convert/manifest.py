@@ -92,7 +92,8 @@ def hash_files(path: Path) -> list[dict]:
 
 
 class BackgroundHash:
-    """Hash a source's files in a thread while the conversion writes (sources are not changed)."""
+    """Hash a file's or directory's files in a thread (the source while the conversion writes; the
+    output beside what is left of the source's)."""
 
     def __init__(self, path: Path):
         self.path, self.result, self.error = Path(path), None, None
@@ -108,7 +109,7 @@ class BackgroundHash:
     def get(self) -> list[dict]:
         self._thread.join()
         if self.error is not None:
-            raise FormatError(f"{self.path}: cannot hash the source for the manifest ({self.error})")
+            raise FormatError(f"{self.path}: cannot hash it for the manifest ({self.error})")
         return self.result or []
 
 
@@ -179,6 +180,7 @@ class Manifest:
 
 
 def build(*, src: Path, dst: Path, written: Path, source, target_format: str, options, source_files: list[dict],
+          output_files: list[dict] | None = None,
           dtype: str | None = None, opset: int | None = None, parity: dict | None = None) -> Manifest:
     """The manifest of a conversion whose output lies (still under its temporary name) at ``written``
     and will be renamed to ``dst``."""
@@ -202,7 +204,7 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
                 "directory": Path(src).is_dir(), "files": source_files},
         output={"path": str(Path(dst).resolve()), "format": target_format,
                 "layout": getattr(layout, "id", None) or src_lay, "architecture": arch,
-                "tensors": len(source.names()), "directory": written.is_dir(), "files": hash_files(written)},
+                "tensors": len(source.names()), "directory": written.is_dir(), "files": output_files if output_files is not None else hash_files(written)},
         transforms=transforms_applied(source, target_format, written, options),
         versions=versions(),
         opset=opset,

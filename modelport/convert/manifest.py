@@ -138,6 +138,10 @@ def transforms_applied(source, target_format: str, written: Path, options) -> li
             out.append({"op": kind, "files": [Path(f).name for f in files]})
     for s in reversed(chain):
         out.extend(getattr(s, "applied", None) or [])
+    tied = {t["tensor"] for t in out if t["op"] == "tie"}
+    for alias, kept in source.aliases().items():   # ties the source holds, kept as one tensor by the writer
+        if alias not in tied:
+            out.append({"op": "tie", "tensor": alias, "to": kept})
     if target_format == "meta" and (options.shards or 1) > 1:
         out.append({"op": "split_model_parallel_shards", "shards": int(options.shards)})
     if target_format == "hf" and (written / "model.safetensors.index.json").is_file():
@@ -189,10 +193,7 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
     mapped = next((s for s in _chain(source) if hasattr(s, "src_layout")), None)
     src_layout = getattr(mapped, "src_layout", None)
     layout = getattr(mapped, "layout", None)
-    try:
-        arch = detect_arch(source)
-    except Exception:   # noqa: BLE001 - the architecture is a courtesy in the manifest, never a reason to fail
-        arch = None
+    arch = detect_arch(source)
     src_lay = getattr(src_layout or layout, "id", None)
     if src_lay is None:
         from .layouts import detect_layout

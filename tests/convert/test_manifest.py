@@ -42,6 +42,7 @@ def test_file_output_gets_a_manifest_beside_it(tmp_path):
     casts = [t for t in data["transforms"] if t["op"] == "cast"]
     assert casts and casts[0]["from"] == "float32" and casts[0]["to"] == "float16"
     assert "transformer.wte.weight" in casts[0]["tensors"]
+    assert {"op": "tie", "tensor": "lm_head.weight", "to": "transformer.wte.weight"} in data["transforms"]
     assert data["versions"]["modelport"] and data["versions"]["torch"] == torch.__version__
     assert data["opset"] is None and data["parity"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.safetensors", "m.safetensors.modelport.json"]

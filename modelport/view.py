@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -206,31 +207,48 @@ class Server:
 def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browser: bool = True,
          graph_only: bool = False, as_onnx: bool = False, echo: Callable[[str], None] = print,
          ready: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> None:
-    """Serve ``path`` in Netron until Ctrl-C / SIGTERM (a KeyboardInterrupt) or ``stop`` is set."""
+    """Serve ``path`` in Netron until Ctrl-C, SIGTERM or ``stop`` is set; then stop the server
+    and remove every temporary file."""
+    stop = stop or threading.Event()
     workdir = Path(tempfile.mkdtemp(prefix="modelport-view-"))
     server = None
     try:
         shown = prepare(Path(path), workdir, graph_only=graph_only, as_onnx=as_onnx)
         for note in shown.notes:
             echo(f"note: {note}")
-        server = Server(shown.file, host, port)
-        echo(f"serving {shown.origin} in Netron at {server.url}  (Ctrl-C stops)")
-        if ready is not None:
-            ready(server.url)
-        if browser:
-            import webbrowser
+        with _stop_on_signals(stop):
+            server = Server(shown.file, host, port)
+            echo(f"serving {shown.origin} in Netron at {server.url}  (Ctrl-C stops)")
+            if ready is not None:
+                ready(server.url)
+            if browser:
+                import webbrowser
 
-            with contextlib.suppress(Exception):   # no browser here is not an error: the URL is printed
-                webbrowser.open(server.url)
-        while not (stop is not None and stop.is_set()):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+                with contextlib.suppress(Exception):   # no browser here is not an error: the URL is printed
+                    webbrowser.open(server.url)
+            while not stop.wait(0.2):
+                pass
+            server.stop()
+            server = None
+            echo("stopped")
     finally:
         if server is not None:
             server.stop()
-            echo("stopped")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """While serving, Ctrl-C and SIGTERM (however many) set ``stop`` instead of raising."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 __all__ = ["GRAPH_ONLY_ABOVE", "Server", "Shown", "graph_only_copy", "prepare", "view"]

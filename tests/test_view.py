@@ -220,3 +220,13 @@ def test_convert_view_serves_the_result(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
     assert proc.returncode == 0
+
+
+def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    src = _mlp_onnx(tmp_path / "m.onnx")
+    proc, _ = _start(str(src), "--graph-only")
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0 and "stopped" in out and "interrupted" not in err

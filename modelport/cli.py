@@ -220,6 +220,9 @@ def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
 
     run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
         echo=lambda line: click.echo(line, err=line.startswith("note:")))
+    # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @cli.command()

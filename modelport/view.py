@@ -230,6 +230,7 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
                 pass
             server.stop()
             server = None
+            shutil.rmtree(workdir, ignore_errors=True)
             echo("stopped")
     finally:
         if server is not None:

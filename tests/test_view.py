@@ -229,4 +229,4 @@ def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0 and "stopped" in out and "interrupted" not in err
+    assert proc.returncode == 0 and "stopped" in out and "interrupted" not in err, (out, err)

@@ -52,7 +52,7 @@ def test_hf_meta_hf_is_bit_exact(tmp_path, spec, shards):
     src, _ = hf_dir(tmp_path, spec, seed=shards)
     meta, back = tmp_path / "meta", tmp_path / "back"
     modelport.convert(src, meta, to="meta", options=Options(shards=shards))
-    assert sorted(p.name for p in meta.iterdir()) == sorted(["params.json", "generation_config.json"]
+    assert sorted(p.name for p in meta.iterdir()) == sorted(["params.json", "generation_config.json", "modelport.json"]
                                                              + [f"consolidated.{i:02d}.pth" for i in range(shards)])
     modelport.convert(meta, back, to="hf")
     a, b = safetensors_of(src), safetensors_of(back)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modelport.formats import get  # noqa: E402
-from modelport.formats.base import Options, TensorInfo, TensorSource  # noqa: E402
+from modelport.formats.base import TensorInfo, TensorSource, WriteOptions  # noqa: E402
 
 DIM, N_HEADS, N_KV, FFN, VOCAB = 4096, 32, 32, 11008, 32000
 
@@ -123,7 +123,7 @@ def main() -> None:
         if free < 4.2 * need:
             raise SystemExit(f"{work}: {free / 2**30:.1f} GiB free, the benchmark needs {4.2 * need / 2**30:.1f} GiB; use fewer --layers")
         t0 = time.perf_counter()
-        get("hf").write(src, work / "hf", Options())
+        get("hf").write(src, work / "hf", WriteOptions(config=src.config))
         print(f"Llama, 7B widths, {args.layers} layers (32 is the full 7B), fp16 random weights: "
               f"{need / 2**30:.2f} GiB checkpoint, built in {time.perf_counter() - t0:.0f} s", flush=True)
         steps = [("hf -> meta", "hf", "meta1", "meta", None), ("meta -> hf", "meta1", "hf1", "hf", None),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.formats.base import Options
+from modelport.formats.base import ReadOptions
 from modelport.formats.t7 import T7Source
 from modelport.t7.objects import LuaTable, T7Storage, T7Tensor
 from modelport.t7.reader import read_t7
@@ -54,7 +54,7 @@ def binary(tmp: Path, mb: int, repeat: int) -> None:
         assert a.size == n
 
     def with_adapter():
-        src = T7Source(path, Options())
+        src = T7Source(path, ReadOptions())
         a = np.frombuffer(src.read_bytes("tensor"), dtype=np.uint8).copy()   # into memory, as above
         assert a.size == 4 * n
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import ModelportError  # noqa: E402
-from .formats import Options, open  # noqa: E402,A004
+from .formats import Options  # noqa: E402
+from .models.sources import open_source as open  # noqa: E402,A001
 from .convert import convert  # noqa: E402  (the function; rebinds the subpackage's name)
 from .diff import diff  # noqa: E402
 from .inspect import inspect  # noqa: E402

@@ -34,14 +34,6 @@ def parse_size(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 1000000") from None
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def format_ids() -> list[str]:
     from . import formats
 
@@ -106,7 +98,7 @@ def _options(**kw):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "show_all", is_flag=True, help="List every tensor (default: the first 50).")
 @click.option("--run", "run_model", is_flag=True, help="Also build the runnable model and run it once on an example input.")
-@click.option("--arch", help="With --run: architecture (gpt2, llama, gptneox) or your own package.module:factory.")
+@click.option("--arch", help="With --run: architecture (gpt2, llama, gptneox, qwen2) or your own package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --run: config.json for the model (or the kwargs of your factory).")
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
@@ -158,7 +150,7 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json to write with an hf target (or to build a --arch module).")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX (e.g. 'module.') from every tensor name.")
-@click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox), used to infer an hf config.json.")
+@click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox, qwen2), used to infer an hf config.json.")
 @click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
 @click.option("--shards", type=click.IntRange(min=1), help="Model-parallel shards for a meta target (default 1).")
 @click.option("--no-crc32", is_flag=True, help="pt target: write zero CRC-32s (torch.load accepts them; unzip -t does not).")
@@ -180,13 +172,15 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
     if view_after:
-        from .errors import require
+        from .view import require
 
         require("netron", extra="view")
     check = _parity_check(from_, options) if verify_parity else None
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                  shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
                  manifest=not no_manifest, verify=check)
+    from .render import human
+
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")

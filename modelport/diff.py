@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import formats
 from .formats.base import Options, TensorSource
+from .models.sources import open_source
 
 
 @dataclass
@@ -69,10 +69,10 @@ def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
 def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = None, from_b: str | None = None,
          options: Options | None = None) -> DiffReport:
     from .convert.explain import explain_difference
-    from .convert.layouts import align
+    from .models.layouts import align
 
     report = DiffReport(str(a), str(b), atol)
-    with formats.open(a, from_a, options) as sa, formats.open(b, from_b, options) as sb:
+    with open_source(a, from_a, options) as sa, open_source(b, from_b, options) as sb:
         raw_b = sb
         sb = align(sb, sa)    # B under A's names when both are layouts of one family (meta vs hf …)
         if sb is not raw_b:

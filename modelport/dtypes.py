@@ -37,7 +37,6 @@ DTYPES: dict[str, DType] = {
 }
 
 BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values()}
-BY_STORAGE = {d.storage: d for d in DTYPES.values()}
 
 # The names users may give on the command line for --dtype.
 CAST_TARGETS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -59,11 +58,3 @@ def to_torch(name: str):
 
     return getattr(torch, name)
 
-
-def from_torch(dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        from .errors import UnsupportedError
-
-        raise UnsupportedError(f"dtype {name} is not supported; supported: {', '.join(DTYPES)}")
-    return name

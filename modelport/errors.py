@@ -43,14 +43,3 @@ class DifferenceFound(ModelportError):
 
     exit_code = 1
 
-
-def require(module: str, package: str | None = None, extra: str | None = None):
-    """Import an optional module, or raise a :class:`MissingDependencyError` naming the package."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        pkg = package or module.split(".")[0]
-        hint = f"pip install 'modelport[{extra}]'" if extra else f"pip install {pkg}"
-        raise MissingDependencyError(f"this step needs the package '{pkg}' ({exc}); install it with: {hint}") from exc

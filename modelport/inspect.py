@@ -73,8 +73,9 @@ def module_tree(rows: list[TensorRow], max_depth: int = 3) -> list[ModuleRow]:
 
 def inspect(path: str | Path, format: str | None = None, options: Options | None = None) -> Summary:  # noqa: A002
     from .models import detect_arch
+    from .models.sources import open_source
 
-    with formats.open(path, format, options) as source:
+    with open_source(path, format, options) as source:
         rows = []
         for info in source.infos():
             rows.append(TensorRow(info.name, list(info.shape), info.dtype, info.nbytes))

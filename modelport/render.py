@@ -8,10 +8,12 @@ from .diff import DiffReport
 from .inspect import Summary
 
 
-def _human(n: float) -> str:
-    from .cli import human
-
-    return human(n)
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 def _count(n: int) -> str:
@@ -28,7 +30,7 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
         echo(f"architecture: {s.architecture}")
     dtypes = ", ".join(f"{d} {_count(n)}" for d, n in s.dtypes.items())
     echo(f"tensors: {sum(1 for t in s.tensors if not t.alias_of)}   parameters: {_count(s.total_params)} "
-         f"({s.total_params:,})   size: {_human(s.total_bytes)}   dtypes: {dtypes or '-'}")
+         f"({s.total_params:,})   size: {human(s.total_bytes)}   dtypes: {dtypes or '-'}")
     for note in s.notes:
         echo(f"note: {note}")
     if s.tensors:
@@ -39,7 +41,7 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
         for t in rows:
             shape = "[" + ", ".join(map(str, t.shape)) + "]"
             extra = f"  = {t.alias_of} (tied)" if t.alias_of else ""
-            echo(f"{t.name:<{width}}  {shape:<20} {t.dtype:<9} {_human(t.bytes):>10}{extra}")
+            echo(f"{t.name:<{width}}  {shape:<20} {t.dtype:<9} {human(t.bytes):>10}{extra}")
         if len(rows) < len(s.tensors):
             echo(f"… {len(s.tensors) - len(rows)} more (--all lists every tensor)")
     if len(s.modules) > 1:

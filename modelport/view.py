@@ -26,11 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import FormatError, MissingDependencyError, UnsupportedError, require
+from .errors import FormatError, MissingDependencyError, UnsupportedError
 
 GRAPH_ONLY_ABOVE = 1 << 30        # bytes of ONNX weights above which only the graph is served
 NETRON_VERSION = "9.3.3"          # the version the browser test draws a graph with (pyproject pins it)
 _ONNX_SUFFIXES = (".onnx",)
+
+
+def require(module: str, extra: str):
+    """Import an optional package, or a clear error naming the extra that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(f"this step needs the package '{module}' ({exc}); install it with: "
+                                     f"pip install 'modelport[{extra}]'") from exc
 
 
 @dataclass

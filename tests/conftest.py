@@ -61,9 +61,31 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           env=env)
 
 
+def run_cli_in_process(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The command line's ``main`` run in this process (click's isolation captures its streams):
+    the same exit codes and messages as :func:`run_cli`, without starting a Python and torch."""
+    from click.testing import CliRunner
+
+    from modelport.cli import main
+
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        with CliRunner().isolation() as (out, err, _):
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue().decode(), err.getvalue().decode())
+
+
 @pytest.fixture
 def cli():
-    return run_cli
+    return run_cli_in_process
 
 
 def bitwise_equal(a, b) -> bool:

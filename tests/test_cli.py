@@ -78,8 +78,10 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(cli, two_files):
     assert not (d / "o.safetensors").exists() and not (d / "o.unknown").exists()
 
 
-def test_debug_shows_the_traceback(cli, two_files):
-    r = cli("--debug", "inspect", two_files / "missing.pt")
+def test_debug_shows_the_traceback(two_files):
+    from tests.conftest import run_cli
+
+    r = run_cli("--debug", "inspect", two_files / "missing.pt")     # a real process: the traceback reaches stderr
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 

@@ -30,8 +30,6 @@ import pytest
 from .conftest import ROOT
 from .models import tiny
 
-pytestmark = pytest.mark.slow
-
 UPDATE = "update"
 LOAD_TIMEOUT_S = 60
 

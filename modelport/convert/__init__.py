@@ -1,18 +1,20 @@
-"""Conversion: open a source, adapt its layout, cast, and write the target atomically, one tensor at a time."""
+"""Conversion: open a source, resolve its config once, adapt its layout once, cast, and write the
+target atomically, one tensor at a time."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from typing import Any, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from .. import dtypes, formats
 from ..atomic import atomic_output, check_destination
-from ..errors import UnsupportedError
-from ..formats.base import Format, Options
+from ..errors import MissingDependencyError, UnsupportedError
+from ..formats.base import Format, Options, TensorSource, WriteOptions
+from ..models.sources import open_source, read_config_file
 from . import layouts, manifest
 from .cast import CastSource
 from .manifest import DIR_NAME, SUFFIX
@@ -44,8 +46,26 @@ def target_format(dst: Path, to: str | None) -> Format:
         raise UnsupportedError(f"format {fmt.id!r} cannot be written")
     missing = fmt.missing()
     if missing:
-        raise UnsupportedError(f"writing {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
+        raise MissingDependencyError(f"writing {fmt.id!r} needs {', '.join(missing)}; pip install {' '.join(missing)}")
     return fmt
+
+
+def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path) -> dict | None:
+    """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
+    source's, else inferred from the weights), meta a params.json (from the source's config)."""
+    if target.config_file == "config.json":
+        if given is not None:
+            return given
+        if source.config is not None:
+            return source.config
+        from ..models import infer_config
+
+        return infer_config(source, arch)
+    if target.config_file == "params.json":
+        from ..models.families.llama import params_for
+
+        return params_for(source.config if source.config is not None else given, source.metadata, dst)
+    return None
 
 
 def convert(
@@ -67,10 +87,11 @@ def convert(
 
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
-    ``manifest`` writes the conversion's record (:mod:`.manifest`) with the output, in the same
-    atomic step. ``verify(src, written)`` is called on the written output before it is moved into
-    place and returns a parity report (``bool`` verdict, ``to_json()``) kept in the manifest and
-    the result; a failed verdict still keeps the output, for the caller to judge.
+    ``options`` is read, never changed. ``manifest`` writes the conversion's record
+    (:mod:`.manifest`) with the output, in the same atomic step. ``verify(src, written)`` is called
+    on the written output before it is moved into place and returns a parity report (``bool``
+    verdict, ``to_json()``) kept in the manifest and the result; a failed verdict still keeps the
+    output, for the caller to judge.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
@@ -80,23 +101,22 @@ def convert(
         raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
-    with formats.open(src, from_, options) as source:
-        source = layouts.adapt(source, target, options)
+    with open_source(src, from_, options.reading()) as source:
+        given = read_config_file(options.config, source) if options.config is not None else None
+        source = layouts.adapt(source, target, options, given)
         if dtype is not None:
             source = CastSource(source, dtype, allow_overflow)
+        writing = options.writing(config_to_write(source, given, target, options.arch, dst), shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
-        if shard_size:
-            options.extra["shard_size"] = shard_size
         show = sys.stderr.isatty() if progress is None else progress
         record = _Record(src, dst, source, target.id, options, dtype) if manifest else None
-        if hasattr(source, "side_files"):   # a source's own manifest describes the source, not this output
+        if source.side_files:   # a source's own manifest describes the source, not this output
             source.side_files = {k: v for k, v in source.side_files.items() if k != DIR_NAME}
         report = None
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
-            options.extra["progress"] = advance
             try:
                 with atomic_output(dst, force) as tmp:
-                    target.write(source, tmp, options)
+                    target.write(source, tmp, writing, advance)
                     if verify is not None:
                         report = verify(src, tmp)
                     if record is not None:
@@ -111,8 +131,6 @@ def convert(
                 if record is not None:
                     record.discard()
                 raise
-            finally:
-                options.extra.pop("progress", None)
         return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes),
                       manifest=record.final if record is not None else None, parity=report)
 
@@ -135,8 +153,8 @@ class _Record:
         output = manifest.BackgroundHash(written)    # beside the rest of the source's hashing
         m = manifest.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
-                           output_files=output.get(),
-                           dtype=self.dtype, opset=self.options.extra.get("opset"), parity=parity)
+                           output_files=output.get(), dtype=self.dtype, opset=getattr(self.options, "opset", None),
+                           parity=parity)
         if written.is_dir():
             manifest.write(m, written / DIR_NAME)
             self.final = self.dst / DIR_NAME
@@ -180,3 +198,6 @@ class _progress_bar:
     def __exit__(self, *exc):
         if self.show:
             self.bar.stop()
+
+
+__all__ = ["Result", "WriteOptions", "convert", "target_format"]

@@ -10,19 +10,14 @@ from either source's config or, failing that, inferred from the shape.
 
 from __future__ import annotations
 
-from ..formats.base import TensorSource
-from . import transforms
-from .layouts import dims
+import re
 
-_HEAD_DIMS = (128, 64, 256, 96, 80, 160, 112, 32, 16, 8)
+from ..formats.base import TensorSource
+from ..models import families, transforms
+from ..models.family import SMALL_HEAD_DIMS
+from ..models.layouts import LayoutSource
+
 _MAX_SHARDS = 8
-# names of tensors that tied models share (each with its partners)
-_TIED = (
-    ("model.embed_tokens.weight", "lm_head.weight"),
-    ("transformer.wte.weight", "lm_head.weight"),
-    ("tok_embeddings.weight", "output.weight"),
-    ("gpt_neox.embed_in.weight", "embed_out.weight"),
-)
 
 
 def _same(x, y) -> bool:
@@ -42,15 +37,15 @@ def _configs(*sources: TensorSource) -> list[dict]:
     return [s.config for s in sources if s is not None and isinstance(getattr(s, "config", None), dict)]
 
 
-def _head_candidates(rows: int, fused: int, family: str, key: str, sources) -> list[tuple[int, str]]:
+def _head_candidates(rows: int, fused: int, family, key: str, sources) -> list[tuple[int, str]]:
     """(n_heads, where it came from) to try: config values first, then counts inferred from the
-    shape for common head sizes. ``fused`` is 3 for a fused q/k/v weight (rows = 3 * heads * head_dim)."""
+    shape for the family's head sizes. ``fused`` is 3 for a fused q/k/v weight (rows = 3 * heads * head_dim)."""
     out: list[tuple[int, str]] = []
     for cfg in _configs(*sources):
-        h = dims(family, cfg).get(key)
+        h = family.dims(cfg).get(key)
         if h and all(h != c for c, _ in out):
             out.append((int(h), "config"))
-    for hd in _HEAD_DIMS:
+    for hd in family.head_dims + SMALL_HEAD_DIMS:
         if rows % (fused * hd) == 0:
             h = rows // (fused * hd)
             if all(h != c for c, _ in out):
@@ -62,15 +57,12 @@ def _rope_check(name, a, b, sources) -> str | None:
     if a.dim() not in (1, 2) or a.shape != b.shape:
         return None
     rows = a.shape[0]
-    if not any(s in name for s in ("q_proj", "k_proj", "attention.wq", "attention.wk")):
+    found = next(((fam, r) for fam in families.all_families() for r in fam.rotary_rows if re.search(r.pattern, name)), None)
+    if found is None:
         return None
-    is_k = any(s in name for s in ("k_proj", "attention.wk"))
-    key = "n_kv_heads" if is_k else "n_heads"
-    hf_named = "self_attn" in name or "model.layers" in name
-    meta_named = ".attention.w" in name
-    if not (hf_named or meta_named):
-        return None
-    for h, origin in _head_candidates(rows, 1, "llama", key, sources):
+    family, hint = found
+    hf_named = hint.side == "hf"
+    for h, origin in _head_candidates(rows, 1, family, hint.heads, sources):
         if rows % (2 * h):
             continue
         args = {"n_heads": h}
@@ -85,10 +77,11 @@ def _rope_check(name, a, b, sources) -> str | None:
 
 
 def _qkv_check(name, a, b, sources) -> str | None:
-    if "query_key_value" not in name or a.shape != b.shape or a.dim() not in (1, 2):
+    family = next((f for f in families.all_families() if any(re.search(p, name) for p in f.fused_qkv)), None)
+    if family is None or a.shape != b.shape or a.dim() not in (1, 2):
         return None
     rows = a.shape[0]
-    for h, origin in _head_candidates(rows, 3, "gptneox", "n_heads", sources):
+    for h, origin in _head_candidates(rows, 3, family, "n_heads", sources):
         if rows % (3 * h):
             continue
         args = {"n_heads": h}
@@ -142,7 +135,8 @@ def _shard_check(name, a, b) -> str | None:
 
 
 def _tied_check(name, a, b, a_source, b_source) -> str | None:
-    for group in _TIED:
+    groups = {pair for fam in families.all_families() for pair in fam.tied_pairs()}
+    for group in sorted(groups):
         if name not in group:
             continue
         for partner in group:
@@ -190,8 +184,6 @@ def _rounding_check(name, a, b) -> str | None:
 def _aligned_check(name, a, b_source) -> str | None:
     """B was mapped into A's layout for the comparison, and B's own tensor is A's as it is: the
     transform its layout needs was never applied when B was written."""
-    from .layouts import LayoutSource
-
     if not isinstance(b_source, LayoutSource) or name not in b_source.names() or not b_source.transforms_of(name):
         return None
     raw_name = b_source.source_name(name)

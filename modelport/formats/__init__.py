@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
-from .base import Format, Options, TensorInfo, TensorSource, read_head
+from .base import Format, Options, ReadOptions, TensorInfo, TensorSource, WriteOptions, read_head, read_options
 
 # Adapter modules, imported on first use of the registry. Each calls ``register`` once.
 _MODULES = ("safetensors", "pt", "hf", "t7", "meta")
@@ -69,10 +69,13 @@ def for_suffix(path: Path) -> Format | None:
     return None
 
 
-def open(path: Path | str, format: str | None = None, options: Options | None = None) -> TensorSource:  # noqa: A001
-    """Open a checkpoint lazily: names, shapes and dtypes now, tensor data on demand."""
+def open(path: Path | str, format: str | None = None, options: Options | ReadOptions | None = None) -> TensorSource:  # noqa: A001
+    """Open a checkpoint lazily: names, shapes and dtypes now, tensor data on demand.
+
+    The source holds what the file holds; the model config a Meta checkpoint implies is worked
+    out a layer up (:func:`modelport.open`)."""
     path = Path(path)
-    options = options or Options()
+    options = read_options(options)
     fmt = _usable(get(format), path) if format else detect(path)
     if not fmt.can_read:
         raise UnsupportedError(f"{path}: format {fmt.id!r} cannot be read")
@@ -86,7 +89,10 @@ def describe_unknown(path: Path) -> str:
     if path.is_dir():
         listing = sorted(p.name for p in path.iterdir())[:8]
         return f"a directory that no format recognises (contains: {', '.join(listing) or 'nothing'})"
-    head = read_head(path, 200)
+    try:
+        head = read_head(path, 200, strict=True)
+    except OSError as exc:
+        return f"a file that cannot be read ({exc.strerror or exc}); check its permissions"
     if not head:
         return "an empty file"
     if head.startswith(b"version https://git-lfs"):
@@ -102,4 +108,4 @@ def describe_unknown(path: Path) -> str:
     return "not a format modelport recognises"
 
 
-__all__ = ["Format", "Options", "TensorInfo", "TensorSource", "all_formats", "detect", "for_suffix", "get", "open", "register"]
+__all__ = ["Format", "Options", "ReadOptions", "TensorInfo", "WriteOptions", "TensorSource", "all_formats", "detect", "for_suffix", "get", "open", "register"]

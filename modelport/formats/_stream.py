@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import FormatError
 from .base import Span, TensorSource
 
 _CHUNK = 64 << 20
@@ -18,7 +19,7 @@ def copy_span(span: Span, out_fd: int) -> None:
             while left:
                 n = os.copy_file_range(in_fd, out_fd, min(left, 1 << 30), offset)
                 if n == 0:
-                    raise EOFError(f"{span.path}: ended before byte {offset + left}")
+                    raise _truncated(span)
                 offset += n
                 left -= n
             return
@@ -26,12 +27,42 @@ def copy_span(span: Span, out_fd: int) -> None:
             if isinstance(exc, OSError) and exc.errno not in (18, 22, 38, 95):  # EXDEV EINVAL ENOSYS EOPNOTSUPP
                 raise
         f.seek(offset)
-        while left:
-            chunk = f.read(min(left, _CHUNK))
-            if not chunk:
-                raise EOFError(f"{span.path}: ended before byte {offset + left}")
+        for chunk in _chunks(f, left, _CHUNK, span):
             _write_all(out_fd, chunk)
-            left -= len(chunk)
+
+
+def _truncated(span: Span) -> FormatError:
+    return FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
+
+
+def _chunks(f, left: int, size: int, span: Span):
+    while left:
+        chunk = f.read(min(left, size))
+        if not chunk:
+            raise _truncated(span)
+        left -= len(chunk)
+        yield chunk
+
+
+def span_chunks(span: Span, size: int = _CHUNK):
+    """A span's bytes in pieces of at most ``size`` bytes."""
+    with open(span.path, "rb", buffering=0) as f:
+        f.seek(span.offset)
+        yield from _chunks(f, span.nbytes, size, span)
+
+
+def read_span(span: Span) -> bytearray:
+    """A span's bytes, read (not mapped) into one buffer, so no mapped pages stay resident."""
+    buf = bytearray(span.nbytes)
+    with open(span.path, "rb", buffering=0) as f:
+        f.seek(span.offset)
+        view, got = memoryview(buf), 0
+        while got < span.nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise _truncated(span)
+            got += n
+    return buf
 
 
 def _write_all(fd: int, data) -> None:

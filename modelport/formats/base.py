@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from .. import dtypes
 
@@ -50,15 +50,39 @@ class StorageView:
     stride: tuple[int, ...]    # in elements
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader may be told. Every adapter reads the fields it knows and ignores the rest."""
+
+    strip_prefix: str | None = None      # pt: prefix removed from every key ("module.")
+    params_only: bool = False            # t7: keep only an nn model's parameters
+    t7_long_size: int | None = None      # t7: force 4- or 8-byte longs
+    t7_endian: str | None = None         # t7: force little | big
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """What a writer may be told. ``config`` is the model's config, resolved by the caller, in the
+    spelling the format stores (hf: config.json; meta: params.json). Graph formats add their own
+    fields here (opset, export method, dynamic axes)."""
+
+    config: dict | None = None           # hf / meta: the config file to write with the weights
+    shards: int | None = None            # meta: model-parallel shards to write
+    shard_size: int | None = None        # hf: largest shard in bytes (default 5 GB)
+    crc32: bool = True                   # pt: real zip CRC-32s (computed beside the copy; torch.load ignores them)
+    t7_mode: str = "binary"              # t7: binary | ascii
+
+
 @dataclass
 class Options:
-    """Format-specific options from the command line or the Python API.
+    """Options of a conversion from the command line or the Python API: reading, layout, writing.
 
-    Every adapter reads the fields it knows and ignores the rest.
+    Callers fill one; :meth:`reading` and :meth:`writing` give each role its own typed view, and
+    nothing modelport does changes the object the caller passed.
     """
 
     strip_prefix: str | None = None      # pt: prefix removed from every key ("module.")
-    config: Path | None = None           # hf / meta: config.json to write with the weights
+    config: Path | None = None           # hf / meta: config.json (or params.json) to write with the weights
     shards: int | None = None            # meta: model-parallel shards to write
     arch: str | None = None              # architecture id or package.module:factory
     layout: str | None = None            # target layout (llama-meta, gpt2-nanogpt …); default keeps the source's
@@ -67,7 +91,19 @@ class Options:
     t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
     t7_endian: str | None = None         # t7 reader: force little | big
     crc32: bool = True                   # pt writer: real zip CRC-32s (computed beside the copy; torch.load ignores them)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def reading(self) -> ReadOptions:
+        return ReadOptions(self.strip_prefix, self.params_only, self.t7_long_size, self.t7_endian)
+
+    def writing(self, config: dict | None = None, shard_size: int | None = None) -> WriteOptions:
+        return WriteOptions(config, self.shards, shard_size, self.crc32, self.t7_mode or "binary")
+
+
+def read_options(options: Options | ReadOptions | None) -> ReadOptions:
+    """The reader's view of whatever options a caller passed."""
+    if options is None:
+        return ReadOptions()
+    return options if isinstance(options, ReadOptions) else options.reading()
 
 
 class TensorSource:
@@ -172,6 +208,7 @@ class Format:
     can_write: bool = True
     runnable: bool = False         # holds a model that runs, not only weights
     requires: tuple[tuple[str, str], ...] = ()   # (module, pip package) needed to use it
+    config_file: str | None = None  # the model config file it stores, given in WriteOptions.config
 
     def missing(self) -> list[str]:
         """Packages this format needs that are not installed."""
@@ -183,19 +220,37 @@ class Format:
         """True when the content at ``path`` is of this format (not only its suffix)."""
         return False
 
-    def open(self, path: Path, options: Options) -> TensorSource:
+    def open(self, path: Path, options: ReadOptions) -> TensorSource:
         raise NotImplementedError
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        """Write ``source`` to ``dst``, a fresh path the caller renames into place."""
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+        """Write ``source`` to ``dst``, a fresh path the caller renames into place. ``source`` is
+        already in the layout the format holds; ``progress(nbytes)`` is called as bytes are written."""
         raise NotImplementedError
 
 
-def read_head(path: Path, n: int = 64) -> bytes:
+def is_contiguous(shape, stride) -> bool:
+    """True when a view of ``shape`` with element ``stride`` is C-contiguous (empty views are)."""
+    if 0 in shape:
+        return True
+    expect = 1
+    for s, st in zip(reversed(shape), reversed(stride)):
+        if s != 1 and st != expect:
+            return False
+        expect *= s
+    return True
+
+
+def read_head(path: Path, n: int = 64, strict: bool = False) -> bytes:
+    """The first ``n`` bytes of a file (fewer when it is shorter). A file that cannot be read (a
+    directory, no permission, gone) gives b"" for sniffers, which only ask "is it mine?", and
+    raises the OSError when ``strict``, so that an unreadable file is not called empty."""
     try:
         with open(path, "rb") as f:
             return f.read(n)
-    except (IsADirectoryError, PermissionError, FileNotFoundError):
+    except OSError:
+        if strict:
+            raise
         return b""
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import FormatError, UnsupportedError
 from . import get, register
-from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions
 from .safetensors import write_file as write_safetensors
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -40,7 +40,7 @@ def _weight_files(path: Path) -> list[Path]:
 class HFSource(TensorSource):
     format = "hf"
 
-    def __init__(self, path: Path, options: Options):
+    def __init__(self, path: Path, options: ReadOptions):
         super().__init__(path)
         config_path = path / "config.json"
         if config_path.is_file():
@@ -117,29 +117,6 @@ class HFSource(TensorSource):
             shard.close()
 
 
-def config_for(source: TensorSource, options: Options) -> dict:
-    """The config.json to write: --config, else the source's, else one inferred from the weights."""
-    if options.config is not None:
-        try:
-            config = json.loads(Path(options.config).read_text())
-        except (OSError, ValueError) as exc:
-            raise UnsupportedError(f"{options.config}: cannot read the --config file ({exc})") from exc
-        from .meta import config_from_params_of, is_params
-
-        return config_from_params_of(config, source, Path(options.config)) if is_params(config) else config
-    if source.config is not None:
-        return source.config
-    from ..models import infer_config
-
-    inferred = infer_config(source, options.arch)
-    if inferred is None:
-        raise UnsupportedError(
-            f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
-            "architecture is not recognised: pass --config FILE"
-        )
-    return inferred
-
-
 def _shard_plan(source: TensorSource, shard_size: int) -> list[list[str]]:
     shards: list[list[str]] = [[]]
     size = 0
@@ -157,20 +134,27 @@ class HF(Format):
     id = "hf"
     description = "Hugging Face model directory (config.json + safetensors or pytorch_model.bin, sharded or not)"
     directory = True
+    config_file = "config.json"
 
     def sniff(self, path: Path) -> bool:
         return path.is_dir() and (path / "config.json").is_file() and bool(_weight_files(path))
 
-    def open(self, path: Path, options: Options) -> HFSource:
+    def open(self, path: Path, options: ReadOptions) -> HFSource:
         if not path.is_dir():
             raise FormatError(f"{path}: a Hugging Face model is a directory; this is a file (use --from to pick its format)")
         return HFSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        config = dict(config_for(source, options))
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+        """Write ``source`` (in its family's hub layout) with ``options.config`` as config.json; a
+        ``_modelport_assumed`` list in it (values inferred, not read) becomes a note and is dropped."""
+        if options.config is None:
+            raise UnsupportedError(
+                f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
+                "architecture is not recognised: pass --config FILE"
+            )
+        config = dict(options.config)
         assumed = config.pop("_modelport_assumed", None)
-        shard_size = options.extra.get("shard_size") or DEFAULT_SHARD_SIZE
-        progress = options.extra.get("progress")
+        shard_size = options.shard_size or DEFAULT_SHARD_SIZE
         dst.mkdir()
         (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         metadata = {**source.metadata, "format": "pt"}

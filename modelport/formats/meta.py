@@ -1,7 +1,7 @@
 """meta: Meta's Llama checkpoints, a directory of ``params.json`` and ``consolidated.NN.pth``.
 
 Model-parallel shards are merged on read, one tensor at a time, and split on write
-(``Options.shards``, 1 by default) as Meta's fairscale layers split them:
+(``WriteOptions.shards``, 1 by default) as Meta's fairscale layers split them:
 
 * column-parallel weights (wq, wk, wv, w1, w3, output) on dim 0,
 * row-parallel weights (wo, w2) on dim 1,
@@ -13,12 +13,14 @@ A checkpoint counts as Llama 3 when its vocabulary has at least 128000 entries, 
 params.json sets ``use_scaled_rope``, or its ``rope_theta`` is at least 500000 (Llama 1/2
 use 10000; every Llama 3 model uses 500000).
 
-``params.json`` is translated to a Hugging Face ``config.json`` dict on read (the source's
-``config``) and back on write. The original ``params.json`` also travels in the source's
-metadata (``meta.params``; the hf writer keeps it in the safetensors metadata), so that
-meta -> hf -> meta writes the same ``params.json`` while it still describes the model; otherwise
-``multiple_of`` / ``ffn_dim_multiplier`` are searched to reproduce ``intermediate_size`` exactly. The shard files are read and written without torch
-(through the pt adapter); they load with ``torch.load(weights_only=True)``.
+This module moves bytes only: the source keeps ``params.json`` as ``params`` (checked against the
+keys of Meta's ``ModelArgs``), and the writer takes the ``params.json`` to write from its
+:class:`WriteOptions` (``config``). Translating params.json to and from a Hugging Face
+``config.json`` is the Llama family's business (:mod:`modelport.models.families.llama`). The
+original ``params.json`` also travels in the source's metadata (``meta.params``; the hf writer
+keeps it in the safetensors metadata), so that meta -> hf -> meta writes the same ``params.json``
+while it still describes the model. The shard files are read and written without torch (through
+the pt adapter); they load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ import re
 import shutil
 from pathlib import Path
 
-from dataclasses import replace
-
 from ..errors import FormatError, LayoutError, UnsupportedError
-from ..models.config import config_from_hf, config_from_meta_params
 from . import get, register
-from .base import Format, Options, Span, TensorInfo, TensorSource
+from ._stream import read_span, span_chunks
+from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions
 
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
 PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
+
+# The embedding and output names of Meta's files (tied models write the embedding as both).
+EMBEDDING, OUTPUT = "tok_embeddings.weight", "output.weight"
 
 # Dimension each tensor is split on across model-parallel shards; None: replicated.
 # "embedding" is decided by the Llama generation (see the module docstring).
@@ -64,33 +67,23 @@ def is_llama3(params: dict) -> bool:
             or float(params.get("rope_theta", 10000.0)) >= 500000)
 
 
-def config_from_params(params: dict, vocab_from_weights: int | None, path, tied: bool = False) -> dict:
-    """A Hugging Face config.json dict from Meta's params.json, through the one LlamaConfig boundary."""
-    from dataclasses import replace
-
-    cfg = config_from_meta_params(params, vocab_from_weights, where=str(path))
-    return replace(cfg, tie_word_embeddings=tied).to_hf_config()
+# The keys of Meta's ModelArgs: params.json may hold no other (``ModelArgs(**params)`` would fail).
+PARAMS_KEYS = frozenset({"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+                         "norm_eps", "rope_theta", "use_scaled_rope", "rope_scaling_factor", "low_freq_factor",
+                         "high_freq_factor", "original_max_position_embeddings", "max_seq_len", "max_batch_size"})
 
 
-def is_params(config: dict) -> bool:
-    """True for a Meta params.json (rather than an HF config.json)."""
-    return isinstance(config, dict) and "dim" in config and "n_layers" in config and "hidden_size" not in config
-
-
-def config_from_params_of(params: dict, source: TensorSource, path: Path) -> dict:
-    """An HF config dict from a params.json given with ``--config``, the vocabulary read from the
-    source's embedding where params.json says -1."""
-    vocab = None
-    for name in ("tok_embeddings.weight", "model.embed_tokens.weight"):
-        if name in source.names():
-            vocab = source.info(name).shape[0]
-            break
-    return config_from_params(params, vocab, path, tied=not ({"output.weight", "lm_head.weight"} & set(source.names())))
-
-
-def params_from_config(config: dict, where) -> dict:
-    """Meta's params.json from a Hugging Face LlamaConfig dict; UnsupportedError where Meta's model cannot express it."""
-    return config_from_hf(config, "llama", str(where)).to_meta_params()
+def check_params(params, where) -> dict:
+    """``params`` when it is a params.json Meta's code accepts; a FormatError naming the key otherwise."""
+    if not isinstance(params, dict):
+        raise FormatError(f"{where}: expected a JSON object, got {type(params).__name__}")
+    unknown = sorted(set(params) - PARAMS_KEYS)
+    if unknown:
+        raise FormatError(f"{where}: unknown keys {unknown}; Meta's ModelArgs knows only {sorted(PARAMS_KEYS)}")
+    for key in ("dim", "n_layers", "n_heads"):
+        if key not in params:
+            raise FormatError(f"{where}: missing {key!r}")
+    return params
 
 
 class MetaSource(TensorSource):
@@ -107,6 +100,7 @@ class MetaSource(TensorSource):
             raise FormatError(f"{pj}: unreadable params.json ({exc})") from exc
         if not isinstance(self.params, dict):
             raise FormatError(f"{pj}: params.json is not a JSON object")
+        check_params(self.params, pj)
         found = sorted((int(m.group(1)), p) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
         if not found:
             raise FormatError(f"{self.path}: no consolidated.NN.pth files")
@@ -115,7 +109,7 @@ class MetaSource(TensorSource):
         self._shards: list[TensorSource] = []
         try:
             for _, p in found:
-                self._shards.append(get("pt").open(p, Options()))
+                self._shards.append(get("pt").open(p, ReadOptions()))
         except BaseException:
             self.close()
             raise
@@ -126,20 +120,20 @@ class MetaSource(TensorSource):
                 odd = sorted(set(r.names()) ^ set(names))[:3]
                 raise FormatError(f"{r.path}: holds other tensors than {first.path.name} ({', '.join(odd)} …); the shards are of different checkpoints")
         has = set(names) | set(first.aliases())
-        emb = first.info("tok_embeddings.weight") if "tok_embeddings.weight" in names else None
+        emb = first.info(EMBEDDING) if EMBEDDING in names else None
         vocab = emb.shape[0] if emb is not None and (len(self._shards) == 1 or not is_llama3(self.params)) else None
         if vocab is None and emb is not None:
             vocab = emb.shape[0] * len(self._shards)
-        tied = "output.weight" not in names or self._output_is_embedding()
-        if "output.weight" in names and tied:   # written from a tied model: the HF layout leaves lm_head out
-            names.remove("output.weight")
-        self.config = config_from_params(self.params, vocab, pj, tied=tied)
-        self.llama3 = is_llama3({**self.params, "vocab_size": self.config["vocab_size"]})
+        tied = OUTPUT not in names or self._output_is_embedding()
+        if OUTPUT in names and tied:   # written from a tied model: the HF layout leaves lm_head out
+            names.remove(OUTPUT)
+        params_vocab = self.params.get("vocab_size")
+        self.llama3 = is_llama3({**self.params, "vocab_size": vocab if params_vocab in (None, -1) else params_vocab})
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.side_files = {p.name: p for p in sorted(self.path.iterdir())
                            if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
-        if tied and "output.weight" in has:
+        if tied and OUTPUT in has:
             self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
         self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
         for name in names:
@@ -149,12 +143,12 @@ class MetaSource(TensorSource):
         """True when every shard's output weight has the bytes of its embedding (tied embeddings).
         Compared piece by piece: an untied model differs within the first piece."""
         for r in self._shards:
-            if "tok_embeddings.weight" not in r.names():
+            if EMBEDDING not in r.names():
                 return False
-            out, emb = r.info("output.weight"), r.info("tok_embeddings.weight")
+            out, emb = r.info(OUTPUT), r.info(EMBEDDING)
             if out.shape != emb.shape or out.dtype != emb.dtype:
                 return False
-            a, b = r.span("output.weight"), r.span("tok_embeddings.weight")
+            a, b = r.span(OUTPUT), r.span(EMBEDDING)
             if a is None or b is None or not _same_bytes(a, b):
                 return False
         return True
@@ -207,62 +201,29 @@ class MetaSource(TensorSource):
             r.close()
 
 
-def _meta_params(source: TensorSource, where: Path) -> dict:
-    config = source.config
-    if config is None:
-        raise UnsupportedError(f"{where}: writing a Meta checkpoint needs the model's config; pass --config config.json")
-    target = config_from_hf(config, "llama", str(where))
-    stored = (source.metadata or {}).get(PARAMS_KEY)
-    if stored:   # the params.json this model came with, if it still describes the same model
-        try:
-            params = json.loads(stored)
-            again = config_from_meta_params(params, target.vocab_size, str(where))
-        except (json.JSONDecodeError, FormatError, UnsupportedError, TypeError):
-            params = again = None
-        # max positions and tying are not in params.json: they cannot make it stale
-        if again is not None and replace(again, max_positions=target.max_positions,
-                                         tie_word_embeddings=target.tie_word_embeddings) == target:
-            return params
-    return target.to_meta_params()
-
-
-_CHUNK = 16 << 20
-
-
 def _same_bytes(a: Span, b: Span) -> bool:
     if a.nbytes != b.nbytes:
         return False
-    return all(x == y for x, y in zip(_span_chunks(a, 1 << 20), _span_chunks(b, 1 << 20)))
-
-
-def _span_chunks(span: Span, size: int = _CHUNK):
-    with open(span.path, "rb", buffering=0) as f:
-        f.seek(span.offset)
-        left = span.nbytes
-        while left:
-            chunk = f.read(min(left, size))
-            if not chunk:
-                raise FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
-            left -= len(chunk)
-            yield chunk
+    return all(x == y for x, y in zip(span_chunks(a, 1 << 20), span_chunks(b, 1 << 20)))
 
 
 class Meta(Format):
     id = "meta"
     description = "Meta Llama checkpoint directory (params.json + consolidated.NN.pth)"
     directory = True
+    config_file = "params.json"
 
     def sniff(self, path: Path) -> bool:
         return path.is_dir() and (path / "params.json").is_file() and (path / "consolidated.00.pth").is_file()
 
-    def open(self, path: Path, options: Options) -> MetaSource:
+    def open(self, path: Path, options: ReadOptions) -> MetaSource:
         return MetaSource(path)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        from ..convert.layouts import adapt
-
-        source = adapt(source, self, options)
-        params = _meta_params(source, dst)
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+        """Write ``source``, already in Meta's layout, with ``options.config`` as params.json."""
+        params = options.config
+        if params is None:
+            raise UnsupportedError(f"{dst}: writing a Meta checkpoint needs the model's config; pass --config config.json")
         llama3 = is_llama3(params)
         n = int(options.shards or 1)
         if n < 1:
@@ -271,8 +232,8 @@ class Meta(Format):
         extra: dict[str, str] = {}       # name written -> name read (a tied output from the embedding)
         for alias, kept in source.aliases().items():
             extra[alias] = kept
-        if "output.weight" not in names and "output.weight" not in extra and "tok_embeddings.weight" in names:
-            extra["output.weight"] = "tok_embeddings.weight"   # tied embeddings: Meta's model always has an output
+        if OUTPUT not in names and OUTPUT not in extra and EMBEDDING in names:
+            extra[OUTPUT] = EMBEDDING   # tied embeddings: Meta's model always has an output
         plan = []   # (name written, name read, split dim, info)
         for name in names + list(extra):
             read = extra.get(name, name)
@@ -286,7 +247,6 @@ class Meta(Format):
         (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
         from .pt import write_pt
 
-        progress = options.extra.get("progress")
         for s in range(n):   # split tensors are read once per shard: time, not memory
             write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
                      progress=progress)
@@ -298,8 +258,6 @@ class Meta(Format):
 
 def _read(source: TensorSource, name: str):
     """A tensor's bytes, read (not mapped) when they lie in a file, so no mapped pages stay resident."""
-    from ..convert.layouts import read_span
-
     span = source.span(name)
     return read_span(span) if span is not None else source.read_bytes(name)
 

@@ -28,7 +28,7 @@ source's string ``metadata`` is not written: the file is a plain state dict that
 CRC-32: every member gets its real CRC, so ``unzip -t`` and Python's :mod:`zipfile`
 accept the file. Computing it reads every byte back in user space; a second thread does
 that while the next storage is copied in the kernel, so it costs little wall time.
-``Options.crc32=False`` (``--no-crc32``) writes 0 instead, as
+``WriteOptions.crc32=False`` (``--no-crc32``) writes 0 instead, as
 ``torch.serialization.set_crc32_options(False)`` makes torch.save do: ``torch.load``
 does not check CRCs (tested with ``weights_only=True``, with and without ``mmap=True``).
 """
@@ -48,7 +48,7 @@ from ..errors import FormatError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
 from ._torchzip import ZipReader, write_pt
-from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head, release_map
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, is_contiguous, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
@@ -67,21 +67,10 @@ class _Storage:
         self.problem = problem     # why the bytes cannot be read (missing member, truncated file)
 
 
-def _is_contiguous(shape, stride) -> bool:
-    if 0 in shape:
-        return True
-    expect = 1
-    for s, st in zip(reversed(shape), reversed(stride)):
-        if s != 1 and st != expect:
-            return False
-        expect *= s
-    return True
-
-
 class PtSource(TensorSource):
     format = "pt"
 
-    def __init__(self, path: Path, options: Options):
+    def __init__(self, path: Path, options: ReadOptions):
         super().__init__(path)
         self._size = file_size(path)
         self._big = False
@@ -262,7 +251,7 @@ class PtSource(TensorSource):
     def span(self, name: str) -> Span | None:
         t = self._tensors[name]
         st = self._stores[t.storage.key]
-        if self._big or st.offset is None or not _is_contiguous(t.shape, t.stride):
+        if self._big or st.offset is None or not is_contiguous(t.shape, t.stride):
             return None
         itemsize = dtypes.get(t.dtype).itemsize
         return Span(self.path, st.offset + t.offset * itemsize, self.info(name).nbytes)
@@ -275,7 +264,7 @@ class PtSource(TensorSource):
             return b""
         dt = dtypes.get(t.dtype)
         buf, base = self._buffer(st)
-        if _is_contiguous(t.shape, t.stride):
+        if is_contiguous(t.shape, t.stride):
             start = base + t.offset * dt.itemsize
             view = buf[start:start + info.nbytes]
             return _swapped(view, dt) if self._big else view
@@ -369,11 +358,11 @@ class Pt(Format):
         except (zipfile.BadZipFile, OSError, ValueError, struct.error):
             return False
 
-    def open(self, path: Path, options: Options) -> PtSource:
+    def open(self, path: Path, options: ReadOptions) -> PtSource:
         return PtSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        write_pt(source, dst, crc32=options.crc32, progress=options.extra.get("progress"))
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+        write_pt(source, dst, crc32=options.crc32, progress=progress)
 
 
 register(Pt())

@@ -17,7 +17,7 @@ from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
 from ._stream import write_tensor
-from .base import Format, Options, Span, TensorInfo, TensorSource, file_size, read_head, release_map
+from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions, file_size, read_head, release_map
 
 _MAX_HEADER = 100 << 20
 
@@ -139,11 +139,11 @@ class Safetensors(Format):
         (n,) = struct.unpack("<Q", head[:8])
         return 2 <= n <= max(2, file_size(path) - 8) and head[8:9] == b"{"
 
-    def open(self, path: Path, options: Options) -> SafetensorsSource:
+    def open(self, path: Path, options: ReadOptions) -> SafetensorsSource:
         return SafetensorsSource(path)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
-        write_file(source, dst, progress=options.extra.get("progress"))
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+        write_file(source, dst, progress=progress)
 
 
 register(Safetensors())

@@ -3,7 +3,7 @@
 Reading names each tensor by the keys that lead to it from the file's first object.
 For ``nn`` containers the ``modules`` level is dropped and the 1-based Lua index
 becomes a 0-based child index, as PyTorch names children (``0.weight``, ``2.bias``).
-Buffers are included; a bare storage is a 1-D tensor; ``Options.params_only`` keeps
+Buffers are included; a bare storage is a 1-D tensor; ``ReadOptions.params_only`` keeps
 just ``nn`` parameters. Tensors that share a Lua storage are reported through
 ``storage_view`` so writers that can keep the sharing do.
 
@@ -14,13 +14,15 @@ numpy is imported inside functions only: ``modelport formats`` imports this modu
 
 from __future__ import annotations
 
+import math
+
 import re
 import struct
 from pathlib import Path
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Format, Options, Span, StorageView, TensorInfo, TensorSource, file_size, read_head
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, is_contiguous, read_head
 
 # Fields of an nn module that are parameters (and running statistics), not buffers.
 PARAMETER_FIELDS = frozenset({"weight", "bias", "running_mean", "running_var", "running_std"})
@@ -30,7 +32,7 @@ _TREE_LINES = 4000
 class T7Source(TensorSource):
     format = "t7"
 
-    def __init__(self, path: Path, options: Options):
+    def __init__(self, path: Path, options: ReadOptions):
         from ..t7.reader import read_t7
 
         super().__init__(path)
@@ -134,7 +136,7 @@ class T7Source(TensorSource):
             return None
         item = storage.data.itemsize
         if isinstance(value, T7Tensor):
-            if not _contiguous(value):
+            if not is_contiguous(value.size, value.stride):
                 return None
             return Span(self.path, storage.file_offset + value.offset * item, _numel(value) * item)
         return Span(self.path, storage.file_offset, storage.size * item)
@@ -222,12 +224,7 @@ def _is_parameter(value, owner, field) -> bool:
 
 
 def _numel(t) -> int:
-    if not t.size:
-        return 0
-    n = 1
-    for s in t.size:
-        n *= s
-    return n
+    return math.prod(t.size) if t.size else 0      # Torch7: a tensor without dimensions is empty
 
 
 def _shape(value) -> tuple[int, ...]:
@@ -236,15 +233,6 @@ def _shape(value) -> tuple[int, ...]:
     if isinstance(value, T7Tensor):
         return tuple(value.size) if value.size else (0,)
     return (value.size,)
-
-
-def _contiguous(t) -> bool:
-    expected = 1
-    for size, stride in reversed(list(zip(t.size, t.stride))):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def object_tree(root, max_lines: int = _TREE_LINES) -> str:
@@ -373,14 +361,14 @@ class T7(Format):
             return False
         return looks_like_t7(read_head(path, 64), file_size(path))
 
-    def open(self, path: Path, options: Options) -> T7Source:
+    def open(self, path: Path, options: ReadOptions) -> T7Source:
         return T7Source(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
         from ..t7.writer import write_t7
 
         # 8-byte longs: what every LP64 Torch (Linux, macOS) reads; t7_long_size is a reading option.
-        table = table_of_tensors(source, options.extra.get("progress"))
+        table = table_of_tensors(source, progress)
         write_t7(table, dst, mode=options.t7_mode or "binary", long_size=8)
 
 

@@ -6,21 +6,19 @@ This package imports torch only inside functions: the CLI may import it at start
 from __future__ import annotations
 
 from ..formats.base import TensorSource
-from .config import ASSUMED_KEY, known_archs
+from .config import ASSUMED_KEY, known_archs, normalize_arch
 
 
 def infer_config(source: TensorSource, arch: str | None = None) -> dict | None:
     """An HF ``config.json`` for ``source`` inferred from tensor names and shapes, or None.
 
     Values that weights cannot reveal (head count, norm epsilon, rope_theta, rotary fraction,
-    max positions …) are filled with the defaults in :data:`modelport.models.detect.ASSUMED_DEFAULTS`
+    max positions …) are filled with the defaults in each family's ``assumed_defaults``
     and their config.json keys listed under ``"_modelport_assumed"``; a writer prints that list and
     drops the key. Every tensor's shape is checked against the inferred config (LayoutError otherwise).
     """
     from .detect import infer_model_config
     from .loader import plan_names
-
-    from .config import normalize_arch
 
     if arch is not None and ":" in arch:
         return None             # a user module: its config is the user's --config
@@ -32,7 +30,7 @@ def infer_config(source: TensorSource, arch: str | None = None) -> dict | None:
 
 
 def detect_arch(source: TensorSource) -> str | None:
-    """The architecture family of ``source`` (gpt2, llama, gptneox), or None when unknown."""
+    """The architecture family of ``source`` (a family id), or None when unknown."""
     from .detect import detect_family
 
     return detect_family(source)

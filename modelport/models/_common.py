@@ -15,11 +15,6 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedError
 
-# Added to masked attention scores. The float32 minimum (not -inf) keeps a fully masked row (a
-# left-padding query) finite: its softmax is uniform garbage that no real token attends to.
-MASKED = -3.4028234663852886e38
-
-
 def position_ids(input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
     """Positions that follow the mask as ``generate()`` builds them: real tokens count 0, 1, 2 …"""
     if attention_mask is None:
@@ -29,7 +24,9 @@ def position_ids(input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
 
 
 def attention_bias(input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
-    """Additive float32 bias: 0 where a query may attend a key (causal, not padding), MASKED elsewhere."""
+    """Additive float32 bias: 0 where a query may attend a key (causal, not padding), the float32
+    minimum elsewhere. The minimum (not -inf) keeps a fully masked row (a left-padding query) finite:
+    its softmax is uniform garbage that no real token attends to."""
     t = input_ids.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()    # (T, T)
     allowed = causal.unsqueeze(0).unsqueeze(0)                                     # (1, 1, T, T)
@@ -37,7 +34,7 @@ def attention_bias(input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tenso
         keys = attention_mask.unsqueeze(1).unsqueeze(2) != 0                       # (B, 1, 1, T)
         allowed = allowed & keys                                                   # (B, 1, T, T)
     zero = torch.zeros(allowed.shape, dtype=torch.float32, device=input_ids.device)
-    return zero.masked_fill(allowed.logical_not(), -3.4028234663852886e38)   # MASKED (script needs a literal)
+    return zero.masked_fill(allowed.logical_not(), -3.4028234663852886e38)   # a literal: torch.jit.script needs one
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:

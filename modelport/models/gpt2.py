@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._common import activation, attend, attention_bias, merge_heads, position_ids
-from .config import GPT2Config
+from .families.gpt2 import GPT2Config
 
 
 class Conv1D(nn.Module):
@@ -101,6 +101,3 @@ class GPT2LMHeadModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.lm_head(self.transformer(input_ids, attention_mask))
 
-
-# Buffers older checkpoints carry that the model recomputes (the causal mask and its fill value).
-DERIVED_BUFFERS = (r"(^|\.)h\.\d+\.attn\.bias$", r"(^|\.)h\.\d+\.attn\.masked_bias$")

@@ -16,7 +16,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ._common import Rotary, activation, apply_rotary, attend, attention_bias, merge_heads, position_ids
-from .config import NeoXConfig
+from .families.gptneox import NeoXConfig
 
 
 class NeoXAttention(nn.Module):
@@ -97,8 +97,3 @@ class GPTNeoXForCausalLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.embed_out(self.gpt_neox(input_ids, attention_mask))
 
-
-# Buffers older checkpoints carry that the model recomputes.
-DERIVED_BUFFERS = (r"(^|\.)attention\.bias$", r"(^|\.)attention\.masked_bias$", r"(^|\.)rotary_emb\.inv_freq$")
-# Spellings of the same tensor in other transformers versions: name in file -> name here.
-RENAMES = {"lm_head.weight": "embed_out.weight"}

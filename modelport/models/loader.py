@@ -14,28 +14,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from typing import Any
+
 from .. import dtypes
-from ..errors import FormatError, LayoutError, UnsupportedError
+from ..errors import LayoutError, UnsupportedError
 from ..formats.base import Options, TensorSource
-from . import detect
-from .config import ModelConfig, config_from_hf, normalize_arch
+from . import detect, families
+from .strict import key_mismatch
+from .config import config_from_hf, normalize_arch
 
-
-def _families():
-    from . import gpt2, gptneox, llama
-
-    return {
-        "gpt2": (gpt2.GPT2LMHeadModel, gpt2),
-        "llama": (llama.LlamaForCausalLM, llama),
-        "gptneox": (gptneox.GPTNeoXForCausalLM, gptneox),
-    }
+ModelConfig = Any     # the config dataclass of a family (see modelport.models.families)
 
 
 def build_model(cfg: ModelConfig, device="meta"):
     """The reference model for ``cfg``, with uninitialised parameters on ``device`` (meta by default)."""
     import torch
 
-    cls, _ = _families()[cfg.family]
+    cls = families.get(cfg.family).model_class()
     with torch.device(device):
         return cls(cfg)
 
@@ -50,18 +45,17 @@ def _tied_names(cfg: ModelConfig) -> dict[str, str]:
     """Output-embedding name -> input-embedding name, when the config ties them."""
     if not cfg.tie_word_embeddings:
         return {}
-    return {"gpt2": {"lm_head.weight": "transformer.wte.weight"},
-            "llama": {"lm_head.weight": "model.embed_tokens.weight"},
-            "gptneox": {"embed_out.weight": "gpt_neox.embed_in.weight"}}[cfg.family]
+    out_name, in_name = families.get(cfg.family).tied
+    return {out_name: in_name}
 
 
 def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
     """Model parameter name -> source tensor name; a LayoutError listing missing and unexpected names."""
-    _, module = _families()[cfg.family]
-    derived = [re.compile(p) for p in getattr(module, "DERIVED_BUFFERS", ())]
-    renames = getattr(module, "RENAMES", {})
+    record = families.get(cfg.family)
+    derived = [re.compile(p) for p in record.derived_buffers]
+    renames = record.renames
     expected = expected_shapes(cfg)
-    prefix = detect.PREFIX[cfg.family]
+    prefix = record.prefix
     aliases = source.aliases()
     available = list(source.names()) + list(aliases)
     # A base-model checkpoint (GPT2Model, LlamaModel …) stores names without the prefix.
@@ -95,18 +89,6 @@ def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
             raise LayoutError(f"{source.path}: tensor {name!r} has shape {list(have)}, the {cfg.family} config needs "
                               f"{list(expected[target])}{slot}; check the config (--config) or the layout")
     return plan
-
-
-def _some(names: list[str], n: int = 8) -> str:
-    return ", ".join(names[:n]) + (f" … and {len(names) - n} more" if len(names) > n else "")
-
-
-def key_mismatch(missing: list[str], unexpected: list[str]) -> str:
-    """'missing 2: a, b; unexpected 1: c' for a strict-loading error."""
-    parts = [f"missing {len(missing)}: {_some(missing)}"] if missing else []
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)}: {_some(unexpected)}")
-    return "; ".join(parts)
 
 
 def load_weights(model, source: TensorSource, cfg: ModelConfig, device="cpu", dtype=None):
@@ -160,12 +142,9 @@ def _torch_dtype(dtype):
 def _read_config_file(config) -> dict | None:
     if config is None or isinstance(config, dict):
         return config
-    import json
+    from .sources import read_config_file
 
-    try:
-        return json.loads(Path(config).read_text())
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"{config}: cannot read the config file ({exc})") from exc
+    return read_config_file(config)
 
 
 def model_from_source(source: TensorSource, arch: str | None = None, device="cpu", dtype=None, *, config=None,
@@ -190,7 +169,7 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
                                    f"({', '.join(known_archs())} or package.module:factory) and --config")
     if fam is not None and cfg.family != fam:
         raise LayoutError(f"{source.path}: --arch {arch} contradicts the file's config, which is {cfg.family}")
-    source = _to_hub_layout(source, cfg.family)
+    source = _to_hub_layout(source, cfg.family, cfg.to_hf_config())
     model = build_model(cfg)
     load_weights(model, source, cfg, device=device, dtype=torch_dtype)
     model.eval()
@@ -199,32 +178,27 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
     return model
 
 
-def _to_hub_layout(source: TensorSource, family: str) -> TensorSource:
+def _to_hub_layout(source: TensorSource, family: str, config: dict | None) -> TensorSource:
     """The source renamed into its family's HF layout by the layout tables (itself if already there)."""
-    from ..convert import layouts
-    from ..formats import get
+    from .layouts import detect_layout, hub_of, to_layout
 
-    detect_layout = getattr(layouts, "detect_layout", None)
-    layout = detect_layout(source) if detect_layout is not None else None
-    if layout is None or layout.id == f"{family}-hf":
+    layout = detect_layout(source)
+    if layout is None or layout.id == hub_of(family):
         return source
-    return layouts.adapt(source, get("safetensors"), Options(layout=f"{family}-hf"))
+    return to_layout(source, hub_of(family), source.config if source.config is not None else config)
 
 
 def load_model(path, arch: str | None = None, device="cpu", dtype=None, *, config=None, options: Options | None = None,
                input_shape=None, input_dtype=None):
     """A runnable eval-mode model for the checkpoint at ``path``.
 
-    ``arch``: a family (gpt2, llama, gptneox) to override detection, or ``package.module:factory`` for
+    ``arch``: a family id (see :func:`modelport.models.known_archs`) to override detection, or ``package.module:factory`` for
     your own module. ``config``: a config.json path or dict replacing the file's. ``dtype``: cast
     floating weights (float32, bfloat16 …); the file's dtype otherwise. ``input_shape`` /
     ``input_dtype``: example inputs of a user module (see :func:`example_inputs`).
     """
     from ..formats import open as open_source
 
-    options = options or Options()
-    if arch and options.arch is None:
-        options.arch = arch
     source = open_source(Path(path), options=options)
     try:
         return model_from_source(source, arch, device, dtype, config=config, input_shape=input_shape,

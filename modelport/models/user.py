@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from .. import dtypes
-from ..errors import LayoutError, ModelportError, UnsupportedError
+from ..errors import LayoutError, UnsupportedError
 from ..formats.base import TensorSource
-from .loader import key_mismatch
+from .strict import key_mismatch
 
 
 def import_factory(spec: str):
@@ -28,22 +28,26 @@ def import_factory(spec: str):
     if not sep or not module_name or not attr:
         raise UnsupportedError(f"--arch {spec!r}: a user module is given as package.module:factory")
     cwd = str(Path.cwd())
-    if cwd not in sys.path:           # `python -m` puts the working directory first; do the same
+    added = cwd not in sys.path       # `python -m` puts the working directory first; do the same, for the import only
+    if added:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ModelportError(f"--arch {spec!r}: cannot import module {module_name!r} ({exc}); run from the "
-                                 "directory that holds it or add that directory to PYTHONPATH") from exc
+            raise UnsupportedError(f"--arch {spec!r}: cannot import module {module_name!r} ({exc}); run from the "
+                                   "directory that holds it or add that directory to PYTHONPATH") from exc
         raise
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelportError(f"--arch {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise UnsupportedError(f"--arch {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ModelportError(f"--arch {spec!r}: {attr!r} is not callable")
+        raise UnsupportedError(f"--arch {spec!r}: {attr!r} is not callable")
     return obj
 
 
@@ -56,13 +60,13 @@ def build_user_module(spec: str, config: dict | None = None):
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as exc:
-        raise ModelportError(f"--arch {spec!r}: the factory does not accept the config given ({exc}); "
-                             f"config keys: {sorted(kwargs) or 'none'}") from exc
+        raise LayoutError(f"--arch {spec!r}: the factory does not accept the config given ({exc}); "
+                          f"config keys: {sorted(kwargs) or 'none'}") from exc
     except ValueError:
         pass                          # no signature to check (a builtin): let the call speak
     module = factory(**kwargs)
     if not isinstance(module, torch.nn.Module):
-        raise ModelportError(f"--arch {spec!r}: the factory returned {type(module).__name__}, not a torch.nn.Module")
+        raise UnsupportedError(f"--arch {spec!r}: the factory returned {type(module).__name__}, not a torch.nn.Module")
     return module
 
 

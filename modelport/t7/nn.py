@@ -104,7 +104,7 @@ class BuildContext:
             raise FormatError(f"{self.where(path, obj)}: the module contains itself")
         self._building.add(id(obj))
         try:
-            module = builder(obj, _Fields(obj, self, path))
+            module = builder(obj, Fields(obj, self, path))
         finally:
             self._building.discard(id(obj))
         module.lua_class = obj.class_name
@@ -114,7 +114,7 @@ class BuildContext:
         return module
 
 
-class _Fields:
+class Fields:
     """Typed access to one object's fields, with errors that name the object and the field."""
 
     def __init__(self, obj: LuaObject, ctx: BuildContext, path: str):
@@ -275,7 +275,7 @@ def _param(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=t.is_floating_point())
 
 
-def _set_params(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:
+def set_params(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:
     for name, t in tensors.items():
         if t is None:
             setattr(module, name, None)
@@ -284,6 +284,15 @@ def _set_params(module: nn.Module, **tensors: torch.Tensor | None) -> nn.Module:
     return module
 
 
-def _check_shape(f: _Fields, name: str, t: torch.Tensor, numel: int) -> None:
+def check_shape(f: Fields, name: str, t: torch.Tensor, numel: int) -> None:
     if t.numel() != numel:
         raise f.error(f"tensor '{name}' has {t.numel()} elements ({tuple(t.shape)}), expected {numel}")
+
+
+def positive_dim(dim: int, n_input_dims: int | None, ndim: int) -> int:
+    """Lua's _getPositiveDimension, returned 0-based."""
+    if dim < 0:
+        return ndim + dim
+    if n_input_dims is not None and ndim == n_input_dims + 1:
+        return dim
+    return dim - 1

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedError
-from .nn import _check_shape, _set_params, register
+from .nn import check_shape, set_params, register
 
 # --------------------------------------------------------------------------------------------
 # Modules with Lua semantics
@@ -251,7 +251,7 @@ def _linear(obj, f):
     n_out, n_in = weight.shape
     bias = _bias(f, n_out, weight.dtype) if obj.class_name == "nn.Linear" else None
     m = nn.Linear(n_in, n_out, bias=bias is not None, device="meta")
-    return _set_params(m, weight=weight, bias=bias)
+    return set_params(m, weight=weight, bias=bias)
 
 
 @register("nn.SpatialConvolution", "nn.SpatialConvolutionMM", "cudnn.SpatialConvolution")
@@ -267,13 +267,13 @@ def _conv(obj, f):
     groups = f.int("groups", 1)                  # cudnn only
     if groups < 1 or n_in % groups or n_out % groups:
         raise f.error(f"groups={groups} does not divide nInputPlane={n_in} and nOutputPlane={n_out}")
-    _check_shape(f, "weight", weight, n_out * (n_in // groups) * kh * kw)
+    check_shape(f, "weight", weight, n_out * (n_in // groups) * kh * kw)
     # SpatialConvolutionMM (and old SpatialConvolution) keep weight 2-D: (nOut, nIn*kH*kW), row-major.
     weight = weight.reshape(n_out, n_in // groups, kh, kw)
     bias = _bias(f, n_out, weight.dtype)
     m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(dh, dw), padding=(ph, pw), groups=groups,
                   bias=bias is not None, device="meta")
-    return _set_params(m, weight=weight, bias=bias)
+    return set_params(m, weight=weight, bias=bias)
 
 
 @register("nn.SpatialConvolutionMap")
@@ -293,7 +293,7 @@ def _conv_map(obj, f):
     dense.index_put_((pairs[:, 1], pairs[:, 0]), weight, accumulate=True)
     bias = f.tensor("bias").reshape(n_out).to(weight.dtype)
     m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)), device="meta")
-    return _set_params(m, weight=dense, bias=bias)
+    return set_params(m, weight=dense, bias=bias)
 
 
 @register("nn.SpatialSubSampling")
@@ -302,11 +302,11 @@ def _subsampling(obj, f):
     n = f.int("nInputPlane")
     kw, kh = f.int("kW"), f.int("kH")
     weight, bias = f.tensor("weight"), f.tensor("bias")
-    _check_shape(f, "weight", weight, n)
-    _check_shape(f, "bias", bias, n)
+    check_shape(f, "weight", weight, n)
+    check_shape(f, "bias", bias, n)
     dense = weight.reshape(n, 1, 1, 1).expand(n, 1, kh, kw).contiguous()
     m = nn.Conv2d(n, n, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)), groups=n, device="meta")
-    return _set_params(m, weight=dense, bias=bias.reshape(n).to(weight.dtype))
+    return set_params(m, weight=dense, bias=bias.reshape(n).to(weight.dtype))
 
 
 @register("nn.SpatialFullConvolution", "cudnn.SpatialFullConvolution")
@@ -315,12 +315,12 @@ def _full_conv(obj, f):
     weight = f.tensor("weight")
     n_in, n_out = f.int("nInputPlane"), f.int("nOutputPlane")
     kw, kh = f.int("kW"), f.int("kH")
-    _check_shape(f, "weight", weight, n_in * n_out * kh * kw)
+    check_shape(f, "weight", weight, n_in * n_out * kh * kw)
     bias = _bias(f, n_out, weight.dtype)
     m = nn.ConvTranspose2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)),
                            padding=(f.int("padH", 0), f.int("padW", 0)),
                            output_padding=(f.int("adjH", 0), f.int("adjW", 0)), bias=bias is not None, device="meta")
-    return _set_params(m, weight=weight.reshape(n_in, n_out, kh, kw), bias=bias)
+    return set_params(m, weight=weight.reshape(n_in, n_out, kh, kw), bias=bias)
 
 
 @register("nn.SpatialDilatedConvolution")
@@ -328,12 +328,12 @@ def _dilated_conv(obj, f):
     weight = f.tensor("weight")
     n_in, n_out = f.int("nInputPlane"), f.int("nOutputPlane")
     kw, kh = f.int("kW"), f.int("kH")
-    _check_shape(f, "weight", weight, n_out * n_in * kh * kw)
+    check_shape(f, "weight", weight, n_out * n_in * kh * kw)
     bias = _bias(f, n_out, weight.dtype)
     m = nn.Conv2d(n_in, n_out, (kh, kw), stride=(f.int("dH", 1), f.int("dW", 1)),
                   padding=(f.int("padH", 0), f.int("padW", 0)),
                   dilation=(f.int("dilationH", 1), f.int("dilationW", 1)), bias=bias is not None, device="meta")
-    return _set_params(m, weight=weight.reshape(n_out, n_in, kh, kw), bias=bias)
+    return set_params(m, weight=weight.reshape(n_out, n_in, kh, kw), bias=bias)
 
 
 @register("nn.SpatialZeroPadding")
@@ -379,13 +379,13 @@ def _batch_norm(obj, f):
         var = f.tensor("running_var").reshape(-1)
     else:
         raise f.error(f"neither running_var nor running_std is present (class version {version})")
-    _check_shape(f, "running_var", var, n)
+    check_shape(f, "running_var", var, n)
     weight, bias = _optional(f, "weight"), _optional(f, "bias")
     if f.raw("affine", True) is False:
         weight = bias = None
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
-            _check_shape(f, name, t, n)
+            check_shape(f, name, t, n)
     weight = weight.reshape(n).to(mean.dtype) if weight is not None else None
     bias = bias.reshape(n).to(mean.dtype) if bias is not None else None
     return BatchNorm(n_dim, mean, var.to(mean.dtype), weight, bias, eps)
@@ -424,7 +424,7 @@ def _elu(obj, f):
 def _prelu(obj, f):
     weight = f.tensor("weight").reshape(-1)
     n = f.int("nOutputPlane", 0)
-    _check_shape(f, "weight", weight, max(n, 1))
+    check_shape(f, "weight", weight, max(n, 1))
     return PReLU(weight, shared=n == 0)
 
 
@@ -509,7 +509,7 @@ def _bias(f, n_out: int, dtype) -> torch.Tensor | None:
     bias = _optional(f, "bias")
     if bias is None:
         return None
-    _check_shape(f, "bias", bias, n_out)
+    check_shape(f, "bias", bias, n_out)
     return bias.reshape(n_out).to(dtype)
 
 

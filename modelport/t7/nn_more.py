@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import register
-from .nn_tables import _positive_dim
+from .nn import positive_dim, register
 
 _DTYPES = {"torch.FloatTensor": torch.float32, "torch.DoubleTensor": torch.float64,
            "torch.HalfTensor": torch.float16, "torch.CudaTensor": torch.float32,
@@ -29,7 +28,7 @@ class Reduce(nn.Module):
         self.op, self.dim, self.n_input_dims, self.squeeze = op, dim, n_input_dims, squeeze
 
     def forward(self, x):
-        d = _positive_dim(self.dim, self.n_input_dims, x.dim())
+        d = positive_dim(self.dim, self.n_input_dims, x.dim())
         if self.op == "sum":
             y = x.sum(d, keepdim=True)
         elif self.op == "mean":

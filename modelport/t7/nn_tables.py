@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .nn import register
+from .nn import positive_dim, register
 
 
 
@@ -95,15 +95,6 @@ def _identity(obj, f):
     return nn.Identity()
 
 
-def _positive_dim(dim: int, n_input_dims: int | None, ndim: int) -> int:
-    """Lua's _getPositiveDimension, returned 0-based."""
-    if dim < 0:
-        return ndim + dim
-    if n_input_dims is not None and ndim == n_input_dims + 1:
-        return dim
-    return dim - 1
-
-
 class JoinTable(nn.Module):
     """nn.JoinTable: concatenate a list of tensors along a Lua dimension."""
 
@@ -112,7 +103,7 @@ class JoinTable(nn.Module):
         self.dim, self.n_input_dims = dim, n_input_dims
 
     def forward(self, xs):
-        return torch.cat(list(xs), dim=_positive_dim(self.dim, self.n_input_dims, xs[0].dim()))
+        return torch.cat(list(xs), dim=positive_dim(self.dim, self.n_input_dims, xs[0].dim()))
 
     def extra_repr(self) -> str:
         return f"lua_dim={self.dim}, n_input_dims={self.n_input_dims}"
@@ -126,7 +117,7 @@ class SplitTable(nn.Module):
         self.dim, self.n_input_dims = dim, n_input_dims
 
     def forward(self, x):
-        return list(torch.unbind(x, _positive_dim(self.dim, self.n_input_dims, x.dim())))
+        return list(torch.unbind(x, positive_dim(self.dim, self.n_input_dims, x.dim())))
 
     def extra_repr(self) -> str:
         return f"lua_dim={self.dim}, n_input_dims={self.n_input_dims}"

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from .nn import _Fields, lua_array, register
+from .nn import Fields, lua_array, register
 from .objects import LuaObject, LuaTable
 
 _INPUT, _SELECT, _APPLY, _PASS = 0, 1, 2, 3
@@ -64,7 +64,7 @@ class GModule(nn.Module):
 
 
 @register("nn.gModule")
-def _gmodule(obj: LuaObject, f: _Fields) -> GModule:
+def _gmodule(obj: LuaObject, f: Fields) -> GModule:
     nodes = f.array("forwardnodes")
     if not nodes:
         raise f.error("field 'forwardnodes' is missing or empty")
@@ -123,7 +123,7 @@ def _count_inputs(datas: list[LuaTable], innode: LuaTable) -> int:
     return 1
 
 
-def _node_data(f: _Fields, node: Any, where: str) -> LuaTable:
+def _node_data(f: Fields, node: Any, where: str) -> LuaTable:
     if not (isinstance(node, LuaObject) and node.class_name == "nngraph.Node" and isinstance(node.fields, dict)):
         raise f.error(f"{where} should be an nngraph.Node")
     data = _get(node.fields, "data")
@@ -139,7 +139,7 @@ def _get(table: dict, name: str) -> Any:
     return None
 
 
-def _array(f: _Fields, table: LuaTable, name: str, where: str) -> list[LuaTable]:
+def _array(f: Fields, table: LuaTable, name: str, where: str) -> list[LuaTable]:
     value = _get(table, name)
     if value is None:
         return []

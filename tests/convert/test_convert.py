@@ -92,3 +92,26 @@ def test_unreadable_source_names_the_file(tmp_path):
     assert str(bad) in str(err.value)
     with pytest.raises(FormatError, match="no such file"):
         modelport.convert(tmp_path / "missing.pt", tmp_path / "out.safetensors")
+
+
+def test_options_are_read_never_changed(tmp_path):
+    """One Options serves two conversions: a shard size given to the first does not stick to it."""
+    import copy
+    import json
+
+    from modelport.formats.base import Options
+
+    g = torch.Generator().manual_seed(4)
+    save_file({"transformer.wte.weight": torch.randn(37, 24, generator=g),
+               "transformer.wpe.weight": torch.randn(16, 24, generator=g)}, tmp_path / "w.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 0, "n_head": 4, "n_embd": 24,
+                                                      "vocab_size": 37, "n_positions": 16}))
+    options = Options(config=tmp_path / "config.json")
+    before = copy.deepcopy(options)
+    modelport.convert(tmp_path / "w.safetensors", tmp_path / "a", to="hf", shard_size=4000, options=options)
+    assert options == before
+    assert (tmp_path / "a" / "model.safetensors.index.json").is_file()
+    modelport.convert(tmp_path / "w.safetensors", tmp_path / "b", to="hf", options=options)
+    assert options == before
+    assert (tmp_path / "b" / "model.safetensors").is_file()
+    assert not (tmp_path / "b" / "model.safetensors.index.json").exists()

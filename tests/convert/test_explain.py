@@ -5,27 +5,15 @@ from __future__ import annotations
 import torch
 
 import modelport
-from modelport.convert import transforms
+from modelport.models import transforms
 from modelport.convert.explain import explain_difference
-from modelport.formats.base import TensorInfo, TensorSource
+from modelport.formats.memory import StateDictSource
 
 LLAMA_CFG = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
-class DictSource(TensorSource):
-    def __init__(self, tensors=None, config=None):
-        super().__init__("mem")
-        self.tensors, self.config = tensors or {}, config
-
-    def names(self):
-        return list(self.tensors)
-
-    def info(self, name):
-        t = self.tensors[name]
-        return TensorInfo(name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
-
-    def read(self, name):
-        return self.tensors[name]
+def DictSource(tensors=None, config=None):
+    return StateDictSource(tensors or {}, "mem", config)
 
 
 def _g(seed=0):

@@ -11,35 +11,29 @@ import torch
 
 import modelport
 from modelport import formats
-from modelport.convert import layouts, transforms
-from modelport.convert.layouts import LayoutSource, adapt, detect_layout, forward_patterns, reverse_patterns
-from modelport.convert.rules import LAYOUTS, Layout, Rule
+from modelport.convert.layouts import adapt
+from modelport.models import layouts, transforms
+from modelport.models.family import Layout, Rule
+from modelport.models.layouts import LAYOUTS, LayoutSource, detect_layout, forward_patterns, reverse_patterns
 from modelport.errors import LayoutError
-from modelport.formats.base import Options, TensorInfo, TensorSource
+from modelport.formats.base import Options
+from modelport.formats.memory import StateDictSource
 from tests.conftest import bitwise_equal
 
 ARGS = {"permute_rope_meta_to_hf": {"n_heads": 3}, "permute_rope_hf_to_meta": {"n_heads": 3},
         "reorder_qkv_neox_to_blocked": {"n_heads": 2}, "reorder_qkv_blocked_to_neox": {"n_heads": 2}, "transpose": {}}
 
 
-class DictSource(TensorSource):
+class DictSource(StateDictSource):
     """Torch tensors in memory, counting reads."""
 
     def __init__(self, tensors, config=None, path="mem"):
-        super().__init__(path)
-        self.tensors, self.config, self.reads = tensors, config, []
-
-    def names(self):
-        return list(self.tensors)
-
-    def info(self, name):
-        t = self.tensors[name]
-        return TensorInfo(name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+        super().__init__(tensors, path, config)
+        self.reads = []
 
     def read_bytes(self, name):
         self.reads.append(name)
-        t = self.tensors[name].contiguous()
-        return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return super().read_bytes(name)
 
 
 @pytest.mark.parametrize("name", sorted(transforms.TRANSFORMS))

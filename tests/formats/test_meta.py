@@ -14,8 +14,10 @@ import modelport
 from modelport import formats
 from modelport.errors import FormatError, LayoutError, UnsupportedError
 from modelport.formats.base import Options
-from modelport.formats.meta import config_from_params, is_llama3, params_from_config, split_dim
-from modelport.models.config import meta_ffn_dim as ffn_dim, meta_ffn_params as ffn_params
+from modelport.formats.meta import is_llama3, split_dim
+from modelport.models.families.llama import hf_config_from_params as config_from_params
+from modelport.models.families.llama import meta_ffn_dim as ffn_dim, meta_ffn_params as ffn_params
+from modelport.models.families.llama import params_from_config
 from tests.conftest import bitwise_equal
 
 LLAMA3 = dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -219,7 +221,7 @@ def _meta_checkpoint(tmp_path, shards=2, extra=None):
 def test_reads_torch_saved_shards_and_merges(tmp_path):
     d, full = _meta_checkpoint(tmp_path)
     assert formats.detect(d).id == "meta"
-    with formats.open(d) as src:
+    with modelport.open(d) as src:      # the config params.json implies is the Llama family's reading
         assert src.config["vocab_size"] == 22 and src.config["intermediate_size"] == 96
         assert src.side_files == {"tokenizer.model": d / "tokenizer.model"}
         for k, v in full.items():
@@ -346,7 +348,7 @@ def test_single_meta_shard_as_pt_with_params_as_config(tmp_path):
 
 
 def transforms_permute(w, n_heads):
-    from modelport.convert.transforms import permute_rope_meta_to_hf
+    from modelport.models.transforms import permute_rope_meta_to_hf
 
     return permute_rope_meta_to_hf(w, n_heads=n_heads).contiguous()
 

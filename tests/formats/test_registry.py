@@ -37,3 +37,17 @@ def test_unrecognised_files_say_what_they_are(tmp_path, content, said):
     p.write_bytes(content)
     with pytest.raises(FormatError, match=said):
         formats.detect(p)
+
+
+def test_an_unreadable_file_is_not_called_empty(tmp_path, monkeypatch):
+    path = tmp_path / "locked.bin"
+    path.write_bytes(b"")
+    assert "an empty file" in formats.describe_unknown(path)
+    path.write_bytes(b"\x00" * 10)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("modelport.formats.base.open", refuse, raising=False)
+    said = formats.describe_unknown(path)
+    assert "cannot be read" in said and "Permission denied" in said and "empty" not in said

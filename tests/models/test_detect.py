@@ -8,27 +8,21 @@ import pytest
 
 from modelport import formats
 from modelport.errors import LayoutError
-from modelport.formats.base import TensorInfo, TensorSource
+from modelport.formats.memory import StateDictSource
 from modelport.models import detect_arch, infer_config
 from modelport.models.config import ASSUMED_KEY, config_from_hf
 
 from . import tiny
 
 
-class ShapeSource(TensorSource):
-    """Names and shapes only: enough for detection and inference, never read."""
+def ShapeSource(shapes: dict, path="mem", params=None):
+    """Names and shapes only (meta-device tensors): enough for detection and inference, never read."""
+    import torch
 
-    def __init__(self, shapes: dict, path="mem", params=None):
-        super().__init__(path)
-        self._shapes = shapes
-        if params is not None:
-            self.params = params
-
-    def names(self):
-        return list(self._shapes)
-
-    def info(self, name):
-        return TensorInfo(name, "float16", tuple(self._shapes[name]))
+    source = StateDictSource({n: torch.empty(s, dtype=torch.float16, device="meta") for n, s in shapes.items()}, path)
+    if params is not None:
+        source.params = params
+    return source
 
 
 def save_bare(state: dict, path):

@@ -122,3 +122,26 @@ def test_input_shape_is_checked(user_pkg, tmp_path):
     model = modelport.load_model(path, arch=f"{user_pkg}:build")
     with pytest.raises(UnsupportedError, match="--input-shape"):
         example_inputs(model)
+
+
+def test_errors_are_specific_and_sys_path_is_restored(tmp_path, monkeypatch):
+    """A user module is imported with the working directory on sys.path, and only for the import."""
+    import sys
+
+    (tmp_path / "mp_cwd_nets.py").write_text("from torch import nn\ndef build():\n    return nn.Linear(3, 2)\n"
+                                             "def not_a_module():\n    return {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    from modelport.models.user import build_user_module
+
+    assert isinstance(build_user_module("mp_cwd_nets:build"), torch.nn.Module)
+    assert sys.path == before
+    with pytest.raises(UnsupportedError, match="not a torch.nn.Module"):
+        build_user_module("mp_cwd_nets:not_a_module")
+    with pytest.raises(UnsupportedError, match="cannot import module"):
+        build_user_module("mp_cwd_missing:build")
+    with pytest.raises(LayoutError, match="does not accept the config"):
+        build_user_module("mp_cwd_nets:build", {"width": 3})
+    assert sys.path == before
+    sys.modules.pop("mp_cwd_nets", None)

@@ -3,8 +3,8 @@
 A transform works on a numpy array holding the raw elements (bfloat16 is held as
 uint16: every transform here only moves elements, so the element type does not
 matter) and has a shape function that says what shape comes out, or why the
-tensor does not fit. Names are verb phrases with a direction. numpy is imported
-inside functions so that importing this module stays cheap.
+tensor does not fit. Names are verb phrases with a direction. Transforms only reshape and
+swap axes, so they take numpy arrays and torch tensors alike and import neither.
 """
 
 from __future__ import annotations

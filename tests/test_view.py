@@ -230,3 +230,27 @@ def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0 and "stopped" in out and "interrupted" not in err, (out, err)
+
+
+def test_as_onnx_shows_the_exported_graph(tmp_path, monkeypatch):
+    """The exporter's seam: export_onnx(src, dst, opset=…) writes the graph that is then shown."""
+    import types
+
+    from safetensors.torch import save_file
+
+    import torch
+
+    f = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, f)
+    calls = []
+
+    def export_onnx(src, dst, *, opset):
+        calls.append((Path(src), opset))
+        _mlp_onnx(Path(dst))
+
+    monkeypatch.setitem(sys.modules, "modelport.convert.export", types.SimpleNamespace(export_onnx=export_onnx))
+    work = tmp_path / "work"
+    work.mkdir()
+    shown = view.prepare(f, work, as_onnx=True, graph_only_above=10)
+    assert calls == [(f, 17)] and shown.kind == "onnx-graph-only" and shown.file.parent == work
+    assert any("exported to ONNX" in n for n in shown.notes)

@@ -3,17 +3,124 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DestinationExistsError
+from . import interrupt
+from .errors import DestinationExistsError, OutputError, OverlapError, opt
+
+# Errors of the output side, reported as one line (exit 2) rather than as a bug.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+_SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+# Written into every directory output; --force replaces a non-empty directory only when it holds this.
+MARKER = ".modelport.json"
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.modelport-(?P<pid>\d+)\.tmp$")
 
 
 def check_destination(dst: Path, force: bool) -> None:
-    if (dst.exists() or dst.is_symlink()) and not force:
-        raise DestinationExistsError(f"{dst}: already exists; choose another path or pass --force to replace it")
+    """Refuse an existing ``dst`` without ``force``, and with it a non-empty directory modelport did not write."""
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if not force:
+        raise DestinationExistsError(f"{dst}: already exists; choose another path or pass {opt('force')} to replace it")
+    if dst.is_dir() and not dst.is_symlink() and any(dst.iterdir()) and not (dst / MARKER).is_file():
+        raise DestinationExistsError(
+            f"{dst}: is a directory that modelport did not write (it has no {MARKER}); {opt('force')} replaces only "
+            "files and modelport's own directory outputs, never other files: remove it yourself or choose another path")
+
+
+def write_marker(directory: Path, **fields) -> None:
+    """Mark a directory output as modelport's (what wrote it and how), so a later --force may replace it."""
+    from . import __version__
+
+    record = {"written_by": "modelport", "version": __version__, **fields}
+    (directory / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _footprint(src: Path) -> list[str]:
+    """The real paths a source reads: itself and, for a directory, everything under it (symlinks followed)."""
+    paths = [os.path.realpath(src)]
+    if src.is_dir():
+        for root, dirs, files in os.walk(src):
+            for name in files + dirs:
+                paths.append(os.path.realpath(os.path.join(root, name)))
+    return paths
+
+
+def check_overlap(src: Path, dst: Path, extra: list[Path] | None = None) -> None:
+    """Refuse a destination that is the source, contains it, or lies inside a source directory, however
+    either is spelled (relative paths, ``..``, symlinks, hard links). ``extra``: other files the source reads."""
+    src, dst = Path(src), Path(dst)
+    real_dst = os.path.realpath(dst)
+    real_src = os.path.realpath(src)
+    reads = _footprint(src) + [os.path.realpath(p) for p in extra or ()]
+    why = None
+    if any(_inside(p, real_dst) for p in reads):
+        why = "is the source" if real_dst in (real_src,) else "contains the source"
+    elif src.is_dir() and _inside(real_dst, real_src):
+        why = "lies inside the source directory"
+    elif dst.exists() and src.exists():
+        with contextlib.suppress(OSError):
+            if os.path.samefile(src, dst):
+                why = "is another name for the same file as"
+    if why:
+        raise OverlapError(f"{dst}: the destination {why} {src}; writing there would destroy the input, so nothing "
+                           "was done: choose a destination outside the source")
+
+
+def remove_stale_temps(dst: Path) -> list[str]:
+    """Remove the temporaries of ``dst`` left by conversions whose process is gone (killed, power cut);
+    a note for each. Temporaries of running processes are left alone."""
+    notes = []
+    parent = dst.parent if str(dst.parent) else Path(".")
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return notes
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if not m or m.group("name") != dst.name:
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        _remove(entry)
+        notes.append(f"removed {entry}, left by an earlier conversion (process {pid}) that did not finish")
+    return notes
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def _check_parent(dst: Path) -> None:
+    """Refuse a destination modelport cannot or must not create: under /proc, /sys, /dev, or below a file."""
+    real = dst.parent.resolve()
+    shm = Path("/dev/shm")
+    if any(real == d or d in real.parents for d in _SYSTEM_DIRS) and not (real == shm or shm in real.parents):
+        raise OutputError(f"{dst}: inside the system directory {real}; choose a destination on a real filesystem")
+    for p in (real, *real.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise OutputError(f"{dst}: {p} is a file, not a directory; choose another destination")
+            break
 
 
 def _remove(path: Path) -> None:
@@ -24,21 +131,50 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def output_error(dst: Path, exc: OSError) -> OutputError:
+    """One line for an OSError met while writing ``dst``."""
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EFBIG: "the file is too large "
+            "for the filesystem", errno.EROFS: "the filesystem is read-only"}.get(exc.errno, exc.strerror or str(exc))
+    return OutputError(f"{dst}: cannot write the output: {what}; nothing was written")
+
+
 @contextlib.contextmanager
-def atomic_output(dst: Path | str, force: bool = False) -> Iterator[Path]:
+def atomic_output(dst: Path | str, force: bool = False, notes: list[str] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``dst``; on success it replaces ``dst``, on any failure
-    (Ctrl-C included) it is removed and ``dst`` is left as it was."""
+    (Ctrl-C included) it is removed and ``dst`` is left as it was. Stale temporaries of ``dst`` from
+    dead processes are removed first, each with a note appended to ``notes``.
+
+    A file replaces a file (or a link) in one ``os.replace``, so there is no moment without a
+    destination. A directory replacing an existing one is swapped in two renames (Linux has no
+    portable atomic exchange), the old one removed afterwards."""
     dst = Path(dst)
     check_destination(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    _check_parent(dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot create its directory {dst.parent} ({exc.strerror})") from exc
+    removed = remove_stale_temps(dst)
+    if notes is not None:
+        notes.extend(removed)
     tmp = dst.parent / f".{dst.name}.modelport-{os.getpid()}.tmp"
     _remove(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            ours = exc.filename is not None and str(exc.filename).startswith(str(tmp))
+            if exc.errno in _OUTPUT_ERRNOS or (ours and exc.errno in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)):
+                raise output_error(dst, exc) from exc
+            raise
         if not tmp.exists():
             raise RuntimeError(f"writer produced nothing at {tmp}")
+        interrupt.check()          # an interrupt that something swallowed still stops the rename
         if dst.exists() or dst.is_symlink():
             check_destination(dst, force)
+            if not tmp.is_dir() and not (dst.is_dir() and not dst.is_symlink()):
+                os.replace(tmp, dst)
+                return
             old = dst.parent / f".{dst.name}.modelport-{os.getpid()}.old"
             os.rename(dst, old)
             try:

@@ -29,9 +29,12 @@ def parse_size(text: str) -> int:
     else:
         unit, number = "B", t
     try:
-        return int(float(number) * SIZE_UNITS[unit])
-    except ValueError:
+        size = int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, OverflowError):   # inf, nan
         raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 1000000") from None
+    if size < 1:
+        raise click.BadParameter(f"{text!r}: a size must be at least 1 byte")
+    return size
 
 
 def format_ids() -> list[str]:
@@ -67,10 +70,19 @@ def formats_cmd(as_json: bool) -> None:
     """List every format and what modelport can do with it."""
     from . import formats
 
+    from .models import known_archs
+
+    archs = ", ".join(known_archs())
     rows = []
     for f in formats.all_formats():
         missing = f.missing()
-        rows.append({"id": f.id, "read": f.can_read, "write": f.can_write, "runnable": f.runnable,
+        runs = []
+        if f.runnable:
+            runs.append("its Lua nn model, rebuilt as a torch.nn.Module")
+        if f.can_read:    # any weights load into a reference model or the user's own module
+            runs.append(f"weights of a known architecture ({archs}: detected, or --arch with --config) "
+                        "or of your own module (--arch package.module:factory)")
+        rows.append({"id": f.id, "read": f.can_read, "write": f.can_write, "runnable": bool(runs), "runs": "; ".join(runs),
                      "directory": f.directory, "suffixes": list(f.suffixes), "description": f.description,
                      "missing": missing})
     if as_json:
@@ -83,7 +95,10 @@ def formats_cmd(as_json: bool) -> None:
         if r["missing"]:
             line += f"  [needs: pip install {' '.join(r['missing'])}]"
         click.echo(line)
-    click.echo("\ncapabilities: r = read, w = write, x = runnable model")
+    click.echo("\ncapabilities: r = read, w = write, x = runs (inspect --run, modelport.load_model): weights of a known "
+               f"architecture ({archs}; detected from config.json, params.json or tensor names, or --arch), or your "
+               "own module with --arch package.module:factory; t7 files holding a Lua nn model also rebuild it. "
+               "Running needs torch.")
 
 
 def _options(**kw):
@@ -101,20 +116,21 @@ def _options(**kw):
 @click.option("--arch", help="With --run: architecture (gpt2, llama, gptneox, qwen2) or your own package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --run: config.json for the model (or the kwargs of your factory).")
+@click.option("--assume-config", is_flag=True, help="With --run on bare weights: accept guessed head counts, norm epsilon … .")
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
-def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, input_shape,
-            input_dtype) -> None:
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, assume_config,
+            input_shape, input_dtype, allow_expanded) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
     from .inspect import inspect as run
     from .inspect import run_check
 
     from .convert import manifest as mf
 
-    summary = run(path, from_)
-    check = run_check(path, arch, config, input_shape, input_dtype, from_) if run_model else None
-    record = mf.find(path)
-    record = mf.load(record) if record is not None else None
+    summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
+    check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
+    record = mf.read(path)
     if as_json:
         out = summary.to_json()
         if check is not None:
@@ -127,15 +143,17 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 
     print_summary(summary, show_all)
     if record is not None:
-        click.echo(f"\nmanifest ({mf.find(path)}):")
+        from .render import escape
+
+        click.echo(escape(f"\nmanifest ({mf.find(path)}):"))
         for line in mf.summary(record):
-            click.echo(f"  {line}")
+            click.echo(escape(f"  {line}"))
     if check is not None:
         click.echo(f"\nran {check.model}, {check.parameters:,} parameters: input {check.input} -> output "
                    f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")
         if check.assumed:
             click.echo(f"note: built with assumed values the weights do not reveal ({', '.join(check.assumed)}); "
-                       "pass --config to state them")
+                       "pass --config to state them")  # only with --assume-config, or values that change no output
 
 
 @cli.command()
@@ -149,6 +167,9 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json to write with an hf target (or to build a --arch module).")
+@click.option("--assume-config", is_flag=True,
+              help="hf target from bare weights: accept guessed values the weights do not reveal (head counts, norm "
+                   "epsilon …); they are recorded in the output's metadata. Prefer --config.")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX (e.g. 'module.') from every tensor name.")
 @click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox, qwen2), used to infer an hf config.json.")
 @click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
@@ -158,19 +179,22 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 @click.option("--no-manifest", is_flag=True,
-              help="Write no DST.modelport.json (or DST/modelport.json) recording what the conversion did.")
+              help="Write no DST.modelport.json (in a directory: DST/.modelport.json) recording what the conversion did.")
 @click.option("--verify", "verify_parity", is_flag=True, help="Run the parity check on the result; exit 1 if it fails.")
 @click.option("--view", "view_after", is_flag=True, help="Open the result in Netron when done (needs modelport[view]).")
-def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, strip_prefix, arch, layout, shards,
-            no_crc32, params_only, t7_mode, t7_long_size, t7_endian, no_manifest, verify_parity, view_after) -> None:
+def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
+            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, allow_expanded, no_manifest,
+            verify_parity, view_after) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
     from .convert import convert as run
     from .errors import DifferenceFound
 
-    options = _options(config=config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
+    options = _options(config=config, assume_config=assume_config or None, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
-                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian)
+                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian,
+                       allow_expanded=allow_expanded or None)
     if view_after:
         from .view import require
 
@@ -179,13 +203,13 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                  shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
                  manifest=not no_manifest, verify=check)
-    from .render import human
+    from .render import escape, human
 
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {result.dst} ({result.target_format}): {result.tensors} tensors, {human(result.bytes)}")
+        click.echo(f"note: {escape(note)}", err=True)
+    click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}"))
     if result.manifest is not None:
-        click.echo(f"manifest: {result.manifest}")
+        click.echo(escape(f"manifest: {result.manifest}"))
     if result.parity is not None:
         click.echo(f"parity: {'passed' if result.parity else 'FAILED'}")
     if view_after:
@@ -212,8 +236,10 @@ def _parity_check(from_, options):
 def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
     from .view import view as run
 
+    from .render import escape
+
     run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
-        echo=lambda line: click.echo(line, err=line.startswith("note:")))
+        echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
     # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -245,11 +271,13 @@ def verify_cmd(manifest, as_json) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
+        from .render import escape
+
         for f in report.files:
             state = "ok" if f.ok else "MISSING" if f.actual is None else "CHANGED"
-            click.echo(f"{state:<8} {f.role:<7} {f.path}")
+            click.echo(escape(f"{state:<8} {f.role:<7} {f.path}"))
         for note in report.notes:
-            click.echo(f"note: {note}")
+            click.echo(f"note: {escape(note)}")
     if not report:
         raise DifferenceFound(f"{report.manifest}: the files differ from what the manifest records")
 
@@ -261,12 +289,15 @@ def verify_cmd(manifest, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
-def diff(a, b, atol, as_json, from_a, from_b) -> None:
+@click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion); use with --atol.")
+@click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+def diff(a, b, atol, as_json, from_a, from_b, cast, allow_expanded) -> None:
     """Compare A and B tensor by tensor; exit 1 when they differ."""
     from .diff import diff as run
     from .errors import DifferenceFound
 
-    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b)
+    report = run(a, b, atol=atol, from_a=from_a, from_b=from_b, cast=cast,
+                 options=_options(allow_expanded=allow_expanded or None))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -274,33 +305,70 @@ def diff(a, b, atol, as_json, from_a, from_b) -> None:
 
         print_diff(report)
     if not report:
-        raise DifferenceFound(f"{a} and {b} differ")
+        hint = ""
+        if report.differences and all(d.kind == "dtype" for d in report.differences):
+            hint = " in dtype; --cast compares their values across dtypes (with --atol)"
+        raise DifferenceFound(f"{a} and {b} differ{hint}")
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before ``--`` (before or after the sub-command), taken out of the arguments."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    return debug, [a for a in argv[:end] if a != "--debug"] + argv[end:]
+
+
+INTERRUPTED = "modelport: interrupted; nothing was written"
+# Optional packages -> the extra that installs them (pyproject.toml).
+OPTIONAL_EXTRAS = {"torch": "torch", "transformers": "hf", "onnx": "cpu", "onnxruntime": "cpu"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    from . import interrupt
+    from .errors import SPELLING
+
+    interrupt.install(signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+    spelling = SPELLING.set("cli")
+    debug, args = _split_debug(list(sys.argv[1:] if argv is None else argv))
     try:
-        cli.main(args=argv, prog_name="modelport", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("modelport: interrupted; nothing was written", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ModelportError as exc:
-        if debug:
+        try:
+            # Not cli.main(): it prints a blank line on Ctrl-C before the message below.
+            with cli.make_context("modelport", (["--debug"] if debug else []) + args) as ctx:
+                cli.invoke(ctx)
+            interrupt.check()   # an interrupt something swallowed still fails the command
+        except click.exceptions.Exit as exc:
+            interrupt.check()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
+        except click.ClickException as exc:
+            interrupt.check()
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ModelportError as exc:
+            interrupt.check()
+            if debug:
+                raise
+            from .render import escape
+
+            kind = "error: " if exc.exit_code == 2 else ""
+            click.echo(f"modelport: {kind}{escape(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:     # an optional package, imported where no check named it
+            interrupt.check()
+            if debug or exc.name not in OPTIONAL_EXTRAS:
+                raise
+            click.echo(f"modelport: error: this step needs the package '{exc.name}', which is not installed; "
+                       f"install it with: pip install 'modelport[{OPTIONAL_EXTRAS[exc.name]}]'", err=True)
+            sys.exit(2)
+    except BaseException as exc:
+        # An interrupt may surface as another error: a module whose import it cut short fails to load again.
+        if not isinstance(exc, KeyboardInterrupt) and (interrupt.received() is None or isinstance(exc, SystemExit)):
             raise
-        kind = "error: " if exc.exit_code == 2 else ""
-        click.echo(f"modelport: {kind}{exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("modelport: interrupted; nothing was written", err=True)
-        sys.exit(130)
+        # As the process (argv None): exit at once, so a second Ctrl-C cannot print a traceback on the way out.
+        interrupt.exit_interrupted(INTERRUPTED, now=argv is None)
+    finally:
+        SPELLING.reset(spelling)
 
 
 if __name__ == "__main__":

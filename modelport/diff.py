@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import need_torch
 from .formats.base import Options, TensorSource
 from .models.sources import open_source
 
@@ -24,8 +25,11 @@ class DiffReport:
     a: str
     b: str
     atol: float
-    compared: int = 0
+    compared: int = 0              # names compared, tied aliases included
     equal: int = 0
+    aliases: int = 0               # of ``compared``: tied aliases in A (counted apart, as convert and inspect do)
+    aliases_equal: int = 0
+    cast: bool = False             # values compared across dtypes (a dtype difference alone is not a difference)
     missing: list[str] = field(default_factory=list)      # in A, not in B
     unexpected: list[str] = field(default_factory=list)   # in B, not in A
     differences: list[TensorDiff] = field(default_factory=list)
@@ -67,12 +71,15 @@ def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
 
 
 def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = None, from_b: str | None = None,
-         options: Options | None = None) -> DiffReport:
+         options: Options | None = None, cast: bool = False) -> DiffReport:
+    """Compare A and B tensor by tensor. ``cast``: compare values across dtypes (both widened), so a
+    ``--dtype fp16`` conversion can be checked against its source with ``atol``."""
     from .convert.explain import explain_difference
     from .models.layouts import align
 
-    report = DiffReport(str(a), str(b), atol)
+    report = DiffReport(str(a), str(b), atol, cast=cast)
     with open_source(a, from_a, options) as sa, open_source(b, from_b, options) as sb:
+        need_torch("diff (it compares tensor values with torch)")   # after the files are known to be readable
         raw_b = sb
         sb = align(sb, sa)    # B under A's names when both are layouts of one family (meta vs hf …)
         if sb is not raw_b:
@@ -88,6 +95,8 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
             if name not in in_b:
                 continue
             report.compared += 1
+            is_alias = name in sa.aliases()
+            report.aliases += is_alias
             ia, ib = sa.info(sa.aliases().get(name, name)), sb.info(sb.aliases().get(name, name))
             if ia.shape != ib.shape:
                 d = TensorDiff(name, "shape", f"{list(ia.shape)} {ia.dtype}", f"{list(ib.shape)} {ib.dtype}")
@@ -96,7 +105,7 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
                 report.differences.append(d)
                 continue
             ta, tb = sa.read(name), sb.read(name)
-            if ia.dtype != ib.dtype:
+            if ia.dtype != ib.dtype and not cast:
                 _, worst = compare_tensors(ta, tb.to(ta.dtype) if ta.is_floating_point() else tb, float("inf"))
                 report.differences.append(TensorDiff(name, "dtype", ia.dtype, ib.dtype, worst,
                                                      explain_difference(name, ta, tb, sa, sb)))
@@ -104,6 +113,7 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
             same, worst = compare_tensors(ta, tb, atol)
             if same:
                 report.equal += 1
+                report.aliases_equal += is_alias
             else:
                 report.differences.append(TensorDiff(name, "values", "", "", worst, explain_difference(name, ta, tb, sa, sb)))
     return report

@@ -7,6 +7,23 @@ traceback.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
+# Who is asking: "api" (Python callers) or "cli" (the modelport command). Messages that tell the user
+# what to pass spell the option the way the caller passes it (``force=True`` or ``--force``).
+SPELLING: ContextVar[str] = ContextVar("modelport_spelling", default="api")
+
+
+def opt(name: str, value: str = "True", cli_value: str | None = None) -> str:
+    """An option as the caller spells it: ``--assume-config`` on the command line, ``assume_config=True``
+    from Python. ``name`` is the Python keyword, ``value`` its API value (a flag's is True), ``cli_value``
+    the command line's placeholder when it differs (``config='config.json'`` vs ``--config FILE``)."""
+    if SPELLING.get() == "cli":
+        flag = "--" + name.replace("_", "-")
+        shown = cli_value or ("" if value == "True" else value)
+        return f"{flag} {shown}" if shown else flag
+    return f"{name}={value}"
+
 
 class ModelportError(Exception):
     """Something the user can fix: the message says what failed, where, and what to do."""
@@ -27,10 +44,22 @@ class UnsupportedError(ModelportError):
 
 
 class DestinationExistsError(ModelportError):
-    """The output path exists and --force was not given."""
+    """The output path exists and --force was not given, or it may not be replaced (see the message)."""
 
 
-class MissingDependencyError(ModelportError):
+class OutputError(ModelportError):
+    """The destination cannot be written: disk full, read-only, a parent that is a file, a system directory."""
+
+
+class OverlapError(ModelportError):
+    """The destination is the source, contains it, or lies inside it: writing would destroy the input."""
+
+
+class ConfigNeededError(ModelportError):
+    """A model config is needed and the weights alone cannot give the values that change its math."""
+
+
+class MissingDependencyError(ModelportError, ImportError):
     """An optional package needed for this step is not installed."""
 
 
@@ -42,4 +71,16 @@ class DifferenceFound(ModelportError):
     """A comparison found a difference (diff, parity): exit 1."""
 
     exit_code = 1
+
+
+def need_torch(step: str):
+    """The torch module, or a MissingDependencyError naming the step that needs it and the extra that brings it.
+    Conversions between weight formats (pt, safetensors, hf, meta, t7) never need it."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{step} needs torch, which is not installed; install it with: pip install 'modelport[torch]' "
+            "(conversions between weight formats work without it)") from exc
+    return torch
 

@@ -18,6 +18,7 @@ class TensorRow:
     dtype: str
     bytes: int
     alias_of: str | None = None
+    buffer: bool = False       # module state (running statistics, pooling indices …), not a parameter
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Summary:
     path: str
     format: str
     tensors: list[TensorRow]
-    total_params: int
+    total_params: int          # elements of the tensors that are parameters (buffers apart)
     total_bytes: int
     dtypes: dict[str, int]
     modules: list[ModuleRow]
@@ -45,6 +46,8 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     tree: str | None = None
     model: str | None = None      # the rebuilt runnable module, when the file holds one
+    total_buffers: int = 0        # elements of the tensors that are module state (buffers)
+    aliases: int = 0              # tied names that share another tensor's data (rows with alias_of)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -61,7 +64,7 @@ def module_tree(rows: list[TensorRow], max_depth: int = 3) -> list[ModuleRow]:
         if row.alias_of:
             continue
         parts = row.name.split(".")[:-1]
-        numel = math.prod(row.shape)
+        numel = 0 if row.buffer else math.prod(row.shape)
         for depth in range(0, min(len(parts), max_depth) + 1):
             prefix = ".".join(parts[:depth])
             order.setdefault(prefix, None)
@@ -77,11 +80,12 @@ def inspect(path: str | Path, format: str | None = None, options: Options | None
 
     with open_source(path, format, options) as source:
         rows = []
+        buffers = source.buffers()
         for info in source.infos():
-            rows.append(TensorRow(info.name, list(info.shape), info.dtype, info.nbytes))
+            rows.append(TensorRow(info.name, list(info.shape), info.dtype, info.nbytes, buffer=info.name in buffers))
         for alias, kept in source.aliases().items():
             info = source.info(kept)
-            rows.append(TensorRow(alias, list(info.shape), info.dtype, 0, alias_of=kept))
+            rows.append(TensorRow(alias, list(info.shape), info.dtype, 0, alias_of=kept, buffer=kept in buffers))
         own = [r for r in rows if not r.alias_of]
         dtype_counts = Counter()
         for r in own:
@@ -90,7 +94,9 @@ def inspect(path: str | Path, format: str | None = None, options: Options | None
             path=str(path),
             format=source.format,
             tensors=rows,
-            total_params=sum(dtype_counts.values()),
+            total_params=sum(math.prod(r.shape) for r in own if not r.buffer),
+            total_buffers=sum(math.prod(r.shape) for r in own if r.buffer),
+            aliases=len(rows) - len(own),
             total_bytes=sum(r.bytes for r in own),
             dtypes=dict(dtype_counts),
             modules=module_tree(own),
@@ -120,15 +126,17 @@ class RunCheck:
 
 
 def run_check(path: str | Path, arch: str | None = None, config: str | Path | None = None, input_shape=None,
-              input_dtype=None, format: str | None = None) -> RunCheck:  # noqa: A002
+              input_dtype=None, format: str | None = None, assume_config: bool = False) -> RunCheck:  # noqa: A002
     """Build the runnable model of ``path`` (known architecture, ``--arch`` module, or Lua nn model),
     run it once on an example input, and say what came out."""
-    import torch
+    from .errors import need_torch
+
+    torch = need_torch("inspect --run")
 
     from .models.runnable import example_feeds, load_runnable
 
     runnable = load_runnable(path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
-                             format=format)
+                             format=format, assume_config=assume_config)
     feeds = example_feeds(runnable)
     first = runnable.run(feeds)[runnable.outputs[0]]
     return RunCheck(runnable.origin, runnable.parameters, [list(x.shape) for x in feeds.values()],

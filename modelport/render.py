@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
+from .convert import count_phrase
 from .diff import DiffReport
 from .inspect import Summary
+
+# Characters a terminal acts on (C0/C1 controls: ESC sequences that set the title, write the clipboard,
+# erase lines), invisible or reordering format characters, and lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]")
+
+
+def _escape_char(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape(text) -> str:
+    """``text`` safe to print: every character a terminal would act on shown as an escape (``\\x1b``)."""
+    return _UNSAFE.sub(_escape_char, str(text))
+
+
+def escape_lines(text) -> str:
+    """Like :func:`escape`, keeping the newlines of a multi-line block (object trees)."""
+    return "\n".join(escape(line) for line in str(text).split("\n"))
 
 
 def human(n: float) -> str:
@@ -24,37 +46,42 @@ def _count(n: int) -> str:
 
 
 def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
-    echo = click.echo
+    def echo(text=""):   # everything from a file is escaped before it reaches the terminal
+        click.echo(escape_lines(text))
+
     echo(f"{s.path}: {s.format}")
     if s.architecture:
         echo(f"architecture: {s.architecture}")
     dtypes = ", ".join(f"{d} {_count(n)}" for d, n in s.dtypes.items())
-    echo(f"tensors: {sum(1 for t in s.tensors if not t.alias_of)}   parameters: {_count(s.total_params)} "
-         f"({s.total_params:,})   size: {human(s.total_bytes)}   dtypes: {dtypes or '-'}")
+    buffers = f"   buffers: {_count(s.total_buffers)} ({s.total_buffers:,})" if s.total_buffers else ""
+    echo(f"{count_phrase(len(s.tensors) - s.aliases, s.aliases)}   parameters: {_count(s.total_params)} "
+         f"({s.total_params:,}){buffers}   size: {human(s.total_bytes)}   dtypes: {dtypes or '-'}")
     for note in s.notes:
         echo(f"note: {note}")
     if s.tensors:
         echo("")
         rows = s.tensors if show_all else s.tensors[:limit]
-        width = min(max(len(t.name) for t in rows), 70)
+        width = min(max(len(escape(t.name)) for t in rows), 70)
         echo(f"{'name':<{width}}  {'shape':<20} {'dtype':<9} {'bytes':>10}")
         for t in rows:
             shape = "[" + ", ".join(map(str, t.shape)) + "]"
-            extra = f"  = {t.alias_of} (tied)" if t.alias_of else ""
-            echo(f"{t.name:<{width}}  {shape:<20} {t.dtype:<9} {human(t.bytes):>10}{extra}")
+            extra = f"  = {escape(t.alias_of)} (tied alias)" if t.alias_of else ("  (buffer)" if t.buffer else "")
+            echo(f"{escape(t.name):<{width}}  {shape:<20} {t.dtype:<9} {human(t.bytes):>10}{extra}")
         if len(rows) < len(s.tensors):
             echo(f"… {len(s.tensors) - len(rows)} more (--all lists every tensor)")
     if len(s.modules) > 1:
         echo("\nmodules (parameters):")
         for m in s.modules:
             if m.name:
-                echo(f"  {'  ' * (m.depth - 1)}{m.name.rsplit('.', 1)[-1]:<24} {_count(m.params):>9}  ({m.tensors} tensors)")
+                echo(f"  {'  ' * (m.depth - 1)}{escape(m.name.rsplit('.', 1)[-1]):<24} {_count(m.params):>9}  "
+                     f"({m.tensors} tensor{'s' if m.tensors != 1 else ''})")
     if s.metadata:
         echo("\nmetadata:")
         for k, v in s.metadata.items():
-            echo(f"  {k}: {v if len(v) < 100 else v[:97] + '…'}")
+            v = escape(v)
+            echo(f"  {escape(k)}: {v if len(v) < 100 else v[:97] + '…'}")
     if s.side_files:
-        echo(f"\nother files: {', '.join(s.side_files)}")
+        echo(f"\nother files: {escape(', '.join(s.side_files))}")
     if s.model:
         echo("\nrebuilt as a PyTorch module:")
         echo(s.model)
@@ -64,7 +91,9 @@ def print_summary(s: Summary, show_all: bool = False, limit: int = 50) -> None:
 
 
 def print_diff(r: DiffReport) -> None:
-    echo = click.echo
+    def echo(text=""):
+        click.echo(escape(text))
+
     for note in r.notes:
         echo(f"note: {note}")
     for name in r.missing:
@@ -82,5 +111,7 @@ def print_diff(r: DiffReport) -> None:
             line += f" — {d.explanation}"
         echo(line)
     verdict = "same" if r else "DIFFERENT"
-    echo(f"{verdict}: {r.equal}/{r.compared} shared tensors equal (atol {r.atol:g}), "
-         f"{len(r.missing)} only in A, {len(r.unexpected)} only in B")
+    compared = count_phrase(r.compared - r.aliases, r.aliases)
+    equal = "all equal" if r.equal == r.compared else f"{count_phrase(r.equal - r.aliases_equal, r.aliases_equal)} equal"
+    how = f"atol {r.atol:g}" + (", values compared across dtypes" if r.cast else "")
+    echo(f"{verdict}: {compared} compared, {equal} ({how}); {len(r.missing)} only in A, {len(r.unexpected)} only in B")

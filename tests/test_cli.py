@@ -83,6 +83,8 @@ def test_debug_shows_the_traceback(two_files):
 
     r = run_cli("--debug", "inspect", two_files / "missing.pt")     # a real process: the traceback reaches stderr
     assert r.returncode != 0 and "Traceback" in r.stderr
+    r = run_cli("inspect", two_files / "missing.pt", "--debug")    # after the sub-command too
+    assert r.returncode != 0 and "Traceback" in r.stderr
 
 
 def test_inspect_run_builds_and_runs_the_model(cli, tmp_path):
@@ -96,6 +98,8 @@ def test_inspect_run_builds_and_runs_the_model(cli, tmp_path):
     assert run["output"] == [1, 8, 37] and run["finite"] and run["assumed"] == []
     assert run["parameters"] == 15768
     r = cli("inspect", root / "examples" / "tiny-gpt2.pt", "--run")
+    assert r.returncode == 2 and "n_head (would guess 1)" in r.stderr and "--assume-config" in r.stderr
+    r = cli("inspect", root / "examples" / "tiny-gpt2.pt", "--run", "--assume-config")
     assert "note: built with assumed values" in r.stdout and "n_head" in r.stdout
     r = cli("inspect", root / "fixtures" / "t7nn" / "u1net.net", "--run")
     assert r.returncode == 2 and "--input-shape" in r.stderr
@@ -118,3 +122,119 @@ def test_inspect_run_with_a_user_factory(cli, tmp_path):
     assert json.loads(r.stdout)["run"]["output"] == [3, 2]
     r = cli("inspect", "w.safetensors", "--run", "--arch", "mynets:build", "--input-shape", "3,6", cwd=tmp_path)
     assert r.returncode == 2 and "'0.weight' has shape [5, 6]" in r.stderr
+
+
+def test_one_count_everywhere_for_a_tied_model(cli, tmp_path):
+    """convert, diff and inspect all say '28 tensors + 1 tied alias' for the shipped tied GPT-2."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny-gpt2.pt"
+    out = tmp_path / "out.safetensors"
+    phrase = "28 tensors + 1 tied alias"
+    r = cli("convert", example, out)
+    assert r.returncode == 0 and phrase in r.stdout, r.stderr
+    r = cli("diff", example, out)
+    assert r.returncode == 0 and f"same: {phrase} compared, all equal" in r.stdout
+    r = cli("inspect", out)
+    assert r.returncode == 0 and r.stdout.splitlines()[2].startswith(phrase)
+    assert "(1 tensors)" not in r.stdout and "(1 tensor)" in r.stdout
+
+
+def test_diff_cast_checks_a_dtype_conversion_within_atol(cli, tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny-gpt2.pt"
+    half = tmp_path / "half.safetensors"
+    assert cli("convert", example, half, "--dtype", "fp16").returncode == 0
+    r = cli("diff", example, half, "--atol", "1e-3")
+    assert r.returncode == 1 and "--cast" in r.stderr           # a dtype difference alone counts without --cast
+    r = cli("diff", example, half, "--atol", "1e-3", "--cast")
+    assert r.returncode == 0 and "values compared across dtypes" in r.stdout
+    r = cli("diff", example, half, "--cast")                     # fp16 rounding is still seen at atol 0
+    assert r.returncode == 1
+
+
+def test_formats_says_what_runs_and_how():
+    rows = {r["id"]: r for r in json.loads(CliRunner().invoke(cli, ["formats", "--json"]).output)}
+    for fid in ("pt", "safetensors", "hf", "meta", "t7"):
+        assert rows[fid]["runnable"] and "--arch" in rows[fid]["runs"], fid
+    assert "Lua nn model" in rows["t7"]["runs"] and "Lua" not in rows["pt"]["runs"]
+
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_ends_in_130_one_line_and_no_output(tmp_path):
+    """SIGINT at random moments of a --dtype conversion (start-up, the lazy torch import, the cast, the write):
+    exit 130, the one-line message, nothing written, no temporary left."""
+    import os
+    import random
+    import signal
+    import time
+    from pathlib import Path
+
+    import modelport
+
+    root = Path(__file__).resolve().parents[1]
+    package_dir = str(Path(modelport.__file__).parent)
+    rng = random.Random(20261201)
+    delays = sorted(rng.uniform(0.0, 1.2) for _ in range(8))
+    handled = 0
+    for i, delay in enumerate(delays):
+        out = tmp_path / f"run{i}"
+        out.mkdir()
+        p = subprocess.Popen([sys.executable, "-m", "modelport", "convert", root / "examples" / "tiny-gpt2.pt",
+                              out / "x.safetensors", "--dtype", "fp16"], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+        left = sorted(os.listdir(out))
+        what = f"delay {delay:.3f}s: rc {p.returncode}, left {left}, stderr {stderr.decode()[-400:]!r}"
+        if p.returncode == 0:                      # finished before the signal came
+            assert left == ["x.safetensors"], what
+            continue
+        assert left == [] and stdout == b"", what
+        if p.returncode == 130:
+            assert stderr == b"modelport: interrupted; nothing was written\n", what
+            handled += 1
+        else:   # Python itself was still starting (site, runpy): no modelport code had run yet
+            assert p.returncode in (-signal.SIGINT, 1) and package_dir.encode() not in stderr, what
+    assert handled >= len(delays) // 2
+
+
+NO_TORCH = ("import sys\nsys.modules['torch'] = None   # import torch now fails, as where it is not installed\n"
+            "from modelport.cli import main\nsys.argv[0] = 'modelport'\nmain()\n")
+
+
+def test_weight_conversions_work_without_torch(tmp_path):
+    """pt, safetensors, hf, meta and t7 weights convert with torch unimportable; the steps that need torch
+    say which extra brings it."""
+    from pathlib import Path
+
+    from tests.formats.test_meta import LLAMA2, hf_dir
+
+    root = Path(__file__).resolve().parents[1]
+    example = root / "examples" / "tiny-gpt2.pt"
+    llama, _ = hf_dir(tmp_path, LLAMA2, seed=7, name="llama")     # made here, with torch and transformers
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True,
+                              cwd=root)
+
+    steps = [(example, tmp_path / "a.safetensors"), (tmp_path / "a.safetensors", tmp_path / "b.pt"),
+             (tmp_path / "b.pt", tmp_path / "hf", "--to", "hf", "--config", root / "examples" / "tiny-gpt2.config.json"),
+             (llama, tmp_path / "meta", "--to", "meta"), (tmp_path / "meta", tmp_path / "back", "--to", "hf"),
+             (root / "fixtures" / "t7nn" / "u1net.net", tmp_path / "u.safetensors"),
+             (tmp_path / "u.safetensors", tmp_path / "u.t7")]
+    for args in steps:
+        r = run("convert", *args)
+        assert r.returncode == 0 and r.stdout.startswith("wrote "), (args, r.stderr)
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((llama / "config.json").read_text())
+    assert run("inspect", tmp_path / "hf").returncode == 0
+    for args in (("convert", example, tmp_path / "h.safetensors", "--dtype", "fp16"), ("diff", example, tmp_path / "b.pt"),
+                 ("inspect", example, "--run", "--config", root / "examples" / "tiny-gpt2.config.json"),
+                 ("convert", example, tmp_path / "g", "--to", "hf", "--assume-config")):
+        r = run(*args)
+        assert r.returncode == 2 and "pip install 'modelport[torch]'" in r.stderr, (args, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("h.", "g"))) == []

@@ -36,3 +36,17 @@ def test_inspect_of_empty_and_scalar_tensors(tmp_path):
     save_file({"s": torch.tensor(1.5), "e": torch.empty(0, 3)}, tmp_path / "x.safetensors")
     s = modelport.inspect(tmp_path / "x.safetensors")
     assert s.total_params == 1 and {t.name: t.shape for t in s.tensors} == {"s": [], "e": [0, 3]}
+
+
+def test_lua_model_parameters_counted_apart_from_buffers():
+    from pathlib import Path
+
+    from modelport.inspect import inspect
+    from modelport.t7.nn import load_lua_model
+
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "t7nn" / "deeplearning_hw1_model.t7"
+    summary = inspect(path)
+    model = load_lua_model(path)
+    assert summary.total_params == sum(p.numel() for p in model.parameters()) == 59850
+    assert summary.total_buffers == 463435
+    assert {t.name.rsplit(".", 1)[-1] for t in summary.tensors if t.buffer} >= {"output", "gradInput"}

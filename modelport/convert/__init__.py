@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import dtypes, formats
-from ..atomic import atomic_output, check_destination
+from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import MissingDependencyError, UnsupportedError
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
@@ -30,8 +30,21 @@ class Result:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    aliases: int = 0             # tied names stored once (counted apart from ``tensors``)
     manifest: Path | None = None      # the conversion's manifest, unless it was turned off
     parity: Any = None                # the parity report, when ``verify`` ran
+
+    def counts(self) -> str:
+        """'28 tensors + 1 tied alias', the way convert, diff and inspect all count."""
+        return count_phrase(self.tensors, self.aliases)
+
+
+def count_phrase(tensors: int, aliases: int) -> str:
+    """How every command counts: the tensors stored, then tied names apart ("28 tensors + 1 tied alias")."""
+    text = f"{tensors} tensor{'s' if tensors != 1 else ''}"
+    if aliases:
+        text += f" + {aliases} tied alias{'es' if aliases != 1 else ''}"
+    return text
 
 
 def target_format(dst: Path, to: str | None) -> Format:
@@ -50,9 +63,11 @@ def target_format(dst: Path, to: str | None) -> Format:
     return fmt
 
 
-def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path) -> dict | None:
+def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path,
+                    assume_config: bool = False) -> dict | None:
     """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
-    source's, else inferred from the weights), meta a params.json (from the source's config)."""
+    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``),
+    meta a params.json (from the source's config)."""
     if target.config_file == "config.json":
         if given is not None:
             return given
@@ -60,7 +75,7 @@ def config_to_write(source: TensorSource, given: dict | None, target: Format, ar
             return source.config
         from ..models import infer_config
 
-        return infer_config(source, arch)
+        return infer_config(source, arch, assume_config=assume_config)
     if target.config_file == "params.json":
         from ..models.families.llama import params_for
 
@@ -88,39 +103,41 @@ def convert(
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
     ``options`` is read, never changed. ``manifest`` writes the conversion's record
-    (:mod:`.manifest`) with the output, in the same atomic step. ``verify(src, written)`` is called
-    on the written output before it is moved into place and returns a parity report (``bool``
-    verdict, ``to_json()``) kept in the manifest and the result; a failed verdict still keeps the
-    output, for the caller to judge.
+    (:mod:`.manifest`) with the output, in the same atomic step; in a directory output it is the
+    marker that says modelport wrote it. ``verify(src, written)`` is called on the written output
+    before it is moved into place and returns a parity report (``bool`` verdict, ``to_json()``)
+    kept in the manifest and the result; a failed verdict still keeps the output, for the caller.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
     target = target_format(dst, to)
+    check_overlap(src, dst)
     check_destination(dst, force)
-    if dst.exists() and src.resolve() == dst.resolve():
-        raise UnsupportedError(f"{dst}: the destination is the source itself; write somewhere else")
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:
+        check_overlap(src, dst, list(source.side_files.values()) + _weight_paths(source))
         given = read_config_file(options.config, source) if options.config is not None else None
         source = layouts.adapt(source, target, options, given)
         if dtype is not None:
             source = CastSource(source, dtype, allow_overflow)
-        writing = options.writing(config_to_write(source, given, target, options.arch, dst), shard_size)
+        writing = options.writing(config_to_write(source, given, target, options.arch, dst, options.assume_config),
+                                  shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
         show = sys.stderr.isatty() if progress is None else progress
         record = _Record(src, dst, source, target.id, options, dtype) if manifest else None
-        if source.side_files:   # a source's own manifest describes the source, not this output
-            source.side_files = {k: v for k, v in source.side_files.items() if k != DIR_NAME}
         report = None
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
+            notes: list[str] = []
             try:
-                with atomic_output(dst, force) as tmp:
+                with atomic_output(dst, force, notes) as tmp:
                     target.write(source, tmp, writing, advance)
+                    if tmp.is_dir():
+                        write_marker(tmp, format=target.id)
                     if verify is not None:
                         report = verify(src, tmp)
                     if record is not None:
-                        record.write(tmp, report)
+                        record.write(tmp, report)     # in a directory: the marker, with the manifest in it
                 if record is not None:
                     record.commit()
                 else:
@@ -131,8 +148,9 @@ def convert(
                 if record is not None:
                     record.discard()
                 raise
-        return Result(dst, source.format, target.id, len(source.names()), total, list(source.notes),
-                      manifest=record.final if record is not None else None, parity=report)
+        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
+                      aliases=len(source.aliases()), manifest=record.final if record is not None else None,
+                      parity=report)
 
 
 class _Record:
@@ -175,6 +193,11 @@ class _Record:
             with contextlib.suppress(FileNotFoundError):
                 self.pending.unlink()
         self.final = None
+
+
+def _weight_paths(source) -> list[Path]:
+    """The files a (directory) source reads its tensors from, for the overlap check."""
+    return [Path(s.path) for s in getattr(source, "_shards", ()) if getattr(s, "path", None) is not None]
 
 
 class _progress_bar:

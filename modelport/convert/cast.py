@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import dtypes
-from ..errors import UnsupportedError
+from ..errors import UnsupportedError, need_torch
 from ..formats.base import Span, TensorInfo, TensorSource
 
 _FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}
@@ -61,6 +61,7 @@ class CastSource(WrappedSource):
 
     def __init__(self, inner: TensorSource, dtype: str, allow_overflow: bool = False):
         super().__init__(inner)
+        need_torch(f"casting to {dtype} (--dtype)")
         if dtype not in dtypes.FLOATING:
             raise UnsupportedError(f"cannot cast to {dtype}; choose one of fp32, fp16, bf16")
         self.dtype = dtype

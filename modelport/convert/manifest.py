@@ -1,8 +1,9 @@
 """The conversion manifest: a small JSON record of what one ``convert`` read, did and wrote.
 
 It lies beside a file output as ``<output>.modelport.json`` and inside a directory output as
-``modelport.json`` (:data:`DIR_NAME`, a stable name: a directory holding it is one modelport
-wrote). It holds the source and output files with their sha256, the formats, layouts and
+``.modelport.json`` (:data:`DIR_NAME`): there it is the marker (:data:`modelport.atomic.MARKER`)
+that says modelport wrote the directory, with the marker's fields, so ``--force`` may replace it.
+With ``--no-manifest`` a directory output keeps the bare marker. It holds the source and output files with their sha256, the formats, layouts and
 architecture, every transform the layout mapping, cast and writer applied (as they recorded
 them), the versions of the packages involved, the ONNX opset where there is one, and the parity
 verdict with its metrics when ``--verify`` ran. :func:`verify` re-hashes the files it lists.
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..atomic import MARKER
 from ..errors import FormatError
 
 SCHEMA = "modelport.manifest/1"
-DIR_NAME = "modelport.json"          # inside a directory output
+DIR_NAME = MARKER                    # inside a directory output: the marker, holding the manifest
 SUFFIX = ".modelport.json"           # beside a file output: <output>.modelport.json
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "safetensors", "numpy")
 _CHUNK = 4 << 20
@@ -31,19 +33,6 @@ def find(path: Path) -> Path | None:
     path = Path(path)
     m = path / DIR_NAME if path.is_dir() else path.with_name(path.name + SUFFIX)
     return m if m.is_file() else None
-
-
-def written_by_modelport(path: Path) -> bool:
-    """True when ``path`` is an output modelport wrote: it has a manifest of this schema (for a
-    directory, ``modelport.json`` inside it). Used to decide what ``--force`` may replace."""
-    m = find(path)
-    if m is None:
-        return False
-    try:
-        load(m)
-    except FormatError:
-        return False
-    return True
 
 
 # -- hashing ------------------------------------------------------------------------------
@@ -177,7 +166,11 @@ class Manifest:
     schema: str = SCHEMA
 
     def to_json(self) -> dict:
-        return {"schema": self.schema, "created": self.created, "source": self.source, "output": self.output,
+        from .. import __version__
+
+        # the marker's fields first (a directory's manifest is its marker), then the record
+        return {"written_by": "modelport", "version": __version__, "format": self.output["format"],
+                "schema": self.schema, "created": self.created, "source": self.source, "output": self.output,
                 "transforms": self.transforms, "options": self.options, "opset": self.opset,
                 "parity": self.parity, "versions": self.versions}
 
@@ -217,6 +210,18 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
 
 def write(manifest: Manifest, path: Path) -> None:
     path.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def read(path: Path) -> dict | None:
+    """The manifest that describes ``path`` (a converted file or directory), or None when there is
+    none (a bare marker, written with ``--no-manifest``, is none)."""
+    m = find(path)
+    if m is None:
+        return None
+    try:
+        return load(m)
+    except FormatError:
+        return None
 
 
 def load(path: Path) -> dict:
@@ -306,4 +311,4 @@ def summary(data: dict) -> list[str]:
 
 
 __all__ = ["DIR_NAME", "SUFFIX", "BackgroundHash", "Manifest", "build", "find", "load", "summary",
-           "verify", "write", "written_by_modelport"]
+           "verify", "read", "write"]

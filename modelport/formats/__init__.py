@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from ._untrusted import check_regular
 from .base import Format, Options, ReadOptions, TensorInfo, TensorSource, WriteOptions, read_head, read_options
 
 # Adapter modules, imported on first use of the registry. Each calls ``register`` once.
@@ -53,8 +54,7 @@ def _usable(fmt: Format, path: Path) -> Format:
 def detect(path: Path) -> Format:
     """The format of ``path`` by its content; a clear error saying what the file is otherwise."""
     path = Path(path)
-    if not path.exists():
-        raise FormatError(f"{path}: no such file or directory")
+    check_regular(path)
     for fmt in all_formats():
         if fmt.can_read and fmt.sniff(path):
             return _usable(fmt, path)
@@ -76,11 +76,11 @@ def open(path: Path | str, format: str | None = None, options: Options | ReadOpt
     out a layer up (:func:`modelport.open`)."""
     path = Path(path)
     options = read_options(options)
+    check_regular(path)
     fmt = _usable(get(format), path) if format else detect(path)
     if not fmt.can_read:
         raise UnsupportedError(f"{path}: format {fmt.id!r} cannot be read")
-    if not path.exists():
-        raise FormatError(f"{path}: no such file or directory")
+    check_regular(path)
     return fmt.open(path, options)
 
 

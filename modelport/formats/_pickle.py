@@ -15,25 +15,37 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import pickle
+import pickletools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import dtypes
 from ..errors import UnsafeContentError
+from ._untrusted import MAX_RANK
 
 
 class BadCheckpoint(ValueError):
     """The pickle is well formed but its objects are not what a checkpoint holds."""
 
 
+class _NoState:
+    """Objects built while unpickling take no state: a BUILD opcode on them is refused (a BUILD
+    would otherwise write into ``__dict__`` past every check, frozen dataclass or not)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise BadCheckpoint(f"state applied to a {type(self).__name__}")
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_NoState):
     dtype: str                  # canonical dtype of the storage class (torch.FloatStorage -> float32)
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_NoState):
     key: str                    # persistent id key: zip member data/<key>, or legacy root key
     dtype: str
     numel: int                  # elements, as the pickle claims (checked against the file later)
@@ -41,7 +53,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_NoState):
     storage: StorageRef
     offset: int                 # element offset into the storage
     shape: tuple[int, ...]
@@ -53,7 +65,7 @@ class TensorRef:
 
 
 @dataclass(frozen=True)
-class _Marker:
+class _Marker(_NoState):
     name: str                   # torch.Tensor, torch.nn.Parameter, torch.float32 …
 
 
@@ -66,6 +78,8 @@ def _int(v, what: str) -> int:
 def _ints(v, what: str) -> tuple[int, ...]:
     if not isinstance(v, (tuple, list)):
         raise BadCheckpoint(f"{what} is {type(v).__name__}, not a tuple of integers")
+    if len(v) > MAX_RANK:
+        raise BadCheckpoint(f"{what} has {len(v)} dimensions (at most {MAX_RANK} are read)")
     return tuple(_int(x, what) for x in v)
 
 
@@ -132,6 +146,90 @@ def _allowed() -> dict[tuple[str, str], object]:
         table[("torch", d.storage)] = StorageType(d.name)
         table[("torch", d.name)] = _Marker(f"torch.{d.name}")
     return table
+
+
+def _arg_table() -> dict[int, int]:
+    """Opcode byte -> argument length (>= 0), or how it is spelled (pickletools' negative codes)."""
+    return {ord(op.code): (op.arg.n if op.arg is not None else 0) for op in pickletools.opcodes}
+
+
+_ARGS = _arg_table()
+_MEMO = {ord("p"): "line", ord("g"): "line", ord("q"): 1, ord("h"): 1, ord("r"): 4, ord("j"): 4}
+_TWO_LINES = {ord("c"), ord("i")}                  # GLOBAL and INST: module and name, a line each
+_STOP = ord(".")
+
+
+def check_opcodes(buf, start: int, path: Path) -> int:
+    """Walk one pickle's opcodes in ``buf`` from ``start`` to its STOP before it is unpickled,
+    refusing memo indices beyond the opcodes read so far: CPython's unpickler grows its memo to the
+    largest index it is given, so a 9-byte pickle could otherwise take gigabytes), and lengths that run
+    past the data (read from a file, the unpickler allocates them first). Returns where the pickle
+    ends; other malformed pickles are left for the unpickler to report (nothing was allocated)."""
+    pos, end, n = start, len(buf), 0
+    while pos < end:
+        code = buf[pos]
+        pos += 1
+        n += 1
+        kind = _ARGS.get(code)
+        if kind is None or code == _STOP:
+            return pos
+        memo = _MEMO.get(code)
+        if memo is not None:
+            if memo == "line":
+                nl = buf.find(b"\n", pos)
+                raw = bytes(buf[pos:nl]) if nl >= 0 else b""
+                idx = int(raw) if raw.isdigit() and len(raw) < 20 else -1
+            else:
+                idx = int.from_bytes(buf[pos:pos + memo], "little")
+            if not 0 <= idx <= n:
+                raise BadCheckpoint(f"memo index {idx if idx >= 0 else repr(raw[:20])} after {n} opcodes; no pickler writes that")
+        if kind >= 0:
+            pos += kind
+        elif kind == pickletools.UP_TO_NEWLINE:
+            for _ in range(2 if code in _TWO_LINES else 1):
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    return end
+                pos = nl + 1
+        else:
+            width = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+                     pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}[kind]
+            length = int.from_bytes(buf[pos:pos + width], "little", signed=kind == pickletools.TAKEN_FROM_ARGUMENT4)
+            if length < 0:
+                return end
+            pos += width + length
+            if pos > end:      # refused here: the unpickler would first allocate ``length`` bytes
+                raise pickle.UnpicklingError(f"an argument of {length:,} bytes runs past the end of the pickle data")
+    return end
+
+
+class BoundedReader:
+    """A file object that never hands out (or allocates for) more than the file holds."""
+
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.f.tell())
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = max(0, self.size - self.f.tell())
+        return self.f.readline(min(left, 1 << 20) if limit is None or limit < 0 else min(limit, left))
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        left = max(0, self.size - self.f.tell())
+        return self.f.readinto(view[:left]) if len(view) > left else self.f.readinto(view)
+
+    def peek(self, n: int = 1) -> bytes:
+        return self.f.peek(n)[: max(0, self.size - self.f.tell())]
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
 
 
 class CheckpointUnpickler(pickle.Unpickler):

@@ -32,7 +32,8 @@ def copy_span(span: Span, out_fd: int) -> None:
 
 
 def _truncated(span: Span) -> FormatError:
-    return FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated")
+    return FormatError(f"{span.path}: ends before byte {span.offset + span.nbytes}; the file is truncated, or it shrank "
+                       f"while being read (the source changed during the conversion; nothing was written)")
 
 
 def _chunks(f, left: int, size: int, span: Span):
@@ -54,11 +55,14 @@ def span_chunks(span: Span, size: int = _CHUNK):
 def read_span(span: Span) -> bytearray:
     """A span's bytes, read (not mapped) into one buffer, so no mapped pages stay resident."""
     buf = bytearray(span.nbytes)
-    with open(span.path, "rb", buffering=0) as f:
+    # the view is released even when reading fails: a view left to the garbage collector with the
+    # buffer in one cycle makes CPython print "deallocated bytearray object has exported buffers"
+    with open(span.path, "rb", buffering=0) as f, memoryview(buf) as view:
         f.seek(span.offset)
-        view, got = memoryview(buf), 0
+        got = 0
         while got < span.nbytes:
-            n = f.readinto(view[got:])
+            with view[got:] as rest:
+                n = f.readinto(rest)
             if not n:
                 raise _truncated(span)
             got += n

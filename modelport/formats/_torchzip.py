@@ -32,6 +32,7 @@ _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _ALIGN = 64
 _MAX32 = 0xFFFFFFFF
 _UTF8, _DESCRIPTOR = 0x0800, 0x0008      # general-purpose flag bits
+MAX_INFLATE = 100                         # a compressed member may inflate to this many times its size
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Member:
     header_offset: int
     size: int
     compressed: bool
+    packed: int = 0             # bytes the member takes in the archive (compressed size)
 
 
 class ZipReader:
@@ -53,7 +55,8 @@ class ZipReader:
                 infos = zf.infolist()
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, struct.error) as exc:
             raise FormatError(f"{path}: truncated or corrupt zip archive ({exc}); re-download or re-save the file") from exc
-        self.members = {i.filename: Member(i.filename, i.header_offset, i.file_size, i.compress_type != zipfile.ZIP_STORED) for i in infos}
+        self.members = {i.filename: Member(i.filename, i.header_offset, i.file_size, i.compress_type != zipfile.ZIP_STORED,
+                                           i.compress_size) for i in infos}
         self._offsets: dict[str, int] = {}
 
     def data_offset(self, name: str) -> int:
@@ -76,19 +79,44 @@ class ZipReader:
         self._offsets[name] = off
         return off
 
-    def read(self, name: str) -> bytes:
-        """A whole (small) member's bytes; CRCs are not checked for stored members."""
+    def read(self, name: str, limit: int | None = None, allow_expanded: bool = False) -> bytes:
+        """A whole (small) member's bytes; CRCs are not checked for stored members.
+
+        A compressed member is inflated in chunks and refused past ``limit``, past the size the
+        archive claims for it, or past :data:`MAX_INFLATE` times its compressed size unless
+        ``allow_expanded`` (a 1 MB archive must not become gigabytes in memory)."""
         m = self.members[name]
         if m.compressed:
+            cap = m.size if allow_expanded else min(m.size, max(1 << 20, MAX_INFLATE * m.packed))
+            if limit is not None:
+                cap = min(cap, limit)
+            if m.size > cap:
+                why = f"{MAX_INFLATE}x its compressed size; pass --allow-expanded if you trust the file" \
+                    if limit is None or m.size <= limit else f"more than {limit} bytes"
+                raise FormatError(f"{self.path}: zip member {name!r} would inflate to {m.size:,} bytes, {why}")
             try:
-                with zipfile.ZipFile(self.path) as zf:
-                    return zf.read(name)
-            except (zipfile.BadZipFile, OSError, ValueError, zlib.error, NotImplementedError) as exc:
-                raise FormatError(f"{self.path}: cannot read zip member {name!r} ({exc})") from exc
+                out = bytearray()
+                with zipfile.ZipFile(self.path) as zf, zf.open(name) as f:
+                    while True:
+                        chunk = f.read(min(1 << 20, cap + 1 - len(out)))
+                        if not chunk:
+                            break
+                        out += chunk
+                        if len(out) > cap:
+                            raise FormatError(f"{self.path}: zip member {name!r} inflates past the {m.size:,} bytes "
+                                              f"the archive claims for it; the file is corrupt")
+                return bytes(out)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
+                raise FormatError(f"{self.path}: cannot read zip member {name!r} ({str(exc)[:120]})") from exc
+        if limit is not None and m.size > limit:
+            raise FormatError(f"{self.path}: zip member {name!r} has {m.size:,} bytes, more than the {limit} it can hold")
         off = self.data_offset(name)
         with open(self.path, "rb") as f:
             f.seek(off)
-            return f.read(m.size)
+            data = f.read(m.size)
+        if len(data) != m.size:
+            raise FormatError(f"{self.path}: zip member {name!r} ends past the end of the file; the file is truncated")
+        return data
 
 
 class ZipWriter:

@@ -58,6 +58,7 @@ class ReadOptions:
     params_only: bool = False            # t7: keep only an nn model's parameters
     t7_long_size: int | None = None      # t7: force 4- or 8-byte longs
     t7_endian: str | None = None         # t7: force little | big
+    allow_expanded: bool = False         # accept views far larger than their storages (see formats/_untrusted.py)
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,11 @@ class Options:
     t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
     t7_endian: str | None = None         # t7 reader: force little | big
     crc32: bool = True                   # pt writer: real zip CRC-32s (computed beside the copy; torch.load ignores them)
+    allow_expanded: bool = False         # readers: accept views far larger than their storages (see formats/_untrusted.py)
+    assume_config: bool = False          # bare weights: accept guessed config values (recorded in the output)
 
     def reading(self) -> ReadOptions:
-        return ReadOptions(self.strip_prefix, self.params_only, self.t7_long_size, self.t7_endian)
+        return ReadOptions(self.strip_prefix, self.params_only, self.t7_long_size, self.t7_endian, self.allow_expanded)
 
     def writing(self, config: dict | None = None, shard_size: int | None = None) -> WriteOptions:
         return WriteOptions(config, self.shards, shard_size, self.crc32, self.t7_mode or "binary")
@@ -154,6 +157,11 @@ class TensorSource:
         """Where a whole storage's bytes lie contiguous in a file, for zero-copy writers."""
         return None
 
+    def buffers(self) -> set[str]:
+        """Names that hold module state rather than learnable parameters (running statistics, pooling
+        indices, outputs of a Lua nn model), counted apart by ``inspect``; none for plain weight files."""
+        return set()
+
     def tree(self) -> str | None:
         """A printable object tree for ``inspect`` (t7 objects, graphs), when the format has one."""
         return None
@@ -164,7 +172,9 @@ class TensorSource:
 
     def read(self, name: str):
         """One tensor as a torch.Tensor (imports torch)."""
-        import torch
+        from ..errors import need_torch
+
+        torch = need_torch("reading a tensor as a torch.Tensor")
 
         info = self.info(self._canonical(name))
         data = self.read_bytes(info.name)
@@ -244,8 +254,13 @@ def is_contiguous(shape, stride) -> bool:
 def read_head(path: Path, n: int = 64, strict: bool = False) -> bytes:
     """The first ``n`` bytes of a file (fewer when it is shorter). A file that cannot be read (a
     directory, no permission, gone) gives b"" for sniffers, which only ask "is it mine?", and
-    raises the OSError when ``strict``, so that an unreadable file is not called empty."""
+    raises the OSError when ``strict``, so that an unreadable file is not called empty. Anything but
+    a regular file gives b"" (a FIFO is never opened: it would block)."""
+    import stat
+
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return b""
         with open(path, "rb") as f:
             return f.read(n)
     except OSError:

@@ -7,33 +7,39 @@ import json
 import shutil
 from pathlib import Path
 
-from ..errors import FormatError, UnsupportedError
+from ..atomic import MARKER
+from ..errors import ConfigNeededError, FormatError, opt
 from . import get, register
+from ._untrusted import inside, open_regular, read_json_file, side_files
 from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions
 from .safetensors import write_file as write_safetensors
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin")
 DEFAULT_SHARD_SIZE = 5 * 10**9
+ASSUMED_METADATA = "modelport.assumed_config"   # safetensors metadata: config values guessed, not known
 
 
 def _weight_files(path: Path) -> list[Path]:
-    """The weight files of an HF directory, in order, from its index or the single-file names."""
+    """The weight files of an HF directory, in order, from its index or the single-file names.
+    Every name must be a regular file inside the directory (see formats/_untrusted.py)."""
     for index_name in _INDEXES:
         index = path / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise FormatError(f"{index}: corrupt index ({exc}); it needs a 'weight_map' object") from exc
+            inside(path, index_name, "index")
+            data = read_json_file(index, "index")
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise FormatError(f"{index}: corrupt index; it needs a 'weight_map' object of tensor name -> file name")
             files = sorted(set(weight_map.values()))
-            missing = [f for f in files if not (path / f).is_file()]
+            paths = [inside(path, f, "shard") for f in files]
+            missing = [f for f, p in zip(files, paths) if not p.is_file()]
             if missing:
-                raise FormatError(f"{index}: names shard {missing[0]} which is not in {path}; the download is incomplete")
-            return [path / f for f in files]
+                raise FormatError(f"{index}: names shard {missing[0]!r} which is not in {path}; the download is incomplete")
+            return paths
     for single in _SINGLES:
         if (path / single).is_file():
-            return [path / single]
+            return [inside(path, single, "weight file")]
     return []
 
 
@@ -44,10 +50,9 @@ class HFSource(TensorSource):
         super().__init__(path)
         config_path = path / "config.json"
         if config_path.is_file():
-            try:
-                self.config = json.loads(config_path.read_text())
-            except ValueError as exc:
-                raise FormatError(f"{config_path}: not valid JSON ({exc})") from exc
+            self.config = read_json_file(inside(path, "config.json", "config"), "config.json")
+            if not isinstance(self.config, dict):
+                raise FormatError(f"{config_path}: config.json is {type(self.config).__name__}, not a JSON object")
         files = _weight_files(path)
         if not files:
             raise FormatError(f"{path}: no weights found (expected model.safetensors, pytorch_model.bin, or a sharded index)")
@@ -69,10 +74,8 @@ class HFSource(TensorSource):
         except BaseException:
             self.close()
             raise
-        weights = {f.name for f in files} | set(_INDEXES) | {"config.json"}
-        self.side_files = {
-            str(p.relative_to(path)): p for p in sorted(path.rglob("*")) if p.is_file() and str(p.relative_to(path)) not in weights
-        }
+        weights = {f.name for f in files} | set(_INDEXES) | {"config.json", MARKER}
+        self.side_files = side_files(path, weights | {"model.safetensors", "pytorch_model.bin"}, self.notes)
 
     def shard_paths(self) -> list[Path]:
         """The weight files joined on read (for the conversion manifest)."""
@@ -148,9 +151,9 @@ class HF(Format):
         """Write ``source`` (in its family's hub layout) with ``options.config`` as config.json; a
         ``_modelport_assumed`` list in it (values inferred, not read) becomes a note and is dropped."""
         if options.config is None:
-            raise UnsupportedError(
+            raise ConfigNeededError(
                 f"{source.path}: writing a Hugging Face directory needs a config.json; the source has none and its "
-                "architecture is not recognised: pass --config FILE"
+                f"architecture is not recognised: pass {opt('config', repr('config.json'), 'FILE')}"
             )
         config = dict(options.config)
         assumed = config.pop("_modelport_assumed", None)
@@ -158,6 +161,8 @@ class HF(Format):
         dst.mkdir()
         (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         metadata = {**source.metadata, "format": "pt"}
+        if assumed:      # what the written config.json guessed, so the file itself says so
+            metadata[ASSUMED_METADATA] = json.dumps({k: config.get(k) for k in assumed}, sort_keys=True)
         plan = _shard_plan(source, shard_size)
         if len(plan) == 1:
             write_safetensors(source, dst / "model.safetensors", plan[0], metadata, progress)
@@ -175,9 +180,11 @@ class HF(Format):
             if out.exists():  # the config and weights written above win over a side file of the same name
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, out)
+            with open_regular(src) as fin, open(out, "xb") as fout:   # a regular file, copied as bytes only
+                shutil.copyfileobj(fin, fout, 1 << 20)
         if assumed:
-            source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)}")
+            source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)} "
+                                f"(recorded as {ASSUMED_METADATA} in the weights' metadata)")
 
 
 register(HF())

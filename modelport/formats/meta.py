@@ -30,13 +30,18 @@ import re
 import shutil
 from pathlib import Path
 
+from ..atomic import MARKER
 from ..errors import FormatError, LayoutError, UnsupportedError
 from . import get, register
 from ._stream import read_span, span_chunks
+from ._untrusted import expect, inside, read_json_file, side_files
 from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions
 
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
 PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
+# The Hugging Face config.json a Meta checkpoint was written from: what params.json cannot hold (token ids,
+# max positions, dtype …) so that hf -> meta -> hf gives the same config.json back.
+HF_CONFIG = "hf_config.json"
 
 # The embedding and output names of Meta's files (tied models write the embedding as both).
 EMBEDDING, OUTPUT = "tok_embeddings.weight", "output.weight"
@@ -62,6 +67,16 @@ def split_dim(name: str, llama3: bool) -> int | None:
     raise LayoutError(f"tensor {name!r} is not a Meta Llama tensor; cannot tell how it is split across model-parallel shards")
 
 
+_PARAM_TYPES = {   # key: (JSON type, smallest value, largest value); None: may be null
+    "dim": (int, 1, 1 << 20), "n_layers": (int, 1, 10_000), "n_heads": (int, 1, 1 << 16), "n_kv_heads": (int, 1, 1 << 16),
+    "vocab_size": (int, -1, 1 << 24), "multiple_of": (int, 1, 1 << 20), "ffn_dim_multiplier": (float, 1e-3, 1e3),
+    "norm_eps": (float, 0.0, 1.0), "rope_theta": (float, 1e-3, 1e12), "use_scaled_rope": (bool, None, None),
+    "rope_scaling_factor": (float, 1e-3, 1e6), "low_freq_factor": (float, 1e-6, 1e6), "high_freq_factor": (float, 1e-6, 1e6),
+    "original_max_position_embeddings": (int, 1, 1 << 24), "max_seq_len": (int, 1, 1 << 24), "max_batch_size": (int, 1, 1 << 20),
+}
+_NULLABLE = {"n_kv_heads", "ffn_dim_multiplier", "vocab_size"}
+
+
 def is_llama3(params: dict) -> bool:
     return (int(params.get("vocab_size") or -1) >= 128000 or bool(params.get("use_scaled_rope"))
             or float(params.get("rope_theta", 10000.0)) >= 500000)
@@ -83,6 +98,13 @@ def check_params(params, where) -> dict:
     for key in ("dim", "n_layers", "n_heads"):
         if key not in params:
             raise FormatError(f"{where}: missing {key!r}")
+    for key, value in params.items():    # each of the type and range ModelArgs uses: no "4096", no 0, no NaN
+        if value is None and key in _NULLABLE:
+            continue
+        kind, lo, hi = _PARAM_TYPES[key]
+        expect(value, kind, where, f"{key!r}")
+        if lo is not None and not lo <= value <= hi:
+            raise FormatError(f"{where}: {key!r} is {value}, outside {lo}..{hi}")
     return params
 
 
@@ -92,16 +114,10 @@ class MetaSource(TensorSource):
     def __init__(self, path: Path):
         super().__init__(path)
         pj = self.path / "params.json"
-        try:
-            self.params = json.loads(pj.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FormatError(f"{self.path}: no params.json; a Meta checkpoint directory has params.json and consolidated.NN.pth") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{pj}: unreadable params.json ({exc})") from exc
-        if not isinstance(self.params, dict):
-            raise FormatError(f"{pj}: params.json is not a JSON object")
-        check_params(self.params, pj)
-        found = sorted((int(m.group(1)), p) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
+        if not pj.exists():
+            raise FormatError(f"{self.path}: no params.json; a Meta checkpoint directory has params.json and consolidated.NN.pth")
+        self.params = check_params(read_json_file(inside(self.path, "params.json", "params.json"), "params.json"), pj)
+        found = sorted((int(m.group(1)), inside(self.path, p.name, "shard")) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
         if not found:
             raise FormatError(f"{self.path}: no consolidated.NN.pth files")
         if [i for i, _ in found] != list(range(len(found))):
@@ -130,14 +146,24 @@ class MetaSource(TensorSource):
         params_vocab = self.params.get("vocab_size")
         self.llama3 = is_llama3({**self.params, "vocab_size": vocab if params_vocab in (None, -1) else params_vocab})
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
-        self.side_files = {p.name: p for p in sorted(self.path.iterdir())
-                           if p.is_file() and p.name not in ("params.json", "checklist.chk") and not _SHARD.match(p.name)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
+        self.side_files = side_files(self.path, {"params.json", "checklist.chk", MARKER, HF_CONFIG} | {p.name for _, p in found},
+                                     self.notes)
         if tied and OUTPUT in has:
             self.notes.append("output.weight equals tok_embeddings.weight: read as tied embeddings")
         self._infos: dict[str, tuple[TensorInfo, int | None]] = {}
         for name in names:
             self._infos[name] = self._merged_info(name)
+        self._check_params_against_weights(pj)
+
+    def _check_params_against_weights(self, pj: Path) -> None:
+        """params.json's sizes must be the weights' (n_layers 10**12 is not copied into a config)."""
+        layers = {int(m.group(1)) for n in self._infos if (m := re.match(r"layers\.(\d+)\.", n))}
+        if layers and self.params["n_layers"] != max(layers) + 1:
+            raise FormatError(f"{pj}: n_layers is {self.params['n_layers']} but the weights hold {max(layers) + 1} layers")
+        emb = self._infos.get(EMBEDDING)
+        if emb is not None and (len(emb[0].shape) != 2 or emb[0].shape[1] != self.params["dim"]):
+            raise FormatError(f"{pj}: dim is {self.params['dim']} but {EMBEDDING} has shape {list(emb[0].shape)}")
 
     def _output_is_embedding(self) -> bool:
         """True when every shard's output weight has the bytes of its embedding (tied embeddings).
@@ -245,15 +271,21 @@ class Meta(Format):
             plan.append((name, read, dim, info))
         dst.mkdir(parents=True)
         (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
+        if source.config is not None:
+            carried = {k: v for k, v in source.config.items() if not k.startswith("_modelport")}
+            (dst / HF_CONFIG).write_text(json.dumps(carried, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         from .pt import write_pt
 
         for s in range(n):   # split tensors are read once per shard: time, not memory
             write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
                      progress=progress)
         for fname, path in source.side_files.items():
-            if fname in ("config.json", "params.json") or _SHARD.match(fname) or fname.endswith(".safetensors"):
+            if fname in ("config.json", "params.json", HF_CONFIG) or _SHARD.match(fname) or fname.endswith(".safetensors"):
                 continue
-            shutil.copyfile(path, dst / fname)
+            from ._untrusted import open_regular
+
+            with open_regular(path) as fin, open(dst / fname, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def _read(source: TensorSource, name: str):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import mmap
 import pickle
 import struct
@@ -46,8 +47,9 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
-from ._pickle import BadCheckpoint, CheckpointUnpickler, StorageRef, TensorRef
+from ._pickle import BadCheckpoint, BoundedReader, CheckpointUnpickler, StorageRef, TensorRef, check_opcodes
 from ._torchzip import ZipReader, write_pt
+from ._untrusted import MAX_RANK, check_expansion, open_regular, still_whole
 from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, is_contiguous, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -73,6 +75,7 @@ class PtSource(TensorSource):
     def __init__(self, path: Path, options: ReadOptions):
         super().__init__(path)
         self._size = file_size(path)
+        self._allow_expanded = options.allow_expanded
         self._big = False
         self._stores: dict[str, _Storage] = {}
         self._mmap: mmap.mmap | None = None
@@ -88,9 +91,11 @@ class PtSource(TensorSource):
         self._build(root, options.strip_prefix)
 
     # -- containers ------------------------------------------------------------------------
-    def _unpickle(self, data: bytes | io.BufferedReader, what: str, storages=None):
+    def _unpickle(self, data: bytes | BoundedReader, what: str, storages=None, whole=None):
+        """One pickle from ``data`` (bytes, or a reader positioned in ``whole``, the file's bytes)."""
         stream = io.BytesIO(data) if isinstance(data, bytes) else data
         try:
+            check_opcodes(data if isinstance(data, bytes) else whole, stream.tell(), self.path)
             return CheckpointUnpickler(stream, self.path, storages).load()
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {what} is not a plain state dict: {exc}") from exc
@@ -107,12 +112,12 @@ class PtSource(TensorSource):
         prefix = pkls[0][: -len("data.pkl")]
         order = f"{prefix}byteorder"
         if order in zr.members:
-            value = zr.read(order).decode("ascii", "replace").strip()
+            value = zr.read(order, limit=16).decode("ascii", "replace").strip()
             if value not in ("little", "big"):
-                raise FormatError(f"{self.path}: unknown byteorder {value!r} in {order}")
+                raise FormatError(f"{self.path}: unknown byteorder {value[:16]!r} in {order}")
             self._big = value == "big"
         storages: dict[str, StorageRef] = {}
-        root = self._unpickle(zr.read(pkls[0]), "data.pkl", storages)
+        root = self._unpickle(zr.read(pkls[0], allow_expanded=self._allow_expanded), "data.pkl", storages)
         for key, ref in storages.items():
             member = f"{prefix}data/{key}"
             m = zr.members.get(member)
@@ -121,32 +126,33 @@ class PtSource(TensorSource):
                 continue
             itemsize = dtypes.get(ref.dtype).itemsize
             if m.compressed:
-                data = zr.read(member)
+                data = zr.read(member, allow_expanded=self._allow_expanded)
                 self._stores[key] = _Storage(key, ref.dtype, len(data) // itemsize, None, data)
             else:
                 self._stores[key] = _Storage(key, ref.dtype, m.size // itemsize, zr.data_offset(member))
         return root
 
     def _open_legacy(self):
-        with open(self.path, "rb") as f:
-            magic = self._unpickle(f, "legacy header")
+        with open_regular(self.path) as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as whole:
+            f = BoundedReader(raw, self._size)
+            magic = self._unpickle(f, "legacy header", whole=whole)
             if magic != LEGACY_MAGIC:
                 raise FormatError(f"{self.path}: a Python pickle without torch's magic number: not a torch.save checkpoint")
-            version = self._unpickle(f, "legacy header")
+            version = self._unpickle(f, "legacy header", whole=whole)
             if version != 1001:
                 raise UnsupportedError(f"{self.path}: legacy torch checkpoint protocol {version!r}, only 1001 is supported; re-save it with a current torch")
-            info = self._unpickle(f, "legacy header")
-            if isinstance(info, Mapping) and info.get("little_endian") is False:
+            info = self._unpickle(f, "legacy header", whole=whole)
+            if isinstance(info, Mapping) and info.get("little_endian", True) is False:
                 self._big = True
             storages: dict[str, StorageRef] = {}
-            root = self._unpickle(f, "checkpoint pickle", storages)
-            keys = self._unpickle(f, "storage list")
+            root = self._unpickle(f, "checkpoint pickle", storages, whole=whole)
+            keys = self._unpickle(f, "storage list", whole=whole)
             if not isinstance(keys, list):
                 raise FormatError(f"{self.path}: corrupt legacy checkpoint: the storage list is a {type(keys).__name__}")
             pos = f.tell()
         order = ">" if self._big else "<"
         problem = None
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             for key in keys:
                 ref = storages.get(str(key))
                 if ref is None:
@@ -193,6 +199,9 @@ class PtSource(TensorSource):
                     root = inner
                     break
         _flatten(root, "", tensors, self.metadata)
+        for name in tensors:
+            if not name.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+                raise FormatError(f"{self.path}: a tensor name is not valid Unicode (a lone surrogate): {name!r}")
         if strip_prefix:
             stripped: dict[str, TensorRef] = {}
             for name, t in tensors.items():
@@ -204,6 +213,7 @@ class PtSource(TensorSource):
         self._tensors: dict[str, TensorRef] = {}
         self._aliases: dict[str, str] = {}
         seen: dict[tuple, str] = {}
+        logical = 0
         for name, t in tensors.items():
             self._check(name, t)
             ident = (t.storage.key, t.offset, t.shape, t.stride)
@@ -212,14 +222,22 @@ class PtSource(TensorSource):
             else:
                 seen[ident] = name
                 self._tensors[name] = t
+                logical += math.prod(t.shape) * dtypes.get(t.dtype).itemsize
+        used = {t.storage.key for t in self._tensors.values()}
+        stored = sum(self._stores[k].numel * dtypes.get(self._stores[k].dtype).itemsize for k in used)
+        check_expansion(self.path, logical, stored, self._allow_expanded)
 
     def _check(self, name: str, t: TensorRef) -> None:
+        """Every field of a view, validated where it is used: the view must lie inside its storage."""
         st = self._stores[t.storage.key]
         if st.problem:
             raise FormatError(f"{self.path}: tensor {name!r}: its storage {st.key!r} {st.problem}")
-        numel = 1
-        for s in t.shape:
-            numel *= s
+        if type(t) is not TensorRef or not isinstance(t.shape, tuple) or not isinstance(t.stride, tuple) \
+                or len(t.shape) != len(t.stride) or len(t.shape) > MAX_RANK \
+                or not all(type(v) is int and v >= 0 for v in (t.offset, *t.shape, *t.stride)):
+            raise FormatError(f"{self.path}: tensor {name!r}: a malformed view (shape, stride and offset must be "
+                              f"non-negative integers of equal rank, at most {MAX_RANK}); the file is corrupt")
+        numel = math.prod(t.shape)
         if numel == 0:
             return
         last = t.offset + sum((s - 1) * d for s, d in zip(t.shape, t.stride))
@@ -243,6 +261,7 @@ class PtSource(TensorSource):
     def _buffer(self, st: _Storage):
         if st.data is not None:
             return memoryview(st.data), 0
+        still_whole(self.path, self._size)
         if self._mmap is None:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -273,7 +292,8 @@ class PtSource(TensorSource):
 
         npdt = np.dtype(dt.numpy).newbyteorder(">" if self._big else "<") if dt.itemsize > 1 else np.dtype(dt.numpy)
         flat = np.frombuffer(buf, dtype=npdt, count=st.numel, offset=base)
-        view = as_strided(flat[t.offset:], shape=t.shape, strides=tuple(s * dt.itemsize for s in t.stride), writeable=False)
+        strides = tuple(0 if n == 1 else s * dt.itemsize for n, s in zip(t.shape, t.stride))   # size-1: never stepped along
+        view = as_strided(flat[t.offset:], shape=t.shape, strides=strides, writeable=False)
         return memoryview(np.ascontiguousarray(view, dtype=npdt.newbyteorder("<") if dt.itemsize > 1 else npdt)).cast("B")
 
     def storage_view(self, name: str) -> StorageView:
@@ -305,32 +325,79 @@ def _swapped(view, dt) -> memoryview:
     return memoryview(np.frombuffer(view, dtype=np.dtype(dt.numpy).newbyteorder(">")).astype(np.dtype(dt.numpy))).cast("B")
 
 
-def _has_tensor(obj) -> bool:
-    if isinstance(obj, TensorRef):
-        return True
-    if isinstance(obj, Mapping):
-        return any(_has_tensor(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_tensor(v) for v in obj)
+_MAX_NODES = 2_000_000        # objects visited while naming tensors (a pickle can share one list 2**40 ways)
+_MAX_METADATA = 100_000       # objects in one metadata value before it is summarised
+
+
+def _has_tensor(obj, cache: dict | None = None) -> bool:
+    """True when a tensor is reachable; shared sub-objects are looked at once. (Unpickled mappings
+    are dicts: the unpickler builds no other kind, and isinstance on dict is far cheaper than Mapping.)"""
+    cache = {} if cache is None else cache
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        t = type(o)
+        if t is TensorRef:
+            return True
+        if id(o) in cache or not (t is list or t is tuple or isinstance(o, dict)):
+            continue
+        cache[id(o)] = o
+        if len(cache) > _MAX_NODES:
+            raise BadCheckpoint(f"the object tree has more than {_MAX_NODES:,} containers")
+        stack.extend(o.values() if isinstance(o, dict) else o)
     return False
 
 
-def _flatten(obj, prefix: str, tensors: dict, metadata: dict) -> None:
+def _size_at_most(obj, limit: int) -> bool:
+    """True when ``obj`` has at most ``limit`` objects counted as JSON would write them (shared ones again)."""
+    stack, n = [obj], 0
+    while stack:
+        o = stack.pop()
+        n += 1
+        if n > limit:
+            return False
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+    return True
+
+
+def _key(k) -> str:
+    if isinstance(k, (str, int, float, bool)) or k is None:
+        return str(k)
+    import reprlib
+
+    return reprlib.repr(k)
+
+
+def _flatten(obj, prefix: str, tensors: dict, metadata: dict, budget: list | None = None) -> None:
+    budget = [_MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadCheckpoint(f"the object tree has more than {_MAX_NODES:,} entries (shared many times over?)")
     if isinstance(obj, TensorRef):
         if prefix in tensors:
             raise BadCheckpoint(f"two tensors are both named {prefix!r} once nested keys are joined with '.'")
         tensors[prefix] = obj
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors, metadata)
+            _flatten(v, f"{prefix}.{_key(k)}" if prefix else _key(k), tensors, metadata, budget)
     elif isinstance(obj, (list, tuple)) and _has_tensor(obj):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), tensors, metadata)
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), tensors, metadata, budget)
+    elif not _size_at_most(obj, _MAX_METADATA):
+        metadata[prefix] = json.dumps(f"<a {type(obj).__name__} of more than {_MAX_METADATA:,} objects, not shown>")
     else:
+        import reprlib
+
         try:
-            metadata[prefix] = json.dumps(obj, default=repr)
+            metadata[prefix] = json.dumps(obj, default=reprlib.repr)
         except (TypeError, ValueError):   # keys JSON cannot hold (tuples), circular references
-            metadata[prefix] = json.dumps(repr(obj))
+            metadata[prefix] = json.dumps(reprlib.repr(obj))
+        except RecursionError:            # nested deeper than JSON can be written
+            metadata[prefix] = json.dumps(f"<a {type(obj).__name__} nested too deeply to show, not shown>")
 
 
 class Pt(Format):
@@ -355,8 +422,8 @@ class Pt(Format):
         try:
             with zipfile.ZipFile(path) as zf:
                 return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in zf.namelist())
-        except (zipfile.BadZipFile, OSError, ValueError, struct.error):
-            return False
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError, struct.error):
+            return False   # an archive zipfile cannot list (an unknown version, a corrupt directory): not ours
 
     def open(self, path: Path, options: ReadOptions) -> PtSource:
         return PtSource(path, options)

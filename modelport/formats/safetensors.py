@@ -17,6 +17,7 @@ from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
 from ._stream import write_tensor
+from ._untrusted import MAX_RANK, load_json, open_regular, still_whole
 from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions, file_size, read_head, release_map
 
 _MAX_HEADER = 100 << 20
@@ -28,7 +29,7 @@ class SafetensorsSource(TensorSource):
     def __init__(self, path: Path):
         super().__init__(path)
         size = file_size(path)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(8)
             if len(head) < 8:
                 raise FormatError(f"{path}: truncated safetensors file ({size} bytes, no header)")
@@ -36,27 +37,18 @@ class SafetensorsSource(TensorSource):
             if n > min(_MAX_HEADER, size - 8):
                 raise FormatError(f"{path}: corrupt safetensors header length {n} in a {size}-byte file; the file is truncated or not safetensors")
             raw = f.read(n)
-        try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{path}: corrupt safetensors header ({exc})") from exc
+        if len(raw) != n:
+            raise FormatError(f"{path}: truncated safetensors header ({len(raw)} of {n} bytes)")
+        header = load_json(raw, path, "corrupt safetensors header, which")
         if not isinstance(header, dict):
             raise FormatError(f"{path}: corrupt safetensors header (not a JSON object)")
         meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise FormatError(f"{path}: corrupt safetensors header: __metadata__ must be an object of strings")
         self._base = 8 + n
         self._entries: dict[str, tuple[TensorInfo, int, int]] = {}
         for name, entry in header.items():
-            try:
-                dt = dtypes.BY_SAFETENSORS[entry["dtype"]].name
-                shape = tuple(int(s) for s in entry["shape"])
-                begin, end = (int(x) for x in entry["data_offsets"])
-            except KeyError as exc:
-                raise FormatError(f"{path}: tensor {name!r}: unsupported or missing dtype/shape/offsets ({exc})") from exc
-            except (TypeError, ValueError) as exc:
-                raise FormatError(f"{path}: tensor {name!r}: malformed header entry ({exc})") from exc
-            info = TensorInfo(name, dt, shape)
-            if end - begin != info.nbytes or begin < 0 or any(s < 0 for s in shape):
-                raise FormatError(f"{path}: tensor {name!r}: offsets {begin}..{end} do not fit shape {list(shape)} {dt}")
+            info, begin, end = _entry(path, name, entry)
             if self._base + end > size:
                 raise FormatError(f"{path}: tensor {name!r} ends at byte {self._base + end} but the file has {size} bytes; the file is truncated")
             self._entries[name] = (info, begin, end)
@@ -81,6 +73,7 @@ class SafetensorsSource(TensorSource):
         _, begin, end = self._entries[name]
         if begin == end:
             return memoryview(b"")
+        still_whole(self.path, self._base + end)
         if self._mmap is None:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -88,6 +81,27 @@ class SafetensorsSource(TensorSource):
 
     def close(self) -> None:
         self._mmap = release_map(self._mmap)
+
+
+def _entry(path: Path, name: str, entry) -> tuple[TensorInfo, int, int]:
+    """One header entry, every field checked: dtype known, shape of non-negative integers (rank capped),
+    two offsets that span exactly the shape's bytes."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise FormatError(f"{where}: its header entry is {type(entry).__name__}, not an object")
+    dt = dtypes.BY_SAFETENSORS.get(entry.get("dtype")) if isinstance(entry.get("dtype"), str) else None
+    if dt is None:
+        raise FormatError(f"{where}: unsupported or missing dtype {str(entry.get('dtype'))[:20]!r}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(type(v) is int and v >= 0 for v in shape):
+        raise FormatError(f"{where}: shape must be a list of at most {MAX_RANK} non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(v) is int and v >= 0 for v in offsets):
+        raise FormatError(f"{where}: data_offsets must be two non-negative integers")
+    info = TensorInfo(name, dt.name, tuple(shape))
+    begin, end = offsets
+    if end - begin != info.nbytes:
+        raise FormatError(f"{where}: offsets {begin}..{end} do not fit shape {list(shape)} {dt.name}")
+    return info, begin, end
 
 
 def header_for(source: TensorSource, names: list[str], metadata: dict[str, str]) -> tuple[bytes, int]:

@@ -36,6 +36,7 @@ class T7Source(TensorSource):
         from ..t7.reader import read_t7
 
         super().__init__(path)
+        self._size = file_size(path)
         self.file = read_t7(path, long_size=options.t7_long_size, endian=options.t7_endian)
         self.notes = list(self.file.notes)
         self._params_only = options.params_only
@@ -43,7 +44,26 @@ class T7Source(TensorSource):
         self._storage_keys: dict[int, str] = {}       # id(storage) -> key
         self._storages: dict[str, object] = {}        # key -> T7Storage
         self._aliases: dict[str, str] = {}
+        self._buffers: set[str] = set()               # nn module state other than weight and bias
         self._collect()
+        self._check_expansion(options.allow_expanded)
+
+    def _check_expansion(self, allow: bool) -> None:
+        """Stride-0 and overlapping views may not make the tensors far larger than the file's storages."""
+        from ..t7.objects import T7Tensor
+        from ._untrusted import check_expansion
+
+        logical = stored = 0
+        used: dict[int, object] = {}
+        for value in self._entries.values():
+            storage = value.storage if isinstance(value, T7Tensor) else value
+            if storage is None:
+                continue
+            item = storage.data.itemsize
+            logical += (_numel(value) if isinstance(value, T7Tensor) else storage.size) * item
+            used[id(storage)] = storage.size * item
+        stored = sum(used.values())
+        check_expansion(self.path, logical, stored, allow)
 
     # -- naming ------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -54,9 +74,10 @@ class T7Source(TensorSource):
         named: dict[int, str] = {}                  # id(tensor) -> the name it is kept under
         views: dict[tuple, str] = {}
         # Depth-first, children in file order, nn children first; a name is the first path met.
-        stack: list[tuple[tuple[str, ...], object, object, str | None]] = [((), root, None, None)]
+        # (path, value, owning nn object, field under it, (nn object, field) the nearest one holds it under)
+        stack: list[tuple] = [((), root, None, None, (None, None))]
         while stack:
-            path, value, owner, field = stack.pop()
+            path, value, owner, field, held = stack.pop()
             if isinstance(value, (T7Tensor, T7Storage)):
                 name = ".".join(path) or ("tensor" if isinstance(value, T7Tensor) else "storage")
                 if self._params_only and not _is_parameter(value, owner, field):
@@ -66,7 +87,9 @@ class T7Source(TensorSource):
                         self._aliases.setdefault(name, named[id(value)])
                     continue
                 seen.add(id(value))
-                named[id(value)] = self._add(name, value, views)
+                named[id(value)] = kept = self._add(name, value, views)
+                if _is_buffer(*held):
+                    self._buffers.add(kept)
                 continue
             if isinstance(value, (LuaTable, LuaObject, LuaFunction)):
                 if id(value) in seen:
@@ -76,7 +99,9 @@ class T7Source(TensorSource):
                 owner_obj = value if isinstance(value, LuaObject) else None
                 for part, child in reversed(children):
                     if isinstance(child, (LuaTable, LuaObject, LuaFunction, T7Tensor, T7Storage)):
-                        stack.append((path + (part,), child, owner_obj, part))
+                        # a table inside a module (gradInput = {…}) is held under the module's field
+                        child_held = (owner_obj, part) if owner_obj is not None else held
+                        stack.append((path + (part,), child, owner_obj, part, child_held))
 
     def _add(self, name: str, value, views: dict) -> str:
         """Record a tensor (or bare storage) under ``name``; the name it is kept under."""
@@ -108,6 +133,9 @@ class T7Source(TensorSource):
     def names(self) -> list[str]:
         return list(self._entries)
 
+    def buffers(self) -> set[str]:
+        return {n for n in self._buffers if n in self._entries}
+
     def info(self, name: str) -> TensorInfo:
         value = self._entries[name]
         return TensorInfo(name, value.dtype, _shape(value))
@@ -124,6 +152,9 @@ class T7Source(TensorSource):
     def read_bytes(self, name: str) -> memoryview:
         import numpy as np
 
+        from ._untrusted import still_whole
+
+        still_whole(self.path, self._size)
         arr = np.ascontiguousarray(self._array(name)).reshape(-1)
         return memoryview(arr).cast("B")
 
@@ -153,6 +184,9 @@ class T7Source(TensorSource):
         return StorageView(self._storage_keys[id(value)], value.size, 0, (1,))
 
     def read_storage_bytes(self, key: str) -> memoryview:
+        from ._untrusted import still_whole
+
+        still_whole(self.path, self._size)
         return memoryview(self._storages[key].data).cast("B")
 
     def storage_span(self, key: str) -> Span | None:
@@ -214,6 +248,12 @@ def key_name(key) -> str:
     if isinstance(key, float):
         return str(int(key)) if key.is_integer() else repr(key)
     return repr(key) if not hasattr(key, "class_name") else f"[{key.class_name}]"
+
+
+def _is_buffer(owner, field) -> bool:
+    """A tensor an nn module holds besides its learnable weight and bias: running statistics, outputs,
+    gradients, pooling indices (torch.nn's buffers and scratch state, not its parameters)."""
+    return owner is not None and not owner.class_name.startswith("tds") and field not in ("weight", "bias")
 
 
 def _is_parameter(value, owner, field) -> bool:

@@ -9,13 +9,14 @@ from ..formats.base import TensorSource
 from .config import ASSUMED_KEY, known_archs, normalize_arch
 
 
-def infer_config(source: TensorSource, arch: str | None = None) -> dict | None:
+def infer_config(source: TensorSource, arch: str | None = None, assume_config: bool = False) -> dict | None:
     """An HF ``config.json`` for ``source`` inferred from tensor names and shapes, or None.
 
     Values that weights cannot reveal (head count, norm epsilon, rope_theta, rotary fraction,
     max positions …) are filled with the defaults in each family's ``assumed_defaults``
     and their config.json keys listed under ``"_modelport_assumed"``; a writer prints that list and
     drops the key. Every tensor's shape is checked against the inferred config (LayoutError otherwise).
+    Unless ``assume_config``, guesses that change the model's outputs raise ConfigNeededError listing them.
     """
     from .detect import infer_model_config
     from .loader import plan_names
@@ -25,6 +26,10 @@ def infer_config(source: TensorSource, arch: str | None = None) -> dict | None:
     cfg = infer_model_config(source, normalize_arch(arch) if arch else None)
     if cfg is None:
         return None
+    if not assume_config:      # refused before the shape check, which builds a model (torch)
+        from .config import refuse_guesses
+
+        refuse_guesses(cfg.to_hf_config(), f"{source.path}: writing a config.json from bare weights")
     plan_names(source, cfg)
     return cfg.to_hf_config()
 

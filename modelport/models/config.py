@@ -27,6 +27,11 @@ from ..errors import FormatError, LayoutError, UnsupportedError
 
 ASSUMED_KEY = "_modelport_assumed"
 
+# Assumed config.json keys that do not change what a model computes (they only bound the sequence length).
+# Every other guess (head counts, norm epsilon, rope theta, activation …) changes the outputs, and is
+# never written or used unless the caller accepts it.
+NOT_MATH = frozenset({"max_position_embeddings", "n_positions"})
+
 # Activation spellings of config.json that the reference models implement.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
@@ -191,6 +196,24 @@ def with_assumed_key(out: dict, assumed: tuple[str, ...]) -> dict:
     return out
 
 
+def math_guesses(config: dict) -> dict[str, Any]:
+    """{key: guessed value} for the assumed keys of an HF config dict that change the model's outputs."""
+    return {k: config.get(k) for k in config.get(ASSUMED_KEY) or () if k not in NOT_MATH}
+
+
+def refuse_guesses(config: dict, where: str, recorded: str = "in the output's metadata") -> None:
+    """ConfigNeededError listing the values a config guessed that change the model's math, if any."""
+    from ..errors import ConfigNeededError, opt
+
+    guesses = math_guesses(config)
+    if guesses:
+        listed = ", ".join(f"{k} (would guess {v!r})" for k, v in guesses.items())
+        raise ConfigNeededError(
+            f"{where}: the weights do not reveal values that change the model's outputs: {listed}; pass "
+            f"{opt('config', repr('config.json'), 'FILE')} stating them, or {opt('assume_config')} to accept the guesses "
+            f"(they are then recorded {recorded})")
+
+
 # Config classes and Meta's params.json live with their family's record; importable from here too.
 _MOVED = {"GPT2Config": "gpt2", "LlamaConfig": "llama", "NeoXConfig": "gptneox", "config_from_meta_params": "llama",
           "meta_ffn_dim": "llama", "meta_ffn_params": "llama"}
@@ -204,5 +227,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ASSUMED_KEY", "GPT2Config", "LlamaConfig", "NeoXConfig", "RopeScaling", "config_from_hf",
+__all__ = ["ASSUMED_KEY", "NOT_MATH", "math_guesses", "refuse_guesses", "GPT2Config", "LlamaConfig", "NeoXConfig", "RopeScaling", "config_from_hf",
            "config_from_meta_params", "family_of_hf", "known_archs", "meta_ffn_dim", "meta_ffn_params", "normalize_arch"]

@@ -10,7 +10,6 @@ in the result's ``_modelport_assumed``.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,10 @@ def meta_params(source: TensorSource) -> dict | None:
     path = Path(source.path)
     candidate = path / "params.json" if path.is_dir() else path.parent / "params.json"
     if candidate.is_file():
-        try:
-            return json.loads(candidate.read_text())
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"{candidate}: cannot read params.json ({exc})") from exc
+        from ..formats._untrusted import read_json_file
+        from ..formats.meta import check_params
+
+        return check_params(read_json_file(candidate, "params.json"), candidate)
     return None
 
 

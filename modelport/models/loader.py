@@ -11,13 +11,14 @@ read, cast and moved on its own: peak memory is the model plus one tensor.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
 from typing import Any
 
 from .. import dtypes
-from ..errors import LayoutError, UnsupportedError
+from ..errors import SPELLING, LayoutError, UnsupportedError, need_torch
 from ..formats.base import Options, TensorSource
 from . import detect, families
 from .strict import key_mismatch
@@ -26,12 +27,33 @@ from .config import config_from_hf, normalize_arch
 ModelConfig = Any     # the config dataclass of a family (see modelport.models.families)
 
 
+# torch.nn.init functions the reference modules' constructors call. On the meta device each call still
+# dispatches through torch's Python reference kernels, whose first use imports torch._refs & co. (seconds);
+# every parameter is replaced by the checkpoint's tensor, so the initialisation is skipped altogether.
+_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                   "xavier_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _no_init():
+    import torch.nn.init as init
+
+    saved = {name: getattr(init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
 def build_model(cfg: ModelConfig, device="meta"):
     """The reference model for ``cfg``, with uninitialised parameters on ``device`` (meta by default)."""
-    import torch
+    torch = need_torch("building a reference model (inspect --run, load_model, checking an inferred config)")
 
     cls = families.get(cfg.family).model_class()
-    with torch.device(device):
+    with torch.device(device), _no_init():
         return cls(cfg)
 
 
@@ -51,6 +73,7 @@ def _tied_names(cfg: ModelConfig) -> dict[str, str]:
 
 def plan_names(source: TensorSource, cfg: ModelConfig) -> dict[str, str]:
     """Model parameter name -> source tensor name; a LayoutError listing missing and unexpected names."""
+    need_torch("checking tensor shapes against a model config")
     record = families.get(cfg.family)
     derived = [re.compile(p) for p in record.derived_buffers]
     renames = record.renames
@@ -148,7 +171,7 @@ def _read_config_file(config) -> dict | None:
 
 
 def model_from_source(source: TensorSource, arch: str | None = None, device="cpu", dtype=None, *, config=None,
-                      input_shape=None, input_dtype=None):
+                      assume_config: bool = False, input_shape=None, input_dtype=None):
     """A runnable eval-mode model from an open source (see :func:`load_model`)."""
     config = _read_config_file(config)
     torch_dtype = _torch_dtype(dtype)
@@ -169,6 +192,11 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
                                    f"({', '.join(known_archs())} or package.module:factory) and --config")
     if fam is not None and cfg.family != fam:
         raise LayoutError(f"{source.path}: --arch {arch} contradicts the file's config, which is {cfg.family}")
+    if not assume_config:
+        from .config import refuse_guesses
+
+        refuse_guesses(cfg.to_hf_config(), f"{source.path}: building a {cfg.family} model",
+                       recorded="in the model's modelport_assumed" if SPELLING.get() == "api" else "in a note")
     source = _to_hub_layout(source, cfg.family, cfg.to_hf_config())
     model = build_model(cfg)
     load_weights(model, source, cfg, device=device, dtype=torch_dtype)
@@ -188,21 +216,24 @@ def _to_hub_layout(source: TensorSource, family: str, config: dict | None) -> Te
     return to_layout(source, hub_of(family), source.config if source.config is not None else config)
 
 
-def load_model(path, arch: str | None = None, device="cpu", dtype=None, *, config=None, options: Options | None = None,
-               input_shape=None, input_dtype=None):
+def load_model(path, arch: str | None = None, device="cpu", dtype=None, *, config=None, assume_config: bool = False,
+               options: Options | None = None, input_shape=None, input_dtype=None):
     """A runnable eval-mode model for the checkpoint at ``path``.
 
     ``arch``: a family id (see :func:`modelport.models.known_archs`) to override detection, or ``package.module:factory`` for
-    your own module. ``config``: a config.json path or dict replacing the file's. ``dtype``: cast
-    floating weights (float32, bfloat16 …); the file's dtype otherwise. ``input_shape`` /
+    your own module. ``config``: a config.json path or dict stating the model's hyper-parameters, replacing
+    the file's; needed for bare weights, whose shapes do not reveal head counts, norm epsilon, rope theta …:
+    without it such a file raises ConfigNeededError listing the values, unless ``assume_config=True`` accepts
+    the guesses (listed in ``model.modelport_assumed``). ``dtype``: cast floating weights (float32,
+    bfloat16 …); the file's dtype otherwise. ``input_shape`` /
     ``input_dtype``: example inputs of a user module (see :func:`example_inputs`).
     """
     from ..formats import open as open_source
 
     source = open_source(Path(path), options=options)
     try:
-        return model_from_source(source, arch, device, dtype, config=config, input_shape=input_shape,
-                                 input_dtype=input_dtype)
+        return model_from_source(source, arch, device, dtype, config=config, assume_config=assume_config,
+                                 input_shape=input_shape, input_dtype=input_dtype)
     finally:
         source.close()
 

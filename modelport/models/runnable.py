@@ -196,7 +196,7 @@ def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, i
 
 
 def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", dtype=None, input_shape=None,
-                  input_dtype=None, format: str | None = None) -> Runnable:  # noqa: A002
+                  input_dtype=None, format: str | None = None, assume_config: bool = False) -> Runnable:  # noqa: A002
     """The runnable model held by ``path``: a Lua ``nn`` model from ``.t7``, a user module
     (``arch="package.module:factory"``), or a reference family (detected, or ``arch``)."""
     from .. import formats
@@ -220,7 +220,8 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
                            input_spec=spec)
     from .loader import load_model
 
-    model = load_model(path, arch, device, dtype, config=config, input_shape=input_shape, input_dtype=input_dtype)
+    model = load_model(path, arch, device, dtype, config=config, assume_config=assume_config, input_shape=input_shape,
+                       input_dtype=input_dtype)
     assumed = list(getattr(model, "modelport_assumed", []))
     if arch and ":" in arch:
         shape_dtype = getattr(model, "modelport_input", None)

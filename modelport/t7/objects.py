@@ -148,9 +148,9 @@ class T7Tensor:
             return np.zeros(self.size, dtype=_np_dtype(self.dtype))
         base = self.storage.data
         item = base.itemsize
-        return np.lib.stride_tricks.as_strided(
-            base[self.offset:], shape=self.size, strides=tuple(s * item for s in self.stride), writeable=False
-        )
+        # a size-1 dimension is never stepped along: its stride, whatever the file says, is not used
+        strides = tuple(0 if n == 1 else s * item for n, s in zip(self.size, self.stride))
+        return np.lib.stride_tricks.as_strided(base[self.offset:], shape=self.size, strides=strides, writeable=False)
 
 
 def _np_dtype(name: str):

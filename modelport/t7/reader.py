@@ -35,6 +35,7 @@ ELEMENTS = {
 _TORCH_CLASS = re.compile(r"torch\.(Cuda)?([A-Za-z]*?)(Tensor|Storage)")
 
 DEFAULT_MAX_DEPTH = 5000
+MAX_RANK = 64                       # tensor dimensions read (numpy's own limit)
 
 
 def torch_class(name: str) -> tuple[str, str] | None:
@@ -210,6 +211,8 @@ class ObjectReader:
         at = s.pos
         nd = s.int("tensor nDimension")
         s.check_count(nd, 2 * s.long_size if s.binary else 4, "tensor nDimension", at)
+        if nd > MAX_RANK:
+            raise s.fail(f"{name} has {nd} dimensions (at most {MAX_RANK} are read); the file is corrupt", at)
         size = s.longs(nd, "tensor sizes")
         stride = s.longs(nd, "tensor strides")
         oat = s.pos
@@ -281,7 +284,18 @@ def detect_mode(head: bytes) -> tuple[str, bool] | None:
 
 
 def _map(path: Path):
-    with open(path, "rb") as f:
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)     # a FIFO must not block the open
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        raise FormatError(f"{path}: not a regular file (a pipe, device or socket); modelport reads only files")
+    os.set_blocking(fd, True)
+    with open(fd, "rb") as f:
         try:
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:          # an empty file cannot be mapped

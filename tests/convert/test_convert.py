@@ -3,7 +3,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import modelport
-from modelport.errors import DestinationExistsError, FormatError, UnsupportedError
+from modelport.atomic import MARKER
+from modelport.errors import DestinationExistsError, FormatError, OverlapError, UnsupportedError
+from modelport.formats.base import Options
 from modelport.formats import safetensors as st_adapter
 from tests.conftest import bitwise_equal
 
@@ -41,7 +43,7 @@ def test_existing_destination_is_refused_and_kept(src, tmp_path):
     path, _ = src
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"precious")
-    with pytest.raises(DestinationExistsError, match="--force"):
+    with pytest.raises(DestinationExistsError, match="force=True"):
         modelport.convert(path, dst)
     assert dst.read_bytes() == b"precious"
     modelport.convert(path, dst, force=True)
@@ -60,9 +62,44 @@ def test_unknown_target_suffix_and_format(src, tmp_path):
 def test_destination_equal_to_source_is_refused(src):
     path, _ = src
     before = path.read_bytes()
-    with pytest.raises(UnsupportedError, match="source itself"):
+    with pytest.raises(OverlapError, match="is the source"):
         modelport.convert(path, path, force=True)
     assert path.read_bytes() == before
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _hf_options(tmp_path):
+    config = tmp_path.parent / f"{tmp_path.name}-config.json"
+    config.write_text('{"model_type": "custom"}')
+    return Options(config=config)
+
+
+def test_force_never_destroys_a_source_inside_the_destination(src, tmp_path):
+    """The first user's report: convert proj/model.pt proj --to hf --force deleted the source; converting
+    d/pytorch_model.bin into d deleted the .bin, the tokenizer and the config."""
+    path, _ = src
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "model.pt").write_bytes(path.read_bytes())
+    (proj / "tokenizer.json").write_text("{}")
+    before = _tree(tmp_path)
+    for s, d in ((proj / "model.pt", proj), (proj / "model.pt", tmp_path), (proj, proj / "out")):
+        with pytest.raises(OverlapError):
+            modelport.convert(s, d, to="hf", force=True, options=_hf_options(tmp_path))
+        assert _tree(tmp_path) == before
+
+
+def test_directory_outputs_carry_the_marker_and_force_replaces_them(src, tmp_path):
+    path, _ = src
+    dst = tmp_path / "out"
+    modelport.convert(path, dst, to="hf", options=_hf_options(tmp_path))
+    assert (dst / MARKER).is_file()
+    modelport.convert(path, dst, to="hf", force=True, options=_hf_options(tmp_path))
+    with modelport.open(dst) as again:
+        assert MARKER not in again.side_files     # never carried on as one of the model's files
 
 
 @pytest.mark.parametrize("exc", [OSError("disk full"), KeyboardInterrupt()])

@@ -51,7 +51,7 @@ def test_file_output_gets_a_manifest_beside_it(tmp_path):
 def test_layout_mapping_records_renames_permutes_and_merges(tmp_path, llama_pt):
     meta = tmp_path / "meta"
     convert(llama_pt, meta, to="meta", options=_opts(config=tmp_path / "config.json"))
-    data = mf.load(meta / "modelport.json")
+    data = mf.load(meta / mf.DIR_NAME)
     assert data["source"]["layout"] == "llama-hf" and data["output"]["layout"] == "llama-meta"
     assert data["output"]["architecture"] == "llama" and data["output"]["directory"] is True
     ops = [t["op"] for t in data["transforms"]]
@@ -59,20 +59,20 @@ def test_layout_mapping_records_renames_permutes_and_merges(tmp_path, llama_pt):
     assert {"op": "rename", "from": "model.embed_tokens.weight", "to": "tok_embeddings.weight"} in data["transforms"]
     assert {"op": "permute_rope_hf_to_meta", "tensor": "layers.1.attention.wk.weight",
             "args": {"n_heads": 2}} in data["transforms"]
-    assert {f["path"] for f in data["output"]["files"]} == {"consolidated.00.pth", "params.json"}
+    assert {f["path"] for f in data["output"]["files"]} == {"consolidated.00.pth", "params.json", "hf_config.json"}
     # back to HF: the way back is recorded too, and the source's own manifest is not carried along
     hf = tmp_path / "hf"
     convert(meta, hf, to="hf")
-    back = mf.load(hf / "modelport.json")
+    back = mf.load(hf / mf.DIR_NAME)
     assert [t["op"] for t in back["transforms"]].count("permute_rope_meta_to_hf") == 6
-    assert back["source"]["directory"] and "modelport.json" not in {f["path"] for f in back["source"]["files"]}
-    assert mf.load(hf / "modelport.json")["output"]["path"] == str(hf.resolve())
+    assert back["source"]["directory"] and mf.DIR_NAME not in {f["path"] for f in back["source"]["files"]}
+    assert mf.load(hf / mf.DIR_NAME)["output"]["path"] == str(hf.resolve())
 
 
 def test_shard_splits_are_recorded(tmp_path, llama_pt):
     hf = tmp_path / "hf"
     convert(llama_pt, hf, to="hf", shard_size=8000, options=_opts(config=tmp_path / "config.json"))
-    data = mf.load(hf / "modelport.json")
+    data = mf.load(hf / mf.DIR_NAME)
     split = [t for t in data["transforms"] if t["op"] == "split_weight_shards"]
     assert len(split) == 1 and len(split[0]["files"]) > 2
     again = tmp_path / "again.safetensors"
@@ -198,11 +198,12 @@ def _opts(**kw):
     return Options(**{k: v for k, v in kw.items() if v is not None})
 
 
-def test_a_modelport_output_is_known_by_its_manifest(tmp_path, llama_pt):
+def test_a_directory_manifest_is_the_marker_that_lets_force_replace_it(tmp_path, llama_pt):
     out = tmp_path / "hf"
     convert(llama_pt, out, to="hf", options=_opts(config=tmp_path / "config.json"))
-    assert mf.written_by_modelport(out)
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "modelport.json").write_text("{}")          # not of the manifest's schema
-    assert not mf.written_by_modelport(other) and not mf.written_by_modelport(llama_pt)
+    data = json.loads((out / ".modelport.json").read_text())
+    assert data["written_by"] == "modelport" and data["schema"] == mf.SCHEMA and data["format"] == "hf"
+    convert(llama_pt, out, to="hf", force=True, manifest=False, options=_opts(config=tmp_path / "config.json"))
+    assert (out / ".modelport.json").is_file() and mf.read(out) is None     # the bare marker stays
+    convert(llama_pt, out, to="hf", force=True, options=_opts(config=tmp_path / "config.json"))
+    assert mf.read(out)["output"]["format"] == "hf"

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import modelport
-from modelport.errors import FormatError, UnsupportedError
+from modelport.errors import ConfigNeededError, FormatError, UnsupportedError
+from modelport.formats.base import Options
 from tests.conftest import bitwise_equal
 
 
@@ -70,7 +71,7 @@ def test_writing_hf_without_config_names_the_option(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"mystery.weight": torch.ones(3)}, tmp_path / "w.safetensors")
-    with pytest.raises(UnsupportedError, match="--config"):
+    with pytest.raises(ConfigNeededError, match="config=.config.json."):
         modelport.convert(tmp_path / "w.safetensors", tmp_path / "out", to="hf")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
@@ -83,3 +84,23 @@ def test_missing_shard_is_a_clear_error(gpt2_dir, tmp_path):
     next(out.glob("model-00002-*.safetensors")).unlink()
     with pytest.raises(FormatError, match="incomplete"):
         modelport.open(out)
+
+
+def test_bare_weights_never_get_a_guessed_config_silently(tmp_path):
+    """The shipped GPT-2 has 4 heads; its weights cannot say so. Without --config nothing is written and the
+    error lists what is needed; --assume-config writes the guesses and records them in the weights' metadata."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "tiny-gpt2.pt"
+    out = tmp_path / "out"
+    with pytest.raises(ConfigNeededError, match=r"n_head \(would guess 1\), layer_norm_epsilon.*assume_config=True"):
+        modelport.convert(example, out, to="hf")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    result = modelport.convert(example, out, to="hf", options=Options(assume_config=True))
+    assert any("assumed: n_head" in n for n in result.notes)
+    with safe_open(out / "model.safetensors", "np") as f:
+        recorded = json.loads(f.metadata()["modelport.assumed_config"])
+    assert recorded == {"n_head": 1, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"}
+    assert "_modelport_assumed" not in json.loads((out / "config.json").read_text())

@@ -14,7 +14,8 @@ import modelport
 from modelport import formats
 from modelport.errors import FormatError, LayoutError, UnsupportedError
 from modelport.formats.base import Options
-from modelport.formats.meta import is_llama3, split_dim
+from modelport.atomic import MARKER
+from modelport.formats.meta import HF_CONFIG, is_llama3, split_dim
 from modelport.models.families.llama import hf_config_from_params as config_from_params
 from modelport.models.families.llama import meta_ffn_dim as ffn_dim, meta_ffn_params as ffn_params
 from modelport.models.families.llama import params_from_config
@@ -54,7 +55,7 @@ def test_hf_meta_hf_is_bit_exact(tmp_path, spec, shards):
     src, _ = hf_dir(tmp_path, spec, seed=shards)
     meta, back = tmp_path / "meta", tmp_path / "back"
     modelport.convert(src, meta, to="meta", options=Options(shards=shards))
-    assert sorted(p.name for p in meta.iterdir()) == sorted(["params.json", "generation_config.json", "modelport.json"]
+    assert sorted(p.name for p in meta.iterdir()) == sorted(["params.json", "generation_config.json", HF_CONFIG, MARKER]
                                                              + [f"consolidated.{i:02d}.pth" for i in range(shards)])
     modelport.convert(meta, back, to="hf")
     a, b = safetensors_of(src), safetensors_of(back)
@@ -62,9 +63,7 @@ def test_hf_meta_hf_is_bit_exact(tmp_path, spec, shards):
     for name in a:
         assert bitwise_equal(a[name], b[name]), name
     cfg_a, cfg_b = json.loads((src / "config.json").read_text()), json.loads((back / "config.json").read_text())
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "vocab_size", "rms_norm_eps"):
-        assert cfg_a[key] == cfg_b[key], key
+    assert cfg_a == cfg_b      # bos/eos ids, max positions, dtype … carried beside params.json
     # and meta -> hf -> meta gives the same shard files' tensors and the same params.json
     again = tmp_path / "again"
     modelport.convert(back, again, to="meta", options=Options(shards=shards))
@@ -363,3 +362,15 @@ def test_load_model_runs_a_sharded_meta_checkpoint(tmp_path):
     tokens = torch.randint(0, LLAMA3["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (ours(tokens) - model(tokens).logits).abs().max().item() < 1e-5
+
+
+def test_carried_config_ignored_when_params_json_was_edited(tmp_path):
+    src, _ = hf_dir(tmp_path, LLAMA2, seed=5)
+    meta = tmp_path / "meta"
+    modelport.convert(src, meta, to="meta")
+    params = json.loads((meta / "params.json").read_text())
+    params["norm_eps"] = 1e-3
+    (meta / "params.json").write_text(json.dumps(params))
+    with modelport.open(meta) as source:
+        assert source.config["rms_norm_eps"] == 1e-3
+        assert any(HF_CONFIG in n and "another model" in n for n in source.notes)

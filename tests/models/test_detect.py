@@ -67,7 +67,7 @@ def test_infer_config_from_bare_state_dict(family, true_heads, tmp_path):
     if family == "gpt2":
         del state["lm_head.weight"]           # tied GPT-2 as published: no lm_head in the file
     with save_bare(state, tmp_path / "w.safetensors") as source:
-        inferred = infer_config(source)
+        inferred = infer_config(source, assume_config=True)
     want = config_from_hf(hf_model.config.to_dict())
     assumed = inferred.pop(ASSUMED_KEY)
     assert set(true_heads) <= set(assumed)    # head counts cannot be read from shapes: stated as assumed
@@ -97,7 +97,7 @@ def test_infer_guesses_published_head_sizes():
                        p + "mlp.gate_proj.weight": (14336, 4096), p + "mlp.up_proj.weight": (14336, 4096),
                        p + "mlp.down_proj.weight": (4096, 14336), p + "input_layernorm.weight": (4096,),
                        p + "post_attention_layernorm.weight": (4096,)})
-    cfg = infer_config(ShapeSource(shapes))
+    cfg = infer_config(ShapeSource(shapes), assume_config=True)
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (32, 8, 128)
     assert cfg["rope_theta"] == 500000.0 and not cfg["tie_word_embeddings"]   # Llama 3 vocabulary
     assert {"rope_theta", "rms_norm_eps", "max_position_embeddings"} <= set(cfg[ASSUMED_KEY])
@@ -107,17 +107,17 @@ def test_infer_refuses_nanogpt_orientation():
     sd = {k: tuple(v.shape) for k, v in tiny.gpt2().state_dict().items()}
     sd["transformer.h.0.attn.c_attn.weight"] = (72, 24)
     with pytest.raises(LayoutError, match="nanoGPT"):
-        infer_config(ShapeSource(sd))
+        infer_config(ShapeSource(sd), assume_config=True)
 
 
 def test_infer_checks_every_shape():
     sd = {k: tuple(v.shape) for k, v in tiny.llama().state_dict().items()}
     sd["model.layers.2.mlp.up_proj.weight"] = (41, 24)
     with pytest.raises(LayoutError, match=r"model.layers.2.mlp.up_proj.weight' has shape \[41, 24\]"):
-        infer_config(ShapeSource(sd))
+        infer_config(ShapeSource(sd), assume_config=True)
     del sd["model.layers.2.mlp.up_proj.weight"]
     with pytest.raises(LayoutError, match="missing 1: model.layers.2.mlp.up_proj.weight"):
-        infer_config(ShapeSource(sd))
+        infer_config(ShapeSource(sd), assume_config=True)
 
 
 def test_params_json_beside_the_weights(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import modelport
-from modelport.errors import LayoutError, UnsupportedError
+from modelport.errors import ConfigNeededError, LayoutError, UnsupportedError
 from modelport.models.loader import example_inputs
 
 from . import tiny
@@ -48,11 +48,14 @@ def test_bare_weights_with_arch_and_config(tmp_path):
     assert_same_logits(model, hf_model)
 
 
-def test_bare_weights_without_config_are_inferred_with_assumptions(tmp_path):
+def test_bare_weights_need_a_config_or_an_explicit_assume_config(tmp_path):
     hf_model = tiny.gpt2(seed=23)
     state = tiny.hf_state_dict(hf_model)
     del state["lm_head.weight"]
-    model = modelport.load_model(save_bare(state, tmp_path / "w.safetensors"))
+    path = save_bare(state, tmp_path / "w.safetensors")
+    with pytest.raises(ConfigNeededError, match=r"n_head \(would guess 1\).*config='config.json'.*assume_config=True"):
+        modelport.load_model(path)
+    model = modelport.load_model(path, assume_config=True)
     assert "n_head" in model.modelport_assumed
     assert model(*example_inputs(model)).shape == (1, 8, tiny.VOCAB)
 

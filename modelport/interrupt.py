@@ -1,0 +1,81 @@
+"""Ctrl-C that is never lost.
+
+Python turns SIGINT into a KeyboardInterrupt raised wherever the main thread happens to be. When that
+is inside a finaliser or a callback (a garbage-collected object's ``__del__`` while torch imports, say),
+Python prints "Exception ignored" and carries on: the interrupt is lost and the command would finish
+and write its output. The handler here also records the signal, and :func:`check` raises it again at
+the points that matter (before an output is renamed into place, before a command reports success).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+_received: int | None = None
+
+
+def received() -> int | None:
+    """The signal number of the first interrupt received, or None."""
+    return _received
+
+
+def _handler(signum, frame):
+    global _received
+    if _received is None:
+        _received = signum
+    raise KeyboardInterrupt
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if an interrupt arrived, even one that something swallowed."""
+    if _received is not None:
+        raise KeyboardInterrupt
+
+
+def _unraisable(hook):
+    def quiet(unraisable):
+        # A KeyboardInterrupt raised inside a finaliser: recorded by the handler, reported once by the CLI.
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _received is not None:
+            return
+        hook(unraisable)
+
+    return quiet
+
+
+def install(*signums: int) -> None:
+    """Route these signals (default SIGINT and SIGTERM) through the recording handler. Main thread only."""
+    for signum in signums or (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _handler)
+    if not getattr(sys.unraisablehook, "_modelport", False):
+        hook = _unraisable(sys.unraisablehook)
+        hook._modelport = True
+        sys.unraisablehook = hook
+
+
+def exit_interrupted(message: str, now: bool = False) -> None:
+    """Say ``message`` once on stderr and exit with 130 (``now``: at once, skipping clean-up handlers)."""
+    import os
+
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except BaseException:      # a second Ctrl-C while printing still ends in 130
+        pass
+    if now:
+        os._exit(130)
+    raise SystemExit(130)
+
+
+def install_early(message: str) -> None:
+    """For the command line, before anything heavy is imported: a Ctrl-C from here on ends in exit 130 and
+    ``message`` rather than a traceback, even while modules are still being imported."""
+    install()
+    hook = sys.excepthook
+
+    def on_uncaught(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt) or _received is not None:
+            exit_interrupted(message, now=True)
+        hook(kind, value, tb)
+
+    sys.excepthook = on_uncaught

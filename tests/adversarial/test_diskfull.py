@@ -1,0 +1,74 @@
+"""A disk that fills up mid-write: one line, exit 2, nothing left on the disk. A real small tmpfs
+where this machine lets us mount one (root), and ENOSPC injected into the writes everywhere."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+from modelport.convert import convert
+from modelport.errors import OutputError
+
+from .hostile import run_measured, write_safetensors
+
+TARGETS = [("model.pt", None), ("model.safetensors", None), ("model.t7", None), ("hf-out", "hf")]
+
+
+@pytest.fixture
+def source(tmp_path):
+    header, off = {}, 0
+    for i in range(16):
+        header[f"w{i}"] = {"dtype": "F32", "shape": [256, 256], "data_offsets": [off, off + 256 * 256 * 4]}
+        off += 256 * 256 * 4
+    src = write_safetensors(tmp_path / "src.safetensors", header, os.urandom(off))
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    return src
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); ENOSPC is injected by test_enospc_injected instead")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("name,to", TARGETS)
+def test_a_full_tmpfs(source, small_disk, name, to):
+    args = ["convert", source, small_disk / name] + (["--to", to, "--config", source.parent / "config.json"] if to else [])
+    r = run_measured(args, timeout=20)
+    assert r["rc"] == 2, r["stderr"]
+    assert "disk is full" in r["stderr"] and "Traceback" not in r["stderr"] and len(r["stderr"].strip().splitlines()) == 1
+    assert os.listdir(small_disk) == []
+
+
+@pytest.mark.parametrize("name,to", TARGETS)
+@pytest.mark.parametrize("call", ["write", "copy_file_range", "pwrite"])
+def test_enospc_injected(tmp_path, source, monkeypatch, name, to, call):
+    real = getattr(os, call)
+    budget = [3]
+
+    def failing(*args, **kwargs):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, call, failing)
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        convert(source, out / name, to=to, options=None if not to else __import__("modelport.formats.base", fromlist=["Options"]).Options(config=source.parent / "config.json"))
+    except OutputError as exc:
+        assert "disk is full" in str(exc)
+    monkeypatch.undo()
+    leftovers = [n for n in os.listdir(out) if ".modelport-" in n]
+    assert leftovers == []

@@ -145,7 +145,8 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
     if record is not None:
         from .render import escape
 
-        click.echo(escape(f"\nmanifest ({mf.find(path)}):"))
+        click.echo("")
+        click.echo(escape(f"manifest ({mf.find(path)}):"))
         for line in mf.summary(record):
             click.echo(escape(f"  {line}"))
     if check is not None:

@@ -5,28 +5,39 @@ n_positions 1024, lm_head tied to wte; about 1.4 GB) with torch.save, then times
 each in a fresh process with the file in the page cache:
 
   cp                       coreutils cp of the .pt file
-  pt -> safetensors        modelport.convert.convert
-  safetensors -> pt        modelport.convert.convert (real zip CRC-32s, the default)
+  pt -> safetensors        modelport.convert.convert (header padded to align the largest tensor)
+  safetensors -> pt        modelport.convert.convert (real zip CRC-32s, storages aligned)
   safetensors -> pt, no CRC  the same with Options(crc32=False) (--no-crc32)
-  ... no manifest          both directions with manifest=False (--no-manifest): the manifest's
+  ..., no align            the same with Options(align=False): torch.save's layout, unpadded
+  ..., no manifest         both directions with manifest=False (--no-manifest): the manifest's
                            cost is the difference (it hashes source and output with sha256)
   torch.load + save_file   the usual way, for reference
   load_file + torch.save   the usual way back, for reference
 
-and prints wall time (best of --repeat), the ratio to cp (target <= 1.3), peak RSS
-of the process and its ratio to the checkpoint size (target <= 0.35). Then it builds
-a checkpoint about 4x larger with the same largest tensor (more layers) and prints
-how much more peak RSS each modelport direction takes (target < 100 MB).
+and prints wall time (best, median and worst of --repeat interleaved rounds), the
+ratio of the best to cp's best (targets: pt -> safetensors <= 1.5, safetensors -> pt
+<= 1.2), CPU time (user + sys, steadier than wall time on a busy machine), peak RSS of
+the process and its ratio to the checkpoint size (target <= 0.05), and what the
+alignment padding costs in file size. Then it builds a checkpoint about 4x larger
+with the same largest tensor (more layers) and prints how much more peak RSS each
+modelport direction takes (target < 100 MB).
+
+copy_file_range (what cp and the writers use) is fast on ext4 when source and
+destination offsets agree modulo 64 KiB (--offsets shows it), so the writers pad to
+make them agree where the layout is free: see modelport/formats/_stream.py.
 
     python benchmarks/bench_streaming.py            # the full run (about 2 x 6 GB of disk)
     python benchmarks/bench_streaming.py --small    # a quick run on a 4-layer model
+    python benchmarks/bench_streaming.py --offsets  # only copy_file_range at equal and shifted offsets
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,21 +70,24 @@ torch.save(sd, path)
 
 # Each measured step runs in its own interpreter and prints its own peak RSS (KiB).
 PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+def _convert(to: str, options: str = "", manifest: bool = True) -> str:
+    """A modelport step; it prints how long convert() itself took (no interpreter start, no imports)."""
+    return ("import sys, time\n"
+            "from modelport.convert import convert; from modelport.formats.base import Options\n"
+            "t0 = time.perf_counter()\n"
+            f"convert(sys.argv[1], sys.argv[2], to={to!r}, progress=False, options=Options({options}), "
+            f"manifest={manifest})\n"
+            "print('CONVERT', time.perf_counter() - t0)")
+
+
 STEPS = {
-    "pt -> safetensors": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False)",
-    "safetensors -> pt": "from modelport.convert import convert; import sys; convert(sys.argv[1], sys.argv[2], to='pt', progress=False)",
-    "pt -> st, no manifest": (
-        "from modelport.convert import convert; import sys\n"
-        "convert(sys.argv[1], sys.argv[2], to='safetensors', progress=False, manifest=False)"
-    ),
-    "st -> pt, no manifest": (
-        "from modelport.convert import convert; import sys\n"
-        "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, manifest=False)"
-    ),
-    "safetensors -> pt, no CRC": (
-        "from modelport.convert import convert; from modelport.formats.base import Options; import sys\n"
-        "convert(sys.argv[1], sys.argv[2], to='pt', progress=False, options=Options(crc32=False))"
-    ),
+    "pt -> safetensors": _convert("safetensors"),
+    "safetensors -> pt": _convert("pt"),
+    "safetensors -> pt, no CRC": _convert("pt", "crc32=False"),
+    "pt -> safetensors, no align": _convert("safetensors", "align=False"),
+    "safetensors -> pt, no align": _convert("pt", "align=False"),
+    "pt -> safetensors, no manifest": _convert("safetensors", manifest=False),
+    "safetensors -> pt, no manifest": _convert("pt", manifest=False),
     "torch.load + save_file": (
         "import sys, torch; from safetensors.torch import save_file\n"
         "sd = torch.load(sys.argv[1], weights_only=True)\n"
@@ -90,32 +104,42 @@ def params_per_layer() -> int:
     return 2 * D + D * 3 * D + 3 * D + D * D + D + 2 * D + D * 4 * D + 4 * D + 4 * D * D + D
 
 
-def run(cmd: list[str], out: Path | None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes, 0 when the step does not report it) of one fresh process."""
+def run(cmd: list[str], out: Path | None) -> tuple[float, float, int, float]:
+    """Wall seconds, CPU seconds (user + sys), peak RSS (bytes) and the seconds convert() itself
+    took (0 when the step does not report them) of one fresh process."""
     if out is not None and out.exists():
         out.unlink()
     os.sync()
     time.sleep(SETTLE)   # let the unlink's discard and writeback finish outside the timing
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"step failed: {' '.join(cmd)}\n{proc.stderr}")
-    peak = [int(line.split()[1]) * 1024 for line in proc.stdout.splitlines() if line.startswith("PEAK ")]
-    return wall, (peak[0] if peak else 0)
+    said = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.startswith(("PEAK ", "CONVERT ")))
+    return wall, cpu, int(said.get("PEAK", 0)) * 1024, float(said.get("CONVERT", 0))
 
 
 def step(name: str, src: Path, dst: Path) -> list[str]:
     return [sys.executable, "-c", f"{STEPS[name]}\n{PEAK}", str(src), str(dst)]
 
 
-def rounds(steps: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, tuple[float, int]]:
-    """Run every step once per round, interleaved; best wall time and highest peak RSS per step."""
-    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in steps}
+def rounds(steps: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, list[tuple[float, float, int, float]]]:
+    """Run every step once per round, interleaved (so a busy spell hits all steps alike)."""
+    runs: dict[str, list[tuple[float, float, int, float]]] = {name: [] for name in steps}
     for _ in range(repeat):
         for name, (cmd, out) in steps.items():
             runs[name].append(run(cmd, out))
-    return {name: (min(r[0] for r in rs), max(r[1] for r in rs)) for name, rs in runs.items()}
+    return runs
+
+
+def summary(rs: list[tuple[float, float, int, float]]) -> tuple[float, float, float, float, int, float]:
+    """Best, median and worst wall time, best CPU time, highest peak RSS, best convert() time."""
+    walls = sorted(r[0] for r in rs)
+    return walls[0], statistics.median(walls), walls[-1], min(r[1] for r in rs), max(r[2] for r in rs), min(r[3] for r in rs)
 
 
 def build(layers: int, path: Path) -> int:
@@ -146,12 +170,50 @@ def check(pt: Path, st: Path) -> None:
         raise SystemExit(f"converted files differ: {out.stderr}")
 
 
+def offsets(src: Path, work: Path, repeat: int) -> None:
+    """copy_file_range of the checkpoint at equal and shifted offsets (source, destination)."""
+    size = src.stat().st_size
+    # (source offset, destination offset): a page multiple apart is fast only sometimes (page-aligned
+    # starts), 64 KiB apart always; the writers therefore align modulo 64 KiB.
+    shifts = [(0, 0), (64, 0), (0, 64), (4096, 0), (32768, 0), (100_000, 100_000 - 4096),
+              (100_000, 100_000 - 12288), (100_000, 0), (65536, 0), (100_000, 100_000 - 65536)]
+    n = size - 100_000
+    dst = work / "shifted.bin"
+    runs: dict[tuple[int, int], list[tuple[float, float]]] = {s: [] for s in shifts}
+    for _ in range(repeat):
+        for s_src, s_dst in shifts:
+            dst.unlink(missing_ok=True)
+            os.sync()
+            time.sleep(SETTLE)
+            fi, fo = os.open(src, os.O_RDONLY), os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                os.write(fo, b"\0" * s_dst)
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                at, left = s_src, n
+                while left:
+                    k = os.copy_file_range(fi, fo, min(left, 1 << 30), at)
+                    at, left = at + k, left - k
+                wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+            finally:
+                os.close(fi)
+                os.close(fo)
+            runs[(s_src, s_dst)].append((wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
+    dst.unlink(missing_ok=True)
+    print(f"\ncopy_file_range of {n / 1e9:.2f} GB, {repeat} interleaved rounds; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"{'source +':>10}{'dest +':>9}{'differ mod 4K':>15}{'mod 64K':>9}{'best s':>8}{'median':>8}{'cpu s':>7}")
+    for (s_src, s_dst), rs in runs.items():
+        walls = sorted(r[0] for r in rs)
+        print(f"{s_src:>10}{s_dst:>9}{(s_src - s_dst) % 4096:>15}{(s_src - s_dst) % 65536:>9}{walls[0]:8.3f}{statistics.median(walls):8.3f}{min(r[1] for r in rs):7.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="4 layers instead of 24 (a quick run)")
     ap.add_argument("--repeat", type=int, default=5, help="rounds of the timed steps; the best wall time counts")
     ap.add_argument("--dir", type=Path, default=None, help="where to put the files (default: a temp dir)")
     ap.add_argument("--no-reference", action="store_true", help="skip the torch.load reference steps")
+    ap.add_argument("--offsets", action="store_true", help="only time copy_file_range at equal and shifted offsets")
     args = ap.parse_args()
 
     layers = 4 if args.small else 24
@@ -159,35 +221,49 @@ def main() -> None:
     try:
         src = work / "model.pt"
         size = build(layers, src)
+        if args.offsets:
+            return offsets(src, work, args.repeat)
         st, back, copy = work / "model.safetensors", work / "back.pt", work / "copy.pt"
         run(step("pt -> safetensors", src, st), st)   # warm the page cache (and make the safetensors input)
+        plain_st, plain_pt = work / "plain.safetensors", work / "plain.pt"
         timed = rounds({
             "cp": (["cp", str(src), str(copy)], copy),
             "pt -> safetensors": (step("pt -> safetensors", src, st), st),
+            "pt -> safetensors, no align": (step("pt -> safetensors, no align", src, plain_st), plain_st),
             "safetensors -> pt": (step("safetensors -> pt", st, back), back),
-            "safetensors -> pt, no CRC": (step("safetensors -> pt, no CRC", st, back), back),
-            "pt -> st, no manifest": (step("pt -> st, no manifest", src, st), st),
-            "st -> pt, no manifest": (step("st -> pt, no manifest", st, back), back),
+            "safetensors -> pt, no align": (step("safetensors -> pt, no align", st, plain_pt), plain_pt),
+            "safetensors -> pt, no CRC": (step("safetensors -> pt, no CRC", st, copy_pt := work / "nocrc.pt"), copy_pt),
+            "pt -> safetensors, no manifest": (step("pt -> safetensors, no manifest", src, st), st),
+            "safetensors -> pt, no manifest": (step("safetensors -> pt, no manifest", st, back), back),
         }, args.repeat)
-        rows = [(name, *timed[name]) for name in timed]
+        rows = [(name, *summary(timed[name])) for name in timed]
         copy.unlink()
         check(back, st)
+        check(plain_pt, plain_st)
+        padding = [(st.name, st.stat().st_size - plain_st.stat().st_size), (back.name, back.stat().st_size - plain_pt.stat().st_size)]
         if not args.no_reference:
             ref_st, ref_pt = work / "ref.safetensors", work / "ref.pt"
             ref = rounds({"torch.load + save_file": (step("torch.load + save_file", src, ref_st), ref_st),
                           "load_file + torch.save": (step("load_file + torch.save", ref_st, ref_pt), ref_pt)}, 1)
-            rows += [(name, *ref[name]) for name in ref]
+            rows += [(name, *summary(ref[name])) for name in ref]
             ref_st.unlink()
             ref_pt.unlink()
-        cp_wall = rows[0][1]
-        print(f"\ncheckpoint: {size / 1e9:.3f} GB, {layers} layers; best of {args.repeat} (reference steps: 1 run)")
-        print(f"{'step':<24}{'wall s':>9}{'x cp':>8}{'peak RSS MB':>13}{'RSS/ckpt':>10}")
-        for name, wall, peak in rows:
+        cp_wall, cp_cpu = rows[0][1], rows[0][4]
+        print(f"\ncheckpoint: {size / 1e9:.3f} GB, {layers} layers; {args.repeat} interleaved rounds (reference steps: 1 run)")
+        print(f"load average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+        print(f"{'step':<29}{'best s':>8}{'median':>8}{'worst':>8}{'x cp':>7}{'cpu s':>7}{'x cp':>6}"
+              f"{'convert()':>10}{'x cp':>6}{'peak RSS MB':>13}{'RSS/ckpt':>10}")
+        for name, best, med, worst, cpu, peak, conv in rows:
             rss = f"{peak / 1e6:13.1f}{peak / size:10.3f}" if peak else f"{'-':>13}{'-':>10}"
-            print(f"{name:<24}{wall:9.3f}{wall / cp_wall:8.2f}{rss}")
-        peaks = {name: peak for name, _, peak in rows}
-        for p in (st, back):
-            p.unlink()
+            inner = f"{conv:10.3f}{conv / cp_wall:6.2f}" if conv else f"{'-':>10}{'-':>6}"
+            print(f"{name:<29}{best:8.3f}{med:8.3f}{worst:8.3f}{best / cp_wall:7.2f}{cpu:7.3f}{cpu / cp_cpu:6.2f}{inner}{rss}")
+        print("x cp: best over cp's best (wall), CPU over cp's CPU; convert(): the call alone, without interpreter start and imports")
+        print("targets: pt -> safetensors <= 1.5 x cp, safetensors -> pt <= 1.2 x cp, peak RSS <= 0.05 x checkpoint")
+        for fname, extra in padding:
+            print(f"alignment padding in {fname}: {extra} bytes ({extra / size * 100:.4f} % of the checkpoint)")
+        peaks = {name: peak for name, _, _, _, _, peak, _ in rows}
+        for p in (st, back, plain_st, plain_pt, copy_pt):
+            p.unlink(missing_ok=True)
         src.unlink()
 
         # 4x the bytes, same largest tensor (wte): more layers.
@@ -198,11 +274,11 @@ def main() -> None:
         big_size = build(big_layers, big)
         big_timed = rounds({"pt -> safetensors": (step("pt -> safetensors", big, st), st),
                             "safetensors -> pt": (step("safetensors -> pt", st, back), back)}, 1)
-        big_rows = [(name, *big_timed[name]) for name in big_timed]
+        big_rows = [(name, *summary(big_timed[name])) for name in big_timed]
         check(back, st)
         print(f"\n4x checkpoint: {big_size / 1e9:.3f} GB ({big_size / size:.2f}x), {big_layers} layers, same largest tensor")
         print(f"{'step':<24}{'wall s':>9}{'peak RSS MB':>13}{'extra vs 1x MB':>16}")
-        for name, wall, peak in big_rows:
+        for name, wall, _, _, _, peak, _ in big_rows:
             print(f"{name:<24}{wall:9.3f}{peak / 1e6:13.1f}{(peak - peaks[name]) / 1e6:16.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

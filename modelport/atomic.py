@@ -169,7 +169,7 @@ def atomic_output(dst: Path | str, force: bool = False, notes: list[str] | None 
             raise
         if not tmp.exists():
             raise RuntimeError(f"writer produced nothing at {tmp}")
-        interrupt.check()          # an interrupt that something swallowed still stops the rename
+        interrupt.commit()         # an interrupt that something swallowed still stops the rename
         if dst.exists() or dst.is_symlink():
             check_destination(dst, force)
             if not tmp.is_dir() and not (dst.is_dir() and not dst.is_symlink()):

@@ -180,26 +180,62 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--t7-mode", type=click.Choice(["binary", "ascii"]), help="t7 target: file mode (default binary).")
 @click.option("--t7-long-size", type=click.Choice(["4", "8"]), help="t7 source: force the size of longs.")
 @click.option("--t7-endian", type=click.Choice(["little", "big"]), help="t7 source: force the byte order.")
+@click.option("--method", type=click.Choice(["script", "trace"]),
+              help="torchscript target: script (default for modelport's reference models) or trace.")
+@click.option("--opset", type=int, help="onnx target: opset 14-24 (default 17).")
+@click.option("--static-shapes", is_flag=True, help="onnx target: fixed shapes instead of dynamic batch and sequence.")
+@click.option("--external-data", is_flag=True, help="onnx target: tensors in DST.data beside the file (always over 2 GB).")
+@click.option("--input-shape", metavar="DIMS", help="Graph targets: example input shape of non-LM models, e.g. 1,3,32,32.")
+@click.option("--input-dtype", metavar="DTYPE", help="Graph targets: example input dtype (default float32).")
+@click.option("--device", default="cpu", show_default=True, help="Graph targets: device to export and check on (cpu, cuda).")
+@click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
+              help="Graph targets from a Hugging Face directory: who builds the model (auto: modelport's reference "
+                   "family when it knows the architecture, transformers otherwise).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 @click.option("--no-manifest", is_flag=True,
               help="Write no DST.modelport.json (in a directory: DST/.modelport.json) recording what the conversion did.")
 @click.option("--verify", "verify_parity", is_flag=True, help="Run the parity check on the result; exit 1 if it fails.")
 @click.option("--view", "view_after", is_flag=True, help="Open the result in Netron when done (needs modelport[view]).")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
-            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, allow_expanded, no_manifest,
-            verify_parity, view_after) -> None:
-    """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds."""
+            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, static_shapes,
+            external_data, input_shape, input_dtype, device, engine, allow_expanded, no_manifest, verify_parity,
+            view_after) -> None:
+    """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds.
+
+    A torchscript or onnx DST exports the runnable model SRC holds (see `modelport formats`)."""
     from .convert import convert as run
+    from .convert import target_format
     from .errors import DifferenceFound
+
+    target = target_format(dst, to)
+    if view_after:
+        from .view import require
+
+        require("netron", extra="view")
+    if target.graph:
+        from .convert.export import DEFAULT_OPSET, ExportOptions, export
+        from .render import human
+
+        options = ExportOptions(opset=opset or DEFAULT_OPSET, dtype=dtype, static_shapes=static_shapes,
+                                external_data=external_data, method=method, device=device)
+        result = export(src, dst, target.id, options=options, arch=arch, config=config, input_shape=input_shape,
+                        input_dtype=input_dtype, engine=engine, force=force)
+        extra = f", data in {result.external_data.name}" if result.external_data else ""
+        opset_text = f", opset {result.opset}" if result.opset else ""
+        click.echo(f"wrote {result.dst} ({result.format}{opset_text}{extra}): {human(result.bytes)} from "
+                   f"{result.origin}; matches eager within {result.max_abs_diff:.2g}")
+        if not no_manifest:
+            from .convert import manifest as mf
+
+            click.echo(f"manifest: {mf.write_for_export(Path(src), result)}")
+        if view_after:
+            _serve(result.dst, "127.0.0.1", None, True, False, False)
+        return
 
     options = _options(config=config, assume_config=assume_config or None, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
                        params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
                        t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian,
                        allow_expanded=allow_expanded or None)
-    if view_after:
-        from .view import require
-
-        require("netron", extra="view")
     check = _parity_check(from_, options) if verify_parity else None
     result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                  shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,

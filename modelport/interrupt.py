@@ -5,14 +5,24 @@ is inside a finaliser or a callback (a garbage-collected object's ``__del__`` wh
 Python prints "Exception ignored" and carries on: the interrupt is lost and the command would finish
 and write its output. The handler here also records the signal, and :func:`check` raises it again at
 the points that matter (before an output is renamed into place, before a command reports success).
+
+Two moments are handled apart once the command installed the handler: while torch is imported
+(:func:`deferred`: an import cut short can abort the process or leave a module that cannot load again,
+so the interrupt is held and raised right after it), and after the output is in place (:func:`commit`:
+the work is done and reported as done; a later signal is ignored).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+import threading
 
 _received: int | None = None
+_installed = False      # the command installed the handler (never for Python callers)
+_holding = False        # inside deferred(): record, raise afterwards
+_committed = False      # the output is in place: ignore further signals
 
 
 def received() -> int | None:
@@ -22,9 +32,35 @@ def received() -> int | None:
 
 def _handler(signum, frame):
     global _received
+    if _committed:
+        return
     if _received is None:
         _received = signum
-    raise KeyboardInterrupt
+    if not _holding:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold an interrupt while the block runs (an import that must not be cut in half), then raise it."""
+    global _holding
+    if not _installed or _holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _holding = True
+    try:
+        yield
+    finally:
+        _holding = False
+    check()
+
+
+def commit() -> None:
+    """Called just before an output is renamed into place: raise a pending interrupt now, or never (the
+    command then finishes and reports what it wrote)."""
+    global _committed
+    check()
+    _committed = _installed
 
 
 def check() -> None:
@@ -45,8 +81,10 @@ def _unraisable(hook):
 
 def install(*signums: int) -> None:
     """Route these signals (default SIGINT and SIGTERM) through the recording handler. Main thread only."""
+    global _installed, _committed
     for signum in signums or (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _handler)
+    _installed, _committed = True, False
     if not getattr(sys.unraisablehook, "_modelport", False):
         hook = _unraisable(sys.unraisablehook)
         hook._modelport = True

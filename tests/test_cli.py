@@ -191,7 +191,7 @@ def test_ctrl_c_at_any_moment_ends_in_130_one_line_and_no_output(tmp_path):
         left = sorted(os.listdir(out))
         what = f"delay {delay:.3f}s: rc {p.returncode}, left {left}, stderr {stderr.decode()[-400:]!r}"
         if p.returncode == 0:                      # finished before the signal came
-            assert left == ["x.safetensors"], what
+            assert left == ["x.safetensors", "x.safetensors.modelport.json"], what   # the output and its manifest
             continue
         assert left == [] and stdout == b"", what
         if p.returncode == 130:
@@ -238,3 +238,17 @@ def test_weight_conversions_work_without_torch(tmp_path):
         assert r.returncode == 2 and "pip install 'modelport[torch]'" in r.stderr, (args, r.stderr)
         assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("h.", "g"))) == []
+
+def test_convert_to_onnx_and_torchscript_keeps_jit_notices_out(cli, tmp_path):
+    from tests.conftest import run_cli
+    from tests.models import tiny
+
+    tiny.gpt2(seed=41).save_pretrained(tmp_path / "src")
+    r = cli("convert", tmp_path / "src", tmp_path / "m.onnx", "--opset", "18")
+    assert r.returncode == 0, r.stderr
+    assert "opset 18" in r.stdout and r.stderr == ""
+    # a real process: torch.jit's and transformers' notices would show here
+    r = run_cli("convert", tmp_path / "src", tmp_path / "m.pt", "--to", "torchscript", "--method", "trace",
+                "--engine", "transformers")
+    assert r.returncode == 0, r.stderr
+    assert "torchscript" in r.stdout and r.stderr == ""

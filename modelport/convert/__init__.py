@@ -113,6 +113,12 @@ def convert(
     target = target_format(dst, to)
     check_overlap(src, dst)
     check_destination(dst, force)
+    if target.graph:       # a program, not weights: export the runnable model (defaults: opset 17, script/trace)
+        from .export import ExportOptions, export
+
+        done = export(src, dst, target.id, options=ExportOptions(dtype=dtype), force=force,
+                      arch=options.arch, config=options.config)
+        return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"])
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:

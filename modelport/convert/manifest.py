@@ -208,6 +208,33 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
     )
 
 
+def write_for_export(src: Path, result) -> Path:
+    """The manifest of a graph export (``convert … --to onnx|torchscript``), written beside its output
+    once the exporter has put the output in place (the exporter's own atomic step comes first)."""
+    import os
+
+    dst = Path(result.dst)
+    files = [{"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in [dst] + ([Path(result.external_data)] if result.external_data else [])]
+    m = Manifest(
+        source={"path": str(Path(src).resolve()), "format": None, "layout": None, "directory": Path(src).is_dir(),
+                "files": hash_files(src)},
+        output={"path": str(dst.resolve()), "format": result.format, "layout": None, "architecture": None,
+                "origin": result.origin, "directory": False, "files": files},
+        transforms=[{"op": "export", "exporter": result.exporter, "max_abs_diff_vs_eager": result.max_abs_diff}],
+        versions=versions(), opset=result.opset,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    final = dst.with_name(dst.name + SUFFIX)
+    pending = dst.with_name(f".{final.name}.modelport-{os.getpid()}.tmp")
+    try:
+        write(m, pending)
+        os.replace(pending, final)
+    finally:
+        if pending.exists():
+            pending.unlink()
+    return final
+
+
 def write(manifest: Manifest, path: Path) -> None:
     path.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
 

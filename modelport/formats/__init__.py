@@ -10,7 +10,7 @@ from ._untrusted import check_regular
 from .base import Format, Options, ReadOptions, TensorInfo, TensorSource, WriteOptions, read_head, read_options
 
 # Adapter modules, imported on first use of the registry. Each calls ``register`` once.
-_MODULES = ("safetensors", "pt", "hf", "t7", "meta")
+_MODULES = ("safetensors", "torchscript", "pt", "hf", "t7", "meta", "onnx")   # torchscript before pt: both are torch zips
 
 _REGISTRY: dict[str, Format] = {}
 _loaded = False
@@ -103,8 +103,6 @@ def describe_unknown(path: Path) -> str:
         return "a Python pickle that is not a PyTorch checkpoint"
     if head.lstrip().startswith((b"<!DOCTYPE", b"<html", b"<HTML")):
         return "an HTML page (a failed download?)"
-    if head.startswith(b"\x08") or b"onnx" in head[:64].lower():
-        return "possibly an ONNX model, which this version cannot read as weights"
     return "not a format modelport recognises"
 
 

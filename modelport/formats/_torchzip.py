@@ -8,11 +8,22 @@ so tensor bytes can be mapped or copied in place. Compressed members fall back t
 Writing: members are laid out as ``torch.save`` lays them out: data aligned to 64
 bytes through an ``FB`` padding extra field, zip64 records where sizes or offsets
 pass 4 GiB. :func:`write_pt` writes a whole state dict from any source.
+
+Aligned copies: ``copy_file_range`` between two files of one filesystem runs much
+faster when the source and destination offsets agree modulo 64 KiB (measured on
+ext4: benchmarks/bench_streaming.py). So a storage of at least ``ALIGN_MIN`` bytes
+whose bytes lie in a file gets an ``FB`` field long enough (under 64 KiB) to put its
+data at its source offset modulo 64 KiB. Such a file departs from miniz's layout,
+from which torch can compute offsets instead of reading each local header
+(``config.load.calculate_storage_offsets``), so it is written without the
+``.format_version`` record that announces that layout; torch then reads every offset
+from its header, which works with any extra-field length.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 import zipfile
@@ -24,13 +35,15 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError
 from ._pickle import StateDictPickler
-from ._stream import _write_all, copy_span, write_tensor
+from ._stream import ALIGN_MIN, ALIGN_MOD, _write_all, copy_span, write_tensor
 from .base import TensorSource
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _ALIGN = 64
+_MAX_PAD = 0xFFFF - 4 - 28    # an extra field is at most 64 KiB - 1, zip64 (up to 28) and the FB header included
 _MAX32 = 0xFFFFFFFF
+_CRC_CHUNK = 16 << 20         # output bytes mapped at a time to compute CRC-32s
 _UTF8, _DESCRIPTOR = 0x0800, 0x0008      # general-purpose flag bits
 MAX_INFLATE = 100                         # a compressed member may inflate to this many times its size
 
@@ -136,16 +149,17 @@ class ZipWriter:
         self._central: list[list] = []   # [name, header offset, size, crc, flags]
         self._pending: list[tuple[list, int, Future]] = []   # (central entry, descriptor offset, CRC)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="crc32") if crc32 else None
+        self._crc32 = _crc32_function() if crc32 else None
 
     def _crc_of(self, at: int, size: int) -> int:
-        crc = 0
-        while size:
-            chunk = os.pread(self.fd, min(size, 16 << 20), at)
-            if not chunk:
-                raise RuntimeError("zip member: output shorter than written")
-            crc = zlib.crc32(chunk, crc)   # releases the GIL: runs beside the next copy
-            at += len(chunk)
-            size -= len(chunk)
+        """CRC-32 of ``size`` output bytes from ``at``, read through short-lived maps (no copy)."""
+        crc, end = 0, at + size
+        while at < end:
+            start = at - at % mmap.ALLOCATIONGRANULARITY
+            n = min(end - start, _CRC_CHUNK)
+            with mmap.mmap(self.fd, n, access=mmap.ACCESS_READ, offset=start) as m, memoryview(m) as view, view[at - start:] as part:
+                crc = self._crc32(part, crc)   # releases the GIL: runs beside the next copy
+            at = start + n
         return crc
 
     def shutdown(self) -> None:
@@ -160,7 +174,7 @@ class ZipWriter:
             view = view[n:]
         self.pos += len(memoryview(data).cast("B"))
 
-    def begin(self, name: str, size: int) -> None:
+    def begin(self, name: str, size: int, match: int | None = None) -> None:
         """Write the local header of member ``name`` (``size`` bytes follow).
 
         The layout is miniz's, byte for byte in length, because torch can compute storage
@@ -168,6 +182,10 @@ class ZipWriter:
         a zip64 extra field (sizes when ``size`` passes 4 GiB, the header offset when it
         does), the ``FB`` padding field up to the 64-byte data alignment, and, after the
         data of a non-empty member, a data descriptor holding its CRC and sizes.
+
+        With ``match`` (a source offset) the ``FB`` field instead reaches the first position
+        congruent to it modulo ``ALIGN_MOD``, when a field can hold the distance; the layout
+        then is no longer miniz's (see the module's docstring).
         """
         full = f"{self.prefix}/{name}".encode()
         big_size, big_off = size >= _MAX32, self.pos >= _MAX32
@@ -175,6 +193,8 @@ class ZipWriter:
         z64 = struct.pack("<HH", 1, len(fields)) + fields if fields else b""
         base = self.pos + _LOCAL.size + len(full) + len(z64) + 4
         pad = -base % _ALIGN
+        if match is not None and (match - base) % ALIGN_MOD <= _MAX_PAD:
+            pad = (match - base) % ALIGN_MOD
         extra = z64 + struct.pack("<HH", 0x4246, pad) + b"Z" * pad       # "FB" padding, as torch writes
         flags = _UTF8 | (_DESCRIPTOR if size else 0)
         self._central.append([full.decode(), self.pos, size, 0, flags])
@@ -238,6 +258,15 @@ class ZipWriter:
         self._write(out)
 
 
+def _crc32_function():
+    """zlib-ng's crc32 when installed (the ``fast`` extra: SIMD, several times faster), else zlib's."""
+    try:
+        from zlib_ng.zlib_ng import crc32
+    except ImportError:
+        crc32 = zlib.crc32
+    return crc32
+
+
 # -- a whole checkpoint --------------------------------------------------------------------------
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -279,29 +308,43 @@ def _serialization_id(pkl: bytes, storages: list) -> bytes:
     return str(int.from_bytes(digest, "big")).encode()[:40].rjust(40, b"0")
 
 
-def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None) -> None:
+def _storage_span(source: TensorSource, src_key: str, shared: bool):
+    return source.storage_span(src_key) if shared else source.span(src_key)
+
+
+def _match(span, nbytes: int) -> int | None:
+    """The source offset a storage's data should agree with modulo ALIGN_MOD, or None."""
+    if span is None or nbytes < ALIGN_MIN or span.offset % 8:
+        return None     # small, not in a file, or not 8-aligned there (the output keeps 8 at least)
+    return span.offset
+
+
+def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None, align: bool = True) -> None:
+    """Write ``source`` as a torch.save zip; ``align``: large storages keep their source offset
+    modulo 64 KiB (faster kernel copies, at most 64 KiB of padding each)."""
     storages, entries = _plan(source)
     pkl = StateDictPickler().state_dict(entries)
+    spans = [_storage_span(source, s[3], s[4]) for s in storages]
+    matches = [_match(span, s[2] * dtypes.get(s[1]).itemsize) if align else None for span, s in zip(spans, storages)]
     fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
     zw = None
     try:
         zw = ZipWriter(fd, "archive", crc32)
         zw.add("data.pkl", pkl)
-        zw.add(".format_version", b"1")
+        if all(m is None for m in matches):
+            zw.add(".format_version", b"1")    # miniz's layout holds: torch may compute offsets
         zw.add(".storage_alignment", b"64")
         zw.add("byteorder", b"little")
-        for zkey, dt, numel, src_key, shared in storages:
+        for (zkey, dt, numel, src_key, shared), span, match in zip(storages, spans, matches):
             nbytes = numel * dtypes.get(dt).itemsize
-            zw.begin(f"data/{zkey}", nbytes)
-            if shared:
-                span = source.storage_span(src_key)
-                if span is not None:
-                    copy_span(span, fd)
-                else:
-                    data = source.read_storage_bytes(src_key)
-                    if len(memoryview(data).cast("B")) != nbytes:
-                        raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
-                    _write_all(fd, data)
+            zw.begin(f"data/{zkey}", nbytes, match)
+            if span is not None:
+                copy_span(span, fd)
+            elif shared:
+                data = source.read_storage_bytes(src_key)
+                if len(memoryview(data).cast("B")) != nbytes:
+                    raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
+                _write_all(fd, data)
             else:
                 write_tensor(source, src_key, fd)
             zw.advance(nbytes)

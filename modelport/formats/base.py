@@ -72,6 +72,7 @@ class WriteOptions:
     shard_size: int | None = None        # hf: largest shard in bytes (default 5 GB)
     crc32: bool = True                   # pt: real zip CRC-32s (computed beside the copy; torch.load ignores them)
     t7_mode: str = "binary"              # t7: binary | ascii
+    align: bool = True                   # pt / safetensors: large tensors keep their source offset mod 64 KiB (faster copies)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Options:
     t7_long_size: int | None = None      # t7 reader: force 4- or 8-byte longs
     t7_endian: str | None = None         # t7 reader: force little | big
     crc32: bool = True                   # pt writer: real zip CRC-32s (computed beside the copy; torch.load ignores them)
+    align: bool = True                   # pt / safetensors writers: large tensors keep their source offset mod 64 KiB
     allow_expanded: bool = False         # readers: accept views far larger than their storages (see formats/_untrusted.py)
     assume_config: bool = False          # bare weights: accept guessed config values (recorded in the output)
 
@@ -99,7 +101,7 @@ class Options:
         return ReadOptions(self.strip_prefix, self.params_only, self.t7_long_size, self.t7_endian, self.allow_expanded)
 
     def writing(self, config: dict | None = None, shard_size: int | None = None) -> WriteOptions:
-        return WriteOptions(config, self.shards, shard_size, self.crc32, self.t7_mode or "binary")
+        return WriteOptions(config, self.shards, shard_size, self.crc32, self.t7_mode or "binary", self.align)
 
 
 def read_options(options: Options | ReadOptions | None) -> ReadOptions:
@@ -217,6 +219,7 @@ class Format:
     can_read: bool = True
     can_write: bool = True
     runnable: bool = False         # holds a model that runs, not only weights
+    graph: bool = False            # holds a program (torchscript, onnx): written by exporting a runnable model
     requires: tuple[tuple[str, str], ...] = ()   # (module, pip package) needed to use it
     config_file: str | None = None  # the model config file it stores, given in WriteOptions.config
 

@@ -165,12 +165,12 @@ class HF(Format):
             metadata[ASSUMED_METADATA] = json.dumps({k: config.get(k) for k in assumed}, sort_keys=True)
         plan = _shard_plan(source, shard_size)
         if len(plan) == 1:
-            write_safetensors(source, dst / "model.safetensors", plan[0], metadata, progress)
+            write_safetensors(source, dst / "model.safetensors", plan[0], metadata, progress, options.align)
         else:
             weight_map = {}
             for i, names in enumerate(plan, 1):
                 fname = f"model-{i:05d}-of-{len(plan):05d}.safetensors"
-                write_safetensors(source, dst / fname, names, metadata, progress)
+                write_safetensors(source, dst / fname, names, metadata, progress, options.align)
                 weight_map.update(dict.fromkeys(names, fname))
             total = sum(source.info(n).nbytes for n in source.names())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}

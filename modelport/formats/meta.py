@@ -278,7 +278,7 @@ class Meta(Format):
 
         for s in range(n):   # split tensors are read once per shard: time, not memory
             write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
-                     progress=progress)
+                     progress=progress, align=options.align)
         for fname, path in source.side_files.items():
             if fname in ("config.json", "params.json", HF_CONFIG) or _SHARD.match(fname) or fname.endswith(".safetensors"):
                 continue

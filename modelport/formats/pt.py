@@ -19,8 +19,10 @@ JSON strings, and tensors outside the unwrapped part are listed in ``notes``.
 Writing. A zip laid out as torch 2.13's ``torch.save`` lays it out (member names,
 ``.format_version``, ``.storage_alignment``, ``byteorder``, ``version``,
 ``.data/serialization_id``, data aligned to 64 bytes), with a hand-written protocol-2
-``data.pkl``. Tensors that share a storage in the source (``storage_view``) or are
-tied (``aliases``) stay views of one storage, written once; tied names come after the
+``data.pkl``; storages of 4 MiB and more are instead placed at their source offset
+modulo 64 KiB, for faster kernel copies (``Options.align``, see :mod:`._torchzip`).
+Tensors that share a storage in the source (``storage_view``) or are tied
+(``aliases``) stay views of one storage, written once; tied names come after the
 others. Storage bytes move with ``os.copy_file_range`` from the source's spans. The
 source's string ``metadata`` is not written: the file is a plain state dict that
 ``model.load_state_dict`` takes as it is.
@@ -429,7 +431,7 @@ class Pt(Format):
         return PtSource(path, options)
 
     def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
-        write_pt(source, dst, crc32=options.crc32, progress=progress)
+        write_pt(source, dst, crc32=options.crc32, progress=progress, align=options.align)
 
 
 register(Pt())

@@ -3,6 +3,12 @@
 Read and written here without the safetensors package, so that tensor bytes move
 from file to file in the kernel. Tied tensors are stored once and recorded in the
 metadata as ``alias -> kept`` (the convention of ``safetensors.torch.save_model``).
+
+Tensor data follows the header without gaps, so the header's length is the one free
+choice of the layout. ``copy_file_range`` runs faster when source and destination
+offsets agree modulo 64 KiB, so the header is padded with spaces (as the format
+allows, under 64 KiB, keeping data 8-aligned) to put as many bytes of large tensors
+as one length can at their source offsets modulo 64 KiB.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from . import register
-from ._stream import write_tensor
+from ._stream import ALIGN_MIN, ALIGN_MOD, write_tensor
 from ._untrusted import MAX_RANK, load_json, open_regular, still_whole
 from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions, file_size, read_head, release_map
 
@@ -104,8 +110,12 @@ def _entry(path: Path, name: str, entry) -> tuple[TensorInfo, int, int]:
     return info, begin, end
 
 
-def header_for(source: TensorSource, names: list[str], metadata: dict[str, str]) -> tuple[bytes, int]:
-    """The safetensors header (padded to 8 bytes) for ``names`` of ``source`` and the data size."""
+def header_for(source: TensorSource, names: list[str], metadata: dict[str, str], align: bool = False) -> tuple[bytes, int]:
+    """The safetensors header (padded to 8 bytes) for ``names`` of ``source`` and the data size.
+
+    ``align``: pad it further (under 64 KiB) so the most bytes of tensors of at least ``ALIGN_MIN``
+    bytes start at their source span's offset modulo ``ALIGN_MOD``.
+    """
     header: dict = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -117,17 +127,36 @@ def header_for(source: TensorSource, names: list[str], metadata: dict[str, str])
         header[name] = {"dtype": dtypes.get(info.dtype).safetensors, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    pad = -len(raw) % 8
+    if align:
+        pad = _aligning_pad(source, names, header, 8 + len(raw), pad)
+    raw += b" " * pad
     return struct.pack("<Q", len(raw)) + raw, offset
 
 
-def write_file(source: TensorSource, dst: Path, names: list[str] | None = None, metadata: dict[str, str] | None = None, progress=None) -> None:
+def _aligning_pad(source: TensorSource, names: list[str], header: dict, base: int, pad: int) -> int:
+    """The header padding (≡ ``pad`` mod 8, under ALIGN_MOD) that aligns the most large-tensor bytes."""
+    weight: dict[int, int] = {}
+    for name in names:
+        begin, end = header[name]["data_offsets"]
+        if end - begin < ALIGN_MIN:
+            continue
+        span = source.span(name)
+        if span is None:
+            continue
+        want = (span.offset - base - begin) % ALIGN_MOD
+        if want % 8 == pad:       # reachable with the data start still 8-aligned
+            weight[want] = weight.get(want, 0) + end - begin
+    return max(weight, key=lambda w: (weight[w], -w)) if weight else pad
+
+def write_file(source: TensorSource, dst: Path, names: list[str] | None = None, metadata: dict[str, str] | None = None,
+               progress=None, align: bool = True) -> None:
     names = source.names() if names is None else names
     meta = dict(source.metadata if metadata is None else metadata)
     for alias, kept in source.aliases().items():
         if kept in names:
             meta[alias] = kept
-    head, _ = header_for(source, names, meta)
+    head, _ = header_for(source, names, meta, align)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, head)
@@ -157,7 +186,7 @@ class Safetensors(Format):
         return SafetensorsSource(path)
 
     def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
-        write_file(source, dst, progress=progress)
+        write_file(source, dst, progress=progress, align=options.align)
 
 
 register(Safetensors())

@@ -97,6 +97,7 @@ class OrtRunnable(Runnable):
     """An ONNX graph in an onnxruntime session (``module``); ``device`` names the providers that really run."""
 
     backend: str = "onnxruntime"
+    providers: tuple[str, ...] = ()     # the execution providers the session really uses, first preferred
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -104,6 +105,15 @@ class OrtRunnable(Runnable):
         arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in self.inputs}
         values = self.module.run(list(self.outputs), arrays)
         return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
+
+    @property
+    def parameters(self) -> int:
+        """Elements in the graph's initializers."""
+        import math
+
+        from ..formats.onnx import load_proto
+
+        return sum(math.prod(t.dims) for t in load_proto(self.path).graph.initializer) if self.path else 0
 
 
 def ort_session(path, device: str = "cpu"):
@@ -196,13 +206,35 @@ def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, i
 
 
 def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", dtype=None, input_shape=None,
-                  input_dtype=None, format: str | None = None, assume_config: bool = False) -> Runnable:  # noqa: A002
-    """The runnable model held by ``path``: a Lua ``nn`` model from ``.t7``, a user module
-    (``arch="package.module:factory"``), or a reference family (detected, or ``arch``)."""
+                  input_dtype=None, format: str | None = None, engine: str = "auto",
+                  assume_config: bool = False) -> Runnable:  # noqa: A002
+    """The runnable model held by ``path``: a TorchScript archive, an ONNX graph (onnxruntime), a Lua
+    ``nn`` model from ``.t7``, a user module (``arch="package.module:factory"``), a Hugging Face directory
+    run by transformers, or a reference family (detected, or ``arch``; ``assume_config`` accepts the
+    values bare weights cannot reveal).
+
+    ``engine`` chooses who runs a Hugging Face directory: ``reference`` (modelport's family), ``transformers``
+    (its Auto classes, any architecture), or ``auto``: the reference when it knows the family, transformers
+    otherwise. ``origin`` says which ran."""
     from .. import formats
 
     path = Path(path)
     fmt = formats.get(format) if format else formats.detect(path)
+    if fmt.id == "torchscript":
+        from .graph import torchscript_runnable
+
+        return torchscript_runnable(path, device=device, input_shape=input_shape, input_dtype=input_dtype)
+    if fmt.id == "onnx":
+        from .graph import onnx_runnable
+
+        return onnx_runnable(path, device=device, input_shape=input_shape, input_dtype=input_dtype)
+    if fmt.id == "hf" and config is None and not (arch and ":" in arch):
+        from .hf_auto import choose_engine, transformers_runnable
+
+        if choose_engine(path, engine, arch) == "transformers":
+            return transformers_runnable(path, device=device, dtype=dtype)
+    elif engine == "transformers":
+        raise UnsupportedError(f"{path}: --engine transformers runs Hugging Face directories; this is {fmt.id!r}")
     if fmt.id == "t7" and arch is None:
         from ..t7.nn import load_lua_model
 

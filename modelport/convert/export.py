@@ -1,0 +1,595 @@
+"""Exporters: a runnable model written as TorchScript (script or trace) or as ONNX at a chosen opset.
+
+ONNX. The exporter is picked from the opset, as measured with torch 2.13 / onnx 1.23 / onnxruntime 1.32:
+the TorchScript-based ``torch.onnx.export(dynamo=False)`` for opsets 14-20 (it needs ``attention_mask``
+traced, which modelport always does), the torch.export-based ``dynamo=True`` (needs ``onnxscript``) for
+21-24; ``dynamo=True`` below 18 gives invalid graphs, and opset 13 lacks ``Trilu``. After export the
+file's ``opset_import`` must equal the request, ``onnx.checker.check_model`` runs on the path, the graph
+runs in onnxruntime at a second batch size and sequence length and is compared with eager, and
+``metadata_props`` record the source (path, sha256), modelport's version, the exporter and the opset.
+Weights keep their parameter names (no constant folding and, for ``dynamo=True``, no graph
+optimisation: either would store transposed or fused copies under new names; onnxruntime folds them
+when it loads the graph); a tied weight is one initializer, its other name recorded in
+``modelport.aliases``. Over 2 GB, or with ``external_data``, tensors go to one ``<name>.onnx.data`` beside
+the file, by relative location.
+
+TorchScript. ``script`` for modelport's reference models (written to be scriptable), ``trace`` for
+everything else; a trace is checked at a second batch size and sequence length against eager and
+refused when it specialised.
+
+Both write through :func:`modelport.atomic.atomic_output`: nothing appears unless it all succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_output, check_destination, check_overlap
+from ..errors import MissingDependencyError, ModelportError, UnsupportedError
+from ..models.runnable import TENSOR
+
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 24, 17
+LEGACY_MAX_OPSET = 20          # dynamo=False up to here; dynamo=True above
+TWO_GB = 2 * 10**9 - 64 * 2**20  # protobuf's limit, with room for the graph itself
+METHODS = ("script", "trace")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export (a role of its own beside reading, writing and converting options)."""
+
+    opset: int = DEFAULT_OPSET        # onnx
+    dtype: str | None = None          # fp32 | fp16 (None: the source's)
+    static_shapes: bool = False       # onnx: no dynamic batch / sequence axes
+    external_data: bool = False       # onnx: tensors in <name>.onnx.data even under 2 GB
+    method: str | None = None         # torchscript: script | trace (default: script for reference models)
+    device: str = "cpu"
+
+
+@dataclass
+class ExportResult:
+    dst: Path
+    format: str                       # onnx | torchscript
+    exporter: str                     # what wrote it, in words
+    origin: str                       # the runnable exported
+    bytes: int
+    opset: int | None = None
+    external_data: Path | None = None
+    max_abs_diff: float | None = None  # against eager, at the check shapes
+    notes: list[str] = field(default_factory=list)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's regular files (name and content, in name order)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _feeds(runnable, static: bool, second: bool):
+    """Inputs to trace with (batch 2, a left-padded row) and to check with (batch 3, longer, padded)."""
+    from ..models.runnable import CAUSAL_LM, ENCODER, example_feeds
+
+    if runnable.kind not in (CAUSAL_LM, ENCODER):
+        return example_feeds(runnable, seed=7 if second else 0)
+    if static:
+        return example_feeds(runnable, batch=1, seq_len=16, seed=7 if second else 0)
+    if second:
+        return example_feeds(runnable, batch=3, seq_len=11, seed=7, left_pad=3)
+    return example_feeds(runnable, batch=2, seq_len=7, seed=0, left_pad=2)
+
+
+def _compare(runnable, got: dict, want: dict, feeds: dict, fp16: bool) -> float:
+    """Largest |got - want| over the first output (padded positions of token models excluded)."""
+    import torch
+
+    name = runnable.outputs[0]
+    a, b = got[name].float().cpu(), want[name].float().cpu()
+    if a.shape != b.shape:
+        raise ModelportError(f"the exported model returns {name} of shape {list(a.shape)}, eager {list(b.shape)}")
+    mask = feeds.get("attention_mask")
+    if mask is not None and a.dim() >= 2 and tuple(a.shape[:2]) == tuple(mask.shape):
+        real = mask.bool().cpu()
+        a, b = a[real], b[real]
+    if not torch.isfinite(b).all():
+        return 0.0 if torch.equal(torch.isnan(a), torch.isnan(b)) else float("inf")
+    return (a - b).abs().max().item() if a.numel() else 0.0
+
+
+def _tolerance(want: dict, name: str, fp16: bool, base: float) -> float:
+    scale = max(1.0, want[name].float().abs().max().item())
+    return (2e-2 if fp16 else base) * scale
+
+
+def _load(src, *, arch, config, input_shape, input_dtype, engine, options: ExportOptions):
+    from ..models.runnable import load_runnable
+
+    dtype = {"fp32": "float32", "fp16": "float16", None: None}.get(options.dtype, options.dtype)
+    runnable = load_runnable(src, arch=arch, config=config, device=options.device, dtype=dtype,
+                             input_shape=input_shape, input_dtype=input_dtype, engine=engine)
+    if runnable.backend == "onnxruntime":
+        raise UnsupportedError(f"{src}: already an ONNX graph; modelport exports torch models (eager or TorchScript)")
+    return runnable
+
+
+def _strip_prefix(runnable) -> str:
+    """The wrapper's prefix on parameter names (transformers models are wrapped as ``model``)."""
+    return "model." if runnable.origin.startswith("transformers ") else ""
+
+
+def _metadata(runnable, src: Path, sha: str, exporter: str, opset: int | None) -> dict[str, str]:
+    meta = {"modelport.source": str(src), "modelport.source_sha256": sha, "modelport.version": _version(),
+            "modelport.exporter": exporter, "modelport.kind": runnable.kind, "modelport.origin": runnable.origin,
+            "modelport.inputs": json.dumps([{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)}
+                                            for i in runnable.inputs]),
+            "modelport.outputs": json.dumps(list(runnable.outputs))}
+    if opset is not None:
+        meta["modelport.opset"] = str(opset)
+    if runnable.vocab_size is not None:
+        meta["modelport.vocab_size"] = str(runnable.vocab_size)
+    prefix = _strip_prefix(runnable)
+    if prefix:
+        meta["modelport.strip_prefix"] = prefix
+    return meta
+
+
+def _tied(module) -> dict[str, str]:
+    """alias -> first name, for state-dict entries that are the same tensor."""
+    seen, out = {}, {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        if t.numel() == 0:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key in seen:
+            out[name] = seen[key]
+        else:
+            seen[key] = name
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' deprecation notices, tracer warnings and progress prints kept from users' output."""
+    from ..formats.torchscript import quiet_jit
+
+    import logging
+
+    torch_onnx_log = logging.getLogger("torch.onnx")      # "torchvision is not installed. Skipping …"
+    onnx_level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)
+    hf_logging = sys.modules.get("transformers.utils.logging")     # only when transformers is already in use
+    level = hf_logging.get_verbosity() if hf_logging else None
+    if hf_logging:
+        hf_logging.set_verbosity_error()
+    try:
+        with quiet_jit(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_onnx_log.setLevel(onnx_level)
+        if hf_logging:
+            hf_logging.set_verbosity(level)
+
+
+# -- ONNX -------------------------------------------------------------------------------------------
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedError(f"opset {opset}: modelport exports ONNX opsets {MIN_OPSET}-{MAX_OPSET} "
+                               f"(default {DEFAULT_OPSET})")
+    return opset
+
+
+# torch dtype name -> onnx.TensorProto.DataType
+_ONNX_TYPE = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
+              "float64": 11, "bfloat16": 16}
+
+
+def _named_tensors(module) -> dict:
+    """Parameters and buffers by name, each tensor once (a tied weight under its first name)."""
+    out = dict(module.named_parameters())
+    for name, b in module.named_buffers():
+        out.setdefault(name, b)
+    return out
+
+
+def _add_weights(path: Path, tensors: dict) -> None:
+    """Turn a graph exported without parameters (they became graph inputs named after them) into one
+    with initializers, writing each tensor's bytes straight from the module into the file.
+
+    ``torch.onnx.export(export_params=True)`` builds the whole model as a protobuf in memory, then a
+    serialized copy: twice the weights on top of the module. Here the weightless graph is parsed
+    (small), the parameter inputs dropped, and the ModelProto written as its fields, the graph's
+    length computed beforehand and each initializer (dims, type, name, raw_data) streamed after the
+    graph's other fields. Protobuf does not care about field order."""
+    import onnx
+    import torch
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    used = {i.name for i in graph.input} & set(tensors)
+    inputs = [i for i in graph.input if i.name not in used]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    entries, total = [], 0
+    for name in (n for n in tensors if n in used):
+        t = tensors[name].detach().cpu().contiguous()
+        from .. import dtypes
+
+        kind = _ONNX_TYPE.get(dtypes.canonical(t.dtype))
+        if kind is None:
+            raise UnsupportedError(f"tensor {name!r} of dtype {t.dtype} has no ONNX type")
+        nbytes = t.numel() * t.element_size()
+        key = name.encode()
+        head = (b"".join(b"\x08" + _varint(d) for d in t.shape) + b"\x10" + _varint(kind)
+                + b"\x42" + _varint(len(key)) + key + b"\x4a" + _varint(nbytes))
+        entry = b"\x2a" + _varint(len(head) + nbytes) + head
+        entries.append((entry, t))
+        total += len(entry) + nbytes
+    body = graph.SerializeToString()
+    proto.ClearField("graph")
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+        f.write(b"\x3a" + _varint(len(body) + total))
+        f.write(body)
+        for entry, t in entries:
+            f.write(entry)
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
+def exporter_is_legacy(opset: int) -> bool:
+    return opset <= LEGACY_MAX_OPSET
+
+
+def _export_graph(module, args: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
+                  static: bool) -> str:
+    """torch.onnx.export with the exporter the opset needs; returns its description."""
+    import torch
+
+    if exporter_is_legacy(opset):
+        axes = None if static else {n: {0: "batch", 1: "sequence"} for n in names + outputs[:1]}
+        tensors = _named_tensors(module)
+        stream = sum(t.numel() * t.element_size() for t in tensors.values()) <= TWO_GB
+        with _quiet():
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
+                              output_names=outputs[:1], dynamic_axes=axes, do_constant_folding=False,
+                              export_params=not stream)
+        if stream:
+            _add_weights(path, {n: t for n, t in tensors.items() if n not in names})
+        return f"torch.onnx.export (TorchScript-based, dynamo=False), torch {torch.__version__}"
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(f"ONNX opset {opset} needs torch's torch.export-based exporter, which needs the "
+                                     "package 'onnxscript'; pip install onnxscript (or choose --opset 14-20)") from exc
+    shapes = None
+    if not static:
+        dim = torch.export.Dim.DYNAMIC
+        shapes = tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args)
+    with _quiet():
+        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, input_names=names,
+                          output_names=outputs[:1], dynamic_shapes=shapes, external_data=False, optimize=False)
+    return f"torch.onnx.export (torch.export-based, dynamo=True), torch {torch.__version__}"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
+def _top_level(path: Path) -> tuple[int | None, bool]:
+    """The default-domain opset of a ModelProto file and whether it has external data, read by walking its
+    top-level fields (the graph is skipped by its length, never parsed)."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        pos, opset = 0, None
+        while pos < len(buf):
+            tag, pos = _read_varint(buf, pos)
+            field_no, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = _read_varint(buf, pos)
+                continue
+            if wire != 2:
+                return None, False      # not what an exporter writes: let the caller parse it properly
+            length, pos = _read_varint(buf, pos)
+            if field_no == 8:           # opset_import: OperatorSetIdProto {1: domain, 2: version}
+                domain, version, p = "", None, pos
+                while p < pos + length:
+                    t, p = _read_varint(buf, p)
+                    if t == 0x0A:
+                        n, p = _read_varint(buf, p)
+                        domain, p = bytes(buf[p:p + n]).decode(), p + n
+                    elif t == 0x10:
+                        version, p = _read_varint(buf, p)
+                    else:
+                        return None, False
+                if domain in ("", "ai.onnx"):
+                    opset = version
+            pos += length
+    return opset, False
+
+
+def _entry(key: str, value: str) -> bytes:
+    """One ModelProto.metadata_props entry (field 14), serialised: appended fields merge on parse."""
+    k, v = key.encode(), value.encode()
+    body = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(v)) + v
+    return b"\x72" + _varint(len(body)) + body
+
+
+def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: dict, tied: dict, prefix: str,
+                 kept: set[str] | None = None, state_names: set[str] | None = None) -> bool:
+    """Check the written opset, add metadata and tied aliases, lay the tensors out; True when external.
+
+    The common case (one file under 2 GB, ``kept`` naming the initializers) never parses the graph: the
+    opset is read from the top-level fields and the metadata entries are appended to the file, which
+    protobuf merges into the repeated field."""
+    import onnx
+
+    size = path.stat().st_size
+    if kept is not None and not external and size <= TWO_GB and len(list(path.parent.iterdir())) == 1:
+        written, _ = _top_level(path)
+        if written is not None:
+            if written != opset:
+                raise UnsupportedError(f"asked for ONNX opset {opset} but the exporter wrote {written}; choose "
+                                       f"another --opset ({MIN_OPSET}-{MAX_OPSET})")
+            aliases = {a.removeprefix(prefix): k.removeprefix(prefix) for a, k in tied.items()
+                       if a not in kept and k in kept}
+            if aliases:
+                meta = {**meta, "modelport.aliases": json.dumps(aliases)}
+            with open(path, "ab") as f:
+                f.write(b"".join(_entry(k, v) for k, v in meta.items()))
+            onnx.checker.check_model(str(path))
+            return False
+    proto = onnx.load(str(path))
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise UnsupportedError(f"asked for ONNX opset {opset} but the exporter wrote {written}; choose another --opset "
+                               f"({MIN_OPSET}-{MAX_OPSET})")
+    inits = {t.name for t in proto.graph.initializer}
+    aliases = {}
+    for a, k in tied.items():        # the exporter may keep a tied weight under either of its names
+        if a not in inits and k in inits:
+            aliases[a.removeprefix(prefix)] = k.removeprefix(prefix)
+        elif k not in inits and a in inits:
+            aliases[k.removeprefix(prefix)] = a.removeprefix(prefix)
+    if aliases:
+        meta = {**meta, "modelport.aliases": json.dumps(aliases)}
+    if state_names is not None:      # the exporter's own constants (shapes, folded values), not weights
+        constants = sorted(inits - state_names)
+        if constants:
+            meta = {**meta, "modelport.constants": json.dumps(constants)}
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    for p in path.parent.iterdir():          # a >2 GB export may have left one file per tensor
+        if p.name != path.name:
+            p.unlink()
+    external = external or proto.ByteSize() > TWO_GB
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    del proto
+    onnx.checker.check_model(str(path))
+    return external
+
+
+def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOptions(), force: bool = False,
+                         source_path=None, release: bool = False) -> ExportResult:
+    """Write ``runnable`` (a torch module, eager or TorchScript) as ONNX at ``dst``.
+
+    ``release=True`` lets the export drop ``runnable.module`` once the graph is written (the eager
+    outputs it is checked against are computed first), so the check of the file does not hold the
+    weights twice: for callers that built the runnable only to export it."""
+    dst = Path(dst)
+    opset = check_opset(options.opset)
+    check_destination(dst, force)
+    src = Path(source_path or runnable.path or dst)
+    data_name = dst.name + ".data"
+    data_dst = dst.parent / data_name
+    with ThreadPoolExecutor(1) as pool:
+        sha = pool.submit(_sha256, src) if src.exists() else None
+        feeds = _feeds(runnable, options.static_shapes, second=False)
+        args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
+        names, outputs = [i.name for i in runnable.inputs], list(runnable.outputs)
+        with atomic_output(dst, force) as tmp:
+            stage = dst.parent / f".{dst.name}.modelport-{os.getpid()}.stage"
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir()
+            try:
+                staged = stage / dst.name
+                static = options.static_shapes or runnable.kind == TENSOR     # tensor models have one fixed shape
+                check_feeds = _feeds(runnable, options.static_shapes, second=True)
+                want = runnable.run(check_feeds)
+                exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, static)
+                meta = _metadata(runnable, src, sha.result() if sha else "", exporter, opset)
+                kept = None
+                if exporter_is_legacy(opset):        # it names initializers after the parameters, once each
+                    kept = set(_named_tensors(runnable.module))
+                tied = _tied(runnable.module)
+                state_names = set(runnable.module.state_dict()) | set(_named_tensors(runnable.module))
+                if release:
+                    runnable.module = args = None
+                    import gc
+
+                    gc.collect()
+                external = _finish_onnx(staged, data_name, options.external_data, opset, meta, tied,
+                                        _strip_prefix(runnable), kept, state_names)
+                diff = _check_onnx(runnable, staged, options, check_feeds, want)
+                size = staged.stat().st_size
+                with atomic_output(data_dst, force) if external else contextlib.nullcontext() as tmp_data:
+                    if external:
+                        size += (stage / data_name).stat().st_size
+                        os.rename(stage / data_name, tmp_data)
+                    os.rename(staged, tmp)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    return ExportResult(dst, "onnx", exporter, runnable.origin, size, opset, data_dst if external else None, diff)
+
+
+def _check_onnx(runnable, path: Path, options: ExportOptions, feeds: dict, want: dict) -> float:
+    """The graph in onnxruntime against the eager outputs ``want`` for ``feeds``; refused beyond tolerance."""
+    from ..models.graph import onnx_runnable
+
+    graph = onnx_runnable(path, device=options.device)
+    got = graph.run(feeds)
+    diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
+    tol = _tolerance(want, runnable.outputs[0], options.dtype == "fp16", 1e-4)
+    if not diff <= tol:
+        raise ModelportError(f"the exported ONNX graph differs from the eager model by {diff:.3g} (> {tol:.3g}) at "
+                             "another batch size and sequence length; nothing was written")
+    return diff
+
+
+def export_onnx(src_path, dst_path, *, opset: int = DEFAULT_OPSET, dtype: str | None = None, static_shapes: bool = False,
+                external_data: bool = False, device: str = "cpu", arch: str | None = None, config=None,
+                input_shape=None, input_dtype=None, engine: str = "auto", force: bool = False) -> ExportResult:
+    """Export the model at ``src_path`` (any runnable source) to ONNX at ``dst_path``."""
+    options = ExportOptions(opset=check_opset(opset), dtype=dtype, static_shapes=static_shapes,
+                            external_data=external_data, device=device)
+    check_overlap(Path(src_path), Path(dst_path))
+    check_destination(Path(dst_path), force)
+    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
+                     engine=engine, options=options)
+    return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path, release=True)
+
+
+# -- TorchScript ------------------------------------------------------------------------------------
+
+def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = ExportOptions(), force: bool = False,
+                                source_path=None) -> ExportResult:
+    """Write ``runnable`` (an eager torch module) as a TorchScript archive at ``dst``."""
+    import torch
+
+    dst = Path(dst)
+    check_destination(dst, force)
+    if runnable.backend != "torch":
+        raise UnsupportedError(f"{runnable.path}: already {runnable.backend}; export a torch model to TorchScript")
+    method = options.method or ("script" if runnable.origin.startswith("modelport reference") else "trace")
+    if method not in METHODS:
+        raise UnsupportedError(f"--method {method}: choose script or trace")
+    src = Path(source_path or runnable.path or dst)
+    feeds = _feeds(runnable, False, second=False)
+    args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
+    with _quiet(), torch.no_grad():
+        if method == "script":
+            try:
+                ts = torch.jit.script(runnable.module)
+            except Exception as exc:  # torch.jit.frontend errors have no common public base
+                raise UnsupportedError(f"{src}: {runnable.origin} cannot be scripted ({str(exc).splitlines()[0][:160]}); "
+                                       "use --method trace") from exc
+        else:
+            ts = torch.jit.trace(runnable.module, args, check_trace=False, strict=False)
+    diff = _check_torchscript(runnable, ts, options, method, src)
+    meta = {"kind": runnable.kind, "origin": f"TorchScript ({method}) of {runnable.origin}",
+            "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in runnable.inputs],
+            "outputs": list(runnable.outputs), "vocab_size": runnable.vocab_size, "method": method,
+            "source": str(src), "source_sha256": _sha256(src) if src.exists() else "", "version": _version(),
+            "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": _strip_prefix(runnable)}
+    with atomic_output(dst, force) as tmp, _quiet():
+        torch.jit.save(ts, str(tmp), _extra_files={"modelport.json": json.dumps(meta)})
+    return ExportResult(dst, "torchscript", meta["exporter"], runnable.origin, dst.stat().st_size, None, None, diff,
+                        [f"method {method}"])
+
+
+def _check_torchscript(runnable, ts, options: ExportOptions, method: str, src: Path) -> float:
+    import torch
+
+    feeds = _feeds(runnable, False, second=True)
+    args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
+    want = runnable.run(feeds)
+    try:
+        with _quiet(), torch.no_grad():
+            out = ts(*args)
+        from ..models.runnable import _first_outputs
+
+        got = dict(zip(runnable.outputs, _first_outputs(out, len(runnable.outputs))))
+        diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
+    except RuntimeError as exc:
+        diff, detail = float("inf"), str(exc).splitlines()[0][:120]
+    else:
+        detail = None
+    tol = _tolerance(want, runnable.outputs[0], options.dtype == "fp16", 1e-5)
+    if not diff <= tol:
+        if method == "trace":
+            why = f"fails ({detail})" if detail else f"differs from eager by {diff:.3g}"
+            raise UnsupportedError(f"{src}: the traced module specialised to the traced shapes: at another batch size "
+                                   f"and sequence length it {why}; use --method script, or a user module "
+                                   "(--arch package.module:factory) written to trace")
+        raise ModelportError(f"{src}: the scripted module differs from eager by {diff:.3g}; nothing was written")
+    return diff
+
+
+def export_torchscript(src_path, dst_path, *, method: str | None = None, dtype: str | None = None, device: str = "cpu",
+                       arch: str | None = None, config=None, input_shape=None, input_dtype=None, engine: str = "auto",
+                       force: bool = False) -> ExportResult:
+    """Export the model at ``src_path`` (any runnable source) to TorchScript at ``dst_path``."""
+    options = ExportOptions(method=method, dtype=dtype, device=device)
+    check_overlap(Path(src_path), Path(dst_path))
+    check_destination(Path(dst_path), force)
+    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
+                     engine=engine, options=options)
+    return export_torchscript_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
+
+
+def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOptions(), arch: str | None = None,
+           config=None, input_shape=None, input_dtype=None, engine: str = "auto", force: bool = False) -> ExportResult:
+    """``convert`` to a graph format: ``to`` is onnx or torchscript."""
+    if options.dtype not in (None, "fp32", "fp16", "float32", "float16"):
+        raise UnsupportedError(f"--dtype {options.dtype}: graph exports are fp32 or fp16")
+    if to == "onnx":
+        check_opset(options.opset)
+    elif to != "torchscript":
+        raise UnsupportedError(f"format {to!r} is not a graph format")
+    check_overlap(Path(src_path), Path(dst_path))
+    check_destination(Path(dst_path), force)
+    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
+                     engine=engine, options=options)
+    if to == "onnx":
+        return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path,
+                                    release=True)
+    return export_torchscript_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
+
+
+__all__ = ["export", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "export_onnx",
+           "export_onnx_runnable", "export_torchscript", "export_torchscript_runnable"]

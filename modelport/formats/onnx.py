@@ -1,0 +1,188 @@
+"""onnx: ONNX model files; initializers read as tensors, graphs run in onnxruntime.
+
+Reading. The model is parsed without its external data (``onnx.load(load_external_data=False)``), so
+only the graph is in memory. Every tensor that keeps its bytes in an external file is checked before
+anything is read: the location must be a relative path that stays inside the model's directory
+(symlinks resolved), and ``offset + length`` must lie within that file; otherwise the file is refused.
+Initializers become tensors under their names (modelport's exporter keeps the source's parameter
+names; ``metadata_props`` ``modelport.aliases`` lists tied names stored once, restored as aliases);
+the model's ``metadata_props`` are carried as metadata.
+
+Writing goes through the exporter (``modelport convert SRC out.onnx``), which exports a runnable model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import FormatError, UnsupportedError
+from . import register
+from .base import Format, Options, Span, TensorInfo, TensorSource, read_head
+
+# onnx.TensorProto.DataType -> canonical dtype name
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+               11: "float64", 14: "complex64", 15: "complex128", 16: "bfloat16"}
+ALIASES_KEY = "modelport.aliases"
+# protobuf tags that may follow ModelProto's ir_version (field 1): fields 2-8, 14, 20, 21, 25
+_MODEL_TAGS = {0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42, 0x72, 0xa2, 0xaa, 0xca}
+
+
+def _external_entries(tensor) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def check_external_data(path: Path, model) -> None:
+    """Refuse external data that lies outside the model's directory or past the end of its file."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    base = path.resolve().parent
+    for t in _get_all_tensors(model):
+        if not uses_external_data(t):
+            continue
+        entries = _external_entries(t)
+        location = entries.get("location", "")
+        where = f"{path}: tensor {t.name!r} keeps its data in {location!r}"
+        if not location or os.path.isabs(location):
+            raise FormatError(f"{where}: not a relative path beside the model; refused")
+        target = (base / location).resolve()
+        if target != base and base not in target.parents:
+            raise FormatError(f"{where}, outside the model's directory {base}; refused (move the data beside the model)")
+        if not target.is_file():
+            raise FormatError(f"{where}, which does not exist; copy the data file beside the model")
+        try:
+            offset = int(entries.get("offset", 0))
+            length = int(entries["length"]) if "length" in entries else None
+        except ValueError:
+            raise FormatError(f"{where} with a non-numeric offset or length; the file is corrupt") from None
+        size = target.stat().st_size
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise FormatError(f"{where} at bytes {offset}..{offset + length}, past the end of that "
+                              f"{size}-byte file; the data file is truncated or does not belong to this model")
+
+
+def load_proto(path: Path):
+    """The ModelProto without external data, its external references checked."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors have no common base
+        raise FormatError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:160]})") from exc
+    check_external_data(path, model)
+    return model
+
+
+def opset_of(model) -> int | None:
+    """The default-domain opset a model imports."""
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return None
+
+
+class OnnxSource(TensorSource):
+    format = "onnx"
+
+    def __init__(self, path: Path, options: Options):
+        super().__init__(path)
+        self.model = load_proto(path)
+        self.metadata = {p.key: p.value for p in self.model.metadata_props}
+        prefix = self.metadata.get("modelport.strip_prefix", "")   # a wrapper's attribute name (transformers)
+        constants = set(self._json_list("modelport.constants"))   # the exporter's own, not the source's
+        self._inits = {t.name.removeprefix(prefix): t for t in self.model.graph.initializer if t.name not in constants}
+        self._aliases: dict[str, str] = {}
+        if ALIASES_KEY in self.metadata:
+            try:
+                table = json.loads(self.metadata[ALIASES_KEY])
+            except ValueError:
+                table = {}
+            self._aliases = {a: k for a, k in table.items() if k in self._inits and a not in self._inits}
+        opset = opset_of(self.model)
+        self.notes.append(f"ONNX opset {opset}, IR version {self.model.ir_version}, producer "
+                          f"{self.model.producer_name} {self.model.producer_version}".strip())
+
+    def _json_list(self, key: str) -> list:
+        try:
+            value = json.loads(self.metadata.get(key, "[]"))
+        except ValueError:
+            return []
+        return value if isinstance(value, list) else []
+
+    def names(self) -> list[str]:
+        return list(self._inits)
+
+    def _get(self, name: str):
+        try:
+            return self._inits[name]
+        except KeyError:
+            raise FormatError(f"{self.path}: no initializer {name!r} in this ONNX model") from None
+
+    def info(self, name: str) -> TensorInfo:
+        t = self._get(name)
+        if t.data_type not in ONNX_DTYPES:
+            raise UnsupportedError(f"{self.path}: initializer {name!r} has ONNX data type {t.data_type}, which "
+                                   "modelport cannot move")
+        return TensorInfo(name, ONNX_DTYPES[t.data_type], tuple(int(d) for d in t.dims))
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def span(self, name: str) -> Span | None:
+        t = self._get(name)
+        if t.data_location != 1:   # onnx.TensorProto.EXTERNAL
+            return None
+        e = _external_entries(t)
+        return Span((self.path.resolve().parent / e["location"]).resolve(), int(e.get("offset", 0)), self.info(name).nbytes)
+
+    def read_bytes(self, name: str) -> bytes | memoryview:
+        t = self._get(name)
+        info = self.info(name)
+        span = self.span(name)
+        if span is not None:
+            with open(span.path, "rb") as f:
+                data = os.pread(f.fileno(), span.nbytes, span.offset)
+            if len(data) != span.nbytes:
+                raise FormatError(f"{self.path}: tensor {name!r}: external data ends early; the data file is truncated")
+            return data
+        if t.raw_data:
+            if len(t.raw_data) != info.nbytes:
+                raise FormatError(f"{self.path}: initializer {name!r} holds {len(t.raw_data)} bytes for shape "
+                                  f"{list(info.shape)} of {info.dtype} ({info.nbytes} bytes); the file is corrupt")
+            return t.raw_data
+        from onnx import numpy_helper
+
+        arr = numpy_helper.to_array(t)
+        if info.dtype == "bfloat16":
+            arr = arr.view("<u2")
+        return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _looks_like_model(head: bytes) -> bool:
+    """ModelProto starts with ir_version (field 1, a small varint) followed by another ModelProto field."""
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 20 and head[2] in _MODEL_TAGS
+
+
+class Onnx(Format):
+    id = "onnx"
+    description = "ONNX model: initializers as tensors, the graph runs in onnxruntime; written by export at opsets 14-24 (default 17)"
+    suffixes = (".onnx",)
+    runnable = True
+    graph = True
+    requires = (("onnx", "onnx"),)
+
+    def sniff(self, path: Path) -> bool:
+        return path.is_file() and _looks_like_model(read_head(path, 8))
+
+    def open(self, path: Path, options: Options) -> OnnxSource:
+        return OnnxSource(path, options)
+
+    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+        raise UnsupportedError(f"{dst}: an ONNX file holds a program; write it with `modelport convert SRC out.onnx` "
+                               "(which exports a runnable model)")
+
+
+register(Onnx())

@@ -1,0 +1,131 @@
+"""Runnables from graph files: TorchScript archives (``torch.jit.load``) and ONNX models (onnxruntime).
+
+What a graph takes and returns comes from the file: modelport's exporter records the kind, inputs,
+outputs and vocabulary size (TorchScript: ``extra/modelport.json``; ONNX: ``metadata_props`` and the
+graph's own inputs). For other producers' files it is read from the forward signature (TorchScript) or
+the graph inputs (ONNX): ``input_ids`` makes a language model, anything else a tensor model, whose
+fixed shape comes from ``--input-shape`` when the file leaves an axis open.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import FormatError, UnsupportedError
+from .runnable import (BATCH, CAUSAL_LM, ENCODER, SEQUENCE, TENSOR, InputSpec, OrtRunnable, TorchRunnable,
+                       tensor_input)
+
+TOKEN_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# onnxruntime's type strings -> canonical dtype names
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(bfloat16)": "bfloat16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+             "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int16)": "int16"}
+
+
+def describe_inputs(inputs) -> list[dict]:
+    return [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in inputs]
+
+
+def _specs_from_meta(meta: dict) -> tuple[InputSpec, ...] | None:
+    raw = meta.get("inputs")
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    if not raw:
+        return None
+    return tuple(InputSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in raw)
+
+
+def _kind_of(names: list[str], outputs: list[str]) -> str:
+    if "input_ids" in names:
+        return CAUSAL_LM if "logits" in outputs else ENCODER
+    return TENSOR
+
+
+def _fill_tensor_spec(path: Path, spec: InputSpec, input_shape, input_dtype) -> InputSpec:
+    if input_shape is not None:
+        given = tensor_input(input_shape, input_dtype)
+        return InputSpec(spec.name, given.dtype if input_dtype else spec.dtype, given.shape)
+    if any(isinstance(d, str) or d is None for d in spec.shape):
+        raise UnsupportedError(f"{path}: input {spec.name!r} has open axes {list(spec.shape)}; pass --input-shape "
+                               "to say what to run it with")
+    return spec
+
+
+def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None) -> TorchRunnable:
+    """The TorchScript module at ``path`` (its pickles allow-listed first), on ``device``."""
+    from ..formats.torchscript import load_module, read_metadata
+
+    path = Path(path)
+    module = load_module(path, device="cpu").to(device)
+    meta = read_metadata(path)
+    inputs = _specs_from_meta(meta)
+    if inputs is not None:
+        kind, outputs = meta.get("kind", TENSOR), tuple(meta.get("outputs", ("output",)))
+    else:
+        args = [a.name for a in module.forward.schema.arguments][1:]     # without self
+        if "input_ids" in args:
+            names = [a for a in args if a in TOKEN_NAMES]
+            kind, outputs = CAUSAL_LM, ("logits",)
+            inputs = tuple(InputSpec(n, "int64", (BATCH, SEQUENCE)) for n in names)
+        else:
+            if len(args) != 1:
+                raise UnsupportedError(f"{path}: forward takes {args}; modelport runs TorchScript modules that take "
+                                       "token ids or one tensor")
+            kind, outputs = TENSOR, ("output",)
+            inputs = (InputSpec(args[0], "float32", (None,)),)
+    if kind == TENSOR:
+        inputs = (_fill_tensor_spec(path, inputs[0], input_shape, input_dtype),)
+    return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs,
+                         origin=meta.get("origin", f"TorchScript module {module.original_name}"), path=path,
+                         backend="torchscript", device=str(device), vocab_size=meta.get("vocab_size"), module=module)
+
+
+def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None) -> OrtRunnable:
+    """The ONNX graph at ``path`` in an onnxruntime session; external data checked before it is read."""
+    from ..formats.onnx import load_proto
+    from .runnable import ort_session
+
+    path = Path(path)
+    proto = load_proto(path)            # refuses external data outside the directory or past a file's end
+    meta = {p.key: p.value for p in proto.metadata_props}
+    del proto
+    try:
+        session, providers = ort_session(path, device)
+    except Exception as exc:  # onnxruntime raises its own exception types, with no common public base
+        if type(exc).__module__.startswith("onnxruntime"):
+            raise FormatError(f"{path}: onnxruntime cannot load the graph ({str(exc)[:200]})") from exc
+        raise
+    inputs = []
+    for i in session.get_inputs():
+        if i.type not in ORT_TYPES:
+            raise UnsupportedError(f"{path}: input {i.name!r} has type {i.type}, which modelport cannot feed")
+        inputs.append(InputSpec(i.name, ORT_TYPES[i.type], tuple(d if isinstance(d, (int, str)) else None
+                                                                   for d in i.shape)))
+    outputs = tuple(o.name for o in session.get_outputs())
+    kind = meta.get("modelport.kind") or _kind_of([i.name for i in inputs], list(outputs))
+    if kind == TENSOR and meta.get("modelport.inputs"):
+        inputs = list(_specs_from_meta({"inputs": meta["modelport.inputs"]}))
+    if kind == TENSOR:
+        if len(inputs) != 1:
+            raise UnsupportedError(f"{path}: the graph takes {len(inputs)} inputs; modelport runs graphs that take "
+                                   "token ids or one tensor")
+        inputs = [_fill_tensor_spec(path, inputs[0], input_shape, input_dtype)]
+    else:
+        inputs = [InputSpec(i.name, i.dtype, tuple(d if isinstance(d, (int, str)) else (BATCH, SEQUENCE)[min(k, 1)]
+                                                   for k, d in enumerate(i.shape))) for i in inputs]
+    vocab = meta.get("modelport.vocab_size")
+    if vocab is None and kind == CAUSAL_LM:
+        last = session.get_outputs()[0].shape[-1]
+        vocab = last if isinstance(last, int) else None
+    if vocab is None and kind == ENCODER:
+        vocab = 2      # ids are only looked up: any id below the smallest vocabulary runs
+    return OrtRunnable(kind=kind, inputs=tuple(inputs), outputs=outputs,
+                       origin=f"ONNX graph of {meta['modelport.origin']}" if "modelport.origin" in meta
+                       else f"ONNX graph ({proto_producer(meta)})", path=path,
+                       device="cuda" if providers and providers[0].startswith("CUDA") else "cpu", vocab_size=int(vocab) if vocab else None,
+                       module=session, providers=tuple(providers))
+
+
+def proto_producer(meta: dict) -> str:
+    return meta.get("modelport.exporter", "another producer")

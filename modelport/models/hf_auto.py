@@ -1,0 +1,137 @@
+"""Any Hugging Face directory that transformers can load, whatever its architecture.
+
+transformers builds the model from the directory's ``config.json`` through its Auto classes, with
+``attn_implementation="eager"`` (the attention that traces and exports), from local files only and
+without ``trust_remote_code``: no code from the directory runs. Causal language models are wrapped to
+take ``(input_ids, attention_mask)`` with positions following the mask, as ``generate()`` builds them,
+and to return logits; everything else is an encoder that takes its tokenizer's inputs and returns its
+first output (the last hidden state).
+
+:func:`choose_engine` decides, for ``engine="auto"``, whether modelport's reference family or
+transformers runs a directory: the reference when the architecture is one of its families,
+transformers otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from .runnable import CAUSAL_LM, ENCODER, InputSpec, TorchRunnable, token_inputs
+
+ENGINES = ("auto", "reference", "transformers")
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def _config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{path / 'config.json'}: cannot read the config ({exc})") from exc
+
+
+def choose_engine(path: Path, engine: str, arch: str | None) -> str:
+    """``reference`` or ``transformers`` for the HF directory at ``path``."""
+    if engine not in ENGINES:
+        raise UnsupportedError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    if arch:
+        return "reference"
+    from ..errors import ModelportError
+    from .config import family_of_hf
+
+    try:
+        return "reference" if family_of_hf(_config(path), str(path / "config.json")) else "transformers"
+    except ModelportError:
+        return "transformers"
+
+
+def _input_names(path: Path, model) -> list[str]:
+    """The inputs the directory's tokenizer gives, else what the model's forward takes of the usual three."""
+    tok = path / "tokenizer_config.json"
+    if tok.is_file():
+        try:
+            names = json.loads(tok.read_text()).get("model_input_names")
+        except ValueError:
+            names = None
+        if names:
+            return list(names)
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in params and getattr(model.config, "type_vocab_size", 0):
+        names.append("token_type_ids")
+    return names
+
+
+def _wrapper(model, kind: str, names: list[str]):
+    import inspect
+
+    import torch
+
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+
+    class CausalLM(torch.nn.Module):
+        """``forward(input_ids, attention_mask) -> logits``, positions following the mask."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            kw = {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
+
+    class Encoder(torch.nn.Module):
+        """``forward(*tokenizer inputs) -> last hidden state``."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            out = self.model(**dict(zip(names, args)))
+            return out[0]
+
+    return (CausalLM if kind == CAUSAL_LM else Encoder)().eval()
+
+
+def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunnable:
+    """The directory's model as transformers builds it (local files only, eager attention)."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MissingDependencyError(f"{path}: running it with transformers needs the package 'transformers'; "
+                                     "pip install 'modelport[hf]'") from exc
+    path = Path(path)
+    cfg = _config(path)
+    archs = list(cfg.get("architectures") or [])
+    kind = CAUSAL_LM if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) else ENCODER
+    auto = transformers.AutoModelForCausalLM if kind == CAUSAL_LM else transformers.AutoModel
+    kw = {"attn_implementation": "eager", "local_files_only": True, "trust_remote_code": False}
+    if dtype is not None:
+        from .loader import _torch_dtype
+
+        kw["dtype"] = _torch_dtype(dtype)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
+    try:
+        model = auto.from_pretrained(str(path), **kw)
+    except (OSError, ValueError, KeyError) as exc:
+        raise FormatError(f"{path}: transformers cannot load this directory ({' '.join(str(exc).split())[:200]})") from exc
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+    model.eval().to(device)
+    if kind == CAUSAL_LM:
+        names, outputs = ["input_ids", "attention_mask"], ("logits",)
+    else:
+        names, outputs = _input_names(path, model), ("last_hidden_state",)
+    inputs = token_inputs(tuple(names)) if kind == CAUSAL_LM else tuple(
+        InputSpec(n, "int64", ("batch", "sequence")) for n in names)
+    vocab = getattr(model.config, "vocab_size", None)
+    return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs, origin=f"transformers {type(model).__name__}",
+                         path=path, device=str(device), vocab_size=vocab, module=_wrapper(model, kind, names))

@@ -1,0 +1,227 @@
+"""Aligned kernel copies: pt and safetensors writers put large tensors at their source offset mod 64 KiB.
+
+copy_file_range is faster when source and destination offsets agree modulo 64 KiB; the writers pad
+(a zip extra field, spaces after a safetensors header) where they are free to, and only for spans of
+at least ALIGN_MIN bytes. These tests check that the padded files still load everywhere, bit for bit,
+and that the padding stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import modelport.formats as formats
+from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD
+from modelport.formats._torchzip import ZipReader, ZipWriter
+from modelport.formats.base import WriteOptions
+from tests.conftest import bitwise_equal
+
+PT = formats.get("pt")
+ST = formats.get("safetensors")
+
+
+def _model(seed: int) -> dict[str, torch.Tensor]:
+    """Large tensors of several dtypes (each >= ALIGN_MIN bytes, distinct sizes) among small ones."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {
+        "embed.weight": torch.randn(1637, 800, generator=g),                      # 5.24 MB
+        "embed.bias": torch.randn(800, generator=g),
+        "block.0.w": torch.randn(1500, 1450, generator=g).to(torch.bfloat16),       # 4.35 MB
+        "block.0.b": torch.randint(-100, 100, (37,), generator=g, dtype=torch.int8),   # odd size: shifts what follows
+        "block.1.w": torch.randn(1100, 1000, generator=g),                          # 4.40 MB
+        "block.1.b": torch.randn(600, generator=g, dtype=torch.float64),
+        "counts": torch.randint(0, 1 << 40, (560_000,), generator=g),               # 4.48 MB int64
+    }
+    sd["head.weight"] = sd["embed.weight"]      # tied
+    return sd
+
+
+def _same_tensors(back: dict, sd: dict) -> None:
+    assert set(back) == set(sd)
+    for name, t in sd.items():
+        assert bitwise_equal(back[name], t), name
+
+
+def _pt_from_safetensors(tmp_path: Path, sd: dict, align: bool = True) -> tuple[Path, Path]:
+    src = tmp_path / "src.safetensors"
+    if not src.exists():
+        save_file({k: v for k, v in sd.items() if k != "head.weight"}, src)
+    out = tmp_path / f"out-{align}.pt"
+    with formats.open(src) as s:
+        PT.write(s, out, WriteOptions(align=align))
+    return src, out
+
+
+def test_pt_storages_keep_their_source_offset_mod_64k(tmp_path):
+    sd = _model(0)
+    src, out = _pt_from_safetensors(tmp_path, sd)
+    aligned = 0
+    with formats.open(src) as s, formats.open(out) as o:
+        for name in s.names():
+            a, b = s.span(name), o.span(name)
+            if a.nbytes >= ALIGN_MIN and a.offset % 8 == 0:
+                assert b.offset % ALIGN_MOD == a.offset % ALIGN_MOD, name
+                aligned += 1
+            else:
+                assert b.offset % 64 == 0, name     # small tensors: torch.save's layout
+    assert aligned >= 3
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None                                 # CRC-32s right
+        assert "archive/.format_version" not in zf.namelist()       # torch must read offsets, not compute them
+        for info in zf.infolist():
+            with open(out, "rb") as f:
+                f.seek(info.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", f.read(4))
+            assert extra_len < ALIGN_MOD                            # padding bounded per member
+    if shutil.which("unzip"):
+        assert subprocess.run(["unzip", "-tq", str(out)], capture_output=True).returncode == 0
+
+
+def test_padding_costs_under_64k_per_large_storage(tmp_path):
+    sd = _model(1)
+    _, out = _pt_from_safetensors(tmp_path, sd)
+    _, plain = _pt_from_safetensors(tmp_path, sd, align=False)
+    large = sum(1 for k, t in sd.items() if k != "head.weight" and t.nbytes >= ALIGN_MIN)
+    assert 0 <= out.stat().st_size - plain.stat().st_size < large * ALIGN_MOD
+    with zipfile.ZipFile(plain) as zf:
+        assert "archive/.format_version" in zf.namelist()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_padded_pt_loads_in_torch_bit_exact(tmp_path, mmap):
+    sd = _model(2)
+    _, out = _pt_from_safetensors(tmp_path, sd)
+    back = torch.load(out, weights_only=True, mmap=mmap)
+    _same_tensors(back, {k: v for k, v in sd.items() if k != "head.weight"})
+
+
+def test_padded_pt_loads_when_torch_is_asked_to_compute_offsets(tmp_path, monkeypatch):
+    """Without .format_version torch reads each offset from its header even when told to compute them."""
+    import torch.utils.serialization.config as config
+
+    sd = _model(3)
+    _, out = _pt_from_safetensors(tmp_path, sd)
+    monkeypatch.setenv("TORCH_SERIALIZATION_DEBUG", "1")
+    before = config.load.calculate_storage_offsets
+    config.load.calculate_storage_offsets = True
+    try:
+        back = torch.load(out, weights_only=True, mmap=True)
+    finally:
+        config.load.calculate_storage_offsets = before
+    _same_tensors(back, {k: v for k, v in sd.items() if k != "head.weight"})
+
+
+def test_shared_storages_and_ties_survive_padding(tmp_path):
+    sd = _model(4)
+    sd["embed.rows"] = sd["embed.weight"][3:900]          # a view into the same storage
+    path = tmp_path / "src.pt"
+    torch.save(sd, path)
+    with formats.open(path) as s:
+        PT.write(s, tmp_path / "out.pt", WriteOptions())
+        with formats.open(tmp_path / "out.pt") as o:
+            key = s.storage_view("embed.weight").key
+            assert o.storage_span(o.storage_view("embed.weight").key).offset % ALIGN_MOD == s.storage_span(key).offset % ALIGN_MOD
+    back = torch.load(tmp_path / "out.pt", weights_only=True, mmap=True)
+    _same_tensors(back, sd)
+    assert back["head.weight"].data_ptr() == back["embed.weight"].data_ptr()
+    assert back["embed.rows"].untyped_storage().data_ptr() == back["embed.weight"].untyped_storage().data_ptr()
+
+
+def test_safetensors_header_aligns_the_largest_tensor(tmp_path):
+    sd = _model(5)
+    path = tmp_path / "src.pt"
+    torch.save(sd, path)
+    with formats.open(path) as s:
+        ST.write(s, tmp_path / "out.safetensors", WriteOptions())
+        ST.write(s, tmp_path / "plain.safetensors", WriteOptions(align=False))
+        with formats.open(tmp_path / "out.safetensors") as o, formats.open(tmp_path / "plain.safetensors") as p:
+            largest = max(s.names(), key=lambda n: s.info(n).nbytes)
+            assert o.span(largest).offset % ALIGN_MOD == s.span(largest).offset % ALIGN_MOD
+            head, plain_head = o.span(o.names()[0]).offset, p.span(p.names()[0]).offset
+            assert min(o.span(n).offset for n in o.names()) == head and head % 8 == 0
+            assert 0 <= head - plain_head < ALIGN_MOD                   # header padding bounded
+            assert p.span(largest).offset % ALIGN_MOD != s.span(largest).offset % ALIGN_MOD   # the test can fail
+    for f in ("out.safetensors", "plain.safetensors"):
+        back = load_file(tmp_path / f)      # the safetensors library validates the header and offsets
+        _same_tensors(back, {k: v for k, v in sd.items() if k != "head.weight"})
+        with safe_open(tmp_path / f, framework="pt") as so:
+            assert so.metadata() == {"head.weight": "embed.weight"}
+    raw = (tmp_path / "out.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert raw[8 + n - 1:8 + n] == b" "      # padded with spaces, as the format allows
+
+
+def test_many_tiny_tensors_get_no_padding(tmp_path):
+    g = torch.Generator().manual_seed(6)
+    sd = {f"layer.{i}.w": torch.randn(3 + i % 7, 5 + i % 11, generator=g) for i in range(300)}
+    sd["mid"] = torch.randn(1000, 1000, generator=g)     # 4 MB: just under ALIGN_MIN (4 MiB)
+    path = tmp_path / "src.pt"
+    torch.save(sd, path)
+    with formats.open(path) as s:
+        for fmt, suffix in ((PT, "pt"), (ST, "safetensors")):
+            fmt.write(s, tmp_path / f"a.{suffix}", WriteOptions())
+            fmt.write(s, tmp_path / f"b.{suffix}", WriteOptions(align=False))
+            assert (tmp_path / f"a.{suffix}").read_bytes() == (tmp_path / f"b.{suffix}").read_bytes()
+
+
+@pytest.mark.parametrize("shift", [0, 8, 4096, ALIGN_MOD - 8])
+def test_zip_member_lands_at_any_residue_even_past_4gib(tmp_path, shift):
+    """The padding field holds the distance with zip64 headers too; zipfile and modelport find the data."""
+    path = tmp_path / "big.zip"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    os.lseek(fd, (4 << 30) + 123, os.SEEK_SET)      # a sparse start: the header offset needs zip64
+    zw = ZipWriter(fd, "archive", crc32=True)
+    payload = bytes(range(256)) * 40
+    zw.begin("data/0", len(payload), match=7 * ALIGN_MOD + shift)
+    zw._write(payload)
+    zw.end()
+    zw.close()
+    os.close(fd)
+    zr = ZipReader(path, path.stat().st_size)
+    assert zr.data_offset("archive/data/0") % ALIGN_MOD == shift
+    with zipfile.ZipFile(path) as zf:
+        assert zf.read("archive/data/0") == payload
+
+
+def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
+    path = tmp_path / "a.zip"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    zw = ZipWriter(fd, "archive", crc32=True)
+    base = 30 + len("archive/x") + 4
+    zw.begin("x", 100, match=base - 8)      # would need 64 KiB - 8 of padding: more than a field holds
+    zw._write(b"\1" * 100)
+    zw.end()
+    zw.close()
+    os.close(fd)
+    zr = ZipReader(path, path.stat().st_size)
+    assert zr.data_offset("archive/x") == 64
+    with zipfile.ZipFile(path) as zf:
+        assert zf.read("archive/x") == b"\1" * 100
+
+
+@pytest.mark.parametrize("use_zlib_ng", [True, False])
+def test_crc32s_right_with_or_without_zlib_ng_and_across_map_chunks(tmp_path, monkeypatch, use_zlib_ng):
+    """CRC-32s are computed through short maps of the output: every chunk boundary and start counts."""
+    from modelport.formats import _torchzip
+
+    if use_zlib_ng:
+        pytest.importorskip("zlib_ng")
+    else:
+        monkeypatch.setitem(sys.modules, "zlib_ng", None)       # the import fails: zlib's crc32
+    monkeypatch.setattr(_torchzip, "_CRC_CHUNK", 3 * 4096)
+    sd = _model(7)
+    _, out = _pt_from_safetensors(tmp_path, sd)
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None
+        assert all(i.CRC != 0 for i in zf.infolist() if i.file_size)

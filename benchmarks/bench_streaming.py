@@ -9,6 +9,8 @@ each in a fresh process with the file in the page cache:
   safetensors -> pt        modelport.convert.convert (real zip CRC-32s, storages aligned)
   safetensors -> pt, no CRC  the same with Options(crc32=False) (--no-crc32)
   ..., no align            the same with Options(align=False): torch.save's layout, unpadded
+  ..., no manifest         both directions with manifest=False (--no-manifest): the manifest's
+                           cost is the difference (it hashes source and output with sha256)
   torch.load + save_file   the usual way, for reference
   load_file + torch.save   the usual way back, for reference
 
@@ -68,12 +70,13 @@ torch.save(sd, path)
 
 # Each measured step runs in its own interpreter and prints its own peak RSS (KiB).
 PEAK = "import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-def _convert(to: str, options: str = "") -> str:
+def _convert(to: str, options: str = "", manifest: bool = True) -> str:
     """A modelport step; it prints how long convert() itself took (no interpreter start, no imports)."""
     return ("import sys, time\n"
             "from modelport.convert import convert; from modelport.formats.base import Options\n"
             "t0 = time.perf_counter()\n"
-            f"convert(sys.argv[1], sys.argv[2], to={to!r}, progress=False, options=Options({options}))\n"
+            f"convert(sys.argv[1], sys.argv[2], to={to!r}, progress=False, options=Options({options}), "
+            f"manifest={manifest})\n"
             "print('CONVERT', time.perf_counter() - t0)")
 
 
@@ -83,6 +86,8 @@ STEPS = {
     "safetensors -> pt, no CRC": _convert("pt", "crc32=False"),
     "pt -> safetensors, no align": _convert("safetensors", "align=False"),
     "safetensors -> pt, no align": _convert("pt", "align=False"),
+    "pt -> safetensors, no manifest": _convert("safetensors", manifest=False),
+    "safetensors -> pt, no manifest": _convert("pt", manifest=False),
     "torch.load + save_file": (
         "import sys, torch; from safetensors.torch import save_file\n"
         "sd = torch.load(sys.argv[1], weights_only=True)\n"
@@ -228,6 +233,8 @@ def main() -> None:
             "safetensors -> pt": (step("safetensors -> pt", st, back), back),
             "safetensors -> pt, no align": (step("safetensors -> pt, no align", st, plain_pt), plain_pt),
             "safetensors -> pt, no CRC": (step("safetensors -> pt, no CRC", st, copy_pt := work / "nocrc.pt"), copy_pt),
+            "pt -> safetensors, no manifest": (step("pt -> safetensors, no manifest", src, st), st),
+            "safetensors -> pt, no manifest": (step("safetensors -> pt, no manifest", st, back), back),
         }, args.repeat)
         rows = [(name, *summary(timed[name])) for name in timed]
         copy.unlink()

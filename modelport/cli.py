@@ -126,17 +126,29 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
     from .inspect import inspect as run
     from .inspect import run_check
 
+    from .convert import manifest as mf
+
     summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
     check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
+    record = mf.read(path)
     if as_json:
         out = summary.to_json()
         if check is not None:
             out["run"] = check.to_json()
+        if record is not None:
+            out["manifest"] = record
         click.echo(json.dumps(out, indent=2, default=str))
         return
     from .render import print_summary
 
     print_summary(summary, show_all)
+    if record is not None:
+        from .render import escape
+
+        click.echo("")
+        click.echo(escape(f"manifest ({mf.find(path)}):"))
+        for line in mf.summary(record):
+            click.echo(escape(f"  {line}"))
     if check is not None:
         click.echo(f"\nran {check.model}, {check.parameters:,} parameters: input {check.input} -> output "
                    f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")
@@ -180,18 +192,27 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
               help="Graph targets from a Hugging Face directory: who builds the model (auto: modelport's reference "
                    "family when it knows the architecture, transformers otherwise).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+@click.option("--no-manifest", is_flag=True,
+              help="Write no DST.modelport.json (in a directory: DST/.modelport.json) recording what the conversion did.")
 @click.option("--verify", is_flag=True, help="Run the written model against SRC (as `modelport parity` does) before "
               "declaring success; keep nothing when they differ (exit 1).")
+@click.option("--view", "view_after", is_flag=True, help="Open the result in Netron when done (needs modelport[view]).")
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
             layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, static_shapes,
-            external_data, input_shape, input_dtype, device, engine, allow_expanded, verify) -> None:
+            external_data, input_shape, input_dtype, device, engine, allow_expanded, no_manifest, verify,
+            view_after) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds.
 
     A torchscript or onnx DST exports the runnable model SRC holds (see `modelport formats`)."""
     from .convert import convert as run
     from .convert import target_format
+    from .errors import DifferenceFound
 
     target = target_format(dst, to)
+    if view_after:
+        from .view import require
+
+        require("netron", extra="view")
     if target.graph:
         from .convert.export import DEFAULT_OPSET, ExportOptions, export
         from .render import human
@@ -202,6 +223,7 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
                         input_dtype=input_dtype, engine=engine, force=force)
         extra = f", data in {result.external_data.name}" if result.external_data else ""
         opset_text = f", opset {result.opset}" if result.opset else ""
+        report = None
         if verify:
             from .convert import VerifyFailed, verify_export
             from .render import escape, escape_lines
@@ -216,6 +238,13 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
                               f"torch on {report.torch_device})"))
         click.echo(f"wrote {result.dst} ({result.format}{opset_text}{extra}): {human(result.bytes)} from "
                    f"{result.origin}; matches eager within {result.max_abs_diff:.2g}")
+        if not no_manifest:
+            from .convert import manifest as mf
+
+            verdict = {"passed": bool(report), **report.to_json()} if report is not None else None
+            click.echo(f"manifest: {mf.write_for_export(Path(src), result, verdict)}")
+        if view_after:
+            _serve(result.dst, "127.0.0.1", None, True, False, False)
         return
 
     options = _options(config=config, assume_config=assume_config or None, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
@@ -228,7 +257,7 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     try:
         result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
                      shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
-                     verify=verify)
+                     manifest=not no_manifest, verify=verify)
     except VerifyFailed as exc:
         click.echo(escape_lines(exc.report.to_text()))
         raise
@@ -239,6 +268,78 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
         click.echo(escape(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
                           f"torch on {result.parity.torch_device})"))
     click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}"))
+    if result.manifest is not None:
+        click.echo(escape(f"manifest: {result.manifest}"))
+    if view_after:
+        _serve(result.dst, "127.0.0.1", None, True, False, False)
+
+
+def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
+    from .view import view as run
+
+    from .render import escape
+
+    run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
+        echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
+    # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to serve on (default: a free one).")
+@click.option("--no-browser", is_flag=True, help="Only print the URL; open no browser.")
+@click.option("--graph-only", is_flag=True,
+              help="ONNX: show the graph with shape-only weights (automatic above 1 GiB of weights).")
+@click.option("--as-onnx", is_flag=True, help="Export a weights-only source to ONNX first and show its graph.")
+def view(path, host, port, no_browser, graph_only, as_onnx) -> None:
+    """Show PATH in Netron (modelport[view]) on localhost until Ctrl-C."""
+    _serve(path, host, port, not no_browser, graph_only, as_onnx)
+
+
+def _rerun_parity(data: dict) -> dict:
+    """The parity check a manifest records, run again on the same seed and input shapes."""
+    from .parity import parity
+
+    recorded = data["parity"]
+    inputs = recorded.get("inputs") or []
+    kwargs = {"seed": recorded.get("seed", 0), "new_tokens": recorded.get("new_tokens", 16)}
+    if inputs and all("seq_len" in i for i in inputs):
+        kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
+        kwargs["batch"] = inputs[0].get("shapes", {}).get("input_ids", [2])[0]
+    options = data.get("options", {})
+    report = parity(data["source"]["path"], data["output"]["path"], arch=options.get("arch"),
+                    config=options.get("config"), **kwargs)
+    return {"passed": bool(report), **report.to_json()}
+
+
+@cli.command("verify")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_cmd(manifest, as_json) -> None:
+    """Check a conversion's MANIFEST (or the file/directory it describes): re-hash every file; exit 1 on a change."""
+    from .convert import manifest as mf
+    from .errors import DifferenceFound
+
+    found = mf.find(manifest) if not str(manifest).endswith(".json") else None
+    report = mf.verify(found or manifest, rerun_parity=_rerun_parity)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        from .render import escape
+
+        for f in report.files:
+            state = "ok" if f.ok else "MISSING" if f.actual is None else "CHANGED"
+            click.echo(escape(f"{state:<8} {f.role:<7} {f.path}"))
+        if report.parity is not None:
+            verdict = "passed" if report.parity.get("passed") else "FAILED"
+            click.echo(f"parity: {verdict} (run again on the recorded seed and input shapes)")
+        for note in report.notes:
+            click.echo(f"note: {escape(note)}")
+    if not report:
+        raise DifferenceFound(f"{report.manifest}: the files differ from what the manifest records")
 
 
 @cli.command()

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 from modelport.cli import cli
 
 
-@pytest.mark.parametrize("command", [[], ["formats"], ["inspect"], ["convert"], ["diff"], ["parity"]])
+@pytest.mark.parametrize("command", [[], ["formats"], ["inspect"], ["convert"], ["diff"], ["parity"], ["view"],
+                                     ["verify"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -191,7 +192,7 @@ def test_ctrl_c_at_any_moment_ends_in_130_one_line_and_no_output(tmp_path):
         left = sorted(os.listdir(out))
         what = f"delay {delay:.3f}s: rc {p.returncode}, left {left}, stderr {stderr.decode()[-400:]!r}"
         if p.returncode == 0:                      # finished before the signal came
-            assert left == ["x.safetensors"], what
+            assert left == ["x.safetensors", "x.safetensors.modelport.json"], what   # the output and its manifest
             continue
         assert left == [] and stdout == b"", what
         if p.returncode == 130:

@@ -1,5 +1,5 @@
 """Imports point one way: errors/dtypes/atomic/runtime -> formats, t7 -> models -> convert, diff,
-inspect, parity -> render, cli, testing. Every module is parsed, function-level imports included."""
+inspect, parity -> render, cli, testing, view. Every module is parsed, function-level imports included."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ LAYERS = {"errors": 0, "dtypes": 0, "atomic": 0, "runtime": 0, "interrupt": 0,
           "formats": 1, "t7": 1,
           "models": 2,
           "convert": 3, "diff": 3, "inspect": 3, "parity": 3,
-          "render": 4, "cli": 4, "__main__": 4, "testing": 4}
+          "render": 4, "cli": 4, "view": 4, "__main__": 4, "testing": 4}
 
 
 def _module_name(path: Path) -> str:

@@ -3,6 +3,7 @@ target atomically, one tensor at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,8 +15,9 @@ from ..atomic import atomic_output, check_destination, check_overlap, write_mark
 from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
-from . import layouts
+from . import layouts, manifest
 from .cast import CastSource
+from .manifest import DIR_NAME, SUFFIX
 
 
 @dataclass
@@ -29,7 +31,8 @@ class Result:
     bytes: int
     notes: list[str] = field(default_factory=list)
     aliases: int = 0             # tied names stored once (counted apart from ``tensors``)
-    parity: Any = None           # the ParityReport of --verify, when asked
+    manifest: Path | None = None      # the conversion's manifest, unless it was turned off
+    parity: Any = None                # the ParityReport of --verify, when asked
 
     def counts(self) -> str:
         """'28 tensors + 1 tied alias', the way convert, diff and inspect all count."""
@@ -92,15 +95,19 @@ def convert(
     allow_overflow: bool = False,
     options: Options | None = None,
     progress: bool | None = None,
+    manifest: bool = True,
     verify: bool | dict = False,
 ) -> Result:
     """Convert ``src`` to ``dst``. Nothing is written unless the whole conversion succeeds.
 
     ``dtype`` is fp32 / fp16 / bf16 (or a canonical name); ``shard_size`` in bytes applies to
     sharded targets (hf). ``progress`` shows a bar on stderr; by default only on a terminal.
-    ``options`` is read, never changed. ``verify`` runs the written model against the source with the
+    ``options`` is read, never changed. ``manifest`` writes the conversion's record
+    (:mod:`.manifest`) with the output, in the same atomic step; in a directory output it is the
+    marker that says modelport wrote it. ``verify`` runs the written model against the source with the
     parity check before declaring success (a dict passes options to :func:`modelport.parity.parity`); a
-    mismatch raises :class:`VerifyFailed` carrying the report, and nothing is kept.
+    mismatch raises :class:`VerifyFailed` carrying the report, and nothing is kept; a passing report is
+    recorded in the manifest and the result.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
@@ -128,15 +135,32 @@ def convert(
                                   shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
         show = sys.stderr.isatty() if progress is None else progress
+        record = _Record(src, dst, source, target.id, options, dtype) if manifest else None
+        report = None
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
             notes: list[str] = []
-            with atomic_output(dst, force, notes) as tmp:
-                target.write(source, tmp, writing, advance)
-                if tmp.is_dir():
-                    write_marker(tmp, format=target.id)
-                report = _verify(reference, tmp, dst, target, options, verify) if verify else None
+            try:
+                with atomic_output(dst, force, notes) as tmp:
+                    target.write(source, tmp, writing, advance)
+                    if tmp.is_dir():
+                        write_marker(tmp, format=target.id)
+                    if verify:
+                        report = _verify(reference, tmp, dst, target, options, verify)
+                    if record is not None:
+                        record.write(tmp, report)     # in a directory: the marker, with the manifest in it
+                if record is not None:
+                    record.commit()
+                else:
+                    stale = dst.with_name(dst.name + SUFFIX)
+                    if dst.is_file() and stale.is_file():
+                        stale.unlink()
+            except BaseException:
+                if record is not None:
+                    record.discard()
+                raise
         return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
-                      aliases=len(source.aliases()), parity=report)
+                      aliases=len(source.aliases()), manifest=record.final if record is not None else None,
+                      parity=report)
 
 
 class VerifyFailed(DifferenceFound):
@@ -196,6 +220,48 @@ def _remove_export(path: Path) -> None:
     for p in (path, path.parent / (path.name + ".data")):
         if p.is_file():
             p.unlink()
+
+
+class _Record:
+    """The manifest of one conversion: the source hashed in a thread while the output is written,
+    the manifest written into a directory output, or beside a file output under a temporary name
+    that :meth:`commit` renames once the output is in place."""
+
+    def __init__(self, src: Path, dst: Path, source, target_id: str, options: Options, dtype: str | None):
+        self.src, self.dst, self.source, self.target_id, self.options, self.dtype = src, dst, source, target_id, options, dtype
+        self.hashing = manifest.BackgroundHash(src)
+        self.final: Path | None = None
+        self.pending: Path | None = None
+
+    def write(self, written: Path, report) -> None:
+        parity = None
+        if report is not None:
+            parity = {"passed": bool(report), **report.to_json()}
+        output = manifest.BackgroundHash(written)    # beside the rest of the source's hashing
+        m = manifest.build(src=self.src, dst=self.dst, written=written, source=self.source,
+                           target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
+                           output_files=output.get(), dtype=self.dtype, opset=getattr(self.options, "opset", None),
+                           parity=parity)
+        if written.is_dir():
+            manifest.write(m, written / DIR_NAME)
+            self.final = self.dst / DIR_NAME
+        else:
+            for f in m.output["files"]:
+                f["path"] = self.dst.name
+            self.final = self.dst.with_name(self.dst.name + SUFFIX)
+            self.pending = self.dst.with_name(f".{self.final.name}.modelport-{os.getpid()}.tmp")
+            manifest.write(m, self.pending)
+
+    def commit(self) -> None:
+        if self.pending is not None:
+            os.replace(self.pending, self.final)
+            self.pending = None
+
+    def discard(self) -> None:
+        if self.pending is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.pending.unlink()
+        self.final = None
 
 
 def _weight_paths(source) -> list[Path]:

@@ -66,6 +66,15 @@ class CastSource(WrappedSource):
             raise UnsupportedError(f"cannot cast to {dtype}; choose one of fp32, fp16, bf16")
         self.dtype = dtype
         self.allow_overflow = allow_overflow
+        self._cast: dict[str, str] = {}      # tensor -> dtype it was cast from, as read_bytes casts it
+
+    @property
+    def applied(self) -> list[dict]:
+        """The casts done so far, one entry per source dtype (for the manifest)."""
+        by_dtype: dict[str, list[str]] = {}
+        for name, src in self._cast.items():
+            by_dtype.setdefault(src, []).append(name)
+        return [{"op": "cast", "from": src, "to": self.dtype, "tensors": names} for src, names in by_dtype.items()]
 
     def _casts(self, name: str) -> bool:
         src = self.inner.info(name).dtype
@@ -88,6 +97,7 @@ class CastSource(WrappedSource):
 
         t = self.inner.read(name)
         out = t.to(dtypes.to_torch(self.dtype))
+        self._cast[name] = self.inner.info(name).dtype
         if not self.allow_overflow and out.numel():
             overflow = torch.isinf(out) & torch.isfinite(t)
             if bool(overflow.any()):

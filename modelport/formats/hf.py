@@ -77,6 +77,10 @@ class HFSource(TensorSource):
         weights = {f.name for f in files} | set(_INDEXES) | {"config.json", MARKER}
         self.side_files = side_files(path, weights | {"model.safetensors", "pytorch_model.bin"}, self.notes)
 
+    def shard_paths(self) -> list[Path]:
+        """The weight files joined on read (for the conversion manifest)."""
+        return [s.path for s in self._shards]
+
     def names(self) -> list[str]:
         return list(self._where)
 

@@ -197,6 +197,10 @@ class MetaSource(TensorSource):
         shape[dim] = sum(i.shape[dim] for i in infos)
         return TensorInfo(name, infos[0].dtype, tuple(shape)), dim
 
+    def shard_paths(self) -> list[Path]:
+        """The shard files merged on read (for the conversion manifest)."""
+        return [r.path for r in self._shards]
+
     def names(self) -> list[str]:
         return list(self._infos)
 

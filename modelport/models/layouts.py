@@ -200,6 +200,7 @@ class LayoutSource(TensorSource):
         self.dims = model_dims
         self._entries: dict[str, _Entry] = {}
         self._aliases: dict[str, str] = {}
+        self.applied: list[dict] = []          # what the mapping does, as it decides it (for the manifest)
         origin: dict[str, str] = {}
         for name in inner.names():
             mapped = self._map(name)
@@ -210,14 +211,24 @@ class LayoutSource(TensorSource):
                 raise LayoutError(f"{inner.path}: tensors {origin[target]!r} and {name!r} both map to {target!r} in layout {dst.id}")
             origin[target] = name
             self._entries[target] = _Entry(name, tuple(chain), TensorInfo(target, inner.info(name).dtype, shape))
+            self._record(name, target, chain)
         for alias, kept in inner.aliases().items():
             a, k = self._map(alias, inner.info(kept).shape), self._map(kept)
             if a is None or k is None:
                 continue
             if a[1] == k[1]:
                 self._aliases[a[0]] = k[0]
+                self.applied.append({"op": "tie", "tensor": a[0], "to": k[0]})
             else:   # the tied copy needs another transform than its twin: a tensor of its own
                 self._entries[a[0]] = _Entry(kept, tuple(a[1]), TensorInfo(a[0], inner.info(kept).dtype, a[2]))
+                self.applied.append({"op": "untie", "tensor": a[0], "from": kept})
+                self._record(kept, a[0], a[1])
+
+    def _record(self, name: str, target: str, chain) -> None:
+        if target != name:
+            self.applied.append({"op": "rename", "from": name, "to": target})
+        for t, args in chain:
+            self.applied.append({"op": t, "tensor": target, **({"args": dict(args)} if args else {})})
 
     def _map(self, name: str, shape: tuple | None = None):
         """(target name, transforms, target shape), or None for a tensor the hub drops."""
@@ -225,6 +236,7 @@ class LayoutSource(TensorSource):
         rule, bid = _only(_match(forward_patterns(src), name), name, src.id, self.inner)
         if rule.hub is None:
             self.notes.append(f"dropped {name} (recomputed by the model)")
+            self.applied.append({"op": "drop", "tensor": name, "why": "recomputed by the model"})
             return None
         hub = _fill(rule.hub, bid)
         chain = forward_step(rule, d, name)

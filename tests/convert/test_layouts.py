@@ -228,6 +228,9 @@ def test_gpt2_nanogpt_drops_causal_mask_buffer():
     hub = adapt(src, "hf", Options())
     assert hub.names() == ["transformer.h.0.mlp.c_fc.weight"] and hub.info(hub.names()[0]).shape == (24, 40)
     assert any("attn.bias" in n for n in hub.notes)
+    # what the manifest records, as the mapping decided it
+    assert hub.applied == [{"op": "transpose", "tensor": "transformer.h.0.mlp.c_fc.weight"},
+                           {"op": "drop", "tensor": "transformer.h.0.attn.bias", "why": "recomputed by the model"}]
 
 
 def test_meta_config_from_params_file(tmp_path):

@@ -1,0 +1,256 @@
+"""modelport view without a browser: what is served, the graph-only copy, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+
+from modelport import view
+from modelport.errors import MissingDependencyError, UnsupportedError
+
+from .conftest import ROOT
+
+
+def _mlp_onnx(path: Path, external: bool = False) -> Path:
+    """A two-layer MLP exported at opset 17; with ``external`` its weights go to ``weights.bin``."""
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.ReLU(), torch.nn.Linear(40, 37)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 24, generator=g),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    if external:
+        import onnx
+
+        m = onnx.load(str(path))
+        onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
+                  size_threshold=0)
+    return path
+
+
+def test_graph_only_copy_keeps_shapes_and_drops_data(tmp_path):
+    import onnx
+
+    src = _mlp_onnx(tmp_path / "m.onnx", external=True)
+    dst = tmp_path / "g.onnx"
+    n = view.graph_only_copy(src, dst)
+    full = onnx.load(str(src))
+    graph = onnx.load(str(dst), load_external_data=False)
+    assert n == len(full.graph.initializer) == 4
+    for a, b in zip(full.graph.initializer, graph.graph.initializer):
+        assert (a.name, list(a.dims), a.data_type) == (b.name, list(b.dims), b.data_type)
+        assert not b.raw_data and not b.external_data and b.data_location == onnx.TensorProto.DEFAULT
+    assert [x.op_type for x in graph.graph.node] == [x.op_type for x in full.graph.node]
+    assert dst.stat().st_size < 2000 < (tmp_path / "weights.bin").stat().st_size
+
+
+def test_big_onnx_is_shown_graph_only_with_a_note(tmp_path):
+    src = _mlp_onnx(tmp_path / "m.onnx", external=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    shown = view.prepare(src, work, graph_only_above=1000)
+    assert shown.kind == "onnx-graph-only" and shown.file.parent == work
+    assert any("graph only" in n for n in shown.notes) and any("GB of weights" in n for n in shown.notes)
+    small = view.prepare(src, work)
+    assert small.kind == "onnx" and small.file == src
+
+
+def test_directories_show_their_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    import torch
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    save_file({"w": torch.zeros(2)}, hf / "model.safetensors")
+    shown = view.prepare(hf, tmp_path)
+    assert shown.file == hf / "model.safetensors" and shown.kind == "hf"
+
+
+def test_graph_only_needs_a_graph(tmp_path):
+    from safetensors.torch import save_file
+
+    import torch
+
+    f = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, f)
+    with pytest.raises(UnsupportedError, match="--as-onnx"):
+        view.prepare(f, tmp_path, graph_only=True)
+
+
+def test_as_onnx_says_when_the_exporter_is_missing(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import torch
+
+    f = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, f)
+    monkeypatch.setitem(sys.modules, "modelport.convert.export", None)   # as in a version without it
+    with pytest.raises(MissingDependencyError, match="not available in this version"):
+        view.prepare(f, tmp_path, as_onnx=True)
+
+
+def _start(*args: str) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "modelport", "view", *args, "--no-browser"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()   # bounded: the process prints the URL or exits
+    assert "http://127.0.0.1:" in line, (line, proc.poll())
+    return proc, line.split("http://", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_serves_onnx_with_external_data_and_stops_cleanly(tmp_path, sig):
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    src = _mlp_onnx(tmp_path / "m.onnx", external=True)
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("modelport-view-*"))
+    proc, host = _start(str(src))
+    try:
+        page = urllib.request.urlopen(f"http://{host}/", timeout=10).read().decode()
+        assert '<meta name="file" content="/data/m.onnx">' in page
+        assert urllib.request.urlopen(f"http://{host}/data/m.onnx", timeout=10).read() == src.read_bytes()
+        weights = urllib.request.urlopen(f"http://{host}/data/weights.bin", timeout=10).read()
+        assert weights == (tmp_path / "weights.bin").read_bytes()
+    finally:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "stopped" in out and "Traceback" not in err
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{host}/", timeout=2)
+    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("modelport-view-*")) <= before
+
+
+def test_graph_only_copy_is_removed_on_exit(tmp_path):
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    src = _mlp_onnx(tmp_path / "m.onnx", external=True)
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(env_tmp),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "modelport", "view", str(src), "--graph-only", "--no-browser"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        host = line.split("http://", 1)[1].split()[0]
+        assert len(list(env_tmp.glob("modelport-view-*/m.graph.onnx"))) == 1
+        served = urllib.request.urlopen(f"http://{host}/data/m.graph.onnx", timeout=10).read()
+        assert len(served) < 2000
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert not list(env_tmp.iterdir())
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path):
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    import socket
+
+    src = _mlp_onnx(tmp_path / "m.onnx")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        r = subprocess.run([sys.executable, "-m", "modelport", "view", str(src), "--port", str(port), "--no-browser"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"127.0.0.1:{port}" in r.stderr and "--port" in r.stderr
+
+
+def test_missing_netron_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "netron", None)
+    with pytest.raises(MissingDependencyError, match=r"modelport\[view\]"):
+        view.Server(tmp_path / "x.onnx")
+
+
+def test_view_stops_when_asked(tmp_path):
+    """The in-process API: serve, report the URL, stop on an event, remove its temporary folder."""
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    import threading
+
+    src = _mlp_onnx(tmp_path / "m.onnx")
+    stop, urls, lines = threading.Event(), [], []
+    t = threading.Thread(target=view.view, args=(src,), kwargs=dict(browser=False, graph_only=True, echo=lines.append,
+                                                                    ready=urls.append, stop=stop))
+    t.start()
+    end = time.monotonic() + 30
+    while not urls and time.monotonic() < end:
+        time.sleep(0.05)
+    assert urllib.request.urlopen(urls[0] + "/data/m.graph.onnx", timeout=10).read()
+    stop.set()
+    t.join(timeout=10)
+    assert not t.is_alive() and lines[-1] == "stopped"
+
+
+def test_convert_view_serves_the_result(tmp_path):
+    """`convert … --view` writes the output, then serves it until stopped (BROWSER=true: no browser opens)."""
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    from .conftest import tied_state_dict
+
+    import torch
+
+    src = tmp_path / "m.pt"
+    torch.save(tied_state_dict(), src)
+    env = {**os.environ, "BROWSER": "true",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "modelport", "convert", str(src), str(tmp_path / "m.safetensors"),
+                             "--view"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith("wrote ") and lines[1].startswith("manifest: ")
+        host = lines[2].split("http://", 1)[1].split()[0]
+        served = urllib.request.urlopen(f"http://{host}/data/m.safetensors", timeout=10).read()
+        assert served == (tmp_path / "m.safetensors").read_bytes()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    src = _mlp_onnx(tmp_path / "m.onnx")
+    proc, _ = _start(str(src), "--graph-only")
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0 and "stopped" in out and "interrupted" not in err, (out, err)
+
+
+def test_as_onnx_shows_the_exported_graph(tmp_path, monkeypatch):
+    """The exporter's seam: export_onnx(src, dst, opset=…) writes the graph that is then shown."""
+    import types
+
+    from safetensors.torch import save_file
+
+    import torch
+
+    f = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, f)
+    calls = []
+
+    def export_onnx(src, dst, *, opset):
+        calls.append((Path(src), opset))
+        _mlp_onnx(Path(dst))
+
+    monkeypatch.setitem(sys.modules, "modelport.convert.export", types.SimpleNamespace(export_onnx=export_onnx))
+    work = tmp_path / "work"
+    work.mkdir()
+    shown = view.prepare(f, work, as_onnx=True, graph_only_above=10)
+    assert calls == [(f, 17)] and shown.kind == "onnx-graph-only" and shown.file.parent == work
+    assert any("exported to ONNX" in n for n in shown.notes)

@@ -15,7 +15,7 @@ def _running_as_command() -> bool:
 
 
 if _running_as_command():    # before the imports below: Ctrl-C while they load is an exit 130 too
-    from .interrupt import install_early as _install_early
+    from .atomic.interrupt import install_early as _install_early
 
     _install_early("modelport: interrupted; nothing was written")
 

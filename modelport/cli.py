@@ -457,7 +457,7 @@ OPTIONAL_EXTRAS = {"torch": "torch", "transformers": "hf", "onnx": "cpu", "onnxr
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import interrupt
+    from .atomic import interrupt
     from .errors import SPELLING
 
     interrupt.install(signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))

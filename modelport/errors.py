@@ -76,7 +76,7 @@ class DifferenceFound(ModelportError):
 def need_torch(step: str):
     """The torch module, or a MissingDependencyError naming the step that needs it and the extra that brings it.
     Conversions between weight formats (pt, safetensors, hf, meta, t7) never need it."""
-    from .interrupt import deferred
+    from .atomic.interrupt import deferred
 
     try:
         with deferred():     # Ctrl-C inside torch's import can abort the process: held until it is done

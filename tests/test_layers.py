@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "modelport"
 
-LAYERS = {"errors": 0, "dtypes": 0, "atomic": 0, "runtime": 0, "interrupt": 0,
+LAYERS = {"errors": 0, "dtypes": 0, "atomic": 0, "runtime": 0,
           "formats": 1, "t7": 1,
           "models": 2,
           "convert": 3, "diff": 3, "inspect": 3, "parity": 3,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import dtypes, formats
+from .. import __version__, dtypes, formats
 from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats.base import Format, Options, TensorSource, WriteOptions
@@ -143,7 +143,7 @@ def convert(
                 with atomic_output(dst, force, notes) as tmp:
                     target.write(source, tmp, writing, advance)
                     if tmp.is_dir():
-                        write_marker(tmp, format=target.id)
+                        write_marker(tmp, format=target.id, version=__version__)
                     if verify:
                         report = _verify(reference, tmp, dst, target, options, verify)
                     if record is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import interrupt
-from .errors import DestinationExistsError, OutputError, OverlapError, opt
+from ..errors import DestinationExistsError, OutputError, OverlapError, opt
 
 # Errors of the output side, reported as one line (exit 2) rather than as a bug.
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
@@ -37,10 +37,9 @@ def check_destination(dst: Path, force: bool) -> None:
 
 
 def write_marker(directory: Path, **fields) -> None:
-    """Mark a directory output as modelport's (what wrote it and how), so a later --force may replace it."""
-    from . import __version__
-
-    record = {"written_by": "modelport", "version": __version__, **fields}
+    """Mark a directory output as modelport's (what wrote it and how: ``version``, ``format`` …), so a later
+    --force may replace it."""
+    record = {"written_by": "modelport", **fields}
     (directory / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 

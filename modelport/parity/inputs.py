@@ -41,7 +41,8 @@ class InputSet:
 
 def max_positions(runnable: Runnable) -> int | None:
     """The longest sequence the model takes, when its config says (learned position tables)."""
-    cfg = getattr(runnable.module, "config", None)
+    module = getattr(runnable.module, "root", runnable.module)    # a wrapped transformers model: its own config
+    cfg = getattr(module, "config", None)
     for key in ("max_positions", "n_positions", "max_position_embeddings"):
         value = getattr(cfg, key, None)
         if isinstance(value, int):

@@ -218,3 +218,15 @@ def test_exported_files_through_the_command_line(cli, tmp_path):
     assert fail.returncode == 1
     div = json.loads(fail.stdout)["candidates"][0]["first_divergence"]
     assert (div["layer"], div["method"]) == (1, "onnx-outputs")
+
+
+def test_a_transformers_reference_keeps_inputs_inside_its_position_table(tmp_path):
+    """GPT-2's learned positions end at n_positions: inputs are clipped to it whoever runs the reference."""
+    model = faults.tiny.gpt2(seed=9)            # n_positions 20, shorter than the default longest input
+    model.save_pretrained(tmp_path / "ref")
+    model.save_pretrained(tmp_path / "copy")
+    report = modelport.parity(tmp_path / "ref", tmp_path / "copy", new_tokens=3)
+    assert report.reference["origin"] == "transformers GPT2LMHeadModel"
+    assert report and max(i["seq_len"] for i in report.to_json()["inputs"]) + 3 <= 20
+    report = modelport.parity(tmp_path / "ref", tmp_path / "copy", new_tokens=16)   # 16 new tokens would fill it
+    assert report.new_tokens == 10 and max(i["seq_len"] for i in report.to_json()["inputs"]) == 10

@@ -15,7 +15,8 @@ from ..atomic import atomic_output, check_destination, check_overlap, write_mark
 from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
-from . import layouts, manifest
+from . import layouts
+from . import manifest as manifest_module
 from .cast import CastSource
 from .manifest import DIR_NAME, SUFFIX
 
@@ -121,8 +122,10 @@ def convert(
         done = export(src, dst, target.id, options=ExportOptions(dtype=dtype), force=force,
                       arch=options.arch, config=options.config)
         report = _verify_export(reference, Path(done.dst), target, options, verify) if verify else None
+        record = manifest_module.write_for_export(src, done, {"passed": True, **report.to_json()} if report else None) \
+            if manifest else None
         return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"],
-                      parity=report)
+                      manifest=record, parity=report)
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:
@@ -229,7 +232,7 @@ class _Record:
 
     def __init__(self, src: Path, dst: Path, source, target_id: str, options: Options, dtype: str | None):
         self.src, self.dst, self.source, self.target_id, self.options, self.dtype = src, dst, source, target_id, options, dtype
-        self.hashing = manifest.BackgroundHash(src)
+        self.hashing = manifest_module.BackgroundHash(src)
         self.final: Path | None = None
         self.pending: Path | None = None
 
@@ -237,20 +240,20 @@ class _Record:
         parity = None
         if report is not None:
             parity = {"passed": bool(report), **report.to_json()}
-        output = manifest.BackgroundHash(written)    # beside the rest of the source's hashing
-        m = manifest.build(src=self.src, dst=self.dst, written=written, source=self.source,
+        output = manifest_module.BackgroundHash(written)    # beside the rest of the source's hashing
+        m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
                            output_files=output.get(), dtype=self.dtype, opset=getattr(self.options, "opset", None),
                            parity=parity)
         if written.is_dir():
-            manifest.write(m, written / DIR_NAME)
+            manifest_module.write(m, written / DIR_NAME)
             self.final = self.dst / DIR_NAME
         else:
             for f in m.output["files"]:
                 f["path"] = self.dst.name
             self.final = self.dst.with_name(self.dst.name + SUFFIX)
             self.pending = self.dst.with_name(f".{self.final.name}.modelport-{os.getpid()}.tmp")
-            manifest.write(m, self.pending)
+            manifest_module.write(m, self.pending)
 
     def commit(self) -> None:
         if self.pending is not None:

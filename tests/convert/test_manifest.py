@@ -177,3 +177,13 @@ def test_a_directory_manifest_is_the_marker_that_lets_force_replace_it(tmp_path,
     assert (out / ".modelport.json").is_file() and mf.read(out) is None     # the bare marker stays
     convert(llama_pt, out, to="hf", force=True, options=_opts(config=tmp_path / "config.json"))
     assert mf.read(out)["output"]["format"] == "hf"
+
+
+def test_a_graph_export_through_the_api_gets_a_manifest(tmp_path):
+    tiny.gpt2(seed=5).save_pretrained(tmp_path / "src")
+    result = convert(tmp_path / "src", tmp_path / "m.onnx")
+    assert result.manifest == tmp_path / "m.onnx.modelport.json"
+    data = mf.load(result.manifest)
+    assert data["output"]["files"][0]["sha256"] == _sha(tmp_path / "m.onnx") and data["opset"] == 17
+    assert convert(tmp_path / "src", tmp_path / "n.onnx", manifest=False).manifest is None
+    assert not (tmp_path / "n.onnx.modelport.json").exists()

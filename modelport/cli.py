@@ -299,22 +299,6 @@ def view(path, host, port, no_browser, graph_only, as_onnx) -> None:
     _serve(path, host, port, not no_browser, graph_only, as_onnx)
 
 
-def _rerun_parity(data: dict) -> dict:
-    """The parity check a manifest records, run again on the same seed and input shapes."""
-    from .parity import parity
-
-    recorded = data["parity"]
-    inputs = recorded.get("inputs") or []
-    kwargs = {"seed": recorded.get("seed", 0), "new_tokens": recorded.get("new_tokens", 16)}
-    if inputs and all("seq_len" in i for i in inputs):
-        kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
-        kwargs["batch"] = inputs[0].get("shapes", {}).get("input_ids", [2])[0]
-    options = data.get("options", {})
-    report = parity(data["source"]["path"], data["output"]["path"], arch=options.get("arch"),
-                    config=options.get("config"), **kwargs)
-    return {"passed": bool(report), **report.to_json()}
-
-
 @cli.command("verify")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -324,7 +308,7 @@ def verify_cmd(manifest, as_json) -> None:
     from .errors import DifferenceFound
 
     found = mf.find(manifest) if not str(manifest).endswith(".json") else None
-    report = mf.verify(found or manifest, rerun_parity=_rerun_parity)
+    report = mf.verify(found or manifest)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -469,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
             with cli.make_context("modelport", (["--debug"] if debug else []) + args) as ctx:
                 cli.invoke(ctx)
             interrupt.check()   # an interrupt something swallowed still fails the command
+            interrupt.finish()
         except click.exceptions.Exit as exc:
             interrupt.check()
             sys.exit(exc.exit_code)

@@ -23,6 +23,7 @@ _received: int | None = None
 _installed = False      # the command installed the handler (never for Python callers)
 _holding = False        # inside deferred(): record, raise afterwards
 _committed = False      # the output is in place: ignore further signals
+_signums: tuple[int, ...] = ()
 
 
 def received() -> int | None:
@@ -81,14 +82,23 @@ def _unraisable(hook):
 
 def install(*signums: int) -> None:
     """Route these signals (default SIGINT and SIGTERM) through the recording handler. Main thread only."""
-    global _installed, _committed
-    for signum in signums or (signal.SIGINT, signal.SIGTERM):
+    global _installed, _committed, _signums
+    _signums = signums or (signal.SIGINT, signal.SIGTERM)
+    for signum in _signums:
         signal.signal(signum, _handler)
     _installed, _committed = True, False
     if not getattr(sys.unraisablehook, "_modelport", False):
         hook = _unraisable(sys.unraisablehook)
         hook._modelport = True
         sys.unraisablehook = hook
+
+
+def finish() -> None:
+    """The command succeeded and said so: a signal from here on is ignored (Python's own shutdown would
+    otherwise meet it with the default action and end a finished command as 'killed by SIGINT')."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        for signum in _signums:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def exit_interrupted(message: str, now: bool = False) -> None:

@@ -296,9 +296,25 @@ class VerifyReport:
                 "files": [{**f.__dict__, "ok": f.ok} for f in self.files], "parity": self.parity, "notes": self.notes}
 
 
-def verify(manifest_file: Path, rerun_parity=None) -> VerifyReport:
-    """Re-hash every file the manifest lists; re-run the parity check when it ran at conversion
-    and ``rerun_parity`` (a callable taking the manifest's JSON) is given."""
+def rerun_parity(data: dict) -> dict:
+    """The parity check a manifest records, run again on the same seed and input shapes."""
+    from ..parity import parity
+
+    recorded = data["parity"]
+    inputs = recorded.get("inputs") or []
+    kwargs = {"seed": recorded.get("seed", 0), "new_tokens": recorded.get("new_tokens", 16)}
+    if inputs and all("seq_len" in i for i in inputs):
+        kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
+        kwargs["batch"] = inputs[0].get("shapes", {}).get("input_ids", [2])[0]
+    options = data.get("options", {})
+    report = parity(data["source"]["path"], data["output"]["path"], arch=options.get("arch"),
+                    config=options.get("config"), **kwargs)
+    return {"passed": bool(report), **report.to_json()}
+
+
+def verify(manifest_file: Path, rerun=rerun_parity) -> VerifyReport:
+    """Re-hash every file the manifest lists; re-run the parity check (``rerun``, given the manifest's
+    JSON) when one ran at conversion."""
     data = load(manifest_file)
     checks: list[FileCheck] = []
     for role in ("source", "output"):
@@ -311,10 +327,7 @@ def verify(manifest_file: Path, rerun_parity=None) -> VerifyReport:
             checks.append(FileCheck(role, str(p), f["sha256"], actual))
     report = VerifyReport(str(manifest_file), checks)
     if data.get("parity") is not None:
-        if rerun_parity is None:
-            report.notes.append("the parity check is not re-run (not available in this version); files re-hashed only")
-        else:
-            report.parity = rerun_parity(data)
+        report.parity = rerun(data)
     return report
 
 

@@ -247,14 +247,10 @@ def example_inputs(model, batch: int = 1, seq_len: int = 8, seed: int = 0) -> tu
     device = next(iter(model.parameters()), torch.empty(0)).device
     spec = getattr(model, "modelport_input", None)
     if spec is not None:
+        from .runnable import random_tensor
+
         shape, dtype = spec
-        if dtype.is_floating_point:
-            x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
-        elif dtype == torch.bool:
-            x = torch.randint(0, 2, shape, generator=gen).bool()
-        else:
-            x = torch.randint(0, 10, shape, generator=gen, dtype=torch.int64).to(dtype)
-        return (x.to(device),)
+        return (random_tensor(shape, dtype, gen).to(device),)
     cfg = getattr(model, "config", None)
     vocab = getattr(cfg, "vocab_size", None)
     if vocab is None:

@@ -166,15 +166,19 @@ def example_feeds(runnable: Runnable, batch: int = 1, seq_len: int = 8, seed: in
         return feeds
     for spec in runnable.inputs:
         shape = tuple(d if isinstance(d, int) else (batch if i == 0 else seq_len) for i, d in enumerate(spec.shape))
-        dtype = dtypes.to_torch(spec.dtype)
-        if dtype.is_floating_point:
-            x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
-        elif dtype == torch.bool:
-            x = torch.randint(0, 2, shape, generator=gen).bool()
-        else:
-            x = torch.randint(0, 10, shape, generator=gen, dtype=torch.int64).to(dtype)
-        feeds[spec.name] = x
+        feeds[spec.name] = random_tensor(shape, dtypes.to_torch(spec.dtype), gen)
     return feeds
+
+
+def random_tensor(shape, dtype, gen):
+    """Seeded values of ``shape`` and torch ``dtype``: normal floats, random bools, small integers."""
+    import torch
+
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    return torch.randint(0, 10, shape, generator=gen, dtype=torch.int64).to(dtype)
 
 
 def tensor_input(input_shape, input_dtype=None) -> InputSpec:

@@ -137,7 +137,7 @@ def test_verify_says_when_no_parity_was_recorded(tmp_path):
     src = tmp_path / "m.pt"
     torch.save(tied_state_dict(), src)
     result = convert(src, tmp_path / "m.safetensors")
-    report = mf.verify(result.manifest, rerun_parity=lambda data: pytest.fail("no parity to re-run"))
+    report = mf.verify(result.manifest, rerun=lambda data: pytest.fail("no parity to re-run"))
     assert report and report.parity is None
 
 

@@ -8,14 +8,7 @@ import torch
 import modelport
 from modelport.convert import VerifyFailed
 from tests.parity import faults
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.parity.conftest import one_thread  # noqa: F401  (autouse: tiny models on one thread)
 
 
 @pytest.fixture

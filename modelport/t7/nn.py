@@ -20,8 +20,10 @@ Known difference: in ceil mode with stride > kernel and no padding, THNN can add
 lying wholly outside the image (it corrects the output size only when padding is non-zero); PyTorch
 does not produce that window.
 
-Parameters are copied out of their storages (``T7Tensor.numpy()`` honours offsets and strides),
-so views into one flattened storage (``getParameters()``) come out as separate tensors.
+Parameters are copied out of their storages (``T7Tensor.numpy()`` honours offsets and strides).
+Tensors that are the same view of one storage (``clone('weight', 'bias')``, as recurrent models
+share their steps' weights) come out as one ``nn.Parameter`` held by every module that uses it;
+other views into one flattened storage (``getParameters()``) come out as separate tensors.
 Every rebuilt module carries ``lua_class`` (the Lua class name) for :func:`describe_module`.
 """
 
@@ -78,6 +80,16 @@ class BuildContext:
         self._built: dict[int, nn.Module] = {}
         self._building: set[int] = set()      # objects whose build is under way (cycle check)
         self._keep: list[Any] = []          # keeps ids in _built valid for the whole build
+        self._tensors: dict[tuple, torch.Tensor] = {}   # one copy per view of a storage (shared weights)
+
+    def tensor(self, value: T7Tensor) -> torch.Tensor:
+        """The torch copy of a Lua tensor; the same view of the same storage gives the same tensor."""
+        key = (id(value.storage), value.offset, value.size, value.stride, value.dtype)
+        known = self._tensors.get(key)
+        if known is None:
+            known = self._tensors[key] = torch.from_numpy(np.array(value.numpy(), copy=True))
+            self._keep.append(value.storage)
+        return known
 
     def where(self, path: str, obj: Any = None) -> str:
         cls = f" ({obj.class_name})" if isinstance(obj, LuaObject) else ""
@@ -161,7 +173,7 @@ class Fields:
             raise self.error(f"field '{name}' should be a tensor, found {type(value).__name__}")
         if len(value.size) == 0:
             raise self.error(f"tensor field '{name}' is empty")
-        return torch.from_numpy(np.array(value.numpy(), copy=True))
+        return self.ctx.tensor(value)
 
     def ints(self, name: str) -> list[int]:
         """A LongStorage, a 1-D tensor or an array table of integers."""
@@ -212,7 +224,20 @@ def build_module(obj: Any, source: str | None = None) -> nn.Module:
     """Rebuild a Lua nn object as an equivalent ``torch.nn.Module`` in eval mode."""
     _load_families()
     module = BuildContext(source).build(obj, "")
+    share_parameters(module)
     return module.eval()
+
+
+def share_parameters(module: nn.Module) -> None:
+    """Make parameters that hold the same memory (one Lua weight used by several modules) one
+    ``nn.Parameter``, so the model counts, trains and saves them once, as Lua does."""
+    first: dict[tuple, nn.Parameter] = {}
+    for owner in module.modules():
+        for name, p in list(owner.named_parameters(recurse=False)):
+            key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), p.stride(), p.dtype)
+            kept = first.setdefault(key, p)
+            if kept is not p:
+                setattr(owner, name, kept)
 
 
 def load_lua_model(path: str | Path, **reader_opts: Any) -> nn.Module:

@@ -282,3 +282,13 @@ def test_char_rnn_gmodule_whole_graph_reproduces_lua_outputs():
     assert len(got) == 10
     for y, expect in zip(got, outputs):
         torch.testing.assert_close(y, expect, rtol=0, atol=2e-4)     # see the approximate exp above
+
+
+def test_char_rnn_clones_share_one_parameter_per_lua_weight():
+    # the ten time steps are clone('weight', 'bias')s of one step: Lua holds their weights once
+    model = load_lua_model(FIX / "as_exam_model.t7")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 30
+    assert len({id(m.weight) for m in linears}) == 3
+    assert sum(p.numel() for p in model.parameters()) == 11_205
+    assert sum(m.weight is linears[0].weight for m in linears) == 10

@@ -29,11 +29,13 @@ make them agree where the layout is free: see modelport/formats/_stream.py.
     python benchmarks/bench_streaming.py            # the full run (about 2 x 6 GB of disk)
     python benchmarks/bench_streaming.py --small    # a quick run on a 4-layer model
     python benchmarks/bench_streaming.py --offsets  # only copy_file_range at equal and shifted offsets
+    python benchmarks/bench_streaming.py --pieces   # only copy_file_range in one call against in pieces
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import resource
 import shutil
@@ -45,7 +47,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTLE = 1.0
+# No pause between steps: on a virtual machine whose freed memory goes back to the host within
+# seconds, a pause makes the next step fault every page it writes back in (measured here: a 1.4 GB
+# copy_file_range took 0.33 s right after the previous output was deleted, 2.4-2.7 s after a 5 s
+# pause, all of it system time), which swamps what is being measured.
+SETTLE = 0.0
 D, VOCAB, POS = 1024, 50257, 1024
 
 BUILD = """
@@ -110,7 +116,7 @@ def run(cmd: list[str], out: Path | None) -> tuple[float, float, int, float]:
     if out is not None and out.exists():
         out.unlink()
     os.sync()
-    time.sleep(SETTLE)   # let the unlink's discard and writeback finish outside the timing
+    time.sleep(SETTLE)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -128,10 +134,13 @@ def step(name: str, src: Path, dst: Path) -> list[str]:
 
 
 def rounds(steps: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, list[tuple[float, float, int, float]]]:
-    """Run every step once per round, interleaved (so a busy spell hits all steps alike)."""
+    """Run every step once per round, interleaved (so a busy spell hits all steps alike), starting
+    each round one step later (so no step always follows the same one)."""
     runs: dict[str, list[tuple[float, float, int, float]]] = {name: [] for name in steps}
-    for _ in range(repeat):
-        for name, (cmd, out) in steps.items():
+    order = list(steps)
+    for r in range(repeat):
+        for name in order[r % len(order):] + order[:r % len(order)]:   # each step leads a round in turn
+            cmd, out = steps[name]
             runs[name].append(run(cmd, out))
     return runs
 
@@ -207,6 +216,44 @@ def offsets(src: Path, work: Path, repeat: int) -> None:
         print(f"{s_src:>10}{s_dst:>9}{(s_src - s_dst) % 4096:>15}{(s_src - s_dst) % 65536:>9}{walls[0]:8.3f}{statistics.median(walls):8.3f}{min(r[1] for r in rs):7.3f}")
 
 
+def pieces(src: Path, work: Path, repeat: int) -> None:
+    """The whole file copied at equal offsets (destination = source), in one call, in 4 MiB pieces
+    (every call starts 64 KiB-aligned) and in pieces cut where the checkpoint's tensors start and
+    end (as a conversion's per-tensor copies are): the same bytes, only the calls' boundaries differ."""
+    sys.path.insert(0, str(ROOT))
+    import modelport
+
+    size = src.stat().st_size
+    with modelport.open(src) as source:
+        spans = sorted({(sp.offset, sp.nbytes) for sp in map(source.span, source.names()) if sp is not None})
+    cuts = sorted({0, size, *(o for o, _ in spans), *(o + n for o, n in spans)})
+    plans = {"one call": [(0, size)],
+             "4 MiB pieces": [(o, min(4 << 20, size - o)) for o in range(0, size, 4 << 20)],
+             "tensor bounds": list(zip(cuts, (b - a for a, b in zip(cuts, cuts[1:]))))}
+    dst = work / "pieces.bin"
+    runs: dict[str, list[float]] = {name: [] for name in plans}
+    for _ in range(repeat):
+        for name, plan in plans.items():
+            dst.unlink(missing_ok=True)
+            os.sync()
+            fi, fo = os.open(src, os.O_RDONLY), os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                t0 = time.perf_counter()
+                for at, left in plan:
+                    while left:
+                        k = os.copy_file_range(fi, fo, min(left, 1 << 30), at)
+                        at, left = at + k, left - k
+                runs[name].append(time.perf_counter() - t0)
+            finally:
+                os.close(fi)
+                os.close(fo)
+    dst.unlink(missing_ok=True)
+    print(f"\ncopy_file_range of {size / 1e9:.2f} GB at equal offsets, {repeat} interleaved rounds")
+    print(f"{'pieces':<16}{'calls':>7}{'best s':>8}{'median':>8}")
+    for name, walls in runs.items():
+        print(f"{name:<16}{len(plans[name]):>7}{min(walls):8.3f}{statistics.median(walls):8.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="4 layers instead of 24 (a quick run)")
@@ -214,15 +261,20 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to put the files (default: a temp dir)")
     ap.add_argument("--no-reference", action="store_true", help="skip the torch.load reference steps")
     ap.add_argument("--offsets", action="store_true", help="only time copy_file_range at equal and shifted offsets")
+    ap.add_argument("--pieces", action="store_true", help="only time copy_file_range of the file in pieces")
     args = ap.parse_args()
 
     layers = 4 if args.small else 24
+    # bytecode, as an installed package has it (PYTHONDONTWRITEBYTECODE would make every step compile)
+    compileall.compile_dir(ROOT / "modelport", quiet=1)
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-", dir=args.dir))
     try:
         src = work / "model.pt"
         size = build(layers, src)
         if args.offsets:
             return offsets(src, work, args.repeat)
+        if args.pieces:
+            return pieces(src, work, args.repeat)
         st, back, copy = work / "model.safetensors", work / "back.pt", work / "copy.pt"
         run(step("pt -> safetensors", src, st), st)   # warm the page cache (and make the safetensors input)
         plain_st, plain_pt = work / "plain.safetensors", work / "plain.pt"

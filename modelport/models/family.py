@@ -133,6 +133,12 @@ class Family:
                       f"Hugging Face transformers layout ({self.id})")
 
     @property
+    def blocks(self) -> str | None:
+        """Where the hub layout keeps its blocks (``transformer.h``): what ``{bid}`` follows."""
+        found = {name.split(".{bid}")[0] for name in self.hub_shapes if ".{bid}" in name}
+        return found.pop() if len(found) == 1 else None
+
+    @property
     def all_layouts(self) -> tuple[Layout, ...]:
         return (self.hub, *self.layouts)
 

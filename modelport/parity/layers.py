@@ -25,9 +25,6 @@ from .metrics import Tolerance, compare_tensors
 # Where each family keeps its blocks (Hugging Face names, which modelport's reference models share).
 # A per-family fact kept in this one table so it can move into the family records
 # (models/families/<family>.py, a field of Family) unchanged.
-BLOCK_LISTS = {"llama": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h", "gptneox": "gpt_neox.layers"}
-
-
 @dataclass
 class Divergence:
     """Where the candidate first leaves the reference."""
@@ -67,12 +64,14 @@ def _is_script(module) -> bool:
 
 
 def block_names(module) -> list[str]:
-    """The model's blocks in order: the family table's list, else the longest module list, else the
-    top-level children (a Lua ``nn.Sequential`` rebuild)."""
+    """The model's blocks in order: a known family's block list, else the longest module list, else
+    the top-level children (a Lua ``nn.Sequential`` rebuild)."""
     from torch import nn
 
+    from ..models.families import all_families
+
     names = dict(module.named_modules())
-    for prefix in BLOCK_LISTS.values():
+    for prefix in dict.fromkeys(f.blocks for f in all_families() if f.blocks):
         if prefix in names:
             return [f"{prefix}.{i}" for i in range(len(names[prefix]))]
     lists = [(n, m) for n, m in names.items() if n and isinstance(m, nn.ModuleList)]

@@ -128,3 +128,10 @@ def test_params_json_beside_the_weights(tmp_path):
 
     cfg = config_for_source(ShapeSource({"tok_embeddings.weight": (37, 24)}, path=tmp_path / "consolidated.00.pth"))
     assert (cfg.n_kv_heads, cfg.ffn_dim, cfg.vocab_size) == (2, 64, 37)
+
+
+def test_each_family_record_says_where_its_blocks_are():
+    from modelport.models.families import all_families
+
+    assert {f.id: f.blocks for f in all_families()} == {
+        "gpt2": "transformer.h", "llama": "model.layers", "gptneox": "gpt_neox.layers", "qwen2": "model.layers"}

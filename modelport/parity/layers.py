@@ -22,9 +22,7 @@ from typing import Any
 
 from .metrics import Tolerance, compare_tensors
 
-# Where each family keeps its blocks (Hugging Face names, which modelport's reference models share).
-# A per-family fact kept in this one table so it can move into the family records
-# (models/families/<family>.py, a field of Family) unchanged.
+
 @dataclass
 class Divergence:
     """Where the candidate first leaves the reference."""

@@ -84,6 +84,8 @@ class BuildContext:
 
     def tensor(self, value: T7Tensor) -> torch.Tensor:
         """The torch copy of a Lua tensor; the same view of the same storage gives the same tensor."""
+        if value.storage is None:
+            return torch.from_numpy(value.numpy())
         key = (id(value.storage), value.offset, value.size, value.stride, value.dtype)
         known = self._tensors.get(key)
         if known is None:
@@ -234,6 +236,8 @@ def share_parameters(module: nn.Module) -> None:
     first: dict[tuple, nn.Parameter] = {}
     for owner in module.modules():
         for name, p in list(owner.named_parameters(recurse=False)):
+            if not p.numel():
+                continue
             key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), p.stride(), p.dtype)
             kept = first.setdefault(key, p)
             if kept is not p:

@@ -22,9 +22,10 @@ alignment padding costs in file size. Then it builds a checkpoint about 4x large
 with the same largest tensor (more layers) and prints how much more peak RSS each
 modelport direction takes (target < 100 MB).
 
-copy_file_range (what cp and the writers use) is fast on ext4 when source and
-destination offsets agree modulo 64 KiB (--offsets shows it), so the writers pad to
-make them agree where the layout is free: see modelport/formats/_stream.py.
+copy_file_range (what cp and the writers use) is fastest on ext4 when each call starts
+page-aligned on both sides (--offsets and --pieces show it); the writers pad large tensors
+to agree with the source modulo 64 KiB where the layout is free, which gains part of it:
+see modelport/formats/_stream.py.
 
     python benchmarks/bench_streaming.py            # the full run (about 2 x 6 GB of disk)
     python benchmarks/bench_streaming.py --small    # a quick run on a 4-layer model
@@ -47,11 +48,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# No pause between steps: on a virtual machine whose freed memory goes back to the host within
-# seconds, a pause makes the next step fault every page it writes back in (measured here: a 1.4 GB
-# copy_file_range took 0.33 s right after the previous output was deleted, 2.4-2.7 s after a 5 s
-# pause, all of it system time), which swamps what is being measured.
-SETTLE = 0.0
+# Steps follow each other without a pause: on a virtual machine whose freed memory goes back to the
+# host within seconds, a pause makes the next step fault every page it writes back in (measured here:
+# a 1.4 GB copy_file_range took 0.33 s right after the previous output was deleted, 2.4-2.7 s after a
+# 5 s pause, all of it system time), which swamps what is being measured.
 D, VOCAB, POS = 1024, 50257, 1024
 
 BUILD = """
@@ -116,7 +116,6 @@ def run(cmd: list[str], out: Path | None) -> tuple[float, float, int, float]:
     if out is not None and out.exists():
         out.unlink()
     os.sync()
-    time.sleep(SETTLE)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -182,8 +181,8 @@ def check(pt: Path, st: Path) -> None:
 def offsets(src: Path, work: Path, repeat: int) -> None:
     """copy_file_range of the checkpoint at equal and shifted offsets (source, destination)."""
     size = src.stat().st_size
-    # (source offset, destination offset): a page multiple apart is fast only sometimes (page-aligned
-    # starts), 64 KiB apart always; the writers therefore align modulo 64 KiB.
+    # (source offset, destination offset): fastest when both start page-aligned; 64 KiB apart but
+    # unaligned is close; offsets that differ modulo a page are the slowest.
     shifts = [(0, 0), (64, 0), (0, 64), (4096, 0), (32768, 0), (100_000, 100_000 - 4096),
               (100_000, 100_000 - 12288), (100_000, 0), (65536, 0), (100_000, 100_000 - 65536)]
     n = size - 100_000
@@ -193,7 +192,6 @@ def offsets(src: Path, work: Path, repeat: int) -> None:
         for s_src, s_dst in shifts:
             dst.unlink(missing_ok=True)
             os.sync()
-            time.sleep(SETTLE)
             fi, fo = os.open(src, os.O_RDONLY), os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 os.write(fo, b"\0" * s_dst)

@@ -112,9 +112,11 @@ def test_parity_verdict_and_metrics_are_kept_and_rerun(llama_pt, cli):
     assert data["parity"]["passed"] is True and data["parity"]["seed"] == 0
     assert [i["seq_len"] for i in data["parity"]["inputs"]] == [3]
     assert mf.summary(data)[-2] == "parity: passed"
-    assert data["options"]["config"] == str((llama_pt.parent / "config.json").resolve())
+    assert data["options"]["config_file"] == str((llama_pt.parent / "config.json").resolve())
+    assert data["options"]["config"] == json.loads((llama_pt.parent / "config.json").read_text())   # recorded as JSON
     r = cli("verify", dst)                       # re-hashed, and the parity check run again
     assert r.returncode == 0 and "parity: passed (run again" in r.stdout, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "verified: 2 files checked, all match; parity passed"
 
 
 def test_verify_rehashes_and_finds_changes(tmp_path):
@@ -124,6 +126,7 @@ def test_verify_rehashes_and_finds_changes(tmp_path):
     convert(src, dst)
     report = mf.verify(mf.find(dst))
     assert report and len(report.files) == 2 and not report.notes
+    assert report.summary() == "verified: 2 files checked, all match"
     data = bytearray(dst.read_bytes())
     data[-1] ^= 1
     dst.write_bytes(bytes(data))
@@ -159,7 +162,7 @@ def test_cli_verify_inspect_and_no_manifest(tmp_path, cli):
     r = cli("convert", src, tmp_path / "n.safetensors", "--no-manifest")
     assert r.returncode == 0 and not (tmp_path / "n.safetensors.modelport.json").exists()
     r = cli("verify", tmp_path / "n.safetensors")
-    assert r.returncode == 2 and "not a readable modelport manifest" in r.stderr
+    assert r.returncode == 2 and "has no modelport manifest (no n.safetensors.modelport.json beside it)" in r.stderr
 
 
 def _opts(**kw):

@@ -154,7 +154,8 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
     elif record_note is not None:
         from .render import escape
 
-        click.echo(escape(f"\nnote: {record_note}"))
+        click.echo("")
+        click.echo(escape(f"note: {record_note}"))
     if check is not None:
         click.echo(f"\nran {check.model}, {check.parameters:,} parameters: input {check.input} -> output "
                    f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")

@@ -10,7 +10,7 @@ import torch
 
 from modelport.convert import convert
 from modelport.convert import manifest as mf
-from modelport.errors import UnsupportedError
+from modelport.errors import FormatError, UnsupportedError
 
 from ..conftest import tied_state_dict
 from ..models import tiny
@@ -190,3 +190,77 @@ def test_a_graph_export_through_the_api_gets_a_manifest(tmp_path):
     assert data["output"]["files"][0]["sha256"] == _sha(tmp_path / "m.onnx") and data["opset"] == 17
     assert convert(tmp_path / "src", tmp_path / "n.onnx", manifest=False).manifest is None
     assert not (tmp_path / "n.onnx.modelport.json").exists()
+
+
+def test_a_source_outside_the_manifests_directory_is_checked_when_named(tmp_path, llama_pt, cli):
+    out = tmp_path / "hf"
+    convert(llama_pt, out, to="hf", options=_opts(config=tmp_path / "config.json"))
+    report = mf.verify(out / mf.DIR_NAME)
+    assert report and {f.role for f in report.files} == {"output"} and "pass --source" in report.notes[0]
+    report = mf.verify(out / mf.DIR_NAME, source=llama_pt)
+    assert report and [f.role for f in report.files].count("source") == 1
+    llama_pt.write_bytes(llama_pt.read_bytes()[:-1] + b"\1")
+    assert not mf.verify(out / mf.DIR_NAME, source=llama_pt)
+    r = cli("verify", out, "--source", llama_pt)
+    assert r.returncode == 1 and "CHANGED  source" in r.stdout
+    assert r.stdout.splitlines()[-1] == "NOT verified: 1 of 3 files changed or missing"
+    with pytest.raises(FormatError, match="records a source file"):
+        mf.verify(out / mf.DIR_NAME, source=tmp_path)
+
+
+def _with_parity(tmp_path, **options):
+    src = tmp_path / "m.pt"
+    torch.save(tied_state_dict(), src)
+    dst = tmp_path / "m.safetensors"
+    convert(src, dst, force=True)
+    data = json.loads(mf.find(dst).read_text())
+    data["parity"] = {"passed": True, "seed": 3, "new_tokens": 2, "inputs": [{"seq_len": 5, "shapes": {"input_ids": [2, 5]}}]}
+    data["options"] = options
+    mf.find(dst).write_text(json.dumps(data))
+    return src, dst
+
+
+def test_the_recorded_parity_check_runs_again_only_on_what_may_run(tmp_path):
+    plans = []
+    src, dst = _with_parity(tmp_path, arch="GPT2")
+    report = mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert report and report.parity == {"passed": True}
+    plan = plans.pop()
+    assert (plan.reference, plan.candidate) == (src.resolve(), dst.parent / dst.name)
+    assert plan.kwargs == {"seed": 3, "new_tokens": 2, "arch": "gpt2", "config": None, "seq_lens": (5,), "batch": 2}
+    src, dst = _with_parity(tmp_path, arch="tests.models.tiny:gpt2")      # a user module: only when named again
+    report = mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan))
+    assert report and report.parity is None and not plans and "pass --arch" in report.notes[0]
+    assert report.summary() == "verified: 2 files checked, all match; parity not run again (see the note)"
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True}, arch="tests.models.tiny:gpt2")
+    assert plans.pop().kwargs["arch"] == "tests.models.tiny:gpt2"
+
+
+def test_a_recorded_config_file_is_read_only_inside_the_manifests_directory(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny.gpt2(seed=1).config.to_dict()))
+    plans = []
+    _, dst = _with_parity(tmp_path, arch="gpt2", config=str(cfg))       # the spelling of earlier manifests
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert plans.pop().kwargs["config"]["model_type"] == "gpt2"
+    _, dst = _with_parity(tmp_path, arch="gpt2", config=json.loads(cfg.read_text()))
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert plans.pop().kwargs["config"] == json.loads(cfg.read_text())
+    with pytest.raises(FormatError, match="recorded config is not usable"):
+        _, dst = _with_parity(tmp_path, arch="gpt2", config={"model_type": "llama"})
+        mf.verify(mf.find(dst), rerun=lambda plan: pytest.fail("ran"))
+
+
+def test_load_manifest_names_the_key(tmp_path):
+    src = tmp_path / "m.pt"
+    torch.save(tied_state_dict(), src)
+    dst = tmp_path / "m.safetensors"
+    convert(src, dst)
+    data = json.loads(mf.find(dst).read_text())
+    assert mf.load_manifest(mf.find(dst)) == data
+    data["output"]["files"][0]["bytes"] = "12"
+    mf.find(dst).write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=r"manifest key manifest.output.files\[0\].bytes is a string \('12'\), not an "
+                                          "integer"):
+        mf.load_manifest(mf.find(dst))
+    assert mf.read(dst) is None and "manifest ignored" in mf.read_with_note(dst)[1]

@@ -36,7 +36,8 @@ def check_destination(dst: Path, force: bool) -> None:
         why = _not_ours(dst)
         if why:
             raise DestinationExistsError(
-                f"{dst}: is a directory that modelport did not write ({why}); {opt('force')} replaces only files and "
+                f"{dst}: is a directory that modelport did not write, or holds files it did not write ({why}); "
+                f"{opt('force')} replaces only files and "
                 "modelport's own directory outputs, never other files: remove it yourself or choose another path")
 
 

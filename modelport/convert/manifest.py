@@ -384,8 +384,10 @@ def _source(data: dict, home: Path, given: Path | None, notes: list[str]) -> tup
     if recorded.is_absolute() and _within(recorded, home):
         return (recorded if entry["directory"] else recorded.parent), recorded
     if entry["files"] or data.get("parity") is not None:
-        notes.append(f"the source ({entry['path']}) lies outside the manifest's directory, so it was not checked; "
-                     "pass --source PATH to check it")
+        what = ("its files and the recorded parity check were" if entry["files"] and data.get("parity") is not None
+                else "its files were" if entry["files"] else "the recorded parity check was")
+        notes.append(f"the source ({entry['path']}) lies outside the manifest's directory, so {what} not checked; "
+                     "pass --source PATH to check them")
     return None, None
 
 
@@ -414,6 +416,10 @@ def _parity_plan(data: dict, manifest: Path, home: Path, reference: Path | None,
                          "family; pass --arch (and --config) to run it again")
             return None
     if config is None and options.get("config") is not None:
+        if arch is not None and ":" in arch:        # a module's keyword arguments come from the user, never a file
+            notes.append(f"parity not run again: the manifest records a config for the module {arch!r}; pass it "
+                         "with --config to run the module again")
+            return None
         config = _recorded_config(options, manifest, home, arch, notes)
         if config is None:
             return None

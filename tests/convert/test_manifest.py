@@ -234,6 +234,14 @@ def test_the_recorded_parity_check_runs_again_only_on_what_may_run(tmp_path):
     assert report.summary() == "verified: 2 files checked, all match; parity not run again (see the note)"
     mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True}, arch="tests.models.tiny:gpt2")
     assert plans.pop().kwargs["arch"] == "tests.models.tiny:gpt2"
+    src, dst = _with_parity(tmp_path, arch="tests.models.tiny:gpt2", config={"n_layer": 1})
+    report = mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan), arch="tests.models.tiny:gpt2")
+    assert not plans and "pass it with --config" in report.notes[0]         # its kwargs come from the user only
+    cfg = tmp_path / "kwargs.json"
+    cfg.write_text('{"n_layer": 1}')
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True}, arch="tests.models.tiny:gpt2",
+              config=cfg)
+    assert plans.pop().kwargs["config"] == cfg
 
 
 def test_a_recorded_config_file_is_read_only_inside_the_manifests_directory(tmp_path):

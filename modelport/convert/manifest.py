@@ -426,7 +426,7 @@ def _parity_plan(data: dict, manifest: Path, home: Path, reference: Path | None,
     kwargs = {"seed": recorded.get("seed", 0), "new_tokens": recorded.get("new_tokens", 16), "arch": arch,
               "config": config}
     inputs = recorded.get("inputs") or []
-    if inputs and all("seq_len" in i for i in inputs):
+    if inputs and all(isinstance(i.get("seq_len"), int) and i["seq_len"] > 0 for i in inputs):
         kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
         kwargs["batch"] = ((inputs[0].get("shapes") or {}).get("input_ids") or [2])[0] or 2
     return Rerun(reference, candidate, kwargs)

@@ -145,8 +145,8 @@ def _shown(value) -> str:
 
 # -- the manifest -----------------------------------------------------------------------------
 
-# A plain relative path: no absolute path, no empty, '.' or '..' part, no backslash, no NUL or control character.
-REL_PATH = Text(r"(?!/)(?:(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f]+/)*(?!\.\.?\Z)[^/\\\x00-\x1f]+",
+# A plain relative path: no absolute path, no empty, '.' or '..' part, no backslash, no NUL.
+REL_PATH = Text(r"(?!/)(?:(?!\.\.?(?:/|\Z))[^/\\\x00]+/)*(?!\.\.?\Z)[^/\\\x00]+",
                 "a plain relative path (no leading /, no '..')")
 SHA256 = Text(r"[0-9a-f]{64}", "64 lowercase hex digits (a sha256)")
 MAYBE_STR = (str, NULL)
@@ -155,7 +155,8 @@ FILE = {"path": REL_PATH, "bytes": Int(), "sha256": SHA256}
 SIDE = {"path": str, "format": MAYBE_STR, "layout": Opt(MAYBE_STR), "directory": bool,
         "files": Array(FILE, MAX_FILES)}
 OUTPUT = {**SIDE, "format": str, "architecture": Opt(MAYBE_STR), "tensors": Opt(Int()), "origin": Opt(MAYBE_STR)}
-INPUT_SET = {"seq_len": Opt(Int(1, MAX_SEQ_LEN)), "shapes": Opt(Map(Array(Int(0, MAX_TOKENS), 8), 64))}
+# seq_len 0: a tensor model's input set; only token inputs (input_ids) are made again from the recorded sizes
+INPUT_SET = {"seq_len": Opt((Int(0, MAX_SEQ_LEN), NULL)), "shapes": Opt(Map(Array(Int(0, 2**31), 64), 64))}
 PARITY = {"passed": Opt((bool, NULL)), "ok": Opt((bool, NULL)), "seed": Opt(Int()),
           "new_tokens": Opt(Int(0, MAX_NEW_TOKENS)), "inputs": Opt(Array(INPUT_SET, MAX_INPUT_SETS))}
 OPTIONS = {"arch": Opt(str), "config": Opt((dict, str)), "config_file": Opt(str), "dtype": Opt(str),

@@ -272,3 +272,14 @@ def test_load_manifest_names_the_key(tmp_path):
                                           "integer"):
         mf.load_manifest(mf.find(dst))
     assert mf.read(dst) is None and "manifest ignored" in mf.read_with_note(dst)[1]
+
+
+def test_a_tensor_models_parity_record_loads_and_runs_again_without_token_sizes(tmp_path):
+    plans = []
+    _, dst = _with_parity(tmp_path)
+    data = json.loads(mf.find(dst).read_text())
+    data["parity"]["inputs"] = [{"label": "input [1, 3, 224, 224]", "seq_len": 0, "left_pad": 0,
+                                 "shapes": {"input": [1, 3, 224, 224]}, "dtypes": {"input": "float32"}}]
+    mf.find(dst).write_text(json.dumps(data))
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert "seq_lens" not in plans[0].kwargs and "batch" not in plans[0].kwargs

@@ -450,6 +450,11 @@ def _recorded_config(options: dict, manifest: Path, home: Path, arch: str | None
         config_from_hf(config, arch, f"{manifest}: the recorded config")
     except ModelportError as exc:
         raise FormatError(f"{manifest}: the recorded config is not usable: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # the config checks assume config.json's types in places (``architectures`` a list …); a value of
+        # another type is refused here, before parity reads the same dict
+        raise FormatError(f"{manifest}: the recorded config is not usable: a value has an unexpected type "
+                          f"({type(exc).__name__}: {str(exc)[:80]})") from None
     return config
 
 

@@ -392,12 +392,17 @@ def _source(data: dict, home: Path, given: Path | None, notes: list[str]) -> tup
 
 
 def _parity_plan(data: dict, manifest: Path, home: Path, reference: Path | None, arch: str | None, config,
-                 notes: list[str]) -> Rerun | None:
-    """The recorded parity check with only what may run again, or None (with a note) when it may not."""
+                 notes: list[str], named_source: bool = False) -> Rerun | None:
+    """The recorded parity check with only what may run again, or None (with a note) when it may not.
+    ``named_source``: the reference is what the user passed as ``--source``."""
     from ..models.families import normalize
 
     recorded = data.get("parity")
     if recorded is None or reference is None:
+        return None
+    if not named_source and _is_torchscript(reference):
+        notes.append(f"parity not run again: the recorded source {reference} is a TorchScript archive, and running it "
+                     "runs its code; pass it as --source to run it")
         return None
     out = data["output"]
     if not out["directory"] and not out["files"]:
@@ -430,6 +435,15 @@ def _parity_plan(data: dict, manifest: Path, home: Path, reference: Path | None,
         kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
         kwargs["batch"] = ((inputs[0].get("shapes") or {}).get("input_ids") or [2])[0] or 2
     return Rerun(reference, candidate, kwargs)
+
+
+def _is_torchscript(path: Path) -> bool:
+    from .. import formats
+
+    try:
+        return formats.detect(path).id == "torchscript"
+    except ModelportError:
+        return False
 
 
 def _recorded_config(options: dict, manifest: Path, home: Path, arch: str | None, notes: list[str]) -> dict | None:
@@ -481,7 +495,7 @@ def verify(manifest_file: Path, rerun=rerun_parity, *, source: Path | None = Non
             planned.append(("source", _entry(src_root, Path(source).name, "source", manifest_file), files[0]["sha256"]))
         else:
             planned += [("source", _entry(src_root, f["path"], "source", manifest_file), f["sha256"]) for f in files]
-    plan = _parity_plan(data, manifest_file, home, reference, arch, config, notes)
+    plan = _parity_plan(data, manifest_file, home, reference, arch, config, notes, named_source=source is not None)
     if not planned and plan is None:
         raise FormatError(f"{manifest_file}: nothing to verify (the manifest lists no file that can be checked and no "
                           "parity check that can run again)" + (f"; {notes[0]}" if notes else ""))

@@ -79,6 +79,9 @@ def test_a_recorded_config_is_checked_like_any_config(tmp_path, cli):
     model = _model(tmp_path)
     _plant(model, _manifest(model, parity=_parity(), options={"arch": "llama", "config": {"args": ["sh", "-c", "id"]}}))
     _one_line_exit_2(cli("verify", model), "the recorded config is not usable")
+    for config in ({"model_type": "llama", "architectures": 1.5}, {"model_type": "llama", "rope_scaling": {"factor": "x"}}):
+        _plant(model, _manifest(model, parity=_parity(), options={"arch": "llama", "config": config}))
+        _one_line_exit_2(cli("verify", model), "the recorded config is not usable")
     # an older manifest's config path outside the manifest's directory is not read
     _plant(model, _manifest(model, parity=_parity(), options={"arch": "llama", "config": "/etc/passwd"}))
     report = mf.verify(mf.find(model), rerun=lambda plan: pytest.fail("ran"))
@@ -299,3 +302,18 @@ def test_verify_on_a_directory_without_a_manifest(tmp_path, cli):
     (tmp_path / "d" / MARKER).write_text(json.dumps({"written_by": "modelport", "format": "hf", "files": []}))
     _one_line_exit_2(cli("verify", tmp_path / "d"), "--no-manifest")
     _one_line_exit_2(cli("verify", tmp_path / "nowhere"), "no such file or directory")
+
+
+def test_a_torchscript_source_named_by_a_manifest_is_not_run(tmp_path):
+    import torch
+
+    model = _model(tmp_path)
+    ts = tmp_path / "source.ts"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(ts))
+    _plant(model, _manifest(model, parity=_parity(), source={"path": str(ts), "format": "torchscript",
+                                                             "directory": False, "files": [_entry(ts)]}))
+    report = mf.verify(mf.find(model), rerun=lambda plan: pytest.fail("ran the archive the manifest named"))
+    assert report and "TorchScript archive" in report.notes[0] and len(report.files) == 2
+    plans = []
+    mf.verify(mf.find(model), rerun=lambda plan: plans.append(plan) or {"passed": True}, source=ts)   # named: runs
+    assert plans[0].reference == ts

@@ -120,14 +120,19 @@ def test_exported_lookup_table_takes_luas_indices(tmp_path, fmt, name):
     assert got.sum().item() == pytest.approx(truth["sum"] - module.weight[1:8].sum().item(), abs=1e-9)
 
 
-def test_exported_cuda_model_reproduces_luas_outputs(tmp_path):
+@pytest.mark.parametrize("fmt,name", [("torchscript", "m.pt"), ("onnx", "m.onnx")])
+def test_exported_cuda_model_reproduces_luas_outputs(tmp_path, fmt, name):
     # DeepLearning_HW1's model holds every module's output of a 128-image batch, computed by cunn
     src = T7NN / "deeplearning_hw1_model.t7"
     mods = lua_array(read_t7(src).root.fields[b"modules"])
     x, y = as_torch(mods[0].fields[b"output"]), as_torch(mods[-1].fields[b"output"])
-    export(src, tmp_path / "m.pt", "torchscript", input_shape="128,784")
-    torch.testing.assert_close(torchscript_runnable(tmp_path / "m.pt").run({"input": x})["output"], y,
-                               rtol=1e-5, atol=1e-4)
+    export(src, tmp_path / name, fmt, input_shape="128,784")
+    torch.testing.assert_close(graph_of(fmt, tmp_path / name).run({"input": x})["output"], y, rtol=1e-5, atol=1e-4)
+
+
+def test_float_weights_with_double_buffers_take_float32():
+    # the 2013 face detector: FloatTensor weights, DoubleTensor output buffers; the weights decide
+    assert load_runnable(T7NN / "face-detector-new_2013.net", input_shape="1,1,32,32").inputs[0].dtype == "float32"
 
 
 def test_gmodule_of_several_inputs_is_refused_by_name():

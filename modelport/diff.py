@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import dtypes
 from .errors import need_torch
-from .formats.base import Options, TensorSource
+from .formats.base import Options, Span, TensorSource
 from .models.sources import open_source
 
 
@@ -104,16 +105,54 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
                     d.explanation = explain_difference(name, sa.read(name), sb.read(name), sa, sb)
                 report.differences.append(d)
                 continue
-            ta, tb = sa.read(name), sb.read(name)
             if ia.dtype != ib.dtype and not cast:
+                ta, tb = sa.read(name), sb.read(name)
                 _, worst = compare_tensors(ta, tb.to(ta.dtype) if ta.is_floating_point() else tb, float("inf"))
                 report.differences.append(TensorDiff(name, "dtype", ia.dtype, ib.dtype, worst,
                                                      explain_difference(name, ta, tb, sa, sb)))
                 continue
-            same, worst = compare_tensors(ta, tb, atol)
+            same, worst = compare_streamed(sa, sb, name, atol)
             if same:
                 report.equal += 1
                 report.aliases_equal += is_alias
-            else:
+            else:               # the whole tensors only for a difference, to explain it
+                ta, tb = sa.read(name), sb.read(name)
                 report.differences.append(TensorDiff(name, "values", "", "", worst, explain_difference(name, ta, tb, sa, sb)))
     return report
+
+
+PIECE = 1 << 22          # elements compared at a time: memory stays a few pieces whatever the tensor's size
+
+
+def pieces(source: TensorSource, name: str, elements: int | None = None):
+    """A tensor's elements, in order, as byte pieces of ``elements`` elements (the last may be shorter).
+    Where the bytes lie contiguous in a file they are read piece by piece (not mapped, so no page of
+    the file stays resident); otherwise the source's bytes are cut up."""
+    from .formats._stream import read_span
+
+    info = source.info(source._canonical(name))
+    step = (elements or PIECE) * dtypes.get(info.dtype).itemsize
+    span = source.span(info.name)
+    if span is None:
+        data = memoryview(source.read_bytes(info.name)).cast("B")
+        for at in range(0, len(data), step):
+            yield data[at:at + step]
+        return
+    for at in range(0, span.nbytes, step):
+        yield read_span(Span(span.path, span.offset + at, min(step, span.nbytes - at)))
+
+
+def compare_streamed(a: TensorSource, b: TensorSource, name: str, atol: float) -> tuple[bool, float]:
+    """:func:`compare_tensors` of tensor ``name`` of ``a`` and ``b`` (same shape), a piece at a time;
+    pieces whose bytes are equal (same dtype) are equal without converting them."""
+    import torch
+
+    da, db = (dtypes.to_torch(s.info(s._canonical(name)).dtype) for s in (a, b))
+    worst = 0.0
+    for pa, pb in zip(pieces(a, name), pieces(b, name)):
+        if da == db and pa == pb:
+            continue
+        ta = torch.frombuffer(bytearray(pa), dtype=da) if len(pa) else torch.empty(0, dtype=da)
+        tb = torch.frombuffer(bytearray(pb), dtype=db) if len(pb) else torch.empty(0, dtype=db)
+        worst = max(worst, compare_tensors(ta, tb, float("inf"))[1])
+    return worst <= atol, worst

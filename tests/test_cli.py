@@ -26,6 +26,27 @@ def test_help_and_formats_do_not_import_heavy_libraries():
     assert out.strip().splitlines()[-1] == "[]"
 
 
+def test_importing_the_cli_loads_no_heavy_library_and_no_conversion_machinery():
+    code = ("import sys, modelport.cli\n"
+            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime', 'transformers') "
+            "or m.startswith(('modelport.convert', 'modelport.parity', 'modelport.formats', 'modelport.models'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_facade_names_resolve_on_use_and_stay_the_functions():
+    code = ("import sys, modelport\n"
+            "assert 'modelport.convert' not in sys.modules\n"
+            "import modelport.convert, modelport.diff, modelport.inspect, modelport.parity\n"
+            "from modelport.convert import convert\n"
+            "from modelport.parity import parity\n"
+            "assert modelport.convert is convert and modelport.parity is parity\n"
+            "assert callable(modelport.diff) and callable(modelport.inspect) and modelport.Options.__name__ == 'Options'\n"
+            "print(sorted(set(modelport.__all__) - set(dir(modelport))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_formats_lists_every_format_with_capabilities():
     result = CliRunner().invoke(cli, ["formats", "--json"])
     rows = {r["id"]: r for r in json.loads(result.output)}

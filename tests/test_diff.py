@@ -36,3 +36,33 @@ def test_diff_across_layouts_says_how_b_was_mapped(tmp_path):
     modelport.convert(example, tmp_path / "nano.pt", options=modelport.Options(layout="gpt2-nanogpt"))
     report = modelport.diff(example, tmp_path / "nano.pt")
     assert report and report.notes == ["B is in layout gpt2-nanogpt; compared after mapping it to A's layout gpt2-hf"]
+
+
+def test_tensors_are_compared_piece_by_piece_from_the_file(tmp_path, monkeypatch):
+    import importlib
+    import mmap
+
+    diff_module = importlib.import_module("modelport.diff")     # modelport.diff is the function
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(5, 9, generator=g)                      # 45 elements: pieces of 7, the last of 3
+    far, near, nan = w.clone(), w.clone(), w.clone()
+    far[4, 8] += 0.5                                        # in the last, short piece
+    near[0, 0] -= 1e-4                                      # in the first
+    nan[2, 3] = nan[2, 4] = float("nan")
+    save_file({"far": w, "near": w.clone(), "nan": nan, "zero": -torch.zeros(3), "cast": w.clone()},
+              tmp_path / "a.safetensors")
+    save_file({"far": far, "near": near, "nan": nan, "zero": torch.zeros(3), "cast": w.half()},
+              tmp_path / "b.safetensors")
+    monkeypatch.setattr(diff_module, "PIECE", 7)
+    mapped = []
+    real_mmap = mmap.mmap
+    monkeypatch.setattr(mmap, "mmap", lambda *a, **k: mapped.append(a) or real_mmap(*a, **k))
+    report = modelport.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors", atol=2e-4, cast=True)
+    worst = {d.name: d.max_abs_diff for d in report.differences}
+    assert set(worst) == {"far", "cast"} and abs(worst["far"] - 0.5) < 1e-6
+    assert worst["cast"] == (w - w.half().double()).abs().max().item()
+    assert report.equal == 3 and report.compared == 5           # near within atol, NaNs alike, -0 == 0
+    mapped.clear()
+    assert modelport.diff(tmp_path / "a.safetensors", tmp_path / "a.safetensors")
+    assert mapped == []                                          # equal tensors are read a piece at a time, never mapped

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..atomic import atomic_output, check_destination, check_overlap
 from ..errors import MissingDependencyError, ModelportError, UnsupportedError
-from ..models.runnable import TENSOR
+from ..models.runnable import TENSOR, run_example
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 24, 17
 LEGACY_MAX_OPSET = 20          # dynamo=False up to here; dynamo=True above
@@ -430,6 +430,7 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
     with ThreadPoolExecutor(1) as pool:
         sha = pool.submit(_sha256, src) if src.exists() else None
         feeds = _feeds(runnable, options.static_shapes, second=False)
+        run_example(runnable, feeds, src)
         args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
         names, outputs = [i.name for i in runnable.inputs], list(runnable.outputs)
         with atomic_output(dst, force) as tmp:
@@ -440,7 +441,7 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
                 staged = stage / dst.name
                 static = options.static_shapes or runnable.kind == TENSOR     # tensor models have one fixed shape
                 check_feeds = _feeds(runnable, options.static_shapes, second=True)
-                want = runnable.run(check_feeds)
+                want = run_example(runnable, check_feeds, src)
                 exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, static)
                 meta = _metadata(runnable, src, sha.result() if sha else "", exporter, opset)
                 kept = None
@@ -510,6 +511,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
         raise UnsupportedError(f"--method {method}: choose script or trace")
     src = Path(source_path or runnable.path or dst)
     feeds = _feeds(runnable, False, second=False)
+    run_example(runnable, feeds, src)
     args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
     with _quiet(), torch.no_grad():
         if method == "script":
@@ -537,7 +539,7 @@ def _check_torchscript(runnable, ts, options: ExportOptions, method: str, src: P
 
     feeds = _feeds(runnable, False, second=True)
     args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
-    want = runnable.run(feeds)
+    want = run_example(runnable, feeds, src)
     try:
         with _quiet(), torch.no_grad():
             out = ts(*args)

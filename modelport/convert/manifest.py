@@ -3,7 +3,7 @@
 It lies beside a file output as ``<output>.modelport.json`` and inside a directory output as
 ``.modelport.json`` (:data:`DIR_NAME`): there it is the marker (:data:`modelport.atomic.MARKER`)
 that says modelport wrote the directory, with the marker's fields, so ``--force`` may replace it.
-With ``--no-manifest`` a directory output keeps the bare marker. It holds the source and output files with their sha256, the formats, layouts and
+With ``--no-manifest`` a directory output keeps the bare marker. It holds the source and output files with their content hash (blake3 when installed, else sha256; each entry names it), the formats, layouts and
 architecture, every transform the layout mapping, cast and writer applied (as they recorded
 them), the versions of the packages involved, the ONNX opset where there is one, and the parity
 verdict with its metrics when ``--verify`` ran. :func:`verify` re-hashes the files it lists.
@@ -24,9 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomic import MARKER
-from ..errors import FormatError, ModelportError
+from ..errors import FormatError, MissingDependencyError, ModelportError
 from ..formats._untrusted import is_regular_inside, open_regular
 from .manifest_schema import SCHEMA, BareMarker, load_manifest
+
 DIR_NAME = MARKER                    # inside a directory output: the marker, holding the manifest
 SUFFIX = ".modelport.json"           # beside a file output: <output>.modelport.json
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "safetensors", "numpy")
@@ -42,8 +43,39 @@ def find(path: Path) -> Path | None:
 
 # -- hashing ------------------------------------------------------------------------------
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+HASHES = ("blake3", "sha256")        # content hashes a manifest may record, the preferred first
+
+
+def hash_algorithm() -> str:
+    """The content hash new manifests record: blake3 when the ``blake3`` package is installed (the ``fast``
+    extra; several times sha256's speed, so hashing keeps pace with the copy), sha256 otherwise.
+    ``MODELPORT_HASH=sha256`` chooses sha256 (digests to compare with published sha256 sums)."""
+    chosen = os.environ.get("MODELPORT_HASH", "").strip().lower()
+    if chosen in HASHES:
+        return chosen
+    try:
+        import blake3  # noqa: F401
+    except ImportError:
+        return "sha256"
+    return "blake3"
+
+
+def _hasher(algorithm: str):
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "blake3":
+        try:
+            import blake3
+        except ImportError as exc:
+            raise MissingDependencyError("this manifest records blake3 digests; pip install blake3 (or "
+                                         "modelport[fast]) to check them") from exc
+        return blake3.blake3()
+    raise FormatError(f"unknown content hash {algorithm!r} (known: {', '.join(HASHES)})")
+
+
+def hash_file(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of ``path``'s bytes under ``algorithm`` (see :data:`HASHES`)."""
+    h = _hasher(algorithm)
     with open_regular(path) as f:          # a regular file only: a pipe or device would block or never end
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
@@ -51,8 +83,24 @@ def sha256_file(path: Path) -> str:
             n = f.readinto(buf)
             if not n:
                 break
-            h.update(view[:n])   # hashlib releases the GIL on large buffers
+            h.update(view[:n])   # hashlib and blake3 release the GIL on large buffers
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return hash_file(path, "sha256")
+
+
+def file_entry(rel: str, path: Path, algorithm: str) -> dict:
+    """One file of a manifest: ``{path, bytes, hash: <algorithm>, <algorithm>: <hex digest>}``. Manifests
+    written before ``hash`` was recorded hold ``sha256`` alone."""
+    return {"path": rel, "bytes": path.stat().st_size, "hash": algorithm, algorithm: hash_file(path, algorithm)}
+
+
+def recorded_digest(entry: dict) -> tuple[str, str]:
+    """(algorithm, hex digest) a manifest's file entry records (the schema made sure it has one)."""
+    algorithm = entry.get("hash", "sha256")
+    return algorithm, entry[algorithm]
 
 
 def files_of(path: Path, skip: tuple[str, ...] = (DIR_NAME,)) -> list[tuple[str, Path]]:
@@ -68,14 +116,16 @@ def files_of(path: Path, skip: tuple[str, ...] = (DIR_NAME,)) -> list[tuple[str,
     return out
 
 
-def hash_files(path: Path) -> list[dict]:
-    """[{path, bytes, sha256}] for ``path`` (a file or a directory's files), hashed two at a time."""
+def hash_files(path: Path, algorithm: str | None = None) -> list[dict]:
+    """[:func:`file_entry`] for ``path`` (a file or a directory's files), hashed two at a time with
+    ``algorithm`` (default: :func:`hash_algorithm`)."""
     files = files_of(path)
     results: list[dict | None] = [None] * len(files)
+    algorithm = algorithm or hash_algorithm()
 
     def work(i: int) -> None:
         rel, p = files[i]
-        results[i] = {"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        results[i] = file_entry(rel, p, algorithm)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -223,7 +273,7 @@ def write_for_export(src: Path, result, parity: dict | None = None) -> Path:
     import os
 
     dst = Path(result.dst)
-    files = [{"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    files = [file_entry(p.name, p, hash_algorithm())
              for p in [dst] + ([Path(result.external_data)] if result.external_data else [])]
     m = Manifest(
         source={"path": str(Path(src).resolve()), "format": None, "layout": None, "directory": Path(src).is_dir(),
@@ -488,18 +538,21 @@ def verify(manifest_file: Path, rerun=rerun_parity, *, source: Path | None = Non
     src_root, reference = _source(data, home, source, notes)
     planned: list[tuple[str, Path, str]] = []
     for f in data["output"]["files"]:
-        planned.append(("output", _entry(home, f["path"], "output", manifest_file), f["sha256"]))
+        planned.append(("output", _entry(home, f["path"], "output", manifest_file), recorded_digest(f)))
     if src_root is not None:
         files = data["source"]["files"]
         if source is not None and not data["source"]["directory"] and len(files) == 1:
-            planned.append(("source", _entry(src_root, Path(source).name, "source", manifest_file), files[0]["sha256"]))
+            planned.append(("source", _entry(src_root, Path(source).name, "source", manifest_file),
+                            recorded_digest(files[0])))
         else:
-            planned += [("source", _entry(src_root, f["path"], "source", manifest_file), f["sha256"]) for f in files]
+            planned += [("source", _entry(src_root, f["path"], "source", manifest_file), recorded_digest(f))
+                        for f in files]
     plan = _parity_plan(data, manifest_file, home, reference, arch, config, notes, named_source=source is not None)
     if not planned and plan is None:
         raise FormatError(f"{manifest_file}: nothing to verify (the manifest lists no file that can be checked and no "
                           "parity check that can run again)" + (f"; {notes[0]}" if notes else ""))
-    checks = [FileCheck(role, str(p), sha, sha256_file(p) if p.is_file() else None) for role, p, sha in planned]
+    checks = [FileCheck(role, str(p), digest, hash_file(p, algorithm) if p.is_file() else None)
+              for role, p, (algorithm, digest) in planned]
     report = VerifyReport(str(manifest_file), checks, notes=notes, parity_recorded=data.get("parity") is not None)
     if plan is not None:
         report.parity = rerun(plan)
@@ -522,10 +575,10 @@ def summary(data: dict) -> list[str]:
     if parity is not None:
         verdict = parity.get("passed", parity.get("ok"))
         lines.append(f"parity: {'passed' if verdict else 'FAILED' if verdict is not None else 'recorded'}")
-    lines.append(f"files: {len(out.get('files', []))} output, {len(src.get('files', []))} source, sha256 recorded "
+    lines.append(f"files: {len(out.get('files', []))} output, {len(src.get('files', []))} source, {'/'.join(sorted({recorded_digest(f)[0] for f in out.get('files', [])})) or 'no'} digests recorded "
                  "(`modelport verify` checks them)")
     return lines
 
 
-__all__ = ["DIR_NAME", "SUFFIX", "BackgroundHash", "Manifest", "Rerun", "VerifyReport", "build", "find", "load",
+__all__ = ["DIR_NAME", "HASHES", "SUFFIX", "BackgroundHash", "file_entry", "hash_algorithm", "hash_file", "recorded_digest", "Manifest", "Rerun", "VerifyReport", "build", "find", "load",
            "load_manifest", "locate", "read", "read_with_note", "summary", "verify", "write"]

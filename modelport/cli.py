@@ -279,11 +279,13 @@ def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
 
     from .render import escape
 
-    run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
-        echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
+    stopped_by = run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
+                     echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
     # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if stopped_by is not None:      # Ctrl-C or SIGTERM: interrupted, as every command (it printed "stopped")
+        sys.exit(130)
 
 
 @cli.command()
@@ -326,10 +328,20 @@ def verify_cmd(manifest, as_json) -> None:
         raise DifferenceFound(f"{report.manifest}: the files differ from what the manifest records")
 
 
+def _tolerance(ctx, param, value):
+    """A tolerance is a finite number >= 0 (a negative one would fail every comparison, NaN pass or fail at random)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value} is not a tolerance; give a number >= 0, e.g. 1e-4")
+    return value
+
+
 @cli.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
-@click.option("--atol", type=float, default=0.0, show_default=True, help="Largest absolute difference counted as equal.")
+@click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
+              help="Largest absolute difference counted as equal.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
@@ -369,8 +381,10 @@ def _seq_lens(ctx, param, value):
               help="Where both models run; auto uses CUDA when a GPU is visible. cuda without one is an error.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run both models in this dtype "
               "(default: as stored); picks the default tolerances.")
-@click.option("--atol", type=float, help="Absolute tolerance (default depends on the dtype and is printed).")
-@click.option("--rtol", type=float, help="Relative tolerance (default depends on the dtype and is printed).")
+@click.option("--atol", type=float, callback=_tolerance,
+              help="Absolute tolerance (default depends on the dtype and is printed).")
+@click.option("--rtol", type=float, callback=_tolerance,
+              help="Relative tolerance (default depends on the dtype and is printed).")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Rows per input batch; the last row is left-padded.")
 @click.option("--seq-len", "seq_lens", multiple=True, callback=_seq_lens, metavar="L",
@@ -397,6 +411,10 @@ def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_toke
            input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
     """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
     from .errors import DifferenceFound
+    from .formats._untrusted import check_regular
+
+    for path in (ref, *candidates):     # every path before loading any model (a reference can take minutes)
+        check_regular(path, "model")
     from .parity import parity as run
     from .parity.inputs import DEFAULT_SEQ_LENS
 
@@ -459,6 +477,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             raise KeyboardInterrupt from None
+        except click.UsageError as exc:   # one line, as every error (click's own show() prints four)
+            interrupt.check()
+            from .render import escape
+
+            command = exc.ctx.command_path if exc.ctx is not None else "modelport"
+            message = " ".join(escape(exc.format_message()).split())
+            click.echo(f"modelport: error: {message} (see '{command} --help')", err=True)
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             interrupt.check()
             exc.show()

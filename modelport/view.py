@@ -216,17 +216,18 @@ class Server:
 
 def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browser: bool = True,
          graph_only: bool = False, as_onnx: bool = False, echo: Callable[[str], None] = print,
-         ready: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> None:
+         ready: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> int | None:
     """Serve ``path`` in Netron until Ctrl-C, SIGTERM or ``stop`` is set; then stop the server
-    and remove every temporary file."""
+    and remove every temporary file. Returns the signal that stopped it (None when ``stop`` did)."""
     stop = stop or threading.Event()
+    received: list[int] = []
     workdir = Path(tempfile.mkdtemp(prefix="modelport-view-"))
     server = None
     try:
         shown = prepare(Path(path), workdir, graph_only=graph_only, as_onnx=as_onnx)
         for note in shown.notes:
             echo(f"note: {note}")
-        with _stop_on_signals(stop):
+        with _stop_on_signals(stop, received):
             server = Server(shown.file, host, port)
             echo(f"serving {shown.origin} in Netron at {server.url}  (Ctrl-C stops)")
             if ready is not None:
@@ -242,6 +243,7 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
             server = None
             shutil.rmtree(workdir, ignore_errors=True)
             echo("stopped")
+            return received[0] if received else None
     finally:
         if server is not None:
             server.stop()
@@ -249,12 +251,19 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """While serving, Ctrl-C and SIGTERM (however many) set ``stop`` instead of raising."""
+def _stop_on_signals(stop: threading.Event, received: list[int]):
+    """While serving, Ctrl-C and SIGTERM (however many) set ``stop`` instead of raising; the first is
+    appended to ``received``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        if not received:
+            received.append(signum)
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

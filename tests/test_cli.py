@@ -253,3 +253,42 @@ def test_convert_to_onnx_and_torchscript_keeps_jit_notices_out(cli, tmp_path):
                 "--engine", "transformers")
     assert r.returncode == 0, r.stderr
     assert "torchscript" in r.stdout and r.stderr == ""
+
+
+@pytest.mark.parametrize("args, said", [
+    (["convert"], "Missing argument 'SRC'"),
+    (["convert", "a.pt", "b.onnx", "--opset", "x"], "'x' is not a valid integer"),
+    (["bogus"], "No such command 'bogus'"),
+    (["parity", "a", "b", "--atol", "-1"], "-1.0 is not a tolerance"),
+    (["parity", "a", "b", "--rtol", "nan"], "nan is not a tolerance"),
+    (["diff", "a", "b", "--atol", "inf"], "inf is not a tolerance"),
+])
+def test_usage_errors_are_one_line_and_exit_2(cli, args, said):
+    r = cli(*args)
+    assert r.returncode == 2, r
+    assert len(r.stderr.strip().splitlines()) == 1 and said in r.stderr and "--help" in r.stderr, r.stderr
+    assert r.stderr.startswith("modelport: error: ")
+
+
+def test_parity_checks_every_path_before_loading_any_model(cli, two_files, monkeypatch):
+    import importlib
+
+    def load(*args, **kw):
+        raise AssertionError("a model was loaded before every path was checked")
+
+    monkeypatch.setattr(importlib.import_module("modelport.parity"), "parity", load)
+    r = cli("parity", two_files / "a.safetensors", two_files / "b.safetensors", two_files / "missing.onnx")
+    assert r.returncode == 2 and "missing.onnx: no such file or directory" in r.stderr, r
+
+
+@pytest.mark.parametrize("dst", ["exists.safetensors", "exists.onnx"])
+def test_convert_names_a_missing_source_before_an_existing_destination(cli, tmp_path, dst):
+    (tmp_path / dst).write_bytes(b"x")
+    r = cli("convert", tmp_path / "missing.pt", tmp_path / dst)
+    assert r.returncode == 2 and "missing.pt: no such file or directory" in r.stderr, r
+    assert "exists" not in r.stderr.replace(str(tmp_path / "missing.pt"), "")
+
+
+def test_formats_are_listed_weights_first_then_graphs_then_lua(cli):
+    ids = [line.split()[0] for line in cli("formats").stdout.splitlines()[:7]]
+    assert ids == ["pt", "safetensors", "hf", "meta", "torchscript", "onnx", "t7"]

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_output, check_destination, check_overlap
+from ..formats._untrusted import check_regular
 from ..errors import MissingDependencyError, ModelportError, UnsupportedError
 from ..models.runnable import TENSOR
 
@@ -487,6 +488,7 @@ def export_onnx(src_path, dst_path, *, opset: int = DEFAULT_OPSET, dtype: str | 
     """Export the model at ``src_path`` (any runnable source) to ONNX at ``dst_path``."""
     options = ExportOptions(opset=check_opset(opset), dtype=dtype, static_shapes=static_shapes,
                             external_data=external_data, device=device)
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
@@ -565,6 +567,7 @@ def export_torchscript(src_path, dst_path, *, method: str | None = None, dtype: 
                        force: bool = False) -> ExportResult:
     """Export the model at ``src_path`` (any runnable source) to TorchScript at ``dst_path``."""
     options = ExportOptions(method=method, dtype=dtype, device=device)
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
@@ -581,6 +584,7 @@ def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOption
         check_opset(options.opset)
     elif to != "torchscript":
         raise UnsupportedError(f"format {to!r} is not a graph format")
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,

@@ -218,10 +218,11 @@ def write_for_export(src: Path, result, parity: dict | None = None) -> Path:
     dst = Path(result.dst)
     files = [{"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in [dst] + ([Path(result.external_data)] if result.external_data else [])]
+    fmt, layout, arch = _source_kind(Path(src))
     m = Manifest(
-        source={"path": str(Path(src).resolve()), "format": None, "layout": None, "directory": Path(src).is_dir(),
+        source={"path": str(Path(src).resolve()), "format": fmt, "layout": layout, "directory": Path(src).is_dir(),
                 "files": hash_files(src)},
-        output={"path": str(dst.resolve()), "format": result.format, "layout": None, "architecture": None,
+        output={"path": str(dst.resolve()), "format": result.format, "layout": None, "architecture": arch,
                 "origin": result.origin, "directory": False, "files": files},
         transforms=[{"op": "export", "exporter": result.exporter, "max_abs_diff_vs_eager": result.max_abs_diff}],
         versions=versions(), opset=result.opset, parity=parity,
@@ -235,6 +236,22 @@ def write_for_export(src: Path, result, parity: dict | None = None) -> Path:
         if pending.exists():
             pending.unlink()
     return final
+
+
+def _source_kind(src: Path) -> tuple[str | None, str | None, str | None]:
+    """The format, layout and architecture of an export's source, read from its headers as a conversion
+    reads them; None for what cannot be told (a program with no tensor names, say)."""
+    from ..errors import ModelportError
+    from ..models import detect_arch
+    from ..models.sources import open_source
+    from .layouts import detect_layout
+
+    try:
+        with open_source(src) as source:
+            found = detect_layout(source)
+            return source.format, found.id if found else None, detect_arch(source)
+    except ModelportError:
+        return None, None, None
 
 
 def write(manifest: Manifest, path: Path) -> None:

@@ -185,5 +185,7 @@ def test_a_graph_export_through_the_api_gets_a_manifest(tmp_path):
     assert result.manifest == tmp_path / "m.onnx.modelport.json"
     data = mf.load(result.manifest)
     assert data["output"]["files"][0]["sha256"] == _sha(tmp_path / "m.onnx") and data["opset"] == 17
+    assert (data["source"]["format"], data["source"]["layout"], data["output"]["architecture"]) == ("hf", "gpt2-hf", "gpt2")
+    assert any(line.startswith(f"converted from {tmp_path / 'src'} (hf, gpt2-hf)") for line in mf.summary(data))
     assert convert(tmp_path / "src", tmp_path / "n.onnx", manifest=False).manifest is None
     assert not (tmp_path / "n.onnx.modelport.json").exists()

@@ -209,6 +209,8 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     from .errors import DifferenceFound
 
     target = target_format(dst, to)
+    _refuse_unused(target.id, opset=opset, static_shapes=static_shapes, external_data=external_data, method=method,
+                   input_shape=input_shape, input_dtype=input_dtype)
     if view_after:
         from .view import require
 
@@ -272,6 +274,20 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
         click.echo(escape(f"manifest: {result.manifest}"))
     if view_after:
         _serve(result.dst, "127.0.0.1", None, True, False, False)
+
+
+# Options that only one kind of target uses: given for another, they are refused, never silently ignored.
+_TARGET_OPTIONS = {"opset": ("onnx",), "static_shapes": ("onnx",), "external_data": ("onnx",),
+                   "method": ("torchscript",), "input_shape": ("onnx", "torchscript"),
+                   "input_dtype": ("onnx", "torchscript")}
+
+
+def _refuse_unused(target: str, **given) -> None:
+    for name, value in given.items():
+        if value and target not in _TARGET_OPTIONS[name]:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} applies to {' and '.join(_TARGET_OPTIONS[name])} targets, and this one "
+                                   f"is {target}: drop {flag}")
 
 
 def _serve(path, host, port, browser, graph_only, as_onnx) -> None:

@@ -292,3 +292,22 @@ def test_convert_names_a_missing_source_before_an_existing_destination(cli, tmp_
 def test_formats_are_listed_weights_first_then_graphs_then_lua(cli):
     ids = [line.split()[0] for line in cli("formats").stdout.splitlines()[:7]]
     assert ids == ["pt", "safetensors", "hf", "meta", "torchscript", "onnx", "t7"]
+
+
+@pytest.mark.parametrize("args, flag", [(["x.safetensors", "--opset", "17"], "--opset"),
+                                        (["x.pt", "--to", "torchscript", "--static-shapes"], "--static-shapes"),
+                                        (["x.onnx", "--method", "trace"], "--method"),
+                                        (["x.safetensors", "--input-shape", "1,3"], "--input-shape")])
+def test_options_of_another_kind_of_target_are_refused_not_ignored(cli, two_files, args, flag):
+    r = cli("convert", two_files / "a.safetensors", two_files / args[0], *args[1:])
+    assert r.returncode == 2 and flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+    assert not (two_files / args[0]).exists()
+
+
+def test_input_shape_on_a_language_model_export_is_refused(cli, tmp_path):
+    from tests.models import tiny
+
+    tiny.gpt2(seed=3).save_pretrained(tmp_path / "src")
+    r = cli("convert", tmp_path / "src", tmp_path / "m.onnx", "--input-shape", "1,3")
+    assert r.returncode == 2 and "--input-shape" in r.stderr and "input_ids" in r.stderr, r
+    assert not (tmp_path / "m.onnx").exists()

@@ -34,6 +34,7 @@ class DiffReport:
     unexpected: list[str] = field(default_factory=list)   # in B, not in A
     differences: list[TensorDiff] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)         # how the two were lined up
+    matched: list[str] = field(default_factory=list)       # on one side only, yet no difference (tied alias, derived buffer)
 
     def __bool__(self) -> bool:
         """True when the two checkpoints hold the same tensors within ``atol``."""
@@ -45,6 +46,33 @@ class DiffReport:
 
 def _all_names(source: TensorSource) -> list[str]:
     return source.names() + [a for a in source.aliases() if a not in set(source.names())]
+
+
+def _derived(source: TensorSource) -> list:
+    """Patterns of the buffers ``source``'s family recomputes (rotary ``inv_freq``, causal masks)."""
+    import re
+
+    from .models import families
+    from .models.detect import detect_family
+
+    try:
+        fam = detect_family(source)
+    except Exception:   # noqa: BLE001 - a config that names no family only means no patterns
+        return []
+    return [re.compile(p) for p in families.get(fam).derived_buffers] if fam else []
+
+
+def _matched(name: str, source: TensorSource, other: set[str], side: str, report: DiffReport, derived: list) -> bool:
+    """True (with a line in ``report.matched``) when ``name``, held by one side only, is no difference: a tied
+    alias whose kept tensor the other side holds (compared under that name), or a buffer the model recomputes."""
+    kept = source.aliases().get(name)
+    if kept is not None and kept in other:
+        report.matched.append(f"{name}: tied to {kept} in {side} only (the other side does not list the alias)")
+        return True
+    if any(p.search(name) for p in derived):
+        report.matched.append(f"{name}: a buffer the model recomputes, stored in {side} only; not compared")
+        return True
+    return False
 
 
 def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
@@ -89,8 +117,9 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
         names_a, names_b = _all_names(sa), _all_names(sb)
         in_b = set(names_b)
         in_a = set(names_a)
-        report.missing = [n for n in names_a if n not in in_b]
-        report.unexpected = [n for n in names_b if n not in in_a]
+        derived = _derived(sa) or _derived(sb) if (in_a ^ in_b) else []     # one family: A's, else B's
+        report.missing = [n for n in names_a if n not in in_b and not _matched(n, sa, in_b, "A", report, derived)]
+        report.unexpected = [n for n in names_b if n not in in_a and not _matched(n, sb, in_a, "B", report, derived)]
         for name in names_a:
             if name not in in_b:
                 continue

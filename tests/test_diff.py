@@ -36,3 +36,26 @@ def test_diff_across_layouts_says_how_b_was_mapped(tmp_path):
     modelport.convert(example, tmp_path / "nano.pt", options=modelport.Options(layout="gpt2-nanogpt"))
     report = modelport.diff(example, tmp_path / "nano.pt")
     assert report and report.notes == ["B is in layout gpt2-nanogpt; compared after mapping it to A's layout gpt2-hf"]
+
+
+def test_a_tied_alias_and_a_derived_buffer_held_by_one_side_only_are_matched(tmp_path, cli):
+    """An export lists lm_head.weight as a tie and keeps the rotary inv_freq buffer; the HF source lists neither."""
+    from safetensors.torch import load_file
+
+    from .models import tiny
+
+    tiny.llama(seed=4, tie_word_embeddings=True).save_pretrained(tmp_path / "hf")
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    assert "lm_head.weight" not in weights
+    exported = dict(weights, **{"lm_head.weight": weights["model.embed_tokens.weight"],   # one storage: a tie
+                                "model.rotary.inv_freq": torch.arange(4.0)})
+    torch.save(exported, tmp_path / "export.pt")
+    report = modelport.diff(tmp_path / "hf", tmp_path / "export.pt")
+    assert report and not report.unexpected and not report.missing, report
+    assert sorted(m.split(":")[0] for m in report.matched) == ["lm_head.weight", "model.rotary.inv_freq"]
+    r = cli("diff", tmp_path / "hf", tmp_path / "export.pt")
+    assert r.returncode == 0 and "matched: lm_head.weight: tied to model.embed_tokens.weight in B" in r.stdout, r
+    # a name of no known kind on one side only is still a difference
+    torch.save(dict(exported, **{"model.extra.weight": torch.zeros(2)}), tmp_path / "extra.pt")
+    report = modelport.diff(tmp_path / "hf", tmp_path / "extra.pt")
+    assert not report and report.unexpected == ["model.extra.weight"]

@@ -75,12 +75,26 @@ def _matched(name: str, source: TensorSource, other: set[str], side: str, report
     return False
 
 
-def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
-    """(equal within atol, max abs difference), NaNs equal where both are NaN."""
+def _rounded_equal(a, b):
+    """Where the more precise of two floating tensors, rounded to the other's dtype, is exactly the other:
+    what a correct cast (``--dtype fp16``) writes; None when the dtypes are the same or not both real floats."""
+    import torch
+
+    if a.dtype == b.dtype or not (a.dtype.is_floating_point and b.dtype.is_floating_point):
+        return None
+    wide, narrow = (a, b) if torch.finfo(a.dtype).eps < torch.finfo(b.dtype).eps else (b, a)
+    rounded = wide.to(narrow.dtype)
+    return (rounded == narrow) | (torch.isnan(rounded) & torch.isnan(narrow))
+
+
+def compare_tensors(a, b, atol: float, rounding: bool = False) -> tuple[bool, float]:
+    """(equal within atol, max abs difference), NaNs equal where both are NaN. ``rounding``: across dtypes, a
+    value that is exactly the other rounded to the less precise dtype is equal (difference 0)."""
     import torch
 
     if a.numel() == 0:
         return True, 0.0
+    exact = _rounded_equal(a, b) if rounding else None
     if a.dtype != b.dtype:
         a, b = a.double(), b.double()
     if a.dtype.is_floating_point or a.dtype.is_complex:
@@ -88,6 +102,8 @@ def compare_tensors(a, b, atol: float) -> tuple[bool, float]:
         x, y = a.to(wide), b.to(wide)
         both_nan = torch.isnan(x) & torch.isnan(y)
         same_inf = torch.isinf(x) & (x == y)
+        if exact is not None:
+            same_inf = same_inf | exact
         d = (x - y).abs()
         d = torch.where(both_nan | same_inf, torch.zeros_like(d, dtype=d.dtype), d)
         d = torch.nan_to_num(d.real if d.is_complex() else d, nan=float("inf"))
@@ -139,7 +155,7 @@ def diff(a: str | Path, b: str | Path, atol: float = 0.0, from_a: str | None = N
                 report.differences.append(TensorDiff(name, "dtype", ia.dtype, ib.dtype, worst,
                                                      explain_difference(name, ta, tb, sa, sb)))
                 continue
-            same, worst = compare_tensors(ta, tb, atol)
+            same, worst = compare_tensors(ta, tb, atol, rounding=cast)
             if same:
                 report.equal += 1
                 report.aliases_equal += is_alias

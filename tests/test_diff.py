@@ -59,3 +59,21 @@ def test_a_tied_alias_and_a_derived_buffer_held_by_one_side_only_are_matched(tmp
     torch.save(dict(exported, **{"model.extra.weight": torch.zeros(2)}), tmp_path / "extra.pt")
     report = modelport.diff(tmp_path / "hf", tmp_path / "extra.pt")
     assert not report and report.unexpected == ["model.extra.weight"]
+
+
+def test_cast_counts_an_exactly_rounded_value_as_equal(tmp_path):
+    """A correct --dtype fp16 conversion of values in [2, 4) rounds by up to 0.00098 (fp16 spacing there is
+    0.00195): equal under --cast at any atol; one value a step off is a difference."""
+    g = torch.Generator().manual_seed(9)
+    w = 2 + 2 * torch.rand(64, 8, generator=g)
+    save_file({"w": w}, tmp_path / "a.safetensors")
+    save_file({"w": w.half()}, tmp_path / "h.safetensors")
+    assert (w.half().float() - w).abs().max() > 5e-4
+    report = modelport.diff(tmp_path / "a.safetensors", tmp_path / "h.safetensors", cast=True)
+    assert report and report.equal == 1
+    off = w.half()
+    off[3, 2] = torch.nextafter(off[3, 2], torch.tensor(10.0, dtype=torch.float16))
+    save_file({"w": off}, tmp_path / "off.safetensors")
+    report = modelport.diff(tmp_path / "a.safetensors", tmp_path / "off.safetensors", cast=True)
+    assert not report and report.differences[0].max_abs_diff > 1e-3
+    assert modelport.diff(tmp_path / "a.safetensors", tmp_path / "off.safetensors", cast=True, atol=4e-3)

@@ -290,13 +290,13 @@ def _refuse_unused(target: str, **given) -> None:
                                    f"is {target}: drop {flag}")
 
 
-def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
+def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=None) -> None:
     from .view import view as run
 
     from .render import escape
 
-    stopped_by = run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
-                     echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
+    stopped_by = run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx, arch=arch,
+                     config=config, echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
     # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -312,9 +312,14 @@ def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
 @click.option("--graph-only", is_flag=True,
               help="ONNX: show the graph with shape-only weights (automatic above 1 GiB of weights).")
 @click.option("--as-onnx", is_flag=True, help="Export a weights-only source to ONNX first and show its graph.")
-def view(path, host, port, no_browser, graph_only, as_onnx) -> None:
+@click.option("--arch", help="With --as-onnx: architecture of bare weights (gpt2, llama, …) or package.module:factory.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --as-onnx: config.json for bare weights (the values they do not reveal).")
+def view(path, host, port, no_browser, graph_only, as_onnx, arch, config) -> None:
     """Show PATH in Netron (modelport[view]) on localhost until Ctrl-C."""
-    _serve(path, host, port, not no_browser, graph_only, as_onnx)
+    if (arch or config) and not as_onnx:
+        raise click.UsageError("--arch and --config build a model for --as-onnx; add --as-onnx or drop them")
+    _serve(path, host, port, not no_browser, graph_only, as_onnx, arch, config)
 
 
 @cli.command("verify")

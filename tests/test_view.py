@@ -244,13 +244,21 @@ def test_as_onnx_shows_the_exported_graph(tmp_path, monkeypatch):
     save_file({"w": torch.zeros(2)}, f)
     calls = []
 
-    def export_onnx(src, dst, *, opset):
-        calls.append((Path(src), opset))
+    def export_onnx(src, dst, *, opset, arch=None, config=None):
+        calls.append((Path(src), opset, arch, config))
         _mlp_onnx(Path(dst))
 
     monkeypatch.setitem(sys.modules, "modelport.convert.export", types.SimpleNamespace(export_onnx=export_onnx))
     work = tmp_path / "work"
     work.mkdir()
-    shown = view.prepare(f, work, as_onnx=True, graph_only_above=10)
-    assert calls == [(f, 17)] and shown.kind == "onnx-graph-only" and shown.file.parent == work
+    shown = view.prepare(f, work, as_onnx=True, graph_only_above=10, config=tmp_path / "config.json")
+    assert calls == [(f, 17, None, tmp_path / "config.json")] and shown.kind == "onnx-graph-only" and shown.file.parent == work
     assert any("exported to ONNX" in n for n in shown.notes)
+
+
+def test_view_takes_a_config_for_as_onnx_and_refuses_it_without(tmp_path, cli):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    (tmp_path / "config.json").write_text("{}")
+    r = cli("view", f, "--config", tmp_path / "config.json", "--no-browser")
+    assert r.returncode == 2 and "--as-onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r

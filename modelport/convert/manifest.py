@@ -324,9 +324,24 @@ def rerun_parity(data: dict) -> dict:
         kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
         kwargs["batch"] = inputs[0].get("shapes", {}).get("input_ids", [2])[0]
     options = data.get("options", {})
-    report = parity(data["source"]["path"], data["output"]["path"], arch=options.get("arch"),
-                    config=options.get("config"), **kwargs)
+    reference, candidate = _runnables(data["source"]["path"], data["output"]["path"], data["output"].get("format"),
+                                      options.get("arch"), options.get("config"))
+    report = parity(reference, candidate, **kwargs)
     return {"passed": bool(report), **report.to_json()}
+
+
+def _runnables(source: str, output: str, output_format: str | None, arch, config):
+    """The source and the output as runnable models, built as ``convert --verify`` built them: weights
+    written without a config run with the config of the source (its config.json or params.json), not a
+    guess, so a weights-only output needs no --config."""
+    from ..models.runnable import load_runnable
+
+    reference = load_runnable(source, arch=arch, config=config)
+    if output_format in ("onnx", "torchscript"):
+        return reference, load_runnable(output, format=output_format)
+    hf_config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
+    return reference, load_runnable(output, format=output_format, arch=arch,
+                                    config=hf_config() if hf_config is not None else config)
 
 
 def verify(manifest_file: Path, rerun=rerun_parity) -> VerifyReport:

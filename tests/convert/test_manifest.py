@@ -117,6 +117,16 @@ def test_parity_verdict_and_metrics_are_kept_and_rerun(llama_pt, cli):
     assert r.returncode == 0 and "parity: passed (run again" in r.stdout, r.stdout + r.stderr
 
 
+def test_a_weights_only_output_is_verified_with_the_sources_config(tmp_path, cli):
+    """An HF directory converted to bare safetensors with --verify: `modelport verify` runs the output with
+    the source's config, as the conversion did, and asks for no --config."""
+    tiny.llama(seed=6).save_pretrained(tmp_path / "hf")
+    dst = tmp_path / "w.safetensors"
+    convert(tmp_path / "hf", dst, verify=FAST)
+    r = cli("verify", dst)
+    assert r.returncode == 0 and "parity: passed (run again" in r.stdout, r.stdout + r.stderr
+
+
 def test_verify_rehashes_and_finds_changes(tmp_path):
     src = tmp_path / "m.pt"
     torch.save(tied_state_dict(), src)

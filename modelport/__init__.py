@@ -15,9 +15,18 @@ def _running_as_command() -> bool:
 
 
 if _running_as_command():    # before the imports below: Ctrl-C while they load is an exit 130 too
-    from .atomic.interrupt import install_early as _install_early
+    import signal as _signal
 
-    _install_early("modelport: interrupted; nothing was written")
+    # held back while the handler's own module loads (a signal then would be a traceback), delivered after
+    _mask = getattr(_signal, "pthread_sigmask", None)        # POSIX only
+    _held = _mask(_signal.SIG_BLOCK, {_signal.SIGINT, _signal.SIGTERM}) if _mask else None
+    try:
+        from .atomic.interrupt import install_early as _install_early
+
+        _install_early("modelport: interrupted; nothing was written")
+    finally:
+        if _mask:
+            _mask(_signal.SIG_SETMASK, _held)
 
 from .errors import ModelportError  # noqa: E402
 

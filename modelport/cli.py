@@ -216,6 +216,8 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     from .errors import DifferenceFound
 
     target = target_format(dst, to)
+    _refuse_unused(target.id, opset=opset, static_shapes=static_shapes, external_data=external_data, method=method,
+                   input_shape=input_shape, input_dtype=input_dtype)
     if view_after:
         from .view import require
 
@@ -281,16 +283,32 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
         _serve(result.dst, "127.0.0.1", None, True, False, False)
 
 
-def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
+# Options that only one kind of target uses: given for another, they are refused, never silently ignored.
+_TARGET_OPTIONS = {"opset": ("onnx",), "static_shapes": ("onnx",), "external_data": ("onnx",),
+                   "method": ("torchscript",), "input_shape": ("onnx", "torchscript"),
+                   "input_dtype": ("onnx", "torchscript")}
+
+
+def _refuse_unused(target: str, **given) -> None:
+    for name, value in given.items():
+        if value and target not in _TARGET_OPTIONS[name]:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} applies to {' and '.join(_TARGET_OPTIONS[name])} targets, and this one "
+                                   f"is {target}: drop {flag}")
+
+
+def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=None) -> None:
     from .view import view as run
 
     from .render import escape
 
-    run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
-        echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
+    stopped_by = run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx, arch=arch,
+                     config=config, echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
     # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if stopped_by is not None:      # Ctrl-C or SIGTERM: interrupted, as every command (it printed "stopped")
+        sys.exit(130)
 
 
 @cli.command()
@@ -301,9 +319,14 @@ def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
 @click.option("--graph-only", is_flag=True,
               help="ONNX: show the graph with shape-only weights (automatic above 1 GiB of weights).")
 @click.option("--as-onnx", is_flag=True, help="Export a weights-only source to ONNX first and show its graph.")
-def view(path, host, port, no_browser, graph_only, as_onnx) -> None:
+@click.option("--arch", help="With --as-onnx: architecture of bare weights (gpt2, llama, …) or package.module:factory.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --as-onnx: config.json for bare weights (the values they do not reveal).")
+def view(path, host, port, no_browser, graph_only, as_onnx, arch, config) -> None:
     """Show PATH in Netron (modelport[view]) on localhost until Ctrl-C."""
-    _serve(path, host, port, not no_browser, graph_only, as_onnx)
+    if (arch or config) and not as_onnx:
+        raise click.UsageError("--arch and --config build a model for --as-onnx; add --as-onnx or drop them")
+    _serve(path, host, port, not no_browser, graph_only, as_onnx, arch, config)
 
 
 @cli.command("verify")
@@ -339,14 +362,25 @@ def verify_cmd(manifest, as_json, source, arch, config) -> None:
         raise DifferenceFound(f"{report.manifest}: the model no longer matches what the manifest records")
 
 
+def _tolerance(ctx, param, value):
+    """A tolerance is a finite number >= 0 (a negative one would fail every comparison, NaN pass or fail at random)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value} is not a tolerance; give a number >= 0, e.g. 1e-4")
+    return value
+
+
 @cli.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
-@click.option("--atol", type=float, default=0.0, show_default=True, help="Largest absolute difference counted as equal.")
+@click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
+              help="Largest absolute difference counted as equal.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
-@click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion); use with --atol.")
+@click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion): a value that is "
+              "exactly the other rounded to the less precise dtype is equal; others within --atol.")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 def diff(a, b, atol, as_json, from_a, from_b, cast, allow_expanded) -> None:
     """Compare A and B tensor by tensor; exit 1 when they differ."""
@@ -382,8 +416,10 @@ def _seq_lens(ctx, param, value):
               help="Where both models run; auto uses CUDA when a GPU is visible. cuda without one is an error.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run both models in this dtype "
               "(default: as stored); picks the default tolerances.")
-@click.option("--atol", type=float, help="Absolute tolerance (default depends on the dtype and is printed).")
-@click.option("--rtol", type=float, help="Relative tolerance (default depends on the dtype and is printed).")
+@click.option("--atol", type=float, callback=_tolerance,
+              help="Absolute tolerance (default depends on the dtype and is printed).")
+@click.option("--rtol", type=float, callback=_tolerance,
+              help="Relative tolerance (default depends on the dtype and is printed).")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Rows per input batch; the last row is left-padded.")
 @click.option("--seq-len", "seq_lens", multiple=True, callback=_seq_lens, metavar="L",
@@ -410,6 +446,10 @@ def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_toke
            input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
     """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
     from .errors import DifferenceFound
+    from .formats._untrusted import check_regular
+
+    for path in (ref, *candidates):     # every path before loading any model (a reference can take minutes)
+        check_regular(path, "model")
     from .parity import parity as run
     from .parity.inputs import DEFAULT_SEQ_LENS
 
@@ -472,6 +512,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             raise KeyboardInterrupt from None
+        except click.UsageError as exc:   # one line, as every error (click's own show() prints four)
+            interrupt.check()
+            from .render import escape
+
+            command = exc.ctx.command_path if exc.ctx is not None else "modelport"
+            message = " ".join(escape(exc.format_message()).split())
+            click.echo(f"modelport: error: {message} (see '{command} --help')", err=True)
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             interrupt.check()
             exc.show()

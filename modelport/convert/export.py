@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_output, check_destination, check_overlap
+from ..formats._untrusted import check_regular
 from ..errors import MissingDependencyError, ModelportError, UnsupportedError
 from ..models.runnable import TENSOR, run_example
 
@@ -131,6 +132,10 @@ def _load(src, *, arch, config, input_shape, input_dtype, engine, options: Expor
                              input_shape=input_shape, input_dtype=input_dtype, engine=engine)
     if runnable.backend == "onnxruntime":
         raise UnsupportedError(f"{src}: already an ONNX graph; modelport exports torch models (eager or TorchScript)")
+    if (input_shape or input_dtype) and runnable.kind != TENSOR:    # said, not silently ignored
+        raise UnsupportedError(f"{src}: --input-shape and --input-dtype are for tensor models; this is a {runnable.kind} "
+                               f"model whose inputs ({', '.join(i.name for i in runnable.inputs)}) the export shapes "
+                               "itself: drop them")
     return runnable
 
 
@@ -288,11 +293,23 @@ def _export_graph(module, args: tuple, names: list[str], outputs: list[str], pat
     shapes = None
     if not static:
         dim = torch.export.Dim.DYNAMIC
-        shapes = tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args)
+        shapes = _by_signature(module, tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args))
     with _quiet():
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, input_names=names,
                           output_names=outputs[:1], dynamic_shapes=shapes, external_data=False, optimize=False)
     return f"torch.onnx.export (torch.export-based, dynamo=True), torch {torch.__version__}"
+
+
+def _by_signature(module, shapes: tuple) -> tuple:
+    """``dynamic_shapes`` in the structure of ``module.forward``'s parameters, as torch.export matches them: the
+    shapes of arguments taken by ``*args`` (transformers encoders' wrapper) go in one nested tuple."""
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters.values())
+    if not any(p.kind is p.VAR_POSITIONAL for p in params):
+        return shapes
+    n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    return (*shapes[:n], tuple(shapes[n:]))
 
 
 def _varint(n: int) -> bytes:
@@ -488,6 +505,7 @@ def export_onnx(src_path, dst_path, *, opset: int = DEFAULT_OPSET, dtype: str | 
     """Export the model at ``src_path`` (any runnable source) to ONNX at ``dst_path``."""
     options = ExportOptions(opset=check_opset(opset), dtype=dtype, static_shapes=static_shapes,
                             external_data=external_data, device=device)
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
@@ -567,6 +585,7 @@ def export_torchscript(src_path, dst_path, *, method: str | None = None, dtype: 
                        force: bool = False) -> ExportResult:
     """Export the model at ``src_path`` (any runnable source) to TorchScript at ``dst_path``."""
     options = ExportOptions(method=method, dtype=dtype, device=device)
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
@@ -583,6 +602,7 @@ def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOption
         check_opset(options.opset)
     elif to != "torchscript":
         raise UnsupportedError(f"format {to!r} is not a graph format")
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,

@@ -15,23 +15,21 @@ files inside the manifest's directory or inside the source the user confirms.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomic import MARKER
-from ..errors import FormatError, MissingDependencyError, ModelportError
-from ..formats._untrusted import is_regular_inside, open_regular
+from ..errors import FormatError, ModelportError
+from ..formats._untrusted import is_regular_inside
+from .hashing import HASHES, BackgroundHash, file_entry, hash_algorithm, hash_file, hash_files, recorded_digest  # noqa: F401
 from .manifest_schema import SCHEMA, BareMarker, load_manifest
 
 DIR_NAME = MARKER                    # inside a directory output: the marker, holding the manifest
 SUFFIX = ".modelport.json"           # beside a file output: <output>.modelport.json
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "safetensors", "numpy")
-_CHUNK = 4 << 20
 
 
 def find(path: Path) -> Path | None:
@@ -39,121 +37,6 @@ def find(path: Path) -> Path | None:
     path = Path(path)
     m = path / DIR_NAME if path.is_dir() else path.with_name(path.name + SUFFIX)
     return m if m.is_file() else None
-
-
-# -- hashing ------------------------------------------------------------------------------
-
-HASHES = ("blake3", "sha256")        # content hashes a manifest may record, the preferred first
-
-
-def hash_algorithm() -> str:
-    """The content hash new manifests record: blake3 when the ``blake3`` package is installed (the ``fast``
-    extra; several times sha256's speed, so hashing keeps pace with the copy), sha256 otherwise.
-    ``MODELPORT_HASH=sha256`` chooses sha256 (digests to compare with published sha256 sums)."""
-    chosen = os.environ.get("MODELPORT_HASH", "").strip().lower()
-    if chosen in HASHES:
-        return chosen
-    try:
-        import blake3  # noqa: F401
-    except ImportError:
-        return "sha256"
-    return "blake3"
-
-
-def _hasher(algorithm: str):
-    if algorithm == "sha256":
-        return hashlib.sha256()
-    if algorithm == "blake3":
-        try:
-            import blake3
-        except ImportError as exc:
-            raise MissingDependencyError("this manifest records blake3 digests; pip install blake3 (or "
-                                         "modelport[fast]) to check them") from exc
-        return blake3.blake3()
-    raise FormatError(f"unknown content hash {algorithm!r} (known: {', '.join(HASHES)})")
-
-
-def hash_file(path: Path, algorithm: str = "sha256") -> str:
-    """The hex digest of ``path``'s bytes under ``algorithm`` (see :data:`HASHES`)."""
-    h = _hasher(algorithm)
-    with open_regular(path) as f:          # a regular file only: a pipe or device would block or never end
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])   # hashlib and blake3 release the GIL on large buffers
-    return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return hash_file(path, "sha256")
-
-
-def file_entry(rel: str, path: Path, algorithm: str) -> dict:
-    """One file of a manifest: ``{path, bytes, hash: <algorithm>, <algorithm>: <hex digest>}``. Manifests
-    written before ``hash`` was recorded hold ``sha256`` alone."""
-    return {"path": rel, "bytes": path.stat().st_size, "hash": algorithm, algorithm: hash_file(path, algorithm)}
-
-
-def recorded_digest(entry: dict) -> tuple[str, str]:
-    """(algorithm, hex digest) a manifest's file entry records (the schema made sure it has one)."""
-    algorithm = entry.get("hash", "sha256")
-    return algorithm, entry[algorithm]
-
-
-def files_of(path: Path, skip: tuple[str, ...] = (DIR_NAME,)) -> list[tuple[str, Path]]:
-    """(name relative to ``path``'s parent or to the directory, file) for a file or every file of a
-    directory, sorted; the manifest itself is skipped."""
-    path = Path(path)
-    if path.is_file():
-        return [(path.name, path)]
-    out = []
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and p.relative_to(path).as_posix() not in skip:
-            out.append((p.relative_to(path).as_posix(), p))
-    return out
-
-
-def hash_files(path: Path, algorithm: str | None = None) -> list[dict]:
-    """[:func:`file_entry`] for ``path`` (a file or a directory's files), hashed two at a time with
-    ``algorithm`` (default: :func:`hash_algorithm`)."""
-    files = files_of(path)
-    results: list[dict | None] = [None] * len(files)
-    algorithm = algorithm or hash_algorithm()
-
-    def work(i: int) -> None:
-        rel, p = files[i]
-        results[i] = file_entry(rel, p, algorithm)
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(work, range(len(files))))
-    return [r for r in results if r is not None]
-
-
-class BackgroundHash:
-    """Hash a file's or directory's files in a thread (the source while the conversion writes; the
-    output beside what is left of the source's)."""
-
-    def __init__(self, path: Path):
-        self.path, self.result, self.error = Path(path), None, None
-        self._thread = threading.Thread(target=self._run, name="modelport-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = hash_files(self.path)
-        except OSError as exc:   # reported when the manifest is written
-            self.error = exc
-
-    def get(self) -> list[dict]:
-        self._thread.join()
-        if self.error is not None:
-            raise FormatError(f"{self.path}: cannot hash it for the manifest ({self.error})")
-        return self.result or []
 
 
 # -- what the conversion did ---------------------------------------------------------------
@@ -275,10 +158,11 @@ def write_for_export(src: Path, result, parity: dict | None = None) -> Path:
     dst = Path(result.dst)
     files = [file_entry(p.name, p, hash_algorithm())
              for p in [dst] + ([Path(result.external_data)] if result.external_data else [])]
+    fmt, layout, arch = _source_kind(Path(src))
     m = Manifest(
-        source={"path": str(Path(src).resolve()), "format": None, "layout": None, "directory": Path(src).is_dir(),
+        source={"path": str(Path(src).resolve()), "format": fmt, "layout": layout, "directory": Path(src).is_dir(),
                 "files": hash_files(src)},
-        output={"path": str(dst.resolve()), "format": result.format, "layout": None, "architecture": None,
+        output={"path": str(dst.resolve()), "format": result.format, "layout": None, "architecture": arch,
                 "origin": result.origin, "directory": False, "files": files},
         transforms=[{"op": "export", "exporter": result.exporter, "max_abs_diff_vs_eager": result.max_abs_diff}],
         versions=versions(), opset=result.opset, parity=parity,
@@ -292,6 +176,22 @@ def write_for_export(src: Path, result, parity: dict | None = None) -> Path:
         if pending.exists():
             pending.unlink()
     return final
+
+
+def _source_kind(src: Path) -> tuple[str | None, str | None, str | None]:
+    """The format, layout and architecture of an export's source, read from its headers as a conversion
+    reads them; None for what cannot be told (a program with no tensor names, say)."""
+    from ..errors import ModelportError
+    from ..models import detect_arch
+    from ..models.sources import open_source
+    from .layouts import detect_layout
+
+    try:
+        with open_source(src) as source:
+            found = detect_layout(source)
+            return source.format, found.id if found else None, detect_arch(source)
+    except ModelportError:
+        return None, None, None
 
 
 def write(manifest: Manifest, path: Path) -> None:
@@ -396,8 +296,26 @@ def rerun_parity(plan: Rerun) -> dict:
     """The parity check a manifest records, run again on the same seed and input shapes."""
     from ..parity import parity
 
-    report = parity(plan.reference, plan.candidate, **plan.kwargs)
+    kwargs = dict(plan.kwargs)
+    reference, candidate = _runnables(plan.reference, plan.candidate, kwargs.pop("arch", None), kwargs.pop("config", None))
+    report = parity(reference, candidate, **kwargs)
     return {"passed": bool(report), **report.to_json()}
+
+
+def _runnables(source: Path, output: Path, arch, config):
+    """The source and the output as runnable models, built as ``convert --verify`` built them: weights
+    written without a config run with the config of the source (its config.json or params.json), not a
+    guess, so a weights-only output needs no --config."""
+    from .. import formats
+    from ..models.runnable import load_runnable
+
+    reference = load_runnable(source, arch=arch, config=config)
+    output_format = formats.detect(output).id
+    if output_format in ("onnx", "torchscript"):
+        return reference, load_runnable(output, format=output_format)
+    hf_config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
+    return reference, load_runnable(output, format=output_format, arch=arch,
+                                    config=hf_config() if hf_config is not None else config)
 
 
 def _within(path: Path, home: Path) -> bool:

@@ -124,6 +124,16 @@ def test_parity_verdict_and_metrics_are_kept_and_rerun(llama_pt, cli):
     assert r.stdout.splitlines()[-1] == "verified: 2 files checked, all match; parity passed"
 
 
+def test_a_weights_only_output_is_verified_with_the_sources_config(tmp_path, cli):
+    """An HF directory converted to bare safetensors with --verify: `modelport verify` runs the output with
+    the source's config, as the conversion did, and asks for no --config."""
+    tiny.llama(seed=6).save_pretrained(tmp_path / "hf")
+    dst = tmp_path / "w.safetensors"
+    convert(tmp_path / "hf", dst, verify=FAST)
+    r = cli("verify", dst)
+    assert r.returncode == 0 and "parity: passed (run again" in r.stdout, r.stdout + r.stderr
+
+
 def test_verify_rehashes_and_finds_changes(tmp_path):
     src = tmp_path / "m.pt"
     torch.save(tied_state_dict(), src)
@@ -193,6 +203,8 @@ def test_a_graph_export_through_the_api_gets_a_manifest(tmp_path):
     assert result.manifest == tmp_path / "m.onnx.modelport.json"
     data = mf.load(result.manifest)
     assert data["output"]["files"][0]["sha256"] == _sha(tmp_path / "m.onnx") and data["opset"] == 17
+    assert (data["source"]["format"], data["source"]["layout"], data["output"]["architecture"]) == ("hf", "gpt2-hf", "gpt2")
+    assert any(line.startswith(f"converted from {tmp_path / 'src'} (hf, gpt2-hf)") for line in mf.summary(data))
     assert convert(tmp_path / "src", tmp_path / "n.onnx", manifest=False).manifest is None
     assert not (tmp_path / "n.onnx.modelport.json").exists()
 

@@ -33,14 +33,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import pickle
 import warnings
 from contextvars import ContextVar
 from pathlib import Path
 
-from ..errors import FormatError, UnsafeContentError, UnsupportedError, opt
+from ..errors import SPELLING, FormatError, UnsafeContentError, UnsupportedError
 from . import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, TensorRef, _Safe, check_opcodes
+from ._stream import _write_all
 from ._torchzip import ZipReader
 from ._tscode import MAX_CODE, module_classes, qualname, scan
 from .base import Format, Options, TensorSource
@@ -205,9 +207,11 @@ def check_code(path: Path) -> None:
     findings += scan(texts, script_operators())
     if findings:
         shown = "; ".join(_printable(f) for f in findings[:3]) + (f" and {len(findings) - 3} more" if len(findings) > 3 else "")
+        how = "pass --trust-torchscript" if SPELLING.get() == "cli" else \
+            "pass trust_torchscript=True (or run inside modelport.trusted_torchscript())"
         raise UnsafeContentError(f"{path}: refusing to run this TorchScript program: its code has {shown}; running it "
-                                 f"could read or write files. Pass {opt('trust_torchscript')} if you trust the file "
-                                 "(its weights can be read without it)")
+                                 f"could read or write files; {how} if you trust the file (its weights can be read "
+                                 "without it)")
 
 
 def read_metadata(path: Path, archive: ZipReader | None = None) -> dict:
@@ -241,6 +245,30 @@ def load_module(path: Path, device: str = "cpu", *, trust_torchscript: bool | No
             raise FormatError(f"{path}: torch.jit.load failed ({' '.join(str(exc).split())[:200]}); "
                               "re-export the TorchScript file with this torch version") from exc
     return module.eval()
+
+
+class _FdWriter:
+    """A file object over a descriptor: every byte written, a full disk raised as OSError(ENOSPC)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data) -> int:
+        _write_all(self.fd, data)
+        return len(memoryview(data).cast("B"))
+
+
+def save_module(module, path: Path, extra_files: dict[str, str]) -> None:
+    """``torch.jit.save`` of ``module`` to ``path``: torch serialises into memory and modelport writes the
+    bytes, because torch's own file writer aborts the whole process (SIGABRT) when the disk fills."""
+    import torch
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with quiet_jit():
+            torch.jit.save(module, _FdWriter(fd), _extra_files=extra_files)
+    finally:
+        os.close(fd)
 
 
 class TorchScriptSource(PtSource):

@@ -72,3 +72,39 @@ def test_enospc_injected(tmp_path, source, monkeypatch, name, to, call):
     monkeypatch.undo()
     leftovers = [n for n in os.listdir(out) if ".modelport-" in n]
     assert leftovers == []
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    """A Hugging Face GPT-2 directory whose TorchScript export (about 3 MB) cannot fit a 1 MB disk."""
+    from ..models import tiny
+
+    tiny.gpt2(seed=41, n_embd=128, n_inner=160, n_layer=3).save_pretrained(tmp_path / "gpt2")
+    return tmp_path / "gpt2"
+
+
+def test_torchscript_export_to_a_full_tmpfs(gpt2_dir, small_disk):
+    r = run_measured(["convert", gpt2_dir, small_disk / "m.ts", "--to", "torchscript"], timeout=120)
+    assert r["rc"] == 2, r["stderr"]          # torch's own writer aborted here (exit 134) and left its file
+    assert "disk is full" in r["stderr"] and "Traceback" not in r["stderr"] and len(r["stderr"].strip().splitlines()) == 1
+    assert os.listdir(small_disk) == []
+
+
+def test_torchscript_export_enospc_injected(gpt2_dir, tmp_path, monkeypatch):
+    from modelport.convert.export import export
+
+    real, calls = os.write, []
+
+    def failing(fd, data):
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, memoryview(data)[: len(data) // 2])      # a short write first, then the disk is full
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(os, "write", failing)
+    with pytest.raises(OutputError, match="the disk is full"):
+        export(gpt2_dir, out / "m.ts", "torchscript")
+    monkeypatch.undo()
+    assert len(calls) == 2 and os.listdir(out) == []

@@ -19,7 +19,8 @@ from __future__ import annotations
 import ast
 import re
 
-MAX_CODE = 64 << 20          # bytes of code scanned at most; a larger program is a finding
+MAX_CODE = 16 << 20          # bytes of code read at most (real exports hold well under 1 MiB)
+MAX_LIST = 1 << 20           # characters of one __parameters__ / __buffers__ line
 
 # Names of operators that read or write files, map storages, spawn work elsewhere or exist for tests:
 # refused even though torch registers them as aten / prim operators.
@@ -61,6 +62,9 @@ def module_classes(texts: dict[str, str]) -> dict[str, tuple[list[str], list[str
                 continue
             if current is None:
                 continue
+            if len(line) > MAX_LIST and line.startswith(("  __parameters__", "  __buffers__")):
+                raise ValueError(f"{module}: class {current.rsplit('.', 1)[1]} lists more than {MAX_LIST:,} "
+                                 "characters of tensor names")
             m = _LIST.match(line)
             if m:
                 try:
@@ -123,8 +127,11 @@ def scan(texts: dict[str, str], ops: frozenset[str] | set[str]) -> list[str]:
         except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
             findings.append(f"code that cannot be read ({module}: {type(exc).__name__})")
     defined: set[str] = set()          # the archive's own classes and functions (qualified names)
+    packages: set[str] = set()         # the modules and packages holding them
     methods: set[str] = set()          # names of the archive's methods
     for module, tree in trees.items():
+        parts = module.split(".")
+        packages.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
                 defined.add(f"{module}.{node.name}")
@@ -132,7 +139,7 @@ def scan(texts: dict[str, str], ops: frozenset[str] | set[str]) -> list[str]:
                 methods.update(n.name for n in node.body if isinstance(n, ast.FunctionDef))
     for module, tree in trees.items():
         try:
-            findings += _scan_tree(module, tree, allowed, defined, methods)
+            findings += _scan_tree(module, tree, allowed, (defined, packages), methods)
         except RecursionError:
             findings.append(f"code nested too deeply to read ({module})")
     seen: set[str] = set()
@@ -154,7 +161,10 @@ def _scan_tree(module, tree, allowed, defined, methods) -> list[str]:
         if isinstance(node, (ast.Import, ast.ImportFrom, ast.Global, ast.Nonlocal, ast.Lambda, ast.AsyncFunctionDef,
                              ast.Await, ast.Yield, ast.YieldFrom, ast.With, ast.AsyncWith)):
             found.append(f"a Python {type(node).__name__.lower()} statement, which TorchScript does not write ({module})")
-        if id(node) in skip:
+        if id(node) in skip:            # a type: only a custom class (run by C++ code on load) is a finding
+            d = _dotted(node) if isinstance(node, ast.Attribute) else None
+            if d and (d.startswith("torch.classes.") or d.startswith("__torch__.torch.classes.")):
+                found.append(f"a custom class ({d})")
             continue
         if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
             d = _dotted(node)
@@ -194,8 +204,9 @@ def _reference(d: str, allowed, defined) -> str | None:
     if root == "__torch__":
         if len(parts) >= 3 and parts[1] == "torch" and parts[2] == "classes":
             return f"a custom class ({d})"
-        # a (possibly partial) qualified name of the archive's own code; anything else is not known
-        if any(q == d or q.startswith(d + ".") or d.startswith(q + ".") for q in defined):
+        # a qualified name of the archive's own code, a package above one, or a member of one
+        names, packages = defined
+        if d in names or d in packages or any(".".join(parts[:k]) in names for k in range(2, len(parts))):
             return None
         return f"a reference to {d}, which the archive does not define"
     return None

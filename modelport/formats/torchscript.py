@@ -50,7 +50,7 @@ from .pt import PtSource
 
 METADATA_FILE = "modelport.json"     # extra/ file modelport writes: kind, inputs, outputs, origin
 MAX_DEPTH = 200                      # modules nested deeper than this are refused
-MAX_MODULES = 1_000_000              # module objects visited while naming tensors
+MAX_MODULES = 200_000                # module objects visited while naming tensors (shared ones again)
 
 # Whether TorchScript programs run without their code being checked first (see trusted_torchscript).
 TRUST: ContextVar[bool] = ContextVar("modelport_trust_torchscript", default=False)
@@ -204,6 +204,9 @@ def check_code(path: Path) -> None:
     path = Path(path)
     archive = _archive(path)
     texts, findings = _code_texts(archive, archive_prefix(list(archive.members)), everywhere=True)
+    for name in archive.members:       # objects of custom classes are restored by their C++ __setstate__
+        if name.endswith(".pkl") and b"torch.classes" in archive.read(name):
+            findings.append(f"an object of a custom class in {name.rsplit('/', 1)[-1]}")
     findings += scan(texts, script_operators())
     if findings:
         shown = "; ".join(_printable(f) for f in findings[:3]) + (f" and {len(findings) - 3} more" if len(findings) > 3 else "")

@@ -182,6 +182,11 @@ def test_code_check_passes_ordinary_code():
     assert _scan(body) == []
 
 
+def test_code_check_finds_custom_classes_in_annotations():
+    text = "class M(Module):\n  __parameters__ = []\n  packed : __torch__.torch.classes.quantized.LinearPackedParamsBase\n"
+    assert any("custom class" in f for f in _tscode.scan({"__torch__": text}, script_operators()))
+
+
 def test_code_check_finds_hooks_and_unreadable_code():
     text = "class M(Module):\n  def __setstate__(self: __torch__.M, state: Tuple[int]) -> NoneType:\n    return None\n"
     assert any("__setstate__" in f for f in _tscode.scan({"__torch__": text}, script_operators()))

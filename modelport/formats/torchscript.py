@@ -205,7 +205,7 @@ def check_code(path: Path) -> None:
     archive = _archive(path)
     texts, findings = _code_texts(archive, archive_prefix(list(archive.members)), everywhere=True)
     for name in archive.members:       # objects of custom classes are restored by their C++ __setstate__
-        if name.endswith(".pkl") and b"torch.classes" in archive.read(name):
+        if name.endswith("pkl") and b"torch.classes" in archive.read(name):      # .pkl and .debug_pkl
             findings.append(f"an object of a custom class in {name.rsplit('/', 1)[-1]}")
     findings += scan(texts, script_operators())
     if findings:
@@ -250,28 +250,81 @@ def load_module(path: Path, device: str = "cpu", *, trust_torchscript: bool | No
     return module.eval()
 
 
-class _FdWriter:
-    """A file object over a descriptor: every byte written, a full disk raised as OSError(ENOSPC)."""
+# The helper that writes a TorchScript archive: it reads the bytes torch writes into a pipe and writes
+# them to the file; after a failed write (a full disk) it keeps reading, so torch finishes normally, and
+# then reports the errno on stdout.
+_WRITER = r"""
+import os, sys
+err, fd = 0, -1
+try:
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+except OSError as exc:
+    err = exc.errno or 5
+while True:
+    chunk = os.read(0, 1 << 20)
+    if not chunk:
+        break
+    view = memoryview(chunk)
+    while view and not err:
+        try:
+            view = view[os.write(fd, view):]
+        except OSError as exc:
+            err = exc.errno or 5
+if fd >= 0:
+    os.close(fd)
+sys.stdout.write(str(err))
+"""
 
-    def __init__(self, fd: int):
-        self.fd = fd
 
-    def write(self, data) -> int:
-        _write_all(self.fd, data)
-        return len(memoryview(data).cast("B"))
+def save_module(module, path: Path, extra_files: dict[str, str], name: str = "archive") -> None:
+    """``torch.jit.save`` of ``module`` to ``path``, a full disk raised as OSError(ENOSPC); ``name``:
+    the archive's top folder (the destination's stem: torch names it after the file it writes).
 
+    torch's own file writer aborts the whole process (SIGABRT) when a write fails, leaving its file
+    behind. So torch writes into a pipe and a small helper process copies the bytes to ``path``: on a
+    failed write the helper drains the rest, torch returns normally, and the helper's errno is raised
+    here. (Saving into memory instead would hold the archive twice over: 1.1 GB more for a 540 MB one.)"""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
 
-def save_module(module, path: Path, extra_files: dict[str, str]) -> None:
-    """``torch.jit.save`` of ``module`` to ``path``: torch serialises into memory and modelport writes the
-    bytes, because torch's own file writer aborts the whole process (SIGABRT) when the disk fills."""
     import torch
 
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    path = Path(path)
+    if not Path("/proc/self/fd").is_dir():          # no way to name a pipe: serialise in memory
+        buffer = io.BytesIO()
+        with quiet_jit():
+            torch.jit.save(module, buffer, _extra_files=extra_files)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _write_all(fd, buffer.getbuffer())
+        finally:
+            os.close(fd)
+        return
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:100] or "archive"
+    read_end, write_end = os.pipe()
+    private = Path(tempfile.mkdtemp(prefix="modelport-ts-"))
+    link = private / f"{name}.ts"
+    os.symlink(f"/proc/self/fd/{write_end}", link)      # torch opens the pipe by this name
+    try:
+        helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WRITER, str(path)], stdin=read_end,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    finally:
+        os.close(read_end)
     try:
         with quiet_jit():
-            torch.jit.save(module, _FdWriter(fd), _extra_files=extra_files)
+            torch.jit.save(module, str(link), _extra_files=extra_files)
     finally:
-        os.close(fd)
+        os.close(write_end)
+        out, err = helper.communicate()
+        shutil.rmtree(private, ignore_errors=True)
+    code = int(out) if out.strip().isdigit() else None
+    if helper.returncode != 0 or code is None:
+        raise RuntimeError(f"{path}: the writer process failed ({err.decode(errors='replace').strip()[-200:]})")
+    if code:
+        raise OSError(code, os.strerror(code), str(path))
 
 
 class TorchScriptSource(PtSource):

@@ -529,7 +529,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
             "source": str(src), "source_sha256": _sha256(src) if src.exists() else "", "version": _version(),
             "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": _strip_prefix(runnable)}
     with atomic_output(dst, force) as tmp, _quiet():
-        save_module(ts, tmp, {METADATA_FILE: json.dumps(meta)}, dst.name.split(".")[0])   # a full disk: OSError
+        save_module(ts, tmp, {METADATA_FILE: json.dumps(meta)})   # a full disk: OSError, not an abort
     return ExportResult(dst, "torchscript", meta["exporter"], runnable.origin, dst.stat().st_size, None, None, diff,
                         [f"method {method}"])
 

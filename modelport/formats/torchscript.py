@@ -250,81 +250,55 @@ def load_module(path: Path, device: str = "cpu", *, trust_torchscript: bool | No
     return module.eval()
 
 
-# The helper that writes a TorchScript archive: it reads the bytes torch writes into a pipe and writes
-# them to the file; after a failed write (a full disk) it keeps reading, so torch finishes normally, and
-# then reports the errno on stdout.
-_WRITER = r"""
-import os, sys
-err, fd = 0, -1
-try:
-    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-except OSError as exc:
-    err = exc.errno or 5
-while True:
-    chunk = os.read(0, 1 << 20)
-    if not chunk:
-        break
-    view = memoryview(chunk)
-    while view and not err:
-        try:
-            view = view[os.write(fd, view):]
-        except OSError as exc:
-            err = exc.errno or 5
-if fd >= 0:
-    os.close(fd)
-sys.stdout.write(str(err))
-"""
+class _FdWriter:
+    """A file object over a descriptor: every byte written, a full disk raised as OSError(ENOSPC)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data) -> int:
+        _write_all(self.fd, data)
+        return len(memoryview(data).cast("B"))
 
 
-def save_module(module, path: Path, extra_files: dict[str, str], name: str = "archive") -> None:
-    """``torch.jit.save`` of ``module`` to ``path``, a full disk raised as OSError(ENOSPC); ``name``:
-    the archive's top folder (the destination's stem: torch names it after the file it writes).
+def _state_bytes(module) -> int:
+    """Bytes of the module's parameter and buffer storages, each counted once."""
+    seen, total = set(), 0
+    for t in module.state_dict().values():
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+def save_module(module, path: Path, extra_files: dict[str, str]) -> None:
+    """``torch.jit.save`` of ``module`` to ``path``, a full disk raised as OSError(ENOSPC).
 
     torch's own file writer aborts the whole process (SIGABRT) when a write fails, leaving its file
-    behind. So torch writes into a pipe and a small helper process copies the bytes to ``path``: on a
-    failed write the helper drains the rest, torch returns normally, and the helper's errno is raised
-    here. (Saving into memory instead would hold the archive twice over: 1.1 GB more for a 540 MB one.)"""
-    import re
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
+    behind. So it writes the file only when the filesystem has room for twice the module's tensors and
+    64 MiB more (``path`` a new or regular file); otherwise torch serialises into memory (the archive
+    is then held twice over while it is written) and modelport writes the bytes, failing cleanly.
+    What is left is a disk that someone else fills while the file is written."""
     import torch
 
     path = Path(path)
-    if not Path("/proc/self/fd").is_dir():          # no way to name a pipe: serialise in memory
-        buffer = io.BytesIO()
-        with quiet_jit():
-            torch.jit.save(module, buffer, _extra_files=extra_files)
+    need = 2 * _state_bytes(module) + (64 << 20)
+    try:
+        st = os.statvfs(path.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = 0
+    regular = not path.exists() or (path.is_file() and not path.is_symlink())
+    with quiet_jit():
+        if regular and free >= need:
+            torch.jit.save(module, str(path), _extra_files=extra_files)
+            return
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            _write_all(fd, buffer.getbuffer())
+            torch.jit.save(module, _FdWriter(fd), _extra_files=extra_files)
         finally:
             os.close(fd)
-        return
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:100] or "archive"
-    read_end, write_end = os.pipe()
-    private = Path(tempfile.mkdtemp(prefix="modelport-ts-"))
-    link = private / f"{name}.ts"
-    os.symlink(f"/proc/self/fd/{write_end}", link)      # torch opens the pipe by this name
-    try:
-        helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WRITER, str(path)], stdin=read_end,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    finally:
-        os.close(read_end)
-    try:
-        with quiet_jit():
-            torch.jit.save(module, str(link), _extra_files=extra_files)
-    finally:
-        os.close(write_end)
-        out, err = helper.communicate()
-        shutil.rmtree(private, ignore_errors=True)
-    code = int(out) if out.strip().isdigit() else None
-    if helper.returncode != 0 or code is None:
-        raise RuntimeError(f"{path}: the writer process failed ({err.decode(errors='replace').strip()[-200:]})")
-    if code:
-        raise OSError(code, os.strerror(code), str(path))
 
 
 class TorchScriptSource(PtSource):

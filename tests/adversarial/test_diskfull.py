@@ -105,6 +105,24 @@ def test_torchscript_writer_survives_a_full_device(tmp_path):
     assert err.value.errno == errno.ENOSPC
 
 
+def test_torchscript_written_through_memory_when_the_disk_is_short(tmp_path, monkeypatch):
+    import torch
+
+    from modelport.formats.torchscript import quiet_jit, save_module
+
+    with quiet_jit():
+        module = torch.jit.script(torch.nn.Linear(16, 8))
+    saves = []
+    real_save = torch.jit.save
+    monkeypatch.setattr(torch.jit, "save", lambda m, f, **kw: saves.append(type(f).__name__) or real_save(m, f, **kw))
+    monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result((4096, 4096, 10, 1, 1, 10, 1, 1, 0, 255)))
+    save_module(module, tmp_path / "m.ts", {"modelport.json": "{}"})
+    assert saves == ["_FdWriter"]                     # not torch's own file writer
+    monkeypatch.undo()
+    with quiet_jit():
+        assert torch.equal(torch.jit.load(str(tmp_path / "m.ts")).weight, module.weight)
+
+
 def test_torchscript_export_with_a_full_device(gpt2_dir, tmp_path, monkeypatch):
     from modelport.convert.export import export
     from modelport.formats import torchscript

@@ -36,7 +36,7 @@ from .errors import ModelportError  # noqa: E402
 # imported, so these four are properties of the package that always give the function.
 _LAZY = {"Options": (".formats", "Options"), "open": (".models.sources", "open_source"),
          "convert": (".convert", "convert"), "diff": (".diff", "diff"), "inspect": (".inspect", "inspect"),
-         "parity": (".parity", "parity")}
+         "parity": (".parity", "parity"), "trusted_torchscript": (".formats.torchscript", "trusted_torchscript")}
 
 
 def _resolve(name: str):
@@ -84,4 +84,5 @@ def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
     return _load_model(path, arch, device, dtype, **kwargs)
 
 
-__all__ = ["ModelportError", "Options", "convert", "diff", "inspect", "load_model", "open", "parity", "__version__"]
+__all__ = ["ModelportError", "Options", "convert", "diff", "inspect", "load_model", "open", "parity", "trusted_torchscript",
+           "__version__"]

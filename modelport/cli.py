@@ -101,6 +101,20 @@ def formats_cmd(as_json: bool) -> None:
                "Running needs torch.")
 
 
+def _trust_torchscript(ctx, param, value):
+    if value:
+        from .formats.torchscript import trusted_torchscript
+
+        ctx.with_resource(trusted_torchscript())
+    return value
+
+
+trust_torchscript_option = click.option(
+    "--trust-torchscript", is_flag=True, expose_value=False, callback=_trust_torchscript,
+    help="Run TorchScript files even when their code could read or write files (running a TorchScript file runs "
+         "its code: trusted files only).")
+
+
 def _options(**kw):
     from .formats.base import Options
 
@@ -120,6 +134,7 @@ def _options(**kw):
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+@trust_torchscript_option
 def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, assume_config,
             input_shape, input_dtype, allow_expanded) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
@@ -204,6 +219,7 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--verify", is_flag=True, help="Run the written model against SRC (as `modelport parity` does) before "
               "declaring success; keep nothing when they differ (exit 1).")
 @click.option("--view", "view_after", is_flag=True, help="Open the result in Netron when done (needs modelport[view]).")
+@trust_torchscript_option
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
             layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, static_shapes,
             external_data, input_shape, input_dtype, device, engine, allow_expanded, no_manifest, verify,
@@ -338,6 +354,7 @@ def view(path, host, port, no_browser, graph_only, as_onnx, arch, config) -> Non
                              "(a module the conversion used runs again only when named here).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json for the recorded parity check (instead of the one recorded).")
+@trust_torchscript_option
 def verify_cmd(manifest, as_json, source, arch, config) -> None:
     """Check a conversion's MANIFEST (or the file/directory it describes): re-hash every file; exit 1 on a change."""
     from .convert import manifest as mf
@@ -442,6 +459,7 @@ def _seq_lens(ctx, param, value):
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one test case per candidate and check).")
+@trust_torchscript_option
 def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
            input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
     """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""

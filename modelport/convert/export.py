@@ -520,6 +520,8 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
     """Write ``runnable`` (an eager torch module) as a TorchScript archive at ``dst``."""
     import torch
 
+    from ..formats.torchscript import METADATA_FILE, save_module
+
     dst = Path(dst)
     check_destination(dst, force)
     if runnable.backend != "torch":
@@ -547,7 +549,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
             "source": str(src), "source_sha256": _sha256(src) if src.exists() else "", "version": _version(),
             "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": _strip_prefix(runnable)}
     with atomic_output(dst, force) as tmp, _quiet():
-        torch.jit.save(ts, str(tmp), _extra_files={"modelport.json": json.dumps(meta)})
+        save_module(ts, tmp, {METADATA_FILE: json.dumps(meta)})   # a full disk: OSError, not an abort
     return ExportResult(dst, "torchscript", meta["exporter"], runnable.origin, dst.stat().st_size, None, None, diff,
                         [f"method {method}"])
 

@@ -32,6 +32,11 @@ def _load() -> None:
         _loaded = True
         for mod in _MODULES:
             importlib.import_module(f"{__name__}.{mod}")
+        # sniffing goes in _MODULES' order, whichever adapter imported another first (torchscript imports pt)
+        order = {m: i for i, m in enumerate(_MODULES)}
+        ranked = sorted(_REGISTRY.items(), key=lambda item: order.get(item[0], len(order)))
+        _REGISTRY.clear()
+        _REGISTRY.update(ranked)
 
 
 def all_formats() -> list[Format]:

@@ -52,12 +52,14 @@ def _fill_tensor_spec(path: Path, spec: InputSpec, input_shape, input_dtype) -> 
     return spec
 
 
-def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None) -> TorchRunnable:
-    """The TorchScript module at ``path`` (its pickles allow-listed first), on ``device``."""
+def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None,
+                         trust_torchscript: bool | None = None) -> TorchRunnable:
+    """The TorchScript module at ``path`` (its pickles allow-listed and its code checked first, see
+    :func:`~modelport.formats.torchscript.load_module`; ``trust_torchscript`` skips the code check), on ``device``."""
     from ..formats.torchscript import load_module, read_metadata
 
     path = Path(path)
-    module = load_module(path, device="cpu").to(device)
+    module = load_module(path, device="cpu", trust_torchscript=trust_torchscript).to(device)
     meta = read_metadata(path)
     inputs = _specs_from_meta(meta)
     if inputs is not None:

@@ -240,7 +240,7 @@ def lua_input(model, spec: InputSpec, path, input_dtype=None) -> InputSpec:
 
 def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", dtype=None, input_shape=None,
                   input_dtype=None, format: str | None = None, engine: str = "auto",
-                  assume_config: bool = False) -> Runnable:  # noqa: A002
+                  assume_config: bool = False, trust_torchscript: bool | None = None) -> Runnable:  # noqa: A002
     """The runnable model held by ``path``: a TorchScript archive, an ONNX graph (onnxruntime), a Lua
     ``nn`` model from ``.t7``, a user module (``arch="package.module:factory"``), a Hugging Face directory
     run by transformers, or a reference family (detected, or ``arch``; ``assume_config`` accepts the
@@ -248,7 +248,11 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
 
     ``engine`` chooses who runs a Hugging Face directory: ``reference`` (modelport's family), ``transformers``
     (its Auto classes, any architecture), or ``auto``: the reference when it knows the family, transformers
-    otherwise. ``origin`` says which ran."""
+    otherwise. ``origin`` says which ran.
+
+    A TorchScript archive runs its own code: it is refused when that code could do more than compute
+    (define ``__setstate__``, call file or storage-mapping operators …) unless ``trust_torchscript``
+    (default: whether inside :func:`modelport.trusted_torchscript`)."""
     from .. import formats
 
     path = Path(path)
@@ -256,7 +260,8 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
     if fmt.id == "torchscript":
         from .graph import torchscript_runnable
 
-        return torchscript_runnable(path, device=device, input_shape=input_shape, input_dtype=input_dtype)
+        return torchscript_runnable(path, device=device, input_shape=input_shape, input_dtype=input_dtype,
+                                    trust_torchscript=trust_torchscript)
     if fmt.id == "onnx":
         from .graph import onnx_runnable
 

@@ -54,6 +54,8 @@ class ExportOptions:
     external_data: bool = False       # onnx: tensors in <name>.onnx.data even under 2 GB
     method: str | None = None         # torchscript: script | trace (default: script for reference models)
     device: str = "cpu"
+    exporter: str = "auto"            # onnx: builder (known families, see onnx_builder) | torch | auto
+    kv_cache: bool = True             # onnx builder: past_key_values in, present out (else logits only)
 
 
 @dataclass
@@ -579,6 +581,9 @@ def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOption
         raise UnsupportedError(f"--dtype {options.dtype}: graph exports are fp32 or fp16")
     if to == "onnx":
         check_opset(options.opset)
+        from .onnx_builder import build_onnx, use_builder
+        if use_builder(src_path, options, arch=arch, config=config, input_shape=input_shape, engine=engine):
+            return build_onnx(src_path, dst_path, options=options, force=force, arch=arch, config=config)
     elif to != "torchscript":
         raise UnsupportedError(f"format {to!r} is not a graph format")
     check_overlap(Path(src_path), Path(dst_path))

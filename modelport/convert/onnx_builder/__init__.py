@@ -119,8 +119,8 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
     check_destination(dst, force)
     kv = options.kv_cache
     genai_dst = dst.parent / GENAI_CONFIG
-    if kv:
-        check_destination(genai_dst, force)
+    # one genai_config.json per directory: another export's is kept unless --force
+    genai = kv and (force or not (genai_dst.exists() or genai_dst.is_symlink()))
     source, cfg = family_config(src, arch=arch, config=config, assume_config=assume_config)
     with contextlib.closing(source), ThreadPoolExecutor(1) as pool:
         sha = pool.submit(ex._sha256, src)
@@ -139,8 +139,8 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
             stage.mkdir()
             try:
                 offsets = plan.write(stage / data_name)
-                graph = helper.make_graph(g.nodes, f"{cfg.family} decoder", g.inputs, g.outputs,
-                                          initializer=g.constants + plan.tensor_protos(data_name, offsets))
+                graph = helper.make_graph(g.constants + g.nodes, f"{cfg.family} decoder", g.inputs, g.outputs,
+                                          initializer=plan.tensor_protos(data_name, offsets))
                 ids = [helper.make_opsetid("", opset)]
                 model = helper.make_model(graph, opset_imports=ids, producer_name="modelport",
                                           producer_version=ex._version(),
@@ -153,7 +153,9 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
                 onnx.checker.check_model(str(stage / dst.name))
                 size = (stage / dst.name).stat().st_size + (stage / data_name).stat().st_size
                 notes = [f"{len(plan.order)} tensors streamed into {data_name} ({dtype})"]
-                if kv:
+                if kv and not genai:
+                    notes.append(f"{genai_dst} exists (another export's?) and was kept; pass --force to replace it")
+                if genai:
                     text = json.dumps(genai_config(cfg, dst.name, source.config), indent=4) + "\n"
                     with atomic_output(genai_dst, force) as tmp_genai:
                         tmp_genai.write_text(text)
@@ -167,6 +169,17 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
                 shutil.rmtree(stage, ignore_errors=True)
     origin = f"modelport {cfg.family} family record ({cfg.n_layers} layers)"
     return ex.ExportResult(dst, "onnx", exporter, origin, size, opset, data_dst, None, notes)
+
+
+def genai_config_of(graph: Path) -> Path | None:
+    """The genai_config.json beside ``graph`` when it runs that graph (for removing a failed export)."""
+    path = Path(graph).parent / GENAI_CONFIG
+    try:
+        if path.is_file() and path.stat().st_size < 1 << 20:
+            return path if json.loads(path.read_text())["model"]["decoder"]["filename"] == Path(graph).name else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _family(family_id: str):
@@ -202,4 +215,4 @@ def _metadata(cfg, src: Path, sha: str, exporter: str, opset: int, dtype: str, k
     return meta
 
 
-__all__ = ["BUILDER", "EXPORTERS", "GENAI_CONFIG", "build_onnx", "can_build", "family_config", "use_builder"]
+__all__ = ["BUILDER", "EXPORTERS", "GENAI_CONFIG", "build_onnx", "can_build", "family_config", "genai_config_of", "use_builder"]

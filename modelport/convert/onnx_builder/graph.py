@@ -29,7 +29,7 @@ class Graph:
         self.nodes: list = []
         self.inputs: list = []
         self.outputs: list = []
-        self.constants: list = []            # small initializers stored inside the graph
+        self.constants: list = []            # Constant nodes (shapes, axes, scalars)
         self._n = 0
         self._const: dict = {}
 
@@ -53,14 +53,16 @@ class Graph:
         return to
 
     def const(self, value, dtype=None) -> str:
-        """A constant (int64 for ints, float32 for floats unless ``dtype``), shared by value."""
-        from onnx import numpy_helper
+        """A constant (int64 for ints, float32 for floats unless ``dtype``), shared by value: a ``Constant``
+        node, so that the graph's initializers are the checkpoint's tensors and nothing else."""
+        from onnx import helper, numpy_helper
 
         arr = np.asarray(value, dtype=dtype if dtype is not None else (np.int64 if _is_int(value) else np.float32))
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._const:
             name = f"/const_{len(self._const)}"
-            self.constants.append(numpy_helper.from_array(arr, name))
+            self.constants.append(helper.make_node("Constant", [], [name], name=name,
+                                                   value=numpy_helper.from_array(arr, name)))
             self._const[key] = name
         return self._const[key]
 

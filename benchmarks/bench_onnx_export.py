@@ -183,9 +183,17 @@ def main() -> None:
     ap.add_argument("--optimum", default="/work/optimum-venv/bin/optimum-cli")
     ap.add_argument("--greedy", action="store_true")
     ap.add_argument("--llama7b", type=Path)
+    ap.add_argument("--only-7b", action="store_true", help="with --llama7b: skip the small model's comparison")
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-onnx-"))
+    if not args.only_7b:
+        compare_small(args, work)
+    if args.llama7b:
+        compare_7b(args.llama7b, work)
+
+
+def compare_small(args, work: Path) -> None:
     src = args.model or work / "gpt2-small"
     if args.model is None and not (src / "config.json").exists():
         build_gpt2(src)
@@ -223,23 +231,25 @@ def main() -> None:
                   + (" (targets vs genai: wall <= 0.5x, peak RSS <= 0.3x)" if other == "genai" else ""))
     if args.greedy and "builder" in ok:
         print("greedy:", greedy_check(src, ok["builder"]["out"]))
-    if args.llama7b:
-        big = args.llama7b
-        if not (big / "config.json").exists():
-            write_llama7b(big)
-        size = sum(p.stat().st_size for p in big.iterdir())
-        copy = work / "llama7b-cp"
-        shutil.rmtree(copy, ignore_errors=True)
-        cp = measure("cp", ["cp", "-r", str(big), str(copy)], copy / "config.json")
-        shutil.rmtree(copy, ignore_errors=True)
-        out = work / "llama7b-onnx" / "model.onnx"
-        shutil.rmtree(out.parent, ignore_errors=True)
-        b = measure("builder", [sys.executable, "-m", "modelport", "convert", str(big), str(out), "--dtype", "fp16",
-                                "--exporter", "builder", "--no-manifest"], out, env)
-        print(f"7B-shaped Llama fp16 ({size / 1e9:.1f} GB): cp -r {cp['wall']:.1f} s; builder {b.get('wall', 0):.1f} s, "
-              f"peak RSS {b.get('peak', 0) / 1e9:.2f} GB, wrote {b.get('size', 0) / 1e9:.1f} GB; builder / cp wall "
-              f"{b.get('wall', 0) / cp['wall']:.2f}x (targets: <= 2x, peak RSS <= 1 GB)")
-        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def compare_7b(big: Path, work: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if not (big / "config.json").exists():
+        write_llama7b(big)
+    size = sum(p.stat().st_size for p in big.iterdir())
+    copy = work / "llama7b-cp"
+    shutil.rmtree(copy, ignore_errors=True)
+    cp = measure("cp", ["cp", "-r", str(big), str(copy)], copy / "config.json")
+    shutil.rmtree(copy, ignore_errors=True)
+    out = work / "llama7b-onnx" / "model.onnx"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    b = measure("builder", [sys.executable, "-m", "modelport", "convert", str(big), str(out), "--dtype", "fp16",
+                            "--exporter", "builder", "--no-manifest"], out, env)
+    print(f"7B-shaped Llama fp16 ({size / 1e9:.1f} GB): cp -r {cp['wall']:.1f} s; builder {b.get('wall', 0):.1f} s, "
+          f"peak RSS {b.get('peak', 0) / 1e9:.2f} GB, wrote {b.get('size', 0) / 1e9:.1f} GB; builder / cp wall "
+          f"{b.get('wall', 0) / cp['wall']:.2f}x (targets: <= 2x, peak RSS <= 1 GB)")
+    shutil.rmtree(out.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,20 @@ def test_onnxruntime_genai_runs_a_built_graph(tmp_path):
     eos = json.loads((dst.parent / "genai_config.json").read_text())["model"]["eos_token_id"]
     got = tokens[len(prompt):]
     assert got == want[:len(got)] and (len(got) == 8 or want[len(got)] == eos), (got, want)
+
+
+def test_cli_builds_by_default_and_traces_when_asked(tmp_path):
+    from click.testing import CliRunner
+
+    from modelport.cli import cli
+
+    src = _save(tiny.llama(seed=50), tmp_path / "hf")
+    built = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "b" / "m.onnx"), "--no-kv-cache"])
+    assert built.exit_code == 0, built.output
+    assert "built, not run against eager" in built.output and (tmp_path / "b" / "m.onnx.modelport.json").is_file()
+    session = ort.InferenceSession(str(tmp_path / "b" / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    again = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "b" / "m.onnx")])
+    assert isinstance(again.exception, DestinationExistsError)
+    traced = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "t.onnx"), "--exporter", "torch"])
+    assert traced.exit_code == 0 and "matches eager within" in traced.output, traced.output

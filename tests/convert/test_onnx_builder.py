@@ -205,8 +205,10 @@ def _genai_python() -> str | None:
 
 @pytest.mark.skipif(_genai_python() is None, reason="onnxruntime-genai is not installed here (pip install "
                     "onnxruntime-genai, or set MODELPORT_GENAI_PYTHON to a Python that has it)")
-def test_onnxruntime_genai_runs_a_built_graph(tmp_path):
-    model = tiny.llama(seed=49)
+@pytest.mark.parametrize("make", [lambda: tiny.llama(seed=49), lambda: qwen2(seed=51), lambda: tiny.gpt2(seed=52),
+                                  lambda: tiny.gptneox(seed=53)], ids=["llama", "qwen2", "gpt2", "gptneox"])
+def test_onnxruntime_genai_runs_a_built_graph(make, tmp_path):
+    model = make()
     dst = tmp_path / "out" / "model.onnx"
     build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions())
     prompt = [3, 14, 15, 9, 26]

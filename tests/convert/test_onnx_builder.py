@@ -243,3 +243,37 @@ def test_cli_builds_by_default_and_traces_when_asked(tmp_path):
     assert isinstance(again.exception, DestinationExistsError)
     traced = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "t.onnx"), "--exporter", "torch"])
     assert traced.exit_code == 0 and "matches eager within" in traced.output, traced.output
+
+
+def test_a_bfloat16_checkpoint_is_cast_to_float32_in_chunks(tmp_path):
+    import copy
+
+    model = tiny.llama(seed=54)
+    with torch.no_grad():
+        for p in model.parameters():           # values bfloat16 holds exactly (rotary buffers stay float32)
+            p.copy_(p.to(torch.bfloat16).float())
+    src = _save(copy.deepcopy(model).to(torch.bfloat16), tmp_path / "hf")
+    dst = tmp_path / "out" / "model.onnx"
+    build_onnx(src, dst, options=ExportOptions(kv_cache=False))
+    proto = onnx.load(str(dst), load_external_data=False)
+    assert {t.data_type for t in proto.graph.initializer} == {onnx.TensorProto.FLOAT}
+    ids, mask = tiny.batch()
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    want = tiny.hf_logits(model, ids, mask).numpy()
+    assert np.abs(got - want)[mask.bool().numpy()].max() <= 1e-4
+
+
+def test_a_meta_checkpoint_is_built_through_its_layout_table(tmp_path):
+    from modelport.convert import convert
+
+    model = tiny.llama(seed=55)
+    src = _save(model, tmp_path / "hf")
+    convert(src, tmp_path / "meta", to="meta", manifest=False)
+    dst = tmp_path / "out" / "model.onnx"
+    build_onnx(tmp_path / "meta", dst, options=ExportOptions(kv_cache=False))
+    ids, mask = tiny.batch()
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    want = tiny.hf_logits(model, ids, mask).numpy()
+    assert np.abs(got - want)[mask.bool().numpy()].max() <= 1e-4

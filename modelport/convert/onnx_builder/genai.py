@@ -4,7 +4,7 @@ the graph's input and output names, head counts, token ids, and greedy search by
 from __future__ import annotations
 
 # onnxruntime-genai model types. GPT-2 and GPT-NeoX run as "llama": genai 0.18's "gpt2" type expects
-# another cache layout (it fails with "Model input was not found"); its llama type is the plain decoder
+# something else of the graph (it stops with "Model input was not found"); its llama type is the plain decoder
 # with these input and output names (tests/convert/test_onnx_builder.py runs all four)
 GENAI_TYPE = {"llama": "llama", "qwen2": "qwen2", "gpt2": "llama", "gptneox": "llama"}
 

@@ -149,26 +149,27 @@ class WeightPlan:
 
     def _write_cast(self, fd: int, name: str, info) -> None:
         data = memoryview(self.source.read_bytes(name)).cast("B")
-        flat = _as_float_array(data, info.dtype)
+        if info.dtype != "bfloat16" and info.dtype not in _NUMPY:
+            raise UnsupportedError(f"{self.source.path}: tensor {name!r} is {info.dtype}, which an ONNX graph "
+                                   "cannot be built from")
+        flat = np.frombuffer(data, dtype=np.uint16 if info.dtype == "bfloat16" else _NUMPY[info.dtype])
         target = _NUMPY[self.dtype]
         limit = _FINITE_MAX.get(self.dtype)
         for start in range(0, flat.size, _CHUNK_ELEMS):
-            part = flat[start:start + _CHUNK_ELEMS]
-            cast = part.astype(np.float32).astype(target) if part.dtype != np.float32 else part.astype(target)
+            part = _float32(flat[start:start + _CHUNK_ELEMS], info.dtype)
             if limit is not None and part.size:
-                big = np.abs(part.astype(np.float32)) > limit
-                if big.any() and np.isfinite(part[big].astype(np.float32)).any():
+                big = np.abs(part) > limit
+                if big.any() and np.isfinite(part[big]).any():
                     raise UnsupportedError(f"{self.source.path}: tensor {name!r} has values beyond {self.dtype}'s "
                                            f"range (±{limit:g}); export without --dtype {self.dtype}")
-            _write_all(fd, cast.tobytes())
+            _write_all(fd, part.astype(target).tobytes())
 
 
-def _as_float_array(data: memoryview, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":             # bfloat16: the high half of a float32
-        return (np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-    if dtype not in _NUMPY:
-        raise UnsupportedError(f"cannot cast {dtype} weights for an ONNX graph")
-    return np.frombuffer(data, dtype=_NUMPY[dtype])
+def _float32(part: np.ndarray, dtype: str) -> np.ndarray:
+    """One chunk widened to float32 (bfloat16 is the high half of a float32: exact)."""
+    if dtype == "bfloat16":
+        return (part.astype(np.uint32) << 16).view(np.float32)
+    return part.astype(np.float32)
 
 
 def _write_all(fd: int, data) -> None:

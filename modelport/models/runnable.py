@@ -106,6 +106,11 @@ class OrtRunnable(Runnable):
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         import torch
 
+        values = self.module.run(list(self.outputs), self.arrays(feeds))
+        return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
+
+    def arrays(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """The session's feeds (numpy) for ``feeds``: an empty cache and positions added where the graph takes them."""
         arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in self.inputs}
         if self.cache or self.positions:
             import numpy as np
@@ -115,8 +120,7 @@ class OrtRunnable(Runnable):
                 arrays["position_ids"] = np.maximum(mask.astype(np.int64).cumsum(-1) - 1, 0)
             for name, dtype, heads, head_dim in self.cache:
                 arrays[name] = np.zeros((mask.shape[0], heads, 0, head_dim), dtype=dtype)
-        values = self.module.run(list(self.outputs), arrays)
-        return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
+        return arrays
 
     @property
     def parameters(self) -> int:

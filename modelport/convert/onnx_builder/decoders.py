@@ -58,8 +58,18 @@ class Decoder:
                     g.inputs.append(helper.make_tensor_value_info(
                         f"past_key_values.{i}.{part}", g.dtype, [BATCH, cfg.n_kv_heads, PAST, cfg.head_dim]))
         g.bt = g.op("Shape", "input_ids")                                              # [B, T]
+        self.btc = g.op("Concat", g.bt, g.const([cfg.dim]), axis=0)                    # [B, T, C]
         self.positions = "position_ids" if kv_cache else g.positions_from_mask("attention_mask")
         self.bias = g.attention_bias("input_ids", "attention_mask")                    # (B, 1, 1, T, S)
+
+    def block(self, x: str, module: str) -> str:
+        """Enter block ``module``: ``x`` leaves the previous block as (B, T, C), as the reference's blocks
+        return it (what parity's layer search compares), and is (B*T, C) inside."""
+        g = self.g
+        if g.scope:
+            x = g.op("Reshape", x, self.btc)                                            # (B, T, C)
+        g.enter(module)
+        return g.op("Reshape", x, g.const([-1, self.cfg.dim]))                        # (B*T, C)
 
     def cache(self, i: int, k: str, v: str) -> tuple[str, str]:
         """Keys and values (B, nkv, T, hs) joined to the past ones: (B, nkv, S, hs), returned as present."""
@@ -98,6 +108,7 @@ def llama(g: Graph, w, cfg, kv_cache: bool) -> None:
     x = d.embed(w("model.embed_tokens.weight"))
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
+        x = d.block(x, p[:-1])
         def b(n, p=p):
             return w(p + n)
         h = g.rms_norm(x, b("input_layernorm.weight"), cfg.norm_eps)
@@ -117,6 +128,7 @@ def llama(g: Graph, w, cfg, kv_cache: bool) -> None:
         gate = g.activation(g.linear(h, b("mlp.gate_proj.weight"), mb("gate_proj")), cfg.activation)
         up = g.linear(h, b("mlp.up_proj.weight"), mb("up_proj"))
         x = g.op("Add", x, g.linear(g.op("Mul", gate, up), b("mlp.down_proj.weight"), mb("down_proj")))
+    x = d.block(x, "")
     d.logits(g.rms_norm(x, w("model.norm.weight"), cfg.norm_eps), w("lm_head.weight"))
 
 
@@ -129,6 +141,7 @@ def gpt2(g: Graph, w, cfg, kv_cache: bool) -> None:
     x = g.op("Add", x, pos)
     for i in range(cfg.n_layers):
         p = f"transformer.h.{i}."
+        x = d.block(x, p[:-1])
         h = g.layer_norm(x, w(p + "ln_1.weight"), w(p + "ln_1.bias"), cfg.norm_eps)
         qkv = g.linear(h, w(p + "attn.c_attn.weight"), w(p + "attn.c_attn.bias"), transposed=False)   # (B*T, 3C)
         q, k, v = (g.heads(g.slice(qkv, j * c, (j + 1) * c), cfg.n_heads, hd) for j in range(3))
@@ -141,6 +154,7 @@ def gpt2(g: Graph, w, cfg, kv_cache: bool) -> None:
         h = g.layer_norm(x, w(p + "ln_2.weight"), w(p + "ln_2.bias"), cfg.norm_eps)
         h = g.activation(g.linear(h, w(p + "mlp.c_fc.weight"), w(p + "mlp.c_fc.bias"), transposed=False), cfg.activation)
         x = g.op("Add", x, g.linear(h, w(p + "mlp.c_proj.weight"), w(p + "mlp.c_proj.bias"), transposed=False))
+    x = d.block(x, "")
     x = g.layer_norm(x, w("transformer.ln_f.weight"), w("transformer.ln_f.bias"), cfg.norm_eps)
     d.logits(x, w("lm_head.weight"))
 
@@ -153,6 +167,7 @@ def gptneox(g: Graph, w, cfg, kv_cache: bool) -> None:
     x = d.embed(w("gpt_neox.embed_in.weight"))
     for i in range(cfg.n_layers):
         p = f"gpt_neox.layers.{i}."
+        x = d.block(x, p[:-1])
         bias = (lambda n: w(p + n)) if cfg.attention_bias else (lambda n: None)
         h = g.layer_norm(x, w(p + "input_layernorm.weight"), w(p + "input_layernorm.bias"), cfg.norm_eps)
         qkv = g.linear(h, w(p + "attention.query_key_value.weight"), bias("attention.query_key_value.bias"))
@@ -171,6 +186,7 @@ def gptneox(g: Graph, w, cfg, kv_cache: bool) -> None:
         else:
             x = g.op("Add", x, attn)
             x = g.op("Add", x, mlp(ln2(x)))
+    x = d.block(x, "")
     x = g.layer_norm(x, w("gpt_neox.final_layer_norm.weight"), w("gpt_neox.final_layer_norm.bias"), cfg.norm_eps)
     d.logits(x, w("embed_out.weight"))
 

@@ -32,6 +32,7 @@ class Graph:
         self.constants: list = []            # Constant nodes (shapes, axes, scalars)
         self._n = 0
         self._const: dict = {}
+        self.scope = ""                      # node-name prefix, torch.onnx style: /model/layers.3
 
     # -- plumbing ------------------------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs):
@@ -39,17 +40,28 @@ class Graph:
         from onnx import helper
 
         self._n += 1
-        base = f"/{name or op_type.lower()}_{self._n}"
+        base = f"{self.scope}/{name or op_type.lower()}_{self._n}"
         outs = [f"{base}/out{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=base, **attrs))
         return outs[0] if outputs == 1 else outs
+
+    def enter(self, module: str) -> None:
+        """Name the next nodes after ``module`` (``model.layers.3`` -> ``/model/layers.3/…``, as torch.onnx
+        names them), so that tools locating a block's output by node name (parity's layer search) find it."""
+        parts: list[str] = []
+        for p in module.split(".") if module else ():
+            if p.isdigit() and parts:
+                parts[-1] += f".{p}"
+            else:
+                parts.append(p)
+        self.scope = "".join(f"/{p}" for p in parts)
 
     def out(self, op_type: str, *inputs: str, to: str, **attrs) -> str:
         """A node whose output is a graph output named ``to``."""
         from onnx import helper
 
         self._n += 1
-        self.nodes.append(helper.make_node(op_type, list(inputs), [to], name=f"/{to}", **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), [to], name=f"{self.scope}/{to}", **attrs))
         return to
 
     def const(self, value, dtype=None) -> str:

@@ -205,6 +205,13 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--method", type=click.Choice(["script", "trace"]),
               help="torchscript target: script (default for modelport's reference models) or trace.")
 @click.option("--opset", type=int, help="onnx target: opset 14-24 (default 17).")
+@click.option("--exporter", type=click.Choice(["auto", "builder", "torch"]), default="auto", show_default=True,
+              help="onnx target: builder (graph built from the family record: gpt2, llama, qwen2, gptneox; "
+                   "weights streamed, no torch) or torch (torch.onnx tracing, any model); auto: builder when it "
+                   "knows the family.")
+@click.option("--kv-cache/--no-kv-cache", default=True, show_default=True,
+              help="onnx builder: past_key_values inputs and present outputs (and genai_config.json beside DST); "
+                   "--no-kv-cache: input_ids and attention_mask to logits only.")
 @click.option("--static-shapes", is_flag=True, help="onnx target: fixed shapes instead of dynamic batch and sequence.")
 @click.option("--external-data", is_flag=True, help="onnx target: tensors in DST.data beside the file (always over 2 GB).")
 @click.option("--input-shape", metavar="DIMS", help="Graph targets: example input shape of non-LM models, e.g. 1,3,32,32.")
@@ -221,7 +228,8 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--view", "view_after", is_flag=True, help="Open the result in Netron when done (needs modelport[view]).")
 @trust_torchscript_option
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
-            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, static_shapes,
+            layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, exporter, kv_cache,
+            static_shapes,
             external_data, input_shape, input_dtype, device, engine, allow_expanded, no_manifest, verify,
             view_after) -> None:
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds.
@@ -243,7 +251,8 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
         from .render import human
 
         options = ExportOptions(opset=opset or DEFAULT_OPSET, dtype=dtype, static_shapes=static_shapes,
-                                external_data=external_data, method=method, device=device)
+                                external_data=external_data, method=method, device=device, exporter=exporter,
+                                kv_cache=kv_cache)
         result = export(src, dst, target.id, options=options, arch=arch, config=config, input_shape=input_shape,
                         input_dtype=input_dtype, engine=engine, force=force)
         extra = f", data in {result.external_data.name}" if result.external_data else ""
@@ -261,8 +270,12 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
             tol = report.candidates[0].tolerance
             click.echo(escape(f"verified: matches {src} on {len(report.inputs)} input sets ({tol.describe()}, "
                               f"torch on {report.torch_device})"))
+        checked = (f"matches eager within {result.max_abs_diff:.2g}" if result.max_abs_diff is not None
+                   else "built, not run against eager (--verify runs parity)")
         click.echo(f"wrote {result.dst} ({result.format}{opset_text}{extra}): {human(result.bytes)} from "
-                   f"{result.origin}; matches eager within {result.max_abs_diff:.2g}")
+                   f"{result.origin}; {checked}")
+        for note in result.notes if result.format == "onnx" else ():
+            click.echo(f"note: {note}")
         if not no_manifest:
             from .convert import manifest as mf
 

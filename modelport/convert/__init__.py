@@ -221,9 +221,11 @@ def _verify_export(reference, dst: Path, target: Format, options: Options, verif
 
 
 def _remove_export(path: Path) -> None:
-    """An exported graph and its external-data file."""
-    for p in (path, path.parent / (path.name + ".data")):
-        if p.is_file():
+    """An exported graph, its external-data file, and the genai_config.json that names it."""
+    from .onnx_builder import genai_config_of
+
+    for p in (path, path.parent / (path.name + ".data"), genai_config_of(path)):
+        if p is not None and p.is_file():
             p.unlink()
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_output, check_destination, check_overlap
+from ..formats._onnxproto import metadata_entry, top_level, varint
 from ..formats._untrusted import check_regular
 from ..errors import MissingDependencyError, ModelportError, UnsupportedError
 from ..models.runnable import TENSOR, run_example
@@ -55,6 +56,8 @@ class ExportOptions:
     external_data: bool = False       # onnx: tensors in <name>.onnx.data even under 2 GB
     method: str | None = None         # torchscript: script | trace (default: script for reference models)
     device: str = "cpu"
+    exporter: str = "auto"            # onnx: builder (known families, see onnx_builder) | torch | auto
+    kv_cache: bool = True             # onnx builder: past_key_values in, present out (else logits only)
 
 
 @dataclass
@@ -248,16 +251,16 @@ def _add_weights(path: Path, tensors: dict) -> None:
             raise UnsupportedError(f"tensor {name!r} of dtype {t.dtype} has no ONNX type")
         nbytes = t.numel() * t.element_size()
         key = name.encode()
-        head = (b"".join(b"\x08" + _varint(d) for d in t.shape) + b"\x10" + _varint(kind)
-                + b"\x42" + _varint(len(key)) + key + b"\x4a" + _varint(nbytes))
-        entry = b"\x2a" + _varint(len(head) + nbytes) + head
+        head = (b"".join(b"\x08" + varint(d) for d in t.shape) + b"\x10" + varint(kind)
+                + b"\x42" + varint(len(key)) + key + b"\x4a" + varint(nbytes))
+        entry = b"\x2a" + varint(len(head) + nbytes) + head
         entries.append((entry, t))
         total += len(entry) + nbytes
     body = graph.SerializeToString()
     proto.ClearField("graph")
     with open(path, "wb") as f:
         f.write(proto.SerializeToString())
-        f.write(b"\x3a" + _varint(len(body) + total))
+        f.write(b"\x3a" + varint(len(body) + total))
         f.write(body)
         for entry, t in entries:
             f.write(entry)
@@ -312,66 +315,6 @@ def _by_signature(module, shapes: tuple) -> tuple:
     return (*shapes[:n], tuple(shapes[n:]))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(buf, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, pos
-
-
-def _top_level(path: Path) -> tuple[int | None, bool]:
-    """The default-domain opset of a ModelProto file and whether it has external data, read by walking its
-    top-level fields (the graph is skipped by its length, never parsed)."""
-    import mmap
-
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        pos, opset = 0, None
-        while pos < len(buf):
-            tag, pos = _read_varint(buf, pos)
-            field_no, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, pos = _read_varint(buf, pos)
-                continue
-            if wire != 2:
-                return None, False      # not what an exporter writes: let the caller parse it properly
-            length, pos = _read_varint(buf, pos)
-            if field_no == 8:           # opset_import: OperatorSetIdProto {1: domain, 2: version}
-                domain, version, p = "", None, pos
-                while p < pos + length:
-                    t, p = _read_varint(buf, p)
-                    if t == 0x0A:
-                        n, p = _read_varint(buf, p)
-                        domain, p = bytes(buf[p:p + n]).decode(), p + n
-                    elif t == 0x10:
-                        version, p = _read_varint(buf, p)
-                    else:
-                        return None, False
-                if domain in ("", "ai.onnx"):
-                    opset = version
-            pos += length
-    return opset, False
-
-
-def _entry(key: str, value: str) -> bytes:
-    """One ModelProto.metadata_props entry (field 14), serialised: appended fields merge on parse."""
-    k, v = key.encode(), value.encode()
-    body = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(v)) + v
-    return b"\x72" + _varint(len(body)) + body
-
-
 def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: dict, tied: dict, prefix: str,
                  kept: set[str] | None = None, state_names: set[str] | None = None) -> bool:
     """Check the written opset, add metadata and tied aliases, lay the tensors out; True when external.
@@ -383,7 +326,7 @@ def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: d
 
     size = path.stat().st_size
     if kept is not None and not external and size <= TWO_GB and len(list(path.parent.iterdir())) == 1:
-        written, _ = _top_level(path)
+        written, _ = top_level(path)
         if written is not None:
             if written != opset:
                 raise UnsupportedError(f"asked for ONNX opset {opset} but the exporter wrote {written}; choose "
@@ -393,7 +336,7 @@ def _finish_onnx(path: Path, data_name: str, external: bool, opset: int, meta: d
             if aliases:
                 meta = {**meta, "modelport.aliases": json.dumps(aliases)}
             with open(path, "ab") as f:
-                f.write(b"".join(_entry(k, v) for k, v in meta.items()))
+                f.write(b"".join(metadata_entry(k, v) for k, v in meta.items()))
             onnx.checker.check_model(str(path))
             return False
     proto = onnx.load(str(path))
@@ -602,6 +545,9 @@ def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOption
         raise UnsupportedError(f"--dtype {options.dtype}: graph exports are fp32 or fp16")
     if to == "onnx":
         check_opset(options.opset)
+        from .onnx_builder import build_onnx, use_builder
+        if use_builder(src_path, options, arch=arch, config=config, input_shape=input_shape, engine=engine):
+            return build_onnx(src_path, dst_path, options=options, force=force, arch=arch, config=config)
     elif to != "torchscript":
         raise UnsupportedError(f"format {to!r} is not a graph format")
     check_regular(Path(src_path), "source")     # a missing source is named before the destination

@@ -109,6 +109,10 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
         inputs.append(InputSpec(i.name, ORT_TYPES[i.type], tuple(d if isinstance(d, (int, str)) else None
                                                                    for d in i.shape)))
     outputs = tuple(o.name for o in session.get_outputs())
+    cache, positions = _cache_inputs(inputs)
+    if cache or positions:             # a decoder with a key/value cache: run from an empty cache
+        inputs = [i for i in inputs if i.name not in {c[0] for c in cache} | {"position_ids"}]
+        outputs = tuple(o for o in outputs if not o.startswith("present"))
     kind = meta.get("modelport.kind") or _kind_of([i.name for i in inputs], list(outputs))
     if kind == TENSOR and meta.get("modelport.inputs"):
         inputs = list(_specs_from_meta({"inputs": meta["modelport.inputs"]}))
@@ -130,7 +134,23 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
                        origin=f"ONNX graph of {meta['modelport.origin']}" if "modelport.origin" in meta
                        else f"ONNX graph ({proto_producer(meta)})", path=path,
                        device="cuda" if providers and providers[0].startswith("CUDA") else "cpu", vocab_size=int(vocab) if vocab else None,
-                       module=session, providers=tuple(providers))
+                       module=session, providers=tuple(providers), cache=cache, positions=positions)
+
+
+def _cache_inputs(inputs: list[InputSpec]) -> tuple[tuple, bool]:
+    """The past key/value inputs of a decoder graph with a cache (name, dtype, kv heads, head size) and
+    whether it takes position_ids, when it takes both input_ids and past_key_values.N.key/value."""
+    names = {i.name for i in inputs}
+    past = [i for i in inputs if i.name.startswith("past_key_values.")]
+    if "input_ids" not in names or not past:
+        return (), False
+    cache = []
+    for i in past:
+        if len(i.shape) != 4 or not all(isinstance(d, int) for d in (i.shape[1], i.shape[3])):
+            raise UnsupportedError(f"input {i.name!r} has shape {list(i.shape)}; modelport runs caches laid out "
+                                   "(batch, kv_heads, past_sequence_length, head_dim)")
+        cache.append((i.name, i.dtype, i.shape[1], i.shape[3]))
+    return tuple(cache), "position_ids" in names
 
 
 def proto_producer(meta: dict) -> str:

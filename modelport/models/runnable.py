@@ -99,13 +99,29 @@ class OrtRunnable(Runnable):
 
     backend: str = "onnxruntime"
     providers: tuple[str, ...] = ()     # the execution providers the session really uses, first preferred
+    # a graph with a key/value cache: its past inputs (name, dtype, kv heads, head size), fed empty, and
+    # its position_ids, fed as the reference models count them from the mask
+    cache: tuple[tuple[str, str, int, int], ...] = ()
+    positions: bool = False
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in self.inputs}
-        values = self.module.run(list(self.outputs), arrays)
+        values = self.module.run(list(self.outputs), self.arrays(feeds))
         return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
+
+    def arrays(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """The session's feeds (numpy) for ``feeds``: an empty cache and positions added where the graph takes them."""
+        arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in self.inputs}
+        if self.cache or self.positions:
+            import numpy as np
+
+            mask = arrays["attention_mask"]
+            if self.positions:
+                arrays["position_ids"] = np.maximum(mask.astype(np.int64).cumsum(-1) - 1, 0)
+            for name, dtype, heads, head_dim in self.cache:
+                arrays[name] = np.zeros((mask.shape[0], heads, 0, head_dim), dtype=dtype)
+        return arrays
 
     @property
     def parameters(self) -> int:

@@ -227,7 +227,7 @@ def capture_onnx(runnable, names: list[str], feeds: dict):
     ort = import_onnxruntime()
     providers = runnable.module.get_providers() if hasattr(runnable.module, "get_providers") else ["CPUExecutionProvider"]
     session = _session_beside(ort, model, Path(runnable.path), providers)
-    arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in runnable.inputs}
+    arrays = runnable.arrays(feeds)
     wanted = list(dict.fromkeys(values.values()))
     got = dict(zip(wanted, session.run(wanted, arrays)))
     return {name: torch.from_numpy(got[v]) for name, v in values.items()}

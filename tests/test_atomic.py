@@ -125,3 +125,32 @@ def test_stale_temps_of_dead_processes_removed_with_a_note(tmp_path):
     assert not stale.exists() and live.exists() and other.exists() and dst.read_bytes() == b"new"
     assert len(notes) == 1 and str(stale) in notes[0] and f"process {dead_pid}" in notes[0]
     assert remove_stale_temps(dst) == []
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077], ids=oct)
+def test_outputs_follow_the_umask_whatever_mode_the_writer_used(tmp_path, mask):
+    """mkstemp makes 0600 files and mkdtemp 0700 directories; a committed output has 0666/0777 & ~umask."""
+    import stat
+    import tempfile
+
+    old = os.umask(mask)
+    try:
+        with atomic_output(tmp_path / "f.bin") as tmp:
+            fd, name = tempfile.mkstemp(dir=tmp_path)
+            os.write(fd, b"x")
+            os.close(fd)
+            os.rename(name, tmp)
+        with atomic_output(tmp_path / "d") as tmp:
+            os.rename(tempfile.mkdtemp(dir=tmp_path), tmp)
+            (tmp / "sub").mkdir(mode=0o700)
+            fd, _ = tempfile.mkstemp(dir=tmp / "sub")
+            os.close(fd)
+            os.symlink("/etc/passwd", tmp / "link")          # a link is left alone, its target untouched
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(os.lstat(p).st_mode)       # noqa: E731
+    assert mode(tmp_path / "f.bin") == 0o666 & ~mask
+    assert mode(tmp_path / "d") == mode(tmp_path / "d" / "sub") == 0o777 & ~mask
+    (inner,) = (tmp_path / "d" / "sub").iterdir()
+    assert mode(inner) == 0o666 & ~mask
+    assert mode("/etc/passwd") == 0o644

@@ -1,0 +1,74 @@
+"""What modelport writes and prints, seen from the outside: output into a closed pipe (`| head`) ends
+quietly with 141, and every file written follows the umask (ONNX external data used to be 0600)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import ROOT
+from .hostile import write_safetensors
+
+
+def _closed_stdout(*args) -> subprocess.CompletedProcess:
+    """``python -m modelport ARGS`` whose stdout reader is gone before it writes a byte."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "modelport", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    proc.stdout.close()
+    err = proc.stderr.read().decode("utf-8", "replace")
+    proc.wait(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    import json
+    import struct
+
+    n = 2000                              # more lines than a pipe holds: inspect writes while running
+    header = {f"layer.{i}.weight": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i in range(n)}
+    f = write_safetensors(tmp_path / "m.safetensors", json.dumps(header), struct.pack(f"<{n}f", *range(n)))
+    for args in (("inspect", f, "--all"), ("formats",), ("inspect", "--help")):
+        r = _closed_stdout(*args)
+        assert r.returncode == 141 and r.stderr == "", (args, r.returncode, r.stderr)
+
+
+def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback(monkeypatch):
+    from modelport import cli, formats
+
+    def broken():
+        raise BrokenPipeError(32, "a pipe to some other process")
+
+    monkeypatch.setattr(formats, "all_formats", broken)
+    with pytest.raises(BrokenPipeError):
+        cli.main(["formats"])
+
+
+def test_every_written_file_follows_the_umask(tmp_path):
+    pytest.importorskip("onnx")
+    from modelport.convert import convert
+    from modelport.convert.export import export_onnx
+
+    from ..models import tiny
+
+    hf = tiny.gpt2(seed=6)
+    hf.save_pretrained(tmp_path / "src")
+    mode = lambda p: stat.S_IMODE(os.lstat(p).st_mode)       # noqa: E731
+    old = os.umask(0o002)                                     # group-writable: neither 0644 nor 0600
+    try:
+        export_onnx(tmp_path / "src", tmp_path / "onnx" / "m.onnx", external_data=True)
+        convert(tmp_path / "src", tmp_path / "m.pt")
+        convert(tmp_path / "src", tmp_path / "m.safetensors")
+        convert(tmp_path / "src", tmp_path / "hf", to="hf")
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and "src" not in p.relative_to(tmp_path).parts]
+    names = {str(p.relative_to(tmp_path)) for p in files}
+    assert {"onnx/m.onnx", "onnx/m.onnx.data", "m.pt", "m.safetensors", "hf/.modelport.json"} <= names, names
+    assert {str(p.relative_to(tmp_path)): oct(mode(p)) for p in files} == \
+        {str(p.relative_to(tmp_path)): oct(0o664) for p in files}
+    assert oct(mode(tmp_path / "hf")) == oct(0o775)

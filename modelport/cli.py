@@ -283,7 +283,7 @@ def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
     from .render import escape
 
     run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
-        echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
+        echo=lambda line: click.echo(escape(line), err=line.startswith(("note:", "warning:"))))
     # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

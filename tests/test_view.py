@@ -254,3 +254,26 @@ def test_as_onnx_shows_the_exported_graph(tmp_path, monkeypatch):
     shown = view.prepare(f, work, as_onnx=True, graph_only_above=10)
     assert calls == [(f, 17)] and shown.kind == "onnx-graph-only" and shown.file.parent == work
     assert any("exported to ONNX" in n for n in shown.notes)
+
+
+def test_a_sharded_directory_stages_its_index_and_shards_only(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    import torch
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    (hf / "secret.txt").write_text("no")
+    save_file({"a": torch.zeros(2)}, hf / "model-00001-of-00002.safetensors")
+    save_file({"b": torch.ones(3)}, hf / "model-00002-of-00002.safetensors")
+    (hf / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    staged = view.stage(view.prepare(hf, tmp_path), tmp_path / "served")
+    assert staged.main == "model.safetensors.index.json"
+    assert sorted(staged.pins) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                   "model.safetensors.index.json"]
+    assert staged.read("model-00002-of-00002.safetensors") == (hf / "model-00002-of-00002.safetensors").read_bytes()
+    assert staged.read("secret.txt") is None and staged.read("config.json") is None

@@ -24,6 +24,7 @@ a view that was killed (its process gone) is removed by the next view.
 from __future__ import annotations
 
 import contextlib
+import html
 import ipaddress
 import os
 import re
@@ -353,12 +354,13 @@ def _handler(netron, staged: Staged, origin: str, hosts: frozenset[str]):
     netron_handler = netron.server._HTTPRequestHandler
 
     class Files:
-        """What Netron's handler asks of its content: the file's name for the page, bytes for /data/."""
+        """What Netron's handler asks of its content: the file's name for the page (pasted into its HTML by
+        Netron, so escaped here: a file named ``x"><script>…`` stays text), bytes for /data/."""
 
         data = bytearray()
-        base = staged.main
-        identifier = staged.main
-        name = origin
+        base = html.escape(staged.main, quote=True)
+        identifier = base
+        name = html.escape(origin, quote=True)
         read = staged.read
 
     class Handler(netron_handler):

@@ -85,6 +85,21 @@ def test_only_loopback_host_names_are_answered(served):
             assert status == 403 and b"onnx" not in body, (host, path, status)
 
 
+def test_a_file_name_cannot_inject_html_into_the_page(tmp_path):
+    import urllib.parse
+
+    name = 'm"><img src=x onerror=alert(1)>.onnx'
+    src = _mlp_onnx(tmp_path / name)
+    server = view.Server(view.stage(view.prepare(src, tmp_path), tmp_path / "served"))
+    port = server.address[1]
+    try:
+        status, page = _get(port, "/", f"127.0.0.1:{port}")
+        assert status == 200 and b"<img src=x" not in page and b"&lt;img src=x onerror=alert(1)&gt;" in page
+        assert _get(port, "/data/" + urllib.parse.quote(name), f"127.0.0.1:{port}") == (200, src.read_bytes())
+    finally:
+        server.stop()
+
+
 def test_a_file_swapped_after_staging_is_not_served(tmp_path, monkeypatch):
     """Where no hard link can be made (another filesystem), the staged symbolic link is checked against
     the inode it was made for: the user's file replaced by a link to a secret is not served."""

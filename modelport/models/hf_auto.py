@@ -151,7 +151,7 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     kind = CAUSAL_LM if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) or (not archs and _known_family(cfg, path)) \
         else ENCODER
     auto = transformers.AutoModelForCausalLM if kind == CAUSAL_LM else transformers.AutoModel
-    kw = {"attn_implementation": "eager", "local_files_only": True, "trust_remote_code": False}
+    kw = {"attn_implementation": "eager", "local_files_only": True}
     if dtype is not None:
         from .loader import _torch_dtype
 
@@ -159,7 +159,7 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
     try:
-        model = auto.from_pretrained(str(path), **kw)
+        model = auto.from_pretrained(str(path), trust_remote_code=False, **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise FormatError(f"{path}: transformers cannot load this directory ({' '.join(str(exc).split())[:200]})") from exc
     finally:

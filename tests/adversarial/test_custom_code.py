@@ -80,3 +80,45 @@ def test_load_tokenizer_never_prompts_even_without_the_check(tmp_path, monkeypat
     with pytest.raises(FormatError, match="custom code"):
         inputs.load_tokenizer(model, prompts)
     assert not marker.exists()
+
+
+def test_the_transformers_engine_never_runs_model_code_even_without_the_check(tmp_path, monkeypatch):
+    import builtins
+
+    from modelport.errors import FormatError, UnsafeContentError
+    from modelport.models import hf_auto
+
+    state, config = faults.llama_state(seed=42)
+    model = faults.write_dir(tmp_path / "model", state, config)
+    marker = tmp_path / "ran"
+    for module in ("configuration_evil", "modeling_evil"):
+        (model / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('custom code ran')\n")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(model_type="evil", architectures=["EvilForCausalLM"],
+               auto_map={"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.Evil"})
+    (model / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(UnsafeContentError, match="config.json.*auto_map"):
+        hf_auto.transformers_runnable(model)
+    monkeypatch.setattr(builtins, "input", lambda *a: pytest.fail("stdin was read"))
+    monkeypatch.setattr(hf_auto, "refuse_custom_code", lambda *a: None)
+    with pytest.raises(FormatError, match="custom code"):
+        hf_auto.transformers_runnable(model)
+    assert not marker.exists()
+
+
+def test_every_transformers_loading_call_refuses_remote_code():
+    """Each ``from_pretrained`` / ``from_config`` / ``for_model`` call in the package says
+    ``trust_remote_code=False`` itself (not through a dict that may lose it)."""
+    import ast
+
+    calls = []
+    for f in sorted((ROOT / "modelport").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("from_pretrained", "from_config", "for_model"):
+                kw = {k.arg: k.value for k in node.keywords if k.arg}
+                flag = kw.get("trust_remote_code")
+                calls.append((f"{f.relative_to(ROOT)}:{node.lineno}",
+                              isinstance(flag, ast.Constant) and flag.value is False))
+    assert len(calls) >= 2 and all(ok for _, ok in calls), calls

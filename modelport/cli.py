@@ -291,7 +291,8 @@ def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (one that is not loopback is warned about: others can then read the model).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port to serve on (default: a free one).")
 @click.option("--no-browser", is_flag=True, help="Only print the URL; open no browser.")
 @click.option("--graph-only", is_flag=True,

@@ -257,7 +257,8 @@ def model_files(shown: Shown) -> dict[str, Path]:
     from .formats._untrusted import inside
 
     f = shown.file
-    files = {f.name: f}
+    origin = Path(shown.origin)
+    files = {f.name: inside(origin, f.name, "weights file") if origin.is_dir() else f}   # not a link out of it
     if shown.kind in ("onnx", "exported"):
         for loc in shown.external:
             files[os.path.normpath(loc)] = inside(f.parent, loc, "external data file")

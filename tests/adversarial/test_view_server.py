@@ -128,6 +128,18 @@ def test_external_data_outside_the_model_directory_is_refused(tmp_path):
         view.stage(view.prepare(home / "evil.onnx", tmp_path), tmp_path / "served")
 
 
+def test_a_directory_whose_weights_file_links_outside_is_refused(tmp_path):
+    home = _home(tmp_path)
+    hf = home / "downloaded"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    (hf / "model.safetensors").symlink_to(home / ".ssh" / "id_rsa")
+    with pytest.raises(FormatError, match="outside the model directory"):
+        view.stage(view.prepare(hf, tmp_path), tmp_path / "served")
+    with pytest.raises(FormatError, match="outside the model directory"):     # staging checks on its own too
+        view.stage(view.Shown(hf / "model.safetensors", hf, "hf"), tmp_path / "served")
+
+
 def _start(model: Path, tmpdir: Path) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "TMPDIR": str(tmpdir),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -479,7 +479,8 @@ def main(argv: list[str] | None = None) -> None:
             # Not cli.main(): it prints a blank line on Ctrl-C before the message below.
             with cli.make_context("modelport", (["--debug"] if debug else []) + args) as ctx:
                 cli.invoke(ctx)
-            sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
             interrupt.check()   # an interrupt something swallowed still fails the command
             interrupt.finish()
         except click.exceptions.Exit as exc:

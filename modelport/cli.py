@@ -463,6 +463,8 @@ def _silence_stdout() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
 # Optional packages -> the extra that installs them (pyproject.toml).
 OPTIONAL_EXTRAS = {"torch": "torch", "transformers": "hf", "onnx": "cpu", "onnxruntime": "cpu"}
 

@@ -3,10 +3,10 @@
 transformers builds the model from the directory's ``config.json`` through its Auto classes, with
 ``attn_implementation="eager"`` (the attention that traces and exports), from local files only and
 with ``trust_remote_code=False``: no code from the directory runs. A directory whose configs name custom
-code (an ``auto_map`` entry) is refused before transformers reads it (:func:`refuse_custom_code`). Causal language models are wrapped to
-take ``(input_ids, attention_mask)`` with positions following the mask, as ``generate()`` builds them,
-and to return logits; everything else is an encoder that takes its tokenizer's inputs and returns its
-first output (the last hidden state).
+code (an ``auto_map`` entry) is refused before transformers reads it (:func:`refuse_custom_code`).
+Causal language models are wrapped to take ``(input_ids, attention_mask)`` with positions following the
+mask, as ``generate()`` builds them, and to return logits; everything else is an encoder that takes its
+tokenizer's inputs and returns its first output (the last hidden state).
 
 :func:`choose_engine` decides, for ``engine="auto"``, whether modelport's reference family or
 transformers runs a directory: the reference when the architecture is one of its families,

@@ -220,3 +220,37 @@ def test_an_expired_netron_page_is_seen_not_waited_on(browser, gpt2_onnx):
             _close(context)
     finally:
         served.stop()
+
+
+def test_a_rebound_dns_name_gets_403_in_the_browser(gpt2_onnx):
+    """DNS rebinding: a site whose name now resolves to 127.0.0.1 (mapped in Chromium itself, so nothing
+    leaves the machine) loads the view's port under its own name. The server sees that Host and refuses
+    the page and the model; the same port under 127.0.0.1 still draws."""
+    pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = _chromium()
+    served = Served(str(gpt2_onnx))
+    port = served.url.rsplit(":", 1)[1]
+    try:
+        with sync_api.sync_playwright() as p:
+            try:
+                b = p.chromium.launch(executable_path=exe, timeout=60_000, args=[
+                    "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP rebound.example 127.0.0.1"])
+            except Exception as exc:  # noqa: BLE001 - a browser that will not start is an environment problem
+                pytest.skip(f"{exe} did not start under Playwright: {str(exc).splitlines()[0]}")
+            try:
+                context = b.new_context()
+                context.route("**/*", lambda r: r.continue_() if r.request.url.startswith(
+                    ("http://127.0.0.1", "http://rebound.example")) else r.abort())
+                page = context.new_page()
+                response = page.goto(f"http://rebound.example:{port}/", timeout=30_000)
+                assert response.status == 403 and "netron" not in page.content().lower()
+                data = page.evaluate("fetch('/data/tiny-gpt2.onnx').then(r => r.status)")
+                assert data == 403
+                response = page.goto(f"http://127.0.0.1:{port}/", timeout=30_000)
+                assert response.status == 200 and "netron" in page.content().lower()
+            finally:
+                b.close()
+    finally:
+        rc, _ = served.stop()
+    assert rc == 0

@@ -313,7 +313,8 @@ def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
         except OSError:
             continue
         pid = int(m.group("pid"))
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or pid == os.getpid() or _alive(pid):
+        mine = st.st_uid == os.getuid() if hasattr(os, "getuid") else True
+        if not stat.S_ISDIR(st.st_mode) or not mine or pid == os.getpid() or _alive(pid):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)

@@ -399,6 +399,7 @@ class Server:
             def handle_error(self, request, client_address):
                 pass
 
+        # the Host names answered carry the port, known once bound: until then (before serving) none is
         placeholder = _handler(netron, staged, origin or staged.main, frozenset())
         try:
             self._httpd = HTTPServer((host, port or 0), placeholder)

@@ -48,27 +48,33 @@ def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback(monkeypatch):
         cli.main(["formats"])
 
 
+UMASK_SCRIPT = """
+import os, sys
+from pathlib import Path
+from modelport.convert import convert
+from modelport.convert.export import export_onnx
+from tests.models import tiny
+
+out = Path(sys.argv[1])
+tiny.gpt2(seed=6).save_pretrained(out / "src")
+os.umask(0o002)                      # group-writable: neither 0644 nor 0600
+export_onnx(out / "src", out / "onnx" / "m.onnx", external_data=True)
+convert(out / "src", out / "m.pt")
+convert(out / "src", out / "m.safetensors")
+convert(out / "src", out / "hf", to="hf")
+"""
+
+
 def test_every_written_file_follows_the_umask(tmp_path):
+    """In a child process (torch stays out of this one, whose size the measured CLI runs inherit)."""
     pytest.importorskip("onnx")
-    from modelport.convert import convert
-    from modelport.convert.export import export_onnx
-
-    from ..models import tiny
-
-    hf = tiny.gpt2(seed=6)
-    hf.save_pretrained(tmp_path / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-c", UMASK_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
     mode = lambda p: stat.S_IMODE(os.lstat(p).st_mode)       # noqa: E731
-    old = os.umask(0o002)                                     # group-writable: neither 0644 nor 0600
-    try:
-        export_onnx(tmp_path / "src", tmp_path / "onnx" / "m.onnx", external_data=True)
-        convert(tmp_path / "src", tmp_path / "m.pt")
-        convert(tmp_path / "src", tmp_path / "m.safetensors")
-        convert(tmp_path / "src", tmp_path / "hf", to="hf")
-    finally:
-        os.umask(old)
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "src" not in p.relative_to(tmp_path).parts]
     names = {str(p.relative_to(tmp_path)) for p in files}
     assert {"onnx/m.onnx", "onnx/m.onnx.data", "m.pt", "m.safetensors", "hf/.modelport.json"} <= names, names
-    assert {str(p.relative_to(tmp_path)): oct(mode(p)) for p in files} == \
-        {str(p.relative_to(tmp_path)): oct(0o664) for p in files}
+    assert {n: oct(mode(tmp_path / n)) for n in names} == {n: oct(0o664) for n in names}
     assert oct(mode(tmp_path / "hf")) == oct(0o775)

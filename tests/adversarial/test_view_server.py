@@ -19,9 +19,33 @@ from modelport import view
 from modelport.errors import FormatError
 
 from ..conftest import ROOT
-from ..test_view import _mlp_onnx
 
 pytest.importorskip("netron", reason="the view extra (netron) is not installed")
+pytest.importorskip("onnx")
+
+
+def _mlp_onnx(path: Path, external: bool = False) -> Path:
+    """A two-layer MLP (24 -> 40 -> 37) built with onnx.helper from seeded weights, no torch in this
+    process; with ``external`` its weights go to ``weights.bin`` beside it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (24, 40)), ("b1", (40,)), ("w2", (40, 37)), ("b2", (37,)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["o"]),
+             helper.make_node("Add", ["o", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 37])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
+                  size_threshold=0)
+    else:
+        onnx.save(model, str(path))
+    return path
 
 
 def _home(tmp_path: Path) -> Path:

@@ -5,6 +5,7 @@ answered `/data/<path>` with any file below the model's directory (`view ~/model
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import os
 import signal
 import stat
@@ -20,8 +21,10 @@ from modelport.errors import FormatError
 
 from ..conftest import ROOT
 
-pytest.importorskip("netron", reason="the view extra (netron) is not installed")
-pytest.importorskip("onnx")
+# marks, not importorskip: importing them while collecting would grow the test process, whose size the
+# measured CLI runs of the other adversarial tests inherit
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("netron") is None, reason="the view extra (netron) is not installed"),
+              pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed")]
 
 
 def _mlp_onnx(path: Path, external: bool = False) -> Path:

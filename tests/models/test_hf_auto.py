@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import json
 
 import pytest
@@ -12,7 +13,9 @@ from modelport.models import hf_auto
 
 from ..adversarial.test_custom_code import planted
 
-pytest.importorskip("transformers")
+# a mark, not importorskip: importing transformers while collecting would grow the test process, whose
+# size the measured CLI runs of tests/adversarial inherit
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers is not installed")
 
 
 def test_custom_model_code_is_refused_and_never_runs_even_without_the_check(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from modelport.errors import FormatError, UnsafeContentError
 from modelport.models import hf_auto
 
 from ..adversarial.test_custom_code import planted
+from ..conftest import ROOT
 
 # a mark, not importorskip: importing transformers while collecting would grow the test process, whose
 # size the measured CLI runs of tests/adversarial inherit
@@ -44,3 +45,20 @@ def test_any_auto_map_is_refused(tmp_path, value):
         hf_auto.refuse_custom_code(tmp_path, "the model")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     hf_auto.refuse_custom_code(tmp_path, "the model")
+
+
+def test_every_transformers_loading_call_refuses_remote_code():
+    """Each ``from_pretrained`` / ``from_config`` / ``for_model`` call in the package says
+    ``trust_remote_code=False`` itself (not through a dict that may lose it)."""
+    import ast
+
+    calls = []
+    for f in sorted((ROOT / "modelport").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("from_pretrained", "from_config", "for_model"):
+                kw = {k.arg: k.value for k in node.keywords if k.arg}
+                flag = kw.get("trust_remote_code")
+                calls.append((f"{f.relative_to(ROOT)}:{node.lineno}",
+                              isinstance(flag, ast.Constant) and flag.value is False))
+    assert len(calls) >= 2 and all(ok for _, ok in calls), calls

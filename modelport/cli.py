@@ -2,11 +2,14 @@
 
 Exit codes: 0 success; 1 a comparison found a difference; 2 the input or arguments are wrong
 (unreadable or corrupt file, unsupported conversion, refused unsafe content, destination exists);
-130 interrupted. Anything else is a bug and keeps its traceback.
+130 interrupted; 141 the output was closed early (``modelport inspect … | head``): the command stops
+quietly, with the code a shell reports for ``cat`` in that place (128 + SIGPIPE). Anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -332,7 +335,7 @@ def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=Non
     from .render import escape
 
     stopped_by = run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx, arch=arch,
-                     config=config, echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
+                     config=config, echo=lambda line: click.echo(escape(line), err=line.startswith(("note:", "warning:"))))
     # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -342,7 +345,8 @@ def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=Non
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (one that is not loopback is warned about: others can then read the model).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port to serve on (default: a free one).")
 @click.option("--no-browser", is_flag=True, help="Only print the URL; open no browser.")
 @click.option("--graph-only", is_flag=True,
@@ -520,6 +524,31 @@ def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
 
 
 INTERRUPTED = "modelport: interrupted; nothing was written"
+CLOSED_OUTPUT = 141      # 128 + SIGPIPE, as a shell reports for `cat` writing into a closed pipe
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (a pipe whose other end closed): not some other pipe's error."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):   # no poll, or a stdout without a descriptor: assume it
+        return True
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what is left has nowhere to fail."""
+    import os
+
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 # Optional packages -> the extra that installs them (pyproject.toml).
 OPTIONAL_EXTRAS = {"torch": "torch", "transformers": "hf", "onnx": "cpu", "onnxruntime": "cpu"}
 
@@ -536,6 +565,8 @@ def main(argv: list[str] | None = None) -> None:
             # Not cli.main(): it prints a blank line on Ctrl-C before the message below.
             with cli.make_context("modelport", (["--debug"] if debug else []) + args) as ctx:
                 cli.invoke(ctx)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
             interrupt.check()   # an interrupt something swallowed still fails the command
             interrupt.finish()
         except click.exceptions.Exit as exc:
@@ -555,6 +586,11 @@ def main(argv: list[str] | None = None) -> None:
             interrupt.check()
             exc.show()
             sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            if debug or not _stdout_closed():
+                raise
+            _silence_stdout()   # the reader has what it wanted (`| head`): stop quietly, as cat does
+            sys.exit(CLOSED_OUTPUT)
         except ModelportError as exc:
             interrupt.check()
             if debug:

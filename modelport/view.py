@@ -4,21 +4,33 @@ Netron (the optional extra ``view``) serves one model per server; :func:`view` s
 blocks until Ctrl-C or SIGTERM, then stops the server and removes every temporary file, so
 nothing is left behind. What is shown:
 
-* an ONNX file as it is (its external data files are served from beside it), or, with
+* an ONNX file as it is (with its external data files), or, with
   ``graph_only`` or above :data:`GRAPH_ONLY_ABOVE` bytes of weights, a temporary copy whose
   initializers keep their names, dtypes and shapes but no data, so a 7B graph opens at once;
 * a TorchScript, safetensors, ``.pt`` or ``.t7`` file as it is;
 * an HF directory's weights file (its shard index when sharded), a Meta directory's first shard;
 * with ``as_onnx``, a weights-only source exported to ONNX first (the graph-formats exporter).
+
+What is served. Netron's page fetches ``/data/<name>``, and Netron's own server answers that with any
+file below the shown file's directory. Here the server is modelport's: it answers ``/data/`` only
+with the model's own files (:func:`stage`: the file, its external data, its shard index and shards),
+each hard-linked (else symbolically linked, its inode pinned) into a private temporary directory
+(mode 0700, ``modelport-view-<pid>-*``), and only to requests whose ``Host`` names a loopback
+address with the port (``localhost``, ``127.0.0.1``, ``[::1]``) or the address passed as ``host``: a
+page on another site that rebinds its DNS name to 127.0.0.1 gets 403. A temporary directory left by
+a view that was killed (its process gone) is removed by the next view.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import html
+import ipaddress
+import os
+import re
 import shutil
 import signal
-import socket
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +40,9 @@ from typing import Callable, Iterator
 from .errors import FormatError, MissingDependencyError, UnsupportedError
 
 GRAPH_ONLY_ABOVE = 1 << 30        # bytes of ONNX weights above which only the graph is served
+WORKDIR_PREFIX = "modelport-view-"   # + "<pid>-<random>" in the temporary directory
+_WORKDIR = re.compile(re.escape(WORKDIR_PREFIX) + r"(?P<pid>\d+)-")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 NETRON_VERSION = "9.3.3"          # the version the browser test draws a graph with (pyproject pins it)
 _ONNX_SUFFIXES = (".onnx",)
 
@@ -51,6 +66,7 @@ class Shown:
     origin: Path                             # what the user asked for
     kind: str                                # onnx | onnx-graph-only | weights | torchscript ...
     notes: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)   # an ONNX file's external data locations
 
 
 def is_onnx(path: Path) -> bool:
@@ -74,9 +90,30 @@ def onnx_weight_bytes(path: Path, model=None) -> int:
             loc = next((e.value for e in init.external_data if e.key == "location"), None)
             if loc and loc not in seen:
                 seen.add(loc)
-                f = path.parent / loc
-                total += f.stat().st_size if f.is_file() else 0
+                f = _external_file(path, loc)
+                total += f.stat().st_size if f is not None and f.is_file() else 0
     return total
+
+
+def _external_file(path: Path, location: str) -> Path | None:
+    """The external data file ``location`` of the ONNX file ``path`` when it lies inside its directory."""
+    from .formats._untrusted import inside
+
+    try:
+        return inside(path.parent, location, "external data file")
+    except FormatError:
+        return None
+
+
+def external_locations(model) -> list[str]:
+    """Every external data location an ONNX model names, once each, in order."""
+    seen: dict[str, None] = {}
+    for graph in _graphs(model.graph):
+        for init in graph.initializer:
+            loc = next((e.value for e in init.external_data if e.key == "location"), None)
+            if loc:
+                seen.setdefault(loc)
+    return list(seen)
 
 
 def graph_only_copy(src: Path, dst: Path, model=None) -> int:
@@ -169,7 +206,7 @@ def prepare(path: Path, workdir: Path, *, graph_only: bool = False, as_onnx: boo
         n = graph_only_copy(onnx_path, copy, model)
         notes.append(f"graph only: {n} initializers shown by shape, without data")
         return Shown(copy, path, "onnx-graph-only", notes)
-    return Shown(onnx_path, path, origin_kind, notes)
+    return Shown(onnx_path, path, origin_kind, notes, external_locations(model))
 
 
 def _recognised(path: Path) -> None:
@@ -184,35 +221,205 @@ def _recognised(path: Path) -> None:
         raise
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+# -- what is served: the model's own files, in a private directory -------------------------------
+
+@dataclass
+class Staged:
+    """The files the server may answer ``/data/<name>`` with: ``directory / name`` for each name in
+    ``pins``, whose (device, inode) must still be the one staged."""
+
+    directory: Path
+    main: str                                 # the name Netron's page opens
+    pins: dict[str, tuple[int, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def read(self, name: str) -> bytes | None:
+        """The bytes of a staged file, or None for any other name (or a file swapped since staging)."""
+        name = os.path.normpath(name)
+        pin = self.pins.get(name)
+        if pin is None:
+            return None
+        try:
+            fd = os.open(self.directory / name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != pin:
+                return None
+            os.set_blocking(fd, True)
+            return f.read()
+
+
+def model_files(shown: Shown) -> dict[str, Path]:
+    """The files Netron may fetch to show ``shown.file``, by the name its page asks for: the file itself,
+    an ONNX file's external data, a shard index's shards. Names that lead outside the file's
+    directory are refused (FormatError)."""
+    from .formats._untrusted import inside
+
+    f = shown.file
+    origin = Path(shown.origin)
+    files = {f.name: inside(origin, f.name, "weights file") if origin.is_dir() else f}   # not a link out of it
+    if shown.kind in ("onnx", "exported"):
+        for loc in shown.external:
+            files[os.path.normpath(loc)] = inside(f.parent, loc, "external data file")
+    elif f.name.endswith(".index.json"):
+        from .formats.hf import _weight_files
+
+        for shard in _weight_files(f.parent):
+            files[shard.name] = shard
+    return files
+
+
+def stage(shown: Shown, directory: Path) -> Staged:
+    """Link the model's own files into the new private ``directory``: a hard link where the filesystem
+    allows it, else a symbolic link to the resolved file whose inode is pinned. A missing external
+    data file is left out with a note (Netron then shows the graph without it)."""
+    directory.mkdir(mode=0o700)
+    staged = Staged(directory, shown.file.name)
+    for name, src in model_files(shown).items():
+        real = Path(os.path.realpath(src))
+        try:
+            st = os.stat(real)
+        except OSError:
+            staged.notes.append(f"{src} is missing; Netron shows the model without it")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{src}: not a regular file (a pipe, device, socket or directory); view serves only files")
+        dst = directory / name
+        dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.link(real, dst, follow_symlinks=False)
+        except OSError:               # another filesystem, or a file the kernel will not let us link
+            os.symlink(real, dst)
+        staged.pins[name] = (st.st_dev, st.st_ino)
+    return staged
+
+
+def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
+    """Remove this user's ``modelport-view-<pid>-*`` directories whose process is gone (a view killed
+    with SIGKILL, a power cut). Directories of running views, other users' and links are left alone."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _WORKDIR.match(entry.name)
+        if not m:
+            continue
+        try:
+            st = os.lstat(entry)
+        except OSError:
+            continue
+        pid = int(m.group("pid"))
+        mine = st.st_uid == os.getuid() if hasattr(os, "getuid") else True
+        if not stat.S_ISDIR(st.st_mode) or not mine or pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # EPERM: alive, someone else's
+        return True
+    return True
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """The ``Host`` headers answered: the loopback names with the port, and ``host`` itself unless it is a
+    wildcard (0.0.0.0 or ::, which no honest request names)."""
+    names = set(LOOPBACK_NAMES)
+    if host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    return frozenset(f"{n}:{port}".lower() for n in names)
+
+
+def _handler(netron, staged: Staged, origin: str, hosts: frozenset[str]):
+    """Netron's request handler (its page, scripts and fonts) with modelport's files and Host check."""
+    netron_handler = netron.server._HTTPRequestHandler
+
+    class Files:
+        """What Netron's handler asks of its content: the file's name for the page (pasted into its HTML by
+        Netron, so escaped here: a file named ``x"><script>…`` stays text), bytes for /data/."""
+
+        data = bytearray()
+        base = html.escape(staged.main, quote=True)
+        identifier = base
+        name = html.escape(origin, quote=True)
+        read = staged.read
+
+    class Handler(netron_handler):
+        content = Files
+
+        def do_GET(self):
+            if (self.headers.get("Host") or "").lower() not in hosts:
+                body = b"403 forbidden: this server answers only requests to localhost\n"
+                self.send_response(403)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                return
+            super().do_GET()
+
+    return Handler
 
 
 class Server:
-    """Netron serving one file on ``host:port`` from a thread of this process."""
+    """Netron's page and the staged files on ``host:port``, from a thread of this process."""
 
-    def __init__(self, file: Path, host: str = "127.0.0.1", port: int | None = None):
+    def __init__(self, staged: Staged, host: str = "127.0.0.1", port: int | None = None, origin: str | None = None):
         netron = require("netron", extra="view")
-        logging.getLogger(netron.__name__).setLevel(logging.WARNING)
-        logging.getLogger("netron.server").setLevel(logging.WARNING)
-        self._netron = netron
-        port = port or free_port(host)
+        import http.server
+        import socketserver
+
+        class HTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            block_on_close = False
+
+            # a browser closing a connection mid-transfer is normal: no traceback on the terminal for it
+            def handle_error(self, request, client_address):
+                pass
+
+        # the Host names answered carry the port, known once bound: until then (before serving) none is
+        placeholder = _handler(netron, staged, origin or staged.main, frozenset())
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.bind((host, port))
+            self._httpd = HTTPServer((host, port or 0), placeholder)
         except OSError as exc:
-            raise UnsupportedError(f"cannot serve on {host}:{port} ({exc.strerror}); pass another --port, "
+            raise UnsupportedError(f"cannot serve on {host}:{port or 0} ({exc.strerror}); pass another --port, "
                                    "or none for a free one") from exc
-        self.address = netron.serve(str(file), None, address=(host, port), browse=False)
-        self.url = f"http://{self.address[0]}:{self.address[1]}"
-        # a browser closing a connection mid-transfer is normal: no traceback on the terminal for it
-        for thread in getattr(netron.server, "_threads", lambda a: [])(self.address):
-            thread.server.handle_error = lambda request, client_address: None
+        self.address = self._httpd.server_address[:2]
+        self.hosts = allowed_hosts(host, self.address[1])
+        self._httpd.RequestHandlerClass = _handler(netron, staged, origin or staged.main, self.hosts)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else self.address[0]    # a wildcard is no Host to ask for
+        self.url = f"http://{shown}:{self.address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="modelport-view", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self._netron.stop(self.address)
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
 
 
 def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browser: bool = True,
@@ -223,14 +430,19 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
     and remove every temporary file. Returns the signal that stopped it (None when ``stop`` did)."""
     stop = stop or threading.Event()
     received: list[int] = []
-    workdir = Path(tempfile.mkdtemp(prefix="modelport-view-"))
+    remove_stale_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
     server = None
     try:
         shown = prepare(Path(path), workdir, graph_only=graph_only, as_onnx=as_onnx, arch=arch, config=config)
-        for note in shown.notes:
+        staged = stage(shown, workdir / "served")
+        for note in shown.notes + staged.notes:
             echo(f"note: {note}")
         with _stop_on_signals(stop, received):
-            server = Server(shown.file, host, port)
+            server = Server(staged, host, port, origin=Path(shown.origin).name)
+            if not is_loopback(host):
+                echo(f"warning: --host {host} is not a loopback address: anyone who can reach this machine on port "
+                     f"{server.address[1]} can read {Path(shown.origin).name}; serve on 127.0.0.1 unless you mean that")
             echo(f"serving {shown.origin} in Netron at {server.url}  (Ctrl-C stops)")
             if ready is not None:
                 ready(server.url)
@@ -273,4 +485,5 @@ def _stop_on_signals(stop: threading.Event, received: list[int]):
             signal.signal(sig, handler)
 
 
-__all__ = ["GRAPH_ONLY_ABOVE", "Server", "Shown", "graph_only_copy", "prepare", "view"]
+__all__ = ["GRAPH_ONLY_ABOVE", "Server", "Shown", "Staged", "graph_only_copy", "prepare", "remove_stale_workdirs",
+           "stage", "view"]

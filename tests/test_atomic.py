@@ -149,3 +149,30 @@ def test_the_marker_lists_the_files_it_covers(tmp_path):
     with pytest.raises(ValueError, match="not a regular file"):
         marker_entries(d)
     assert (d / "a.bin").is_file() and (d / "sub" / "b.bin").is_file()
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077], ids=oct)
+def test_outputs_follow_the_umask_whatever_mode_the_writer_used(tmp_path, mask):
+    """mkstemp makes 0600 files and mkdtemp 0700 directories; a committed output has 0666/0777 & ~umask."""
+    import stat
+    import tempfile
+
+    old = os.umask(mask)
+    try:
+        with atomic_output(tmp_path / "f.bin") as tmp:
+            fd, name = tempfile.mkstemp(dir=tmp_path)
+            os.write(fd, b"x")
+            os.close(fd)
+            os.rename(name, tmp)
+        with atomic_output(tmp_path / "d") as tmp:
+            os.rename(tempfile.mkdtemp(dir=tmp_path), tmp)
+            (tmp / "sub").mkdir(mode=0o700)
+            fd, _ = tempfile.mkstemp(dir=tmp / "sub")
+            os.close(fd)
+            os.symlink("/etc/passwd", tmp / "link")          # a link is left alone, its target untouched
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(os.lstat(p).st_mode)       # noqa: E731
+    assert mode(tmp_path / "f.bin") == 0o666 & ~mask
+    assert mode(tmp_path / "d") == mode(tmp_path / "d" / "sub") == 0o777 & ~mask
+    (inner,) = (tmp_path / "d" / "sub").iterdir()
+    assert mode(inner) == 0o666 & ~mask
+    assert mode("/etc/passwd") == 0o644

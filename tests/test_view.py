@@ -262,3 +262,24 @@ def test_view_takes_a_config_for_as_onnx_and_refuses_it_without(tmp_path, cli):
     (tmp_path / "config.json").write_text("{}")
     r = cli("view", f, "--config", tmp_path / "config.json", "--no-browser")
     assert r.returncode == 2 and "--as-onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+def test_a_sharded_directory_stages_its_index_and_shards_only(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    import torch
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    (hf / "secret.txt").write_text("no")
+    save_file({"a": torch.zeros(2)}, hf / "model-00001-of-00002.safetensors")
+    save_file({"b": torch.ones(3)}, hf / "model-00002-of-00002.safetensors")
+    (hf / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    staged = view.stage(view.prepare(hf, tmp_path), tmp_path / "served")
+    assert staged.main == "model.safetensors.index.json"
+    assert sorted(staged.pins) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                   "model.safetensors.index.json"]
+    assert staged.read("model-00002-of-00002.safetensors") == (hf / "model-00002-of-00002.safetensors").read_bytes()
+    assert staged.read("secret.txt") is None and staged.read("config.json") is None

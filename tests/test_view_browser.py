@@ -31,6 +31,7 @@ from .conftest import ROOT
 from .models import tiny
 
 UPDATE = "update"
+REBOUND = "rebound.example"      # a DNS name Chromium resolves to 127.0.0.1 (--host-resolver-rules): no lookup leaves
 LOAD_TIMEOUT_S = 60
 
 
@@ -48,7 +49,8 @@ def browser():
     exe = _chromium()
     with sync_api.sync_playwright() as p:
         try:
-            b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"], timeout=60_000)
+            b = p.chromium.launch(executable_path=exe, timeout=60_000, args=[
+                "--no-sandbox", "--disable-gpu", f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"])
         except Exception as exc:  # noqa: BLE001 - a browser that will not start is an environment problem
             pytest.skip(f"{exe} did not start under Playwright: {str(exc).splitlines()[0]}")
         yield b
@@ -220,3 +222,27 @@ def test_an_expired_netron_page_is_seen_not_waited_on(browser, gpt2_onnx):
             _close(context)
     finally:
         served.stop()
+
+
+def test_a_rebound_dns_name_gets_403_in_the_browser(browser, gpt2_onnx):
+    """DNS rebinding: a site whose name now resolves to 127.0.0.1 (mapped in Chromium itself, so nothing
+    leaves the machine) loads the view's port under its own name. The server sees that Host and refuses
+    the page and the model; the same port under 127.0.0.1 still answers."""
+    served = Served(str(gpt2_onnx))
+    port = served.url.rsplit(":", 1)[1]
+    try:
+        context = browser.new_context()
+        try:
+            context.route("**/*", lambda r: r.continue_() if r.request.url.startswith(
+                ("http://127.0.0.1", f"http://{REBOUND}")) else r.abort())
+            page = context.new_page()
+            response = page.goto(f"http://{REBOUND}:{port}/", timeout=30_000)
+            assert response.status == 403 and "netron" not in page.content().lower()
+            assert page.evaluate("fetch('/data/tiny-gpt2.onnx').then(r => r.status)") == 403
+            response = page.goto(f"http://127.0.0.1:{port}/", timeout=30_000)
+            assert response.status == 200 and "netron" in page.content().lower()
+        finally:
+            _close(context)
+    finally:
+        rc, _ = served.stop()
+    assert rc == 130                          # stopped by a signal: interrupted

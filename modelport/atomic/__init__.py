@@ -207,6 +207,37 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and restored."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give ``path`` (and, for a directory, everything in it) the modes a plain ``open``/``mkdir`` would:
+    0666 & ~umask for files, 0777 & ~umask for directories. Writers that create files privately (onnx's
+    external data and ``mkstemp`` make 0600, ``mkdtemp`` 0700) or with a fixed mode end up like the rest."""
+    mask = _umask()
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path, topdown=False):     # children first: a mode without x comes last
+            for name in files + dirs:
+                _chmod_plain(os.path.join(root, name), mask)
+    _chmod_plain(path, mask)
+
+
+def _chmod_plain(path, mask: int) -> None:
+    st = os.lstat(path)                  # never through a link
+    if stat.S_ISDIR(st.st_mode):
+        os.chmod(path, 0o777 & ~mask)
+    elif stat.S_ISREG(st.st_mode):
+        os.chmod(path, 0o666 & ~mask)
+
+
 def output_error(dst: Path, exc: OSError) -> OutputError:
     """One line for an OSError met while writing ``dst``."""
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EFBIG: "the file is too large "
@@ -245,6 +276,7 @@ def atomic_output(dst: Path | str, force: bool = False, notes: list[str] | None 
             raise
         if not tmp.exists():
             raise RuntimeError(f"writer produced nothing at {tmp}")
+        follow_umask(tmp)
         interrupt.commit()         # an interrupt that something swallowed still stops the rename
         if dst.exists() or dst.is_symlink():
             check_destination(dst, force)

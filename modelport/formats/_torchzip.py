@@ -326,7 +326,7 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
     pkl = StateDictPickler().state_dict(entries)
     spans = [_storage_span(source, s[3], s[4]) for s in storages]
     matches = [_match(span, s[2] * dtypes.get(s[1]).itemsize) if align else None for span, s in zip(spans, storages)]
-    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o666)
     zw = None
     try:
         zw = ZipWriter(fd, "archive", crc32)

@@ -157,7 +157,7 @@ def write_file(source: TensorSource, dst: Path, names: list[str] | None = None, 
         if kept in names:
             meta[alias] = kept
     head, _ = header_for(source, names, meta, align)
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         os.write(fd, head)
         for name in names:

@@ -2,10 +2,11 @@
 
 transformers builds the model from the directory's ``config.json`` through its Auto classes, with
 ``attn_implementation="eager"`` (the attention that traces and exports), from local files only and
-without ``trust_remote_code``: no code from the directory runs. Causal language models are wrapped to
-take ``(input_ids, attention_mask)`` with positions following the mask, as ``generate()`` builds them,
-and to return logits; everything else is an encoder that takes its tokenizer's inputs and returns its
-first output (the last hidden state).
+with ``trust_remote_code=False``: no code from the directory runs. A directory whose configs name custom
+code (an ``auto_map`` entry) is refused before transformers reads it (:func:`refuse_custom_code`).
+Causal language models are wrapped to take ``(input_ids, attention_mask)`` with positions following the
+mask, as ``generate()`` builds them, and to return logits; everything else is an encoder that takes its
+tokenizer's inputs and returns its first output (the last hidden state).
 
 :func:`choose_engine` decides, for ``engine="auto"``, whether modelport's reference family or
 transformers runs a directory: the reference when the architecture is one of its families,
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from ..errors import FormatError, MissingDependencyError, UnsafeContentError, UnsupportedError
 from .runnable import CAUSAL_LM, ENCODER, InputSpec, TorchRunnable, token_inputs
 
 ENGINES = ("auto", "reference", "transformers")
@@ -29,6 +30,30 @@ def _config(path: Path) -> dict:
         return json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise FormatError(f"{path / 'config.json'}: cannot read the config ({exc})") from exc
+
+
+# The configs through which transformers' Auto classes find code in a directory: an ``auto_map`` entry
+# (``{"AutoTokenizer": ["tokenization_x.XTokenizer", null]}``) names a module it imports from there.
+_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def refuse_custom_code(path: Path, what: str) -> None:
+    """UnsafeContentError when a config in the directory ``path`` names custom code (``auto_map``, whatever
+    its value: transformers treats an empty one as custom code too). Called before transformers reads the
+    directory, so a refusal never depends on transformers' own checks or prompts."""
+    from ..formats._untrusted import read_json_file
+
+    for name in _CODE_CONFIGS:
+        f = Path(path) / name
+        if not (f.exists() or f.is_symlink()):
+            continue
+        data = read_json_file(f, name)
+        if isinstance(data, dict) and "auto_map" in data:
+            entries = data["auto_map"]
+            shown = ", ".join(map(str, entries))[:80] if isinstance(entries, (dict, list)) else type(entries).__name__
+            raise UnsafeContentError(f"{f}: names custom code ('auto_map': {shown}); modelport never runs code from "
+                                     f"a model directory, so it will not load {what}: remove 'auto_map' from {name} "
+                                     "to use transformers' built-in classes")
 
 
 def choose_engine(path: Path, engine: str, arch: str | None) -> str:
@@ -120,12 +145,13 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
         raise MissingDependencyError(f"{path}: running it with transformers needs the package 'transformers'; "
                                      "pip install 'modelport[hf]'") from exc
     path = Path(path)
+    refuse_custom_code(path, "the model with transformers")
     cfg = _config(path)
     archs = list(cfg.get("architectures") or [])
     kind = CAUSAL_LM if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) or (not archs and _known_family(cfg, path)) \
         else ENCODER
     auto = transformers.AutoModelForCausalLM if kind == CAUSAL_LM else transformers.AutoModel
-    kw = {"attn_implementation": "eager", "local_files_only": True, "trust_remote_code": False}
+    kw = {"attn_implementation": "eager", "local_files_only": True}
     if dtype is not None:
         from .loader import _torch_dtype
 
@@ -133,7 +159,7 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
     try:
-        model = auto.from_pretrained(str(path), **kw)
+        model = auto.from_pretrained(str(path), trust_remote_code=False, **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise FormatError(f"{path}: transformers cannot load this directory ({' '.join(str(exc).split())[:200]})") from exc
     finally:

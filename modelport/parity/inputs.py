@@ -121,13 +121,17 @@ def load_tokenizer(tokenizer_dir: Path | None, prompts_file):
     if tokenizer_dir is None:
         raise UnsupportedError(f"--prompts {prompts_file}: the reference has no tokenizer beside it "
                                "(tokenizer.json / tokenizer_config.json); drop --prompts to use seeded token ids")
+    from ..models.hf_auto import refuse_custom_code
+
+    refuse_custom_code(tokenizer_dir, "its tokenizer")
     try:
         import transformers
     except ImportError as exc:
         raise MissingDependencyError(f"--prompts: reading {tokenizer_dir}'s tokenizer needs transformers ({exc}); "
                                      "pip install 'modelport[hf]'") from exc
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True,
+                                                          trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise FormatError(f"{tokenizer_dir}: cannot load the tokenizer ({exc})") from exc
 

@@ -26,6 +26,7 @@ from .convert import convert  # noqa: E402  (the function; rebinds the subpackag
 from .diff import diff  # noqa: E402
 from .inspect import inspect  # noqa: E402
 from .parity import parity  # noqa: E402  (the function; rebinds the subpackage's name)
+from .batch import batch  # noqa: E402  (the function; rebinds the subpackage's name)
 
 
 def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
@@ -40,4 +41,4 @@ def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
     return _load_model(path, arch, device, dtype, **kwargs)
 
 
-__all__ = ["ModelportError", "Options", "convert", "diff", "inspect", "load_model", "open", "parity", "__version__"]
+__all__ = ["ModelportError", "Options", "batch", "convert", "diff", "inspect", "load_model", "open", "parity", "__version__"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,40 +65,45 @@ class JobProcess:
         self.job, self.started = job, time.monotonic()
         self.dir = Path(tempfile.mkdtemp(prefix="job-", dir=workdir))
         (self.dir / "job.json").write_text(json.dumps(job.to_json()), encoding="utf-8")
-        self.log = open(self.dir / "log.txt", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelport.batch.worker", str(self.dir / "job.json"), str(self.dir / "result.json")],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True, env=_worker_env())
+        self.proc = _context().Process(target=_child, name=f"modelport-job {job.name}",
+                                       args=(str(self.dir / "job.json"), str(self.dir / "result.json"),
+                                             str(self.dir / "log.txt")))
+        self.proc.start()
         self.stopped: str | None = None        # "timeout" or "interrupted" when the pool ended it
         self.stopped_at = 0.0
 
     def overdue(self) -> bool:
         return self.job.timeout is not None and time.monotonic() - self.started > self.job.timeout
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def stop(self, why: str) -> None:
         """SIGTERM (the job removes its temporaries and exits 130); SIGKILL if it is still there after a grace period."""
-        if self.proc.poll() is not None or self.stopped:
+        if self.proc.exitcode is not None or self.stopped:
             return
         self.stopped, self.stopped_at = why, time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.terminate()
 
     def poll(self) -> int | None:
-        code = self.proc.poll()
+        code = self.proc.exitcode
         if code is None and self.stopped and time.monotonic() - self.stopped_at > _GRACE:
             self.proc.kill()
-            code = self.proc.wait()
+            self.proc.join()
+            code = self.proc.exitcode
         return code
 
     def wait(self) -> int:
-        try:
-            return self.proc.wait(_GRACE if self.stopped else None)
-        except subprocess.TimeoutExpired:
+        self.proc.join(_GRACE if self.stopped else None)
+        if self.proc.exitcode is None:
             self.proc.kill()
-            return self.proc.wait()
+            self.proc.join()
+        return self.proc.exitcode
 
     def result(self) -> dict:
         code = self.wait()
-        self.log.close()
+        self.proc.close()
         wall = time.monotonic() - self.started
         path = self.dir / "result.json"
         try:
@@ -125,11 +129,40 @@ class JobProcess:
         return lines[-1][:500] if lines else ""
 
 
-def _worker_env() -> dict:
-    """This process's environment, with this modelport first on the path: the job runs the same code."""
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, path] if path else [root])}
+_CONTEXT = None
+
+
+def _context():
+    """Job processes are forked from a server that has imported the command (and torch, when installed)
+    once: a job starts in milliseconds instead of a fresh interpreter's second, and is still a process
+    of its own that nothing it does can take the batch down with."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import importlib.util
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["modelport.batch.worker"] + (["torch"] if importlib.util.find_spec("torch") else []))
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+def _child(job_file: str, result_file: str, log_file: str) -> None:
+    """The job process: a session of its own (a terminal's Ctrl-C reaches the batch, which stops its jobs),
+    output to its log, then the worker."""
+    from . import worker
+
+    os.setsid()
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", closefd=False, buffering=1)
+    sys.stderr = open(2, "w", closefd=False, buffering=1)
+    code = worker.main([job_file, result_file])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _crash_text(code: int, last: str) -> str:
@@ -225,11 +258,10 @@ def _ray_task(job_data: dict) -> dict:
 
     job = Job.from_json(job_data)
     node = socket.gethostname()
-    for what, path in (("source", job.src), ("destination's folder", job.dst.parent)):
-        if not path.exists():
-            return {"name": job.name, "status": "failed", "exit_code": 2, "src": str(job.src), "dst": str(job.dst),
-                    "error": f"{path}: the job's {what} is not on node {node}; put models and outputs on storage "
-                             "every node of the cluster sees", "wall": 0.0}
+    if not job.src.exists():
+        return {"name": job.name, "status": "failed", "exit_code": 2, "src": str(job.src), "dst": str(job.dst),
+                "error": f"{job.src}: the job's source is not on node {node}; put models and outputs on storage "
+                         "every node of the cluster sees", "wall": 0.0}
     return run_one(job)
 
 

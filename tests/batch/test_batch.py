@@ -141,23 +141,17 @@ def test_exit_codes_json_and_junit_from_the_command(work):
     assert suite.get("tests") == "2" and suite.get("failures") == "1" and suite.get("errors") == "0"
 
 
-def test_a_crashed_job_process_fails_that_job_alone(work, monkeypatch, tmp_path):
-    crash = tmp_path / "crash.py"       # stands in for the worker: dies the way an out-of-memory kill does
-    crash.write_text("import json, os, signal, sys\n"
-                     "if json.load(open(sys.argv[-2]))['name'] == 'crash':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-                     "os.execv(sys.argv[1], sys.argv[1:])\n")
-    original = pool.subprocess.Popen
+def test_a_killed_job_process_is_reported_as_such_and_leaves_nothing(work, tmp_path):
+    from modelport.batch.jobs import check_job
 
-    def popen(args, **kw):
-        return original([sys.executable, str(crash), *args], **kw)
-
-    monkeypatch.setattr(pool.subprocess, "Popen", popen)
-    path = jobs_file(work, [{"name": "crash", "src": "m.pt", "dst": "out/a.safetensors"},
-                            {"name": "fine", "src": "m.pt", "dst": "out/b.safetensors"}])
-    report = batch(path, workers=2)
-    rows = {r["name"]: r for r in report.results}
-    assert rows["crash"]["status"] == "crashed" and "SIGKILL" in rows["crash"]["error"]
-    assert rows["fine"]["status"] == "done" and report.exit_code == 2
+    job = check_job({"src": "m.pt", "dst": "out/m-hf", "to": "hf", "options": {"config": "config.json"},
+                     "verify": True}, 0, work)
+    proc = pool.JobProcess(job, tmp_path)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)            # as the kernel's out-of-memory killer would
+    row = proc.result()
+    assert row["status"] == "crashed" and row["exit_code"] == 2 and "SIGKILL" in row["error"], row
+    assert not (work / "out").exists() or not list((work / "out").iterdir())
 
 
 def test_a_job_past_its_timeout_is_stopped_and_leaves_nothing(work):

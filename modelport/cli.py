@@ -130,13 +130,15 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 
     summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
     check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
-    record = mf.read(path)
+    record, record_note = mf.read_with_note(path)
     if as_json:
         out = summary.to_json()
         if check is not None:
             out["run"] = check.to_json()
         if record is not None:
             out["manifest"] = record
+        if record_note is not None:
+            out["manifest_note"] = record_note
         click.echo(json.dumps(out, indent=2, default=str))
         return
     from .render import print_summary
@@ -149,6 +151,11 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
         click.echo(escape(f"manifest ({mf.find(path)}):"))
         for line in mf.summary(record):
             click.echo(escape(f"  {line}"))
+    elif record_note is not None:
+        from .render import escape
+
+        click.echo("")
+        click.echo(escape(f"note: {record_note}"))
     if check is not None:
         click.echo(f"\nran {check.model}, {check.parameters:,} parameters: input {check.input} -> output "
                    f"{check.output}, {'all finite' if check.finite else 'NOT ALL FINITE'}")
@@ -377,13 +384,18 @@ class _BatchProgress:
 @cli.command("verify")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify_cmd(manifest, as_json) -> None:
+@click.option("--source", type=click.Path(exists=True, path_type=Path),
+              help="The conversion's source, to check it too when it lies outside the manifest's directory.")
+@click.option("--arch", help="Run the recorded parity check with this architecture or your own package.module:factory "
+                             "(a module the conversion used runs again only when named here).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="config.json for the recorded parity check (instead of the one recorded).")
+def verify_cmd(manifest, as_json, source, arch, config) -> None:
     """Check a conversion's MANIFEST (or the file/directory it describes): re-hash every file; exit 1 on a change."""
     from .convert import manifest as mf
     from .errors import DifferenceFound
 
-    found = mf.find(manifest) if not str(manifest).endswith(".json") else None
-    report = mf.verify(found or manifest)
+    report = mf.verify(mf.locate(manifest), source=source, arch=arch, config=config)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -397,8 +409,9 @@ def verify_cmd(manifest, as_json) -> None:
             click.echo(f"parity: {verdict} (run again on the recorded seed and input shapes)")
         for note in report.notes:
             click.echo(f"note: {escape(note)}")
+        click.echo(report.summary())
     if not report:
-        raise DifferenceFound(f"{report.manifest}: the files differ from what the manifest records")
+        raise DifferenceFound(f"{report.manifest}: the model no longer matches what the manifest records")
 
 
 @cli.command()

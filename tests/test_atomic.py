@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -125,3 +126,26 @@ def test_stale_temps_of_dead_processes_removed_with_a_note(tmp_path):
     assert not stale.exists() and live.exists() and other.exists() and dst.read_bytes() == b"new"
     assert len(notes) == 1 and str(stale) in notes[0] and f"process {dead_pid}" in notes[0]
     assert remove_stale_temps(dst) == []
+
+
+def test_the_marker_lists_the_files_it_covers(tmp_path):
+    from modelport.atomic import marker_entries
+
+    d = tmp_path / "out"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.bin").write_bytes(b"a")
+    (d / "sub" / "b.bin").write_bytes(b"b")
+    write_marker(d, format="hf")
+    assert json.loads((d / MARKER).read_text())["files"] == ["a.bin", "sub/b.bin"]
+    assert marker_entries(d) == {"a.bin", "sub/b.bin"}
+    (d / MARKER).write_text(json.dumps({"written_by": "modelport", "output": {"directory": True, "files": [
+        {"path": "a.bin", "sha256": "0" * 64}]}}))                              # a directory manifest
+    assert marker_entries(d) == {"a.bin"}
+    with pytest.raises(DestinationExistsError, match="does not list 'sub'"):
+        with atomic_output(d, force=True) as tmp:
+            tmp.mkdir()
+    (d / MARKER).unlink()
+    (d / MARKER).symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(ValueError, match="not a regular file"):
+        marker_entries(d)
+    assert (d / "a.bin").is_file() and (d / "sub" / "b.bin").is_file()

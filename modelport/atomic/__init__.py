@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -25,21 +26,97 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.modelport-(?P<pid>\d+)\.tmp$")
 
 
 def check_destination(dst: Path, force: bool) -> None:
-    """Refuse an existing ``dst`` without ``force``, and with it a non-empty directory modelport did not write."""
+    """Refuse an existing ``dst`` without ``force``, and with it a non-empty directory unless modelport's
+    marker there (a regular file, not a link) lists every entry the directory holds."""
     if not (dst.exists() or dst.is_symlink()):
         return
     if not force:
         raise DestinationExistsError(f"{dst}: already exists; choose another path or pass {opt('force')} to replace it")
-    if dst.is_dir() and not dst.is_symlink() and any(dst.iterdir()) and not (dst / MARKER).is_file():
-        raise DestinationExistsError(
-            f"{dst}: is a directory that modelport did not write (it has no {MARKER}); {opt('force')} replaces only "
-            "files and modelport's own directory outputs, never other files: remove it yourself or choose another path")
+    if dst.is_dir() and not dst.is_symlink() and any(dst.iterdir()):
+        why = _not_ours(dst)
+        if why:
+            raise DestinationExistsError(
+                f"{dst}: is a directory that modelport did not write, or holds files it did not write ({why}); "
+                f"{opt('force')} replaces only files and "
+                "modelport's own directory outputs, never other files: remove it yourself or choose another path")
+
+
+MARKER_LIMIT = 16 << 20     # a marker holding a manifest that lists many files stays far below this
+
+
+def marker_entries(directory: Path) -> set[str]:
+    """The paths (relative, ``/``-separated) that ``directory``'s marker says modelport wrote there: the
+    ``files`` of a bare marker, or the ``output.files`` of a directory manifest. A :class:`ValueError`
+    saying why when the marker is not a regular file or not modelport's."""
+    marker = directory / MARKER
+    try:
+        st = os.lstat(marker)
+    except FileNotFoundError:
+        raise ValueError(f"it has no {MARKER}") from None
+    except OSError as exc:
+        raise ValueError(f"its {MARKER} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"its {MARKER} is not a regular file")
+    if st.st_size > MARKER_LIMIT:
+        raise ValueError(f"its {MARKER} is larger than {MARKER_LIMIT >> 20} MiB")
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            record = json.loads(f.read(MARKER_LIMIT + 1).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError(f"its {MARKER} is not modelport's marker (not readable JSON)") from None
+    if not isinstance(record, dict) or record.get("written_by") != "modelport":
+        raise ValueError(f"its {MARKER} is not modelport's marker")
+    output = record.get("output")
+    if isinstance(output, dict) and output.get("directory") is True:       # a directory manifest
+        files = output.get("files")
+        names = [f.get("path") for f in files if isinstance(f, dict)] if isinstance(files, list) else None
+    else:
+        names = record.get("files")
+    if not isinstance(names, list) or not all(isinstance(n, str) and _plain(n) for n in names):
+        raise ValueError(f"its {MARKER} does not list the files modelport wrote there")
+    return set(names)
+
+
+def _plain(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and "\x00" not in name and all(p not in ("", ".", "..") for p in parts)
+
+
+def _not_ours(directory: Path) -> str | None:
+    """Why ``directory`` may not be replaced: its marker is not modelport's, or it holds an entry the
+    marker does not list (a file added since, a link, a FIFO). None when every entry is listed."""
+    try:
+        listed = marker_entries(directory)
+    except ValueError as exc:
+        return str(exc)
+    parents = {"/".join(n.split("/")[:i]) for n in listed for i in range(1, n.count("/") + 1)}
+    unreadable: list[OSError] = []
+    for root, dirs, files in os.walk(directory, onerror=unreadable.append):        # links are not followed
+        for name in dirs + files:
+            full = Path(root, name)
+            rel = full.relative_to(directory).as_posix()
+            if rel == MARKER:
+                continue
+            try:
+                mode = os.lstat(full).st_mode
+            except OSError:
+                mode = 0
+            if stat.S_ISDIR(mode) and rel in parents or stat.S_ISREG(mode) and rel in listed:
+                continue
+            return f"its {MARKER} does not list {rel!r}"
+    if unreadable:
+        return f"{unreadable[0].filename} cannot be listed"
+    return None
 
 
 def write_marker(directory: Path, **fields) -> None:
-    """Mark a directory output as modelport's (what wrote it and how: ``version``, ``format`` …), so a later
-    --force may replace it."""
-    record = {"written_by": "modelport", **fields}
+    """Mark a directory output as modelport's (what wrote it and how: ``version``, ``format`` …, and the
+    ``files`` it holds, so a later --force may replace it while it holds nothing else)."""
+    directory = Path(directory)
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if p.is_file() and not p.is_symlink() and p.relative_to(directory).as_posix() != MARKER)
+    record = {"written_by": "modelport", **fields, "files": files}
     (directory / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 

@@ -106,7 +106,7 @@ class Ledger:
         if found is None or _sha256(found) != entry["manifest_sha256"]:
             return None
         try:
-            report = mf.verify(found, rerun=lambda data: None)
+            report = mf.verify(found, rerun=lambda rerun: None, source=job.src)
         except Exception:
             return None
         if not report or not report.files:

@@ -138,7 +138,7 @@ def convert(
                                   shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
         show = sys.stderr.isatty() if progress is None else progress
-        record = _Record(src, dst, source, target.id, options, dtype) if manifest else None
+        record = _Record(src, dst, source, target.id, options, dtype, given) if manifest else None
         report = None
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
             notes: list[str] = []
@@ -230,8 +230,10 @@ class _Record:
     the manifest written into a directory output, or beside a file output under a temporary name
     that :meth:`commit` renames once the output is in place."""
 
-    def __init__(self, src: Path, dst: Path, source, target_id: str, options: Options, dtype: str | None):
+    def __init__(self, src: Path, dst: Path, source, target_id: str, options: Options, dtype: str | None,
+                 config: dict | None = None):
         self.src, self.dst, self.source, self.target_id, self.options, self.dtype = src, dst, source, target_id, options, dtype
+        self.config = config
         self.hashing = manifest_module.BackgroundHash(src)
         self.final: Path | None = None
         self.pending: Path | None = None
@@ -243,7 +245,7 @@ class _Record:
         output = manifest_module.BackgroundHash(written)    # beside the rest of the source's hashing
         m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
-                           output_files=output.get(), dtype=self.dtype, opset=getattr(self.options, "opset", None),
+                           output_files=output.get(), config=self.config, dtype=self.dtype, opset=getattr(self.options, "opset", None),
                            parity=parity)
         if written.is_dir():
             manifest_module.write(m, written / DIR_NAME)

@@ -7,21 +7,26 @@ With ``--no-manifest`` a directory output keeps the bare marker. It holds the so
 architecture, every transform the layout mapping, cast and writer applied (as they recorded
 them), the versions of the packages involved, the ONNX opset where there is one, and the parity
 verdict with its metrics when ``--verify`` ran. :func:`verify` re-hashes the files it lists.
+
+A manifest read back is untrusted: :func:`load_manifest` (in :mod:`.manifest_schema`) checks it
+against a schema of expected types before anything uses it, and :func:`verify` hashes only regular
+files inside the manifest's directory or inside the source the user confirms.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomic import MARKER
-from ..errors import FormatError
-
-SCHEMA = "modelport.manifest/1"
+from ..errors import FormatError, ModelportError
+from ..formats._untrusted import is_regular_inside, open_regular
+from .manifest_schema import SCHEMA, BareMarker, load_manifest
 DIR_NAME = MARKER                    # inside a directory output: the marker, holding the manifest
 SUFFIX = ".modelport.json"           # beside a file output: <output>.modelport.json
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "safetensors", "numpy")
@@ -39,7 +44,7 @@ def find(path: Path) -> Path | None:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
+    with open_regular(path) as f:          # a regular file only: a pipe or device would block or never end
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         while True:
@@ -176,10 +181,11 @@ class Manifest:
 
 
 def build(*, src: Path, dst: Path, written: Path, source, target_format: str, options, source_files: list[dict],
-          output_files: list[dict] | None = None,
+          output_files: list[dict] | None = None, config: dict | None = None,
           dtype: str | None = None, opset: int | None = None, parity: dict | None = None) -> Manifest:
     """The manifest of a conversion whose output lies (still under its temporary name) at ``written``
-    and will be renamed to ``dst``."""
+    and will be renamed to ``dst``. ``config``: the config the conversion was given (as read), recorded
+    as JSON so that ``verify`` can check it like any config and run the parity check again."""
     from ..models import detect_arch
 
     mapped = next((s for s in _chain(source) if hasattr(s, "src_layout")), None)
@@ -204,7 +210,8 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
         parity=parity,
         options={k: v for k, v in {"dtype": dtype, "layout": options.layout, "shards": options.shards,
                                    "strip_prefix": options.strip_prefix, "arch": options.arch,
-                                   "config": str(Path(options.config).resolve()) if options.config else None}.items()
+                                   "config": config if options.config else None,
+                                   "config_file": str(Path(options.config).resolve()) if options.config else None}.items()
                  if v is not None},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -242,31 +249,51 @@ def write(manifest: Manifest, path: Path) -> None:
 
 
 def read(path: Path) -> dict | None:
-    """The manifest that describes ``path`` (a converted file or directory), or None when there is
-    none (a bare marker, written with ``--no-manifest``, is none)."""
+    """The well-formed manifest that describes ``path``, or None (none there, a bare marker, or malformed)."""
+    return read_with_note(path)[0]
+
+
+def read_with_note(path: Path) -> tuple[dict | None, str | None]:
+    """(the manifest that describes ``path``, None) when one lies there and is well formed; (None, a one-line
+    note) when it is malformed; (None, None) when there is none (a bare marker, written with
+    ``--no-manifest``, is none)."""
     m = find(path)
     if m is None:
-        return None
+        return None, None
     try:
-        return load(m)
-    except FormatError:
-        return None
+        return load_manifest(m), None
+    except BareMarker:
+        return None, None
+    except FormatError as exc:
+        return None, f"manifest ignored: {exc}"
 
 
-def load(path: Path) -> dict:
+load = load_manifest     # the name earlier code used
+
+
+def locate(path: Path) -> Path:
+    """The manifest file for ``verify``: ``path`` itself when it ends in ``.json``, else the manifest in the
+    directory or beside the file; a FormatError saying what is missing otherwise."""
     path = Path(path)
-    if path.is_dir():
-        path = path / DIR_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: not a readable modelport manifest ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise FormatError(f"{path}: not a modelport manifest (schema {SCHEMA!r} expected)")
-    return data
+    if not (path.exists() or path.is_symlink()):
+        raise FormatError(f"{path}: no such file or directory")
+    if path.suffix == ".json" and not path.is_dir():
+        return path
+    m = path / DIR_NAME if path.is_dir() else path.with_name(path.name + SUFFIX)
+    if not (m.exists() or m.is_symlink()):
+        what = f"{m.name} in the directory" if path.is_dir() else f"{m.name} beside it"
+        raise FormatError(f"{path}: has no modelport manifest (no {what}); it was converted with --no-manifest or "
+                          "not by modelport, so there is nothing to verify")
+    return m
 
 
 # -- checking a manifest again -------------------------------------------------------------
+#
+# A manifest on disk is untrusted like any input (modelport did not write it in this process): it is
+# checked by load_manifest, its files are looked up only inside the manifest's own directory (the
+# output) or inside the source the user confirms, and the parity check it records is run again only
+# on built-in families and bounded sizes; a user module or a config outside the manifest's directory
+# runs again only when the user names it on the command line.
 
 @dataclass
 class FileCheck:
@@ -281,53 +308,201 @@ class FileCheck:
 
 
 @dataclass
+class Rerun:
+    """The parity check to run again: ``parity(reference, candidate, **kwargs)``."""
+    reference: Path
+    candidate: Path
+    kwargs: dict
+
+
+@dataclass
 class VerifyReport:
     manifest: str
     files: list[FileCheck]
     parity: dict | None = None          # the re-run parity check's JSON, when it ran
     notes: list[str] = field(default_factory=list)
+    parity_recorded: bool = False
 
     def __bool__(self) -> bool:
         parity_ok = self.parity is None or bool(self.parity.get("passed", self.parity.get("ok", True)))
         return all(f.ok for f in self.files) and parity_ok
 
+    def summary(self) -> str:
+        """One line: how many files match, and what became of the parity check."""
+        n, bad = len(self.files), sum(not f.ok for f in self.files)
+        line = f"{n} file{'s' * (n != 1)} checked, all match" if not bad else f"{bad} of {n} files changed or missing"
+        if self.parity is not None:
+            line += "; parity " + ("passed" if self.parity.get("passed") else "FAILED")
+        elif self.parity_recorded:
+            line += "; parity not run again (see the note)"
+        return ("verified: " if self else "NOT verified: ") + line
+
     def to_json(self) -> dict:
-        return {"manifest": self.manifest, "ok": bool(self),
+        return {"manifest": self.manifest, "ok": bool(self), "summary": self.summary(),
                 "files": [{**f.__dict__, "ok": f.ok} for f in self.files], "parity": self.parity, "notes": self.notes}
 
 
-def rerun_parity(data: dict) -> dict:
+def rerun_parity(plan: Rerun) -> dict:
     """The parity check a manifest records, run again on the same seed and input shapes."""
     from ..parity import parity
 
-    recorded = data["parity"]
-    inputs = recorded.get("inputs") or []
-    kwargs = {"seed": recorded.get("seed", 0), "new_tokens": recorded.get("new_tokens", 16)}
-    if inputs and all("seq_len" in i for i in inputs):
-        kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
-        kwargs["batch"] = inputs[0].get("shapes", {}).get("input_ids", [2])[0]
-    options = data.get("options", {})
-    report = parity(data["source"]["path"], data["output"]["path"], arch=options.get("arch"),
-                    config=options.get("config"), **kwargs)
+    report = parity(plan.reference, plan.candidate, **plan.kwargs)
     return {"passed": bool(report), **report.to_json()}
 
 
-def verify(manifest_file: Path, rerun=rerun_parity) -> VerifyReport:
-    """Re-hash every file the manifest lists; re-run the parity check (``rerun``, given the manifest's
-    JSON) when one ran at conversion."""
-    data = load(manifest_file)
-    checks: list[FileCheck] = []
-    for role in ("source", "output"):
-        entry = data[role]
-        base = Path(entry["path"])
-        root = base if entry.get("directory") else base.parent
-        for f in entry.get("files", []):
-            p = root / f["path"]
-            actual = sha256_file(p) if p.is_file() else None
-            checks.append(FileCheck(role, str(p), f["sha256"], actual))
-    report = VerifyReport(str(manifest_file), checks)
-    if data.get("parity") is not None:
-        report.parity = rerun(data)
+def _within(path: Path, home: Path) -> bool:
+    try:
+        real, base = Path(os.path.realpath(path)), Path(os.path.realpath(home))
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return real == base or base in real.parents
+
+
+def _entry(root: Path, name: str, role: str, manifest: Path) -> Path:
+    """``root / name`` when it is missing or a regular file inside ``root``; a FormatError otherwise (the
+    schema already made ``name`` a plain relative path)."""
+    path = root / name
+    if not (path.exists() or path.is_symlink()):
+        return path
+    if not is_regular_inside(root, path):
+        raise FormatError(f"{manifest}: the {role} file {name!r} is not a regular file inside {root} (a link leading out, "
+                          "a directory, a pipe or a device); refusing to hash anything")
+    return path
+
+
+def _source(data: dict, home: Path, given: Path | None, notes: list[str]) -> tuple[Path | None, Path | None]:
+    """(the root the source's files are named from, the source itself): the one the user gave, or the
+    recorded one when it lies inside the manifest's directory; (None, None) otherwise, with a note."""
+    entry = data["source"]
+    if given is not None:
+        given = Path(given)
+        if entry["directory"] != given.is_dir():
+            raise FormatError(f"{given}: the manifest records a source {'directory' if entry['directory'] else 'file'}; "
+                              "pass that as --source")
+        return (given if given.is_dir() else given.parent), given
+    recorded = Path(entry["path"])
+    if recorded.is_absolute() and _within(recorded, home):
+        return (recorded if entry["directory"] else recorded.parent), recorded
+    if entry["files"] or data.get("parity") is not None:
+        what = ("its files and the recorded parity check were" if entry["files"] and data.get("parity") is not None
+                else "its files were" if entry["files"] else "the recorded parity check was")
+        notes.append(f"the source ({entry['path']}) lies outside the manifest's directory, so {what} not checked; "
+                     "pass --source PATH to check them")
+    return None, None
+
+
+def _parity_plan(data: dict, manifest: Path, home: Path, reference: Path | None, arch: str | None, config,
+                 notes: list[str], named_source: bool = False) -> Rerun | None:
+    """The recorded parity check with only what may run again, or None (with a note) when it may not.
+    ``named_source``: the reference is what the user passed as ``--source``."""
+    from ..models.families import normalize
+
+    recorded = data.get("parity")
+    if recorded is None or reference is None:
+        return None
+    if not named_source and _is_torchscript(reference):
+        notes.append(f"parity not run again: the recorded source {reference} is a TorchScript archive, and running it "
+                     "runs its code; pass it as --source to run it")
+        return None
+    out = data["output"]
+    if not out["directory"] and not out["files"]:
+        notes.append("parity not run again: the manifest lists no output file")
+        return None
+    candidate = home if out["directory"] else home / out["files"][0]["path"]
+    options = data.get("options") or {}
+    if arch is None and options.get("arch") is not None:
+        named = options["arch"]
+        try:
+            arch = normalize(named) if ":" not in named else None
+        except ModelportError:
+            arch = None
+        if arch is None:
+            notes.append(f"parity not run again: the conversion used the module {named!r}, which is not a built-in "
+                         "family; pass --arch (and --config) to run it again")
+            return None
+    if config is None and options.get("config") is not None:
+        if arch is not None and ":" in arch:        # a module's keyword arguments come from the user, never a file
+            notes.append(f"parity not run again: the manifest records a config for the module {arch!r}; pass it "
+                         "with --config to run the module again")
+            return None
+        config = _recorded_config(options, manifest, home, arch, notes)
+        if config is None:
+            return None
+    kwargs = {"seed": recorded.get("seed", 0), "new_tokens": recorded.get("new_tokens", 16), "arch": arch,
+              "config": config}
+    inputs = recorded.get("inputs") or []
+    if inputs and all(isinstance(i.get("seq_len"), int) and i["seq_len"] > 0 for i in inputs):
+        kwargs["seq_lens"] = tuple(i["seq_len"] for i in inputs)
+        kwargs["batch"] = ((inputs[0].get("shapes") or {}).get("input_ids") or [2])[0] or 2
+    return Rerun(reference, candidate, kwargs)
+
+
+def _is_torchscript(path: Path) -> bool:
+    from .. import formats
+
+    try:
+        return formats.detect(path).id == "torchscript"
+    except ModelportError:
+        return False
+
+
+def _recorded_config(options: dict, manifest: Path, home: Path, arch: str | None, notes: list[str]) -> dict | None:
+    """The config a manifest records, checked like any config: a JSON object that the family's config
+    accepts, or (older manifests) a config file inside the manifest's directory."""
+    from ..models.config import config_from_hf
+    from ..models.sources import read_config_file
+
+    config = options["config"]
+    if isinstance(config, str):
+        path = Path(config)
+        if not (path.is_absolute() and _within(path, home) and path.is_file()):
+            notes.append(f"parity not run again: the recorded config {config} is not a file inside the manifest's "
+                         "directory; pass --config to run it again")
+            return None
+        config = read_config_file(path)
+    try:
+        config_from_hf(config, arch, f"{manifest}: the recorded config")
+    except ModelportError as exc:
+        raise FormatError(f"{manifest}: the recorded config is not usable: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # the config checks assume config.json's types in places (``architectures`` a list …); a value of
+        # another type is refused here, before parity reads the same dict
+        raise FormatError(f"{manifest}: the recorded config is not usable: a value has an unexpected type "
+                          f"({type(exc).__name__}: {str(exc)[:80]})") from None
+    return config
+
+
+def verify(manifest_file: Path, rerun=rerun_parity, *, source: Path | None = None, arch: str | None = None,
+           config=None) -> VerifyReport:
+    """Re-hash every file the manifest lists; re-run the parity check (``rerun``, given a :class:`Rerun`)
+    when one ran at conversion. The output's files are looked up in the manifest's own directory, the
+    source's in ``source`` (what the user passed) or in the recorded source when that lies inside the
+    manifest's directory. ``arch`` / ``config``: what the user passed to run the check again.
+
+    Every path is checked before anything is hashed: a FormatError refuses the manifest when one is not a
+    regular file inside its root, or when the manifest leaves nothing to verify."""
+    manifest_file = Path(manifest_file)
+    data = load_manifest(manifest_file)
+    home = manifest_file.parent
+    notes: list[str] = []
+    src_root, reference = _source(data, home, source, notes)
+    planned: list[tuple[str, Path, str]] = []
+    for f in data["output"]["files"]:
+        planned.append(("output", _entry(home, f["path"], "output", manifest_file), f["sha256"]))
+    if src_root is not None:
+        files = data["source"]["files"]
+        if source is not None and not data["source"]["directory"] and len(files) == 1:
+            planned.append(("source", _entry(src_root, Path(source).name, "source", manifest_file), files[0]["sha256"]))
+        else:
+            planned += [("source", _entry(src_root, f["path"], "source", manifest_file), f["sha256"]) for f in files]
+    plan = _parity_plan(data, manifest_file, home, reference, arch, config, notes, named_source=source is not None)
+    if not planned and plan is None:
+        raise FormatError(f"{manifest_file}: nothing to verify (the manifest lists no file that can be checked and no "
+                          "parity check that can run again)" + (f"; {notes[0]}" if notes else ""))
+    checks = [FileCheck(role, str(p), sha, sha256_file(p) if p.is_file() else None) for role, p, sha in planned]
+    report = VerifyReport(str(manifest_file), checks, notes=notes, parity_recorded=data.get("parity") is not None)
+    if plan is not None:
+        report.parity = rerun(plan)
     return report
 
 
@@ -352,5 +527,5 @@ def summary(data: dict) -> list[str]:
     return lines
 
 
-__all__ = ["DIR_NAME", "SUFFIX", "BackgroundHash", "Manifest", "build", "find", "load", "summary",
-           "verify", "read", "write"]
+__all__ = ["DIR_NAME", "SUFFIX", "BackgroundHash", "Manifest", "Rerun", "VerifyReport", "build", "find", "load",
+           "load_manifest", "locate", "read", "read_with_note", "summary", "verify", "write"]

@@ -10,7 +10,7 @@ import torch
 
 from modelport.convert import convert
 from modelport.convert import manifest as mf
-from modelport.errors import UnsupportedError
+from modelport.errors import FormatError, UnsupportedError
 
 from ..conftest import tied_state_dict
 from ..models import tiny
@@ -112,9 +112,11 @@ def test_parity_verdict_and_metrics_are_kept_and_rerun(llama_pt, cli):
     assert data["parity"]["passed"] is True and data["parity"]["seed"] == 0
     assert [i["seq_len"] for i in data["parity"]["inputs"]] == [3]
     assert mf.summary(data)[-2] == "parity: passed"
-    assert data["options"]["config"] == str((llama_pt.parent / "config.json").resolve())
+    assert data["options"]["config_file"] == str((llama_pt.parent / "config.json").resolve())
+    assert data["options"]["config"] == json.loads((llama_pt.parent / "config.json").read_text())   # recorded as JSON
     r = cli("verify", dst)                       # re-hashed, and the parity check run again
     assert r.returncode == 0 and "parity: passed (run again" in r.stdout, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "verified: 2 files checked, all match; parity passed"
 
 
 def test_verify_rehashes_and_finds_changes(tmp_path):
@@ -124,6 +126,7 @@ def test_verify_rehashes_and_finds_changes(tmp_path):
     convert(src, dst)
     report = mf.verify(mf.find(dst))
     assert report and len(report.files) == 2 and not report.notes
+    assert report.summary() == "verified: 2 files checked, all match"
     data = bytearray(dst.read_bytes())
     data[-1] ^= 1
     dst.write_bytes(bytes(data))
@@ -159,7 +162,7 @@ def test_cli_verify_inspect_and_no_manifest(tmp_path, cli):
     r = cli("convert", src, tmp_path / "n.safetensors", "--no-manifest")
     assert r.returncode == 0 and not (tmp_path / "n.safetensors.modelport.json").exists()
     r = cli("verify", tmp_path / "n.safetensors")
-    assert r.returncode == 2 and "not a readable modelport manifest" in r.stderr
+    assert r.returncode == 2 and "has no modelport manifest (no n.safetensors.modelport.json beside it)" in r.stderr
 
 
 def _opts(**kw):
@@ -187,3 +190,96 @@ def test_a_graph_export_through_the_api_gets_a_manifest(tmp_path):
     assert data["output"]["files"][0]["sha256"] == _sha(tmp_path / "m.onnx") and data["opset"] == 17
     assert convert(tmp_path / "src", tmp_path / "n.onnx", manifest=False).manifest is None
     assert not (tmp_path / "n.onnx.modelport.json").exists()
+
+
+def test_a_source_outside_the_manifests_directory_is_checked_when_named(tmp_path, llama_pt, cli):
+    out = tmp_path / "hf"
+    convert(llama_pt, out, to="hf", options=_opts(config=tmp_path / "config.json"))
+    report = mf.verify(out / mf.DIR_NAME)
+    assert report and {f.role for f in report.files} == {"output"} and "pass --source" in report.notes[0]
+    report = mf.verify(out / mf.DIR_NAME, source=llama_pt)
+    assert report and [f.role for f in report.files].count("source") == 1
+    llama_pt.write_bytes(llama_pt.read_bytes()[:-1] + b"\1")
+    assert not mf.verify(out / mf.DIR_NAME, source=llama_pt)
+    r = cli("verify", out, "--source", llama_pt)
+    assert r.returncode == 1 and "CHANGED  source" in r.stdout
+    assert r.stdout.splitlines()[-1] == "NOT verified: 1 of 3 files changed or missing"
+    with pytest.raises(FormatError, match="records a source file"):
+        mf.verify(out / mf.DIR_NAME, source=tmp_path)
+
+
+def _with_parity(tmp_path, **options):
+    src = tmp_path / "m.pt"
+    torch.save(tied_state_dict(), src)
+    dst = tmp_path / "m.safetensors"
+    convert(src, dst, force=True)
+    data = json.loads(mf.find(dst).read_text())
+    data["parity"] = {"passed": True, "seed": 3, "new_tokens": 2, "inputs": [{"seq_len": 5, "shapes": {"input_ids": [2, 5]}}]}
+    data["options"] = options
+    mf.find(dst).write_text(json.dumps(data))
+    return src, dst
+
+
+def test_the_recorded_parity_check_runs_again_only_on_what_may_run(tmp_path):
+    plans = []
+    src, dst = _with_parity(tmp_path, arch="GPT2")
+    report = mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert report and report.parity == {"passed": True}
+    plan = plans.pop()
+    assert (plan.reference, plan.candidate) == (src.resolve(), dst.parent / dst.name)
+    assert plan.kwargs == {"seed": 3, "new_tokens": 2, "arch": "gpt2", "config": None, "seq_lens": (5,), "batch": 2}
+    src, dst = _with_parity(tmp_path, arch="tests.models.tiny:gpt2")      # a user module: only when named again
+    report = mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan))
+    assert report and report.parity is None and not plans and "pass --arch" in report.notes[0]
+    assert report.summary() == "verified: 2 files checked, all match; parity not run again (see the note)"
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True}, arch="tests.models.tiny:gpt2")
+    assert plans.pop().kwargs["arch"] == "tests.models.tiny:gpt2"
+    src, dst = _with_parity(tmp_path, arch="tests.models.tiny:gpt2", config={"n_layer": 1})
+    report = mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan), arch="tests.models.tiny:gpt2")
+    assert not plans and "pass it with --config" in report.notes[0]         # its kwargs come from the user only
+    cfg = tmp_path / "kwargs.json"
+    cfg.write_text('{"n_layer": 1}')
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True}, arch="tests.models.tiny:gpt2",
+              config=cfg)
+    assert plans.pop().kwargs["config"] == cfg
+
+
+def test_a_recorded_config_file_is_read_only_inside_the_manifests_directory(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny.gpt2(seed=1).config.to_dict()))
+    plans = []
+    _, dst = _with_parity(tmp_path, arch="gpt2", config=str(cfg))       # the spelling of earlier manifests
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert plans.pop().kwargs["config"]["model_type"] == "gpt2"
+    _, dst = _with_parity(tmp_path, arch="gpt2", config=json.loads(cfg.read_text()))
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert plans.pop().kwargs["config"] == json.loads(cfg.read_text())
+    with pytest.raises(FormatError, match="recorded config is not usable"):
+        _, dst = _with_parity(tmp_path, arch="gpt2", config={"model_type": "llama"})
+        mf.verify(mf.find(dst), rerun=lambda plan: pytest.fail("ran"))
+
+
+def test_load_manifest_names_the_key(tmp_path):
+    src = tmp_path / "m.pt"
+    torch.save(tied_state_dict(), src)
+    dst = tmp_path / "m.safetensors"
+    convert(src, dst)
+    data = json.loads(mf.find(dst).read_text())
+    assert mf.load_manifest(mf.find(dst)) == data
+    data["output"]["files"][0]["bytes"] = "12"
+    mf.find(dst).write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=r"manifest key manifest.output.files\[0\].bytes is a string \('12'\), not an "
+                                          "integer"):
+        mf.load_manifest(mf.find(dst))
+    assert mf.read(dst) is None and "manifest ignored" in mf.read_with_note(dst)[1]
+
+
+def test_a_tensor_models_parity_record_loads_and_runs_again_without_token_sizes(tmp_path):
+    plans = []
+    _, dst = _with_parity(tmp_path)
+    data = json.loads(mf.find(dst).read_text())
+    data["parity"]["inputs"] = [{"label": "input [1, 3, 224, 224]", "seq_len": 0, "left_pad": 0,
+                                 "shapes": {"input": [1, 3, 224, 224]}, "dtypes": {"input": "float32"}}]
+    mf.find(dst).write_text(json.dumps(data))
+    mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
+    assert "seq_lens" not in plans[0].kwargs and "batch" not in plans[0].kwargs

@@ -252,6 +252,26 @@ def pieces(src: Path, work: Path, repeat: int) -> None:
         print(f"{name:<16}{len(plans[name]):>7}{min(walls):8.3f}{statistics.median(walls):8.3f}")
 
 
+def manifest_cost(src: Path, st: Path, back: Path, copy: Path, size: int, repeat: int) -> None:
+    """cp, and each direction with the manifest (the default) and without, interleaved; the ratios to cp's
+    best (targets: with the manifest <= 2.5 x cp, without <= 1.6 x cp)."""
+    timed = rounds({
+        "cp": (["cp", str(src), str(copy)], copy),
+        "pt -> safetensors": (step("pt -> safetensors", src, st), st),
+        "pt -> safetensors, no manifest": (step("pt -> safetensors, no manifest", src, st), st),
+        "safetensors -> pt": (step("safetensors -> pt", st, back), back),
+        "safetensors -> pt, no manifest": (step("safetensors -> pt, no manifest", st, back), back),
+    }, repeat)
+    rows = [(name, *summary(timed[name])) for name in timed]
+    cp_wall, cp_cpu = rows[0][1], rows[0][4]
+    print(f"\ncheckpoint: {size / 1e9:.3f} GB; {repeat} interleaved rounds; load average now: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"{'step':<32}{'best s':>8}{'median':>8}{'x cp':>7}{'cpu s':>7}{'x cp':>6}")
+    for name, best, med, _worst, cpu, _peak, _conv in rows:
+        print(f"{name:<32}{best:8.3f}{med:8.3f}{best / cp_wall:7.2f}{cpu:7.3f}{cpu / cp_cpu:6.2f}")
+    print("targets: with the manifest (the default) <= 2.5 x cp, --no-manifest <= 1.6 x cp")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="4 layers instead of 24 (a quick run)")
@@ -260,6 +280,8 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="skip the torch.load reference steps")
     ap.add_argument("--offsets", action="store_true", help="only time copy_file_range at equal and shifted offsets")
     ap.add_argument("--pieces", action="store_true", help="only time copy_file_range of the file in pieces")
+    ap.add_argument("--manifest", action="store_true",
+                    help="only cp and both directions with and without the manifest (what the manifest costs)")
     args = ap.parse_args()
 
     layers = 4 if args.small else 24
@@ -276,6 +298,8 @@ def main() -> None:
         st, back, copy = work / "model.safetensors", work / "back.pt", work / "copy.pt"
         run(step("pt -> safetensors", src, st), st)   # warm the page cache (and make the safetensors input)
         plain_st, plain_pt = work / "plain.safetensors", work / "plain.pt"
+        if args.manifest:
+            return manifest_cost(src, st, back, copy, size, args.repeat)
         timed = rounds({
             "cp": (["cp", str(src), str(copy)], copy),
             "pt -> safetensors": (step("pt -> safetensors", src, st), st),

@@ -15,18 +15,62 @@ def _running_as_command() -> bool:
 
 
 if _running_as_command():    # before the imports below: Ctrl-C while they load is an exit 130 too
-    from .atomic.interrupt import install_early as _install_early
+    import signal as _signal
 
-    _install_early("modelport: interrupted; nothing was written")
+    # held back while the handler's own module loads (a signal then would be a traceback), delivered after
+    _mask = getattr(_signal, "pthread_sigmask", None)        # POSIX only
+    _held = _mask(_signal.SIG_BLOCK, {_signal.SIGINT, _signal.SIGTERM}) if _mask else None
+    try:
+        from .atomic.interrupt import install_early as _install_early
+
+        _install_early("modelport: interrupted; nothing was written")
+    finally:
+        if _mask:
+            _mask(_signal.SIG_SETMASK, _held)
 
 from .errors import ModelportError  # noqa: E402
-from .formats import Options  # noqa: E402
-from .models.sources import open_source as open  # noqa: E402,A001
-from .convert import convert  # noqa: E402  (the function; rebinds the subpackage's name)
-from .diff import diff  # noqa: E402
-from .inspect import inspect  # noqa: E402
-from .parity import parity  # noqa: E402  (the function; rebinds the subpackage's name)
-from .batch import batch  # noqa: E402  (the function; rebinds the subpackage's name)
+
+# The facade's other names are resolved on first use, so `import modelport` (and the command's --help)
+# loads neither torch nor the conversion and parity machinery. batch, convert, diff, inspect and parity are also
+# the names of submodules: the import system binds a submodule to its package's attribute once it is
+# imported, so these five are properties of the package that always give the function.
+_LAZY = {"Options": (".formats", "Options"), "open": (".models.sources", "open_source"),
+         "convert": (".convert", "convert"), "diff": (".diff", "diff"), "inspect": (".inspect", "inspect"),
+         "parity": (".parity", "parity"), "trusted_torchscript": (".formats.torchscript", "trusted_torchscript"),
+         "batch": (".batch", "batch")}
+
+
+def _resolve(name: str):
+    import importlib
+
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module, __name__), attr)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return _resolve(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(type(_sys)):
+    """modelport's module type: the five names shared by a function and a submodule are the functions."""
+
+
+def _function_of(name: str) -> property:
+    def setter(self, value) -> None:     # the import system binding the submodule: sys.modules keeps it
+        pass
+
+    return property(lambda self: _resolve(name), setter)
+
+
+for _name in ("batch", "convert", "diff", "inspect", "parity"):
+    setattr(_Package, _name, _function_of(_name))
+_sys.modules[__name__].__class__ = _Package
 
 
 def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
@@ -41,4 +85,5 @@ def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
     return _load_model(path, arch, device, dtype, **kwargs)
 
 
-__all__ = ["ModelportError", "Options", "batch", "convert", "diff", "inspect", "load_model", "open", "parity", "__version__"]
+__all__ = ["ModelportError", "Options", "batch", "convert", "diff", "inspect", "load_model", "open", "parity",
+           "trusted_torchscript", "__version__"]

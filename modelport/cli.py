@@ -101,6 +101,20 @@ def formats_cmd(as_json: bool) -> None:
                "Running needs torch.")
 
 
+def _trust_torchscript(ctx, param, value):
+    if value:
+        from .formats.torchscript import trusted_torchscript
+
+        ctx.with_resource(trusted_torchscript())
+    return value
+
+
+trust_torchscript_option = click.option(
+    "--trust-torchscript", is_flag=True, expose_value=False, callback=_trust_torchscript,
+    help="Run TorchScript files even when their code could read or write files (running a TorchScript file runs "
+         "its code: trusted files only).")
+
+
 def _options(**kw):
     from .formats.base import Options
 
@@ -120,6 +134,7 @@ def _options(**kw):
 @click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
+@trust_torchscript_option
 def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_model: bool, arch, config, assume_config,
             input_shape, input_dtype, allow_expanded) -> None:
     """Show what a checkpoint holds: tensors, totals, module tree, metadata, architecture."""
@@ -204,6 +219,7 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 @click.option("--verify", is_flag=True, help="Run the written model against SRC (as `modelport parity` does) before "
               "declaring success; keep nothing when they differ (exit 1).")
 @click.option("--view", "view_after", is_flag=True, help="Open the result in Netron when done (needs modelport[view]).")
+@trust_torchscript_option
 def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, config, assume_config, strip_prefix, arch,
             layout, shards, no_crc32, params_only, t7_mode, t7_long_size, t7_endian, method, opset, static_shapes,
             external_data, input_shape, input_dtype, device, engine, allow_expanded, no_manifest, verify,
@@ -216,6 +232,8 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     from .errors import DifferenceFound
 
     target = target_format(dst, to)
+    _refuse_unused(target.id, opset=opset, static_shapes=static_shapes, external_data=external_data, method=method,
+                   input_shape=input_shape, input_dtype=input_dtype)
     if view_after:
         from .view import require
 
@@ -281,16 +299,32 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
         _serve(result.dst, "127.0.0.1", None, True, False, False)
 
 
-def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
+# Options that only one kind of target uses: given for another, they are refused, never silently ignored.
+_TARGET_OPTIONS = {"opset": ("onnx",), "static_shapes": ("onnx",), "external_data": ("onnx",),
+                   "method": ("torchscript",), "input_shape": ("onnx", "torchscript"),
+                   "input_dtype": ("onnx", "torchscript")}
+
+
+def _refuse_unused(target: str, **given) -> None:
+    for name, value in given.items():
+        if value and target not in _TARGET_OPTIONS[name]:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} applies to {' and '.join(_TARGET_OPTIONS[name])} targets, and this one "
+                                   f"is {target}: drop {flag}")
+
+
+def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=None) -> None:
     from .view import view as run
 
     from .render import escape
 
-    run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx,
-        echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
+    stopped_by = run(path, host=host, port=port, browser=browser, graph_only=graph_only, as_onnx=as_onnx, arch=arch,
+                     config=config, echo=lambda line: click.echo(escape(line), err=line.startswith("note:")))
     # stopped and cleaned up: a second Ctrl-C or SIGTERM on the way out changes nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if stopped_by is not None:      # Ctrl-C or SIGTERM: interrupted, as every command (it printed "stopped")
+        sys.exit(130)
 
 
 @cli.command()
@@ -301,9 +335,14 @@ def _serve(path, host, port, browser, graph_only, as_onnx) -> None:
 @click.option("--graph-only", is_flag=True,
               help="ONNX: show the graph with shape-only weights (automatic above 1 GiB of weights).")
 @click.option("--as-onnx", is_flag=True, help="Export a weights-only source to ONNX first and show its graph.")
-def view(path, host, port, no_browser, graph_only, as_onnx) -> None:
+@click.option("--arch", help="With --as-onnx: architecture of bare weights (gpt2, llama, …) or package.module:factory.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --as-onnx: config.json for bare weights (the values they do not reveal).")
+def view(path, host, port, no_browser, graph_only, as_onnx, arch, config) -> None:
     """Show PATH in Netron (modelport[view]) on localhost until Ctrl-C."""
-    _serve(path, host, port, not no_browser, graph_only, as_onnx)
+    if (arch or config) and not as_onnx:
+        raise click.UsageError("--arch and --config build a model for --as-onnx; add --as-onnx or drop them")
+    _serve(path, host, port, not no_browser, graph_only, as_onnx, arch, config)
 
 
 @cli.command("batch")
@@ -390,6 +429,7 @@ class _BatchProgress:
                              "(a module the conversion used runs again only when named here).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json for the recorded parity check (instead of the one recorded).")
+@trust_torchscript_option
 def verify_cmd(manifest, as_json, source, arch, config) -> None:
     """Check a conversion's MANIFEST (or the file/directory it describes): re-hash every file; exit 1 on a change."""
     from .convert import manifest as mf
@@ -414,14 +454,25 @@ def verify_cmd(manifest, as_json, source, arch, config) -> None:
         raise DifferenceFound(f"{report.manifest}: the model no longer matches what the manifest records")
 
 
+def _tolerance(ctx, param, value):
+    """A tolerance is a finite number >= 0 (a negative one would fail every comparison, NaN pass or fail at random)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value} is not a tolerance; give a number >= 0, e.g. 1e-4")
+    return value
+
+
 @cli.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
-@click.option("--atol", type=float, default=0.0, show_default=True, help="Largest absolute difference counted as equal.")
+@click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
+              help="Largest absolute difference counted as equal.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--from-a", type=FormatChoice(), help="Format of A (default: detected).")
 @click.option("--from-b", type=FormatChoice(), help="Format of B (default: detected).")
-@click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion); use with --atol.")
+@click.option("--cast", is_flag=True, help="Compare values across dtypes (after a --dtype conversion): a value that is "
+              "exactly the other rounded to the less precise dtype is equal; others within --atol.")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 def diff(a, b, atol, as_json, from_a, from_b, cast, allow_expanded) -> None:
     """Compare A and B tensor by tensor; exit 1 when they differ."""
@@ -457,8 +508,10 @@ def _seq_lens(ctx, param, value):
               help="Where both models run; auto uses CUDA when a GPU is visible. cuda without one is an error.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run both models in this dtype "
               "(default: as stored); picks the default tolerances.")
-@click.option("--atol", type=float, help="Absolute tolerance (default depends on the dtype and is printed).")
-@click.option("--rtol", type=float, help="Relative tolerance (default depends on the dtype and is printed).")
+@click.option("--atol", type=float, callback=_tolerance,
+              help="Absolute tolerance (default depends on the dtype and is printed).")
+@click.option("--rtol", type=float, callback=_tolerance,
+              help="Relative tolerance (default depends on the dtype and is printed).")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Rows per input batch; the last row is left-padded.")
 @click.option("--seq-len", "seq_lens", multiple=True, callback=_seq_lens, metavar="L",
@@ -481,10 +534,15 @@ def _seq_lens(ctx, param, value):
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one test case per candidate and check).")
+@trust_torchscript_option
 def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
            input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
     """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
     from .errors import DifferenceFound
+    from .formats._untrusted import check_regular
+
+    for path in (ref, *candidates):     # every path before loading any model (a reference can take minutes)
+        check_regular(path, "model")
     from .parity import parity as run
     from .parity.inputs import DEFAULT_SEQ_LENS
 
@@ -547,6 +605,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             raise KeyboardInterrupt from None
+        except click.UsageError as exc:   # one line, as every error (click's own show() prints four)
+            interrupt.check()
+            from .render import escape
+
+            command = exc.ctx.command_path if exc.ctx is not None else "modelport"
+            message = " ".join(escape(exc.format_message()).split())
+            click.echo(f"modelport: error: {message} (see '{command} --help')", err=True)
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             interrupt.check()
             exc.show()

@@ -74,6 +74,22 @@ def module_tree(rows: list[TensorRow], max_depth: int = 3) -> list[ModuleRow]:
     return [ModuleRow(p, 0 if not p else p.count(".") + 1, params[p], nbytes[p], count[p]) for p in order]
 
 
+def natural_order(names: list[str]) -> list[str]:
+    """``names`` with numbered siblings in numeric order (``h.2`` before ``h.10``) and named parts in the
+    order they first appear (so a file's own order, embeddings first, head last, is kept)."""
+    first: dict[tuple[str, ...], int] = {}
+    for name in names:
+        parts = tuple(name.split("."))
+        for i in range(1, len(parts) + 1):
+            first.setdefault(parts[:i], len(first))
+
+    def key(name: str):
+        parts = tuple(name.split("."))
+        return tuple((0, int(p)) if p.isdigit() else (1, first[parts[:i + 1]]) for i, p in enumerate(parts))
+
+    return sorted(names, key=key)
+
+
 def inspect(path: str | Path, format: str | None = None, options: Options | None = None) -> Summary:  # noqa: A002
     from .models import detect_arch
     from .models.sources import open_source
@@ -86,6 +102,8 @@ def inspect(path: str | Path, format: str | None = None, options: Options | None
         for alias, kept in source.aliases().items():
             info = source.info(kept)
             rows.append(TensorRow(alias, list(info.shape), info.dtype, 0, alias_of=kept, buffer=kept in buffers))
+        by_name = {r.name: r for r in rows}
+        rows = [by_name[n] for n in natural_order(list(by_name))]
         own = [r for r in rows if not r.alias_of]
         dtype_counts = Counter()
         for r in own:

@@ -100,6 +100,8 @@ def print_diff(r: DiffReport) -> None:
         echo(f"only in A: {name}")
     for name in r.unexpected:
         echo(f"only in B: {name}")
+    for line in r.matched:
+        echo(f"matched: {line}")
     for d in r.differences:
         if d.kind == "values":
             line = f"{d.name}: values differ, max abs diff {d.max_abs_diff:.6g}"

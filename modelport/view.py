@@ -124,7 +124,7 @@ def _weights_file_of(directory: Path) -> tuple[Path, str]:
     raise UnsupportedError(f"{directory}: a {fmt.id} directory has no single file Netron can show; view one of its files")
 
 
-def _export_onnx(src: Path, dst: Path, opset: int) -> None:
+def _export_onnx(src: Path, dst: Path, opset: int, arch=None, config=None) -> None:
     """The graph-formats exporter, or a clear error while this version has none."""
     try:
         from .convert.export import export_onnx
@@ -133,19 +133,20 @@ def _export_onnx(src: Path, dst: Path, opset: int) -> None:
             raise MissingDependencyError(f"{src}: --as-onnx needs the ONNX exporter, which is not available in this "
                                          "version of modelport yet; export with `torch.onnx.export` and view the .onnx") from exc
         raise
-    export_onnx(src, dst, opset=opset)
+    export_onnx(src, dst, opset=opset, arch=arch, config=config)
 
 
 def prepare(path: Path, workdir: Path, *, graph_only: bool = False, as_onnx: bool = False,
-            graph_only_above: int = GRAPH_ONLY_ABOVE, opset: int = 17) -> Shown:
-    """Decide what to serve for ``path``; temporary files go into ``workdir``."""
+            graph_only_above: int = GRAPH_ONLY_ABOVE, opset: int = 17, arch=None, config=None) -> Shown:
+    """Decide what to serve for ``path``; temporary files go into ``workdir``. ``arch`` and ``config`` build
+    the model of bare weights for ``as_onnx`` (as ``convert --arch/--config`` do)."""
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such file or directory")
     notes: list[str] = []
     if as_onnx and not is_onnx(path):
         exported = workdir / (path.stem + ".onnx")
-        _export_onnx(path, exported, opset)
+        _export_onnx(path, exported, opset, arch, config)
         notes.append(f"exported to ONNX (opset {opset}) for viewing")
         onnx_path, origin_kind = exported, "exported"
     elif is_onnx(path):
@@ -216,17 +217,19 @@ class Server:
 
 def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browser: bool = True,
          graph_only: bool = False, as_onnx: bool = False, echo: Callable[[str], None] = print,
-         ready: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> None:
+         ready: Callable[[str], None] | None = None, stop: threading.Event | None = None, arch=None,
+         config=None) -> int | None:
     """Serve ``path`` in Netron until Ctrl-C, SIGTERM or ``stop`` is set; then stop the server
-    and remove every temporary file."""
+    and remove every temporary file. Returns the signal that stopped it (None when ``stop`` did)."""
     stop = stop or threading.Event()
+    received: list[int] = []
     workdir = Path(tempfile.mkdtemp(prefix="modelport-view-"))
     server = None
     try:
-        shown = prepare(Path(path), workdir, graph_only=graph_only, as_onnx=as_onnx)
+        shown = prepare(Path(path), workdir, graph_only=graph_only, as_onnx=as_onnx, arch=arch, config=config)
         for note in shown.notes:
             echo(f"note: {note}")
-        with _stop_on_signals(stop):
+        with _stop_on_signals(stop, received):
             server = Server(shown.file, host, port)
             echo(f"serving {shown.origin} in Netron at {server.url}  (Ctrl-C stops)")
             if ready is not None:
@@ -242,6 +245,7 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
             server = None
             shutil.rmtree(workdir, ignore_errors=True)
             echo("stopped")
+            return received[0] if received else None
     finally:
         if server is not None:
             server.stop()
@@ -249,12 +253,19 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """While serving, Ctrl-C and SIGTERM (however many) set ``stop`` instead of raising."""
+def _stop_on_signals(stop: threading.Event, received: list[int]):
+    """While serving, Ctrl-C and SIGTERM (however many) set ``stop`` instead of raising; the first is
+    appended to ``received``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        if not received:
+            received.append(signum)
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

@@ -26,6 +26,27 @@ def test_help_and_formats_do_not_import_heavy_libraries():
     assert out.strip().splitlines()[-1] == "[]"
 
 
+def test_importing_the_cli_loads_no_heavy_library_and_no_conversion_machinery():
+    code = ("import sys, modelport.cli\n"
+            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime', 'transformers') "
+            "or m.startswith(('modelport.convert', 'modelport.parity', 'modelport.formats', 'modelport.models'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_facade_names_resolve_on_use_and_stay_the_functions():
+    code = ("import sys, modelport\n"
+            "assert 'modelport.convert' not in sys.modules\n"
+            "import modelport.convert, modelport.diff, modelport.inspect, modelport.parity\n"
+            "from modelport.convert import convert\n"
+            "from modelport.parity import parity\n"
+            "assert modelport.convert is convert and modelport.parity is parity\n"
+            "assert callable(modelport.diff) and callable(modelport.inspect) and modelport.Options.__name__ == 'Options'\n"
+            "print(sorted(set(modelport.__all__) - set(dir(modelport))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_formats_lists_every_format_with_capabilities():
     result = CliRunner().invoke(cli, ["formats", "--json"])
     rows = {r["id"]: r for r in json.loads(result.output)}
@@ -151,8 +172,8 @@ def test_diff_cast_checks_a_dtype_conversion_within_atol(cli, tmp_path):
     assert r.returncode == 1 and "--cast" in r.stderr           # a dtype difference alone counts without --cast
     r = cli("diff", example, half, "--atol", "1e-3", "--cast")
     assert r.returncode == 0 and "values compared across dtypes" in r.stdout
-    r = cli("diff", example, half, "--cast")                     # fp16 rounding is still seen at atol 0
-    assert r.returncode == 1
+    r = cli("diff", example, half, "--cast")       # exactly the source rounded to fp16: equal even at atol 0
+    assert r.returncode == 0, r.stdout
 
 
 def test_formats_says_what_runs_and_how():
@@ -253,3 +274,61 @@ def test_convert_to_onnx_and_torchscript_keeps_jit_notices_out(cli, tmp_path):
                 "--engine", "transformers")
     assert r.returncode == 0, r.stderr
     assert "torchscript" in r.stdout and r.stderr == ""
+
+
+@pytest.mark.parametrize("args, said", [
+    (["convert"], "Missing argument 'SRC'"),
+    (["convert", "a.pt", "b.onnx", "--opset", "x"], "'x' is not a valid integer"),
+    (["bogus"], "No such command 'bogus'"),
+    (["parity", "a", "b", "--atol", "-1"], "-1.0 is not a tolerance"),
+    (["parity", "a", "b", "--rtol", "nan"], "nan is not a tolerance"),
+    (["diff", "a", "b", "--atol", "inf"], "inf is not a tolerance"),
+])
+def test_usage_errors_are_one_line_and_exit_2(cli, args, said):
+    r = cli(*args)
+    assert r.returncode == 2, r
+    assert len(r.stderr.strip().splitlines()) == 1 and said in r.stderr and "--help" in r.stderr, r.stderr
+    assert r.stderr.startswith("modelport: error: ")
+
+
+def test_parity_checks_every_path_before_loading_any_model(cli, two_files, monkeypatch):
+    import importlib
+
+    def load(*args, **kw):
+        raise AssertionError("a model was loaded before every path was checked")
+
+    monkeypatch.setattr(importlib.import_module("modelport.parity"), "parity", load)
+    r = cli("parity", two_files / "a.safetensors", two_files / "b.safetensors", two_files / "missing.onnx")
+    assert r.returncode == 2 and "missing.onnx: no such file or directory" in r.stderr, r
+
+
+@pytest.mark.parametrize("dst", ["exists.safetensors", "exists.onnx"])
+def test_convert_names_a_missing_source_before_an_existing_destination(cli, tmp_path, dst):
+    (tmp_path / dst).write_bytes(b"x")
+    r = cli("convert", tmp_path / "missing.pt", tmp_path / dst)
+    assert r.returncode == 2 and "missing.pt: no such file or directory" in r.stderr, r
+    assert "exists" not in r.stderr.replace(str(tmp_path / "missing.pt"), "")
+
+
+def test_formats_are_listed_weights_first_then_graphs_then_lua(cli):
+    ids = [line.split()[0] for line in cli("formats").stdout.splitlines()[:7]]
+    assert ids == ["pt", "safetensors", "hf", "meta", "torchscript", "onnx", "t7"]
+
+
+@pytest.mark.parametrize("args, flag", [(["x.safetensors", "--opset", "17"], "--opset"),
+                                        (["x.pt", "--to", "torchscript", "--static-shapes"], "--static-shapes"),
+                                        (["x.onnx", "--method", "trace"], "--method"),
+                                        (["x.safetensors", "--input-shape", "1,3"], "--input-shape")])
+def test_options_of_another_kind_of_target_are_refused_not_ignored(cli, two_files, args, flag):
+    r = cli("convert", two_files / "a.safetensors", two_files / args[0], *args[1:])
+    assert r.returncode == 2 and flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+    assert not (two_files / args[0]).exists()
+
+
+def test_input_shape_on_a_language_model_export_is_refused(cli, tmp_path):
+    from tests.models import tiny
+
+    tiny.gpt2(seed=3).save_pretrained(tmp_path / "src")
+    r = cli("convert", tmp_path / "src", tmp_path / "m.onnx", "--input-shape", "1,3")
+    assert r.returncode == 2 and "--input-shape" in r.stderr and "input_ids" in r.stderr, r
+    assert not (tmp_path / "m.onnx").exists()

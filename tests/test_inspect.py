@@ -50,3 +50,20 @@ def test_lua_model_parameters_counted_apart_from_buffers():
     assert summary.total_params == sum(p.numel() for p in model.parameters()) == 59850
     assert summary.total_buffers == 463435
     assert {t.name.rsplit(".", 1)[-1] for t in summary.tensors if t.buffer} >= {"output", "gradInput"}
+
+
+def test_layers_are_listed_in_numeric_order_and_named_parts_keep_the_file_order(tmp_path):
+    """safetensors stores names sorted as text (layers.0, layers.1, layers.10 …); inspect lists 0, 1, 2 … 11."""
+    import torch
+    from safetensors.torch import save_file
+
+    from modelport.inspect import inspect as run
+
+    tensors = {f"model.layers.{i}.mlp.weight": torch.zeros(2) for i in range(12)}
+    tensors.update({"model.embed_tokens.weight": torch.zeros(3), "model.norm.weight": torch.zeros(2)})
+    save_file(tensors, tmp_path / "m.safetensors")
+    names = [r.name for r in run(tmp_path / "m.safetensors").tensors]
+    assert names == ["model.embed_tokens.weight", *(f"model.layers.{i}.mlp.weight" for i in range(12)),
+                     "model.norm.weight"]
+    tree = [m.name for m in run(tmp_path / "m.safetensors").modules if m.name.startswith("model.layers.")]
+    assert tree == [f"model.layers.{i}" for i in range(12)]

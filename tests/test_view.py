@@ -128,7 +128,7 @@ def test_serves_onnx_with_external_data_and_stops_cleanly(tmp_path, sig):
     finally:
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err      # interrupted, as README says of every command
     assert "stopped" in out and "Traceback" not in err
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{host}/", timeout=2)
@@ -153,7 +153,7 @@ def test_graph_only_copy_is_removed_on_exit(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
-    assert proc.returncode == 0
+    assert proc.returncode == 130
     assert not list(env_tmp.iterdir())
 
 
@@ -219,7 +219,7 @@ def test_convert_view_serves_the_result(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
-    assert proc.returncode == 0
+    assert proc.returncode == 130       # the conversion was kept (written before serving); the viewer was stopped
 
 
 def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
@@ -229,7 +229,7 @@ def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0 and "stopped" in out and "interrupted" not in err, (out, err)
+    assert proc.returncode == 130 and "stopped" in out and "interrupted" not in err, (out, err)
 
 
 def test_as_onnx_shows_the_exported_graph(tmp_path, monkeypatch):
@@ -244,13 +244,21 @@ def test_as_onnx_shows_the_exported_graph(tmp_path, monkeypatch):
     save_file({"w": torch.zeros(2)}, f)
     calls = []
 
-    def export_onnx(src, dst, *, opset):
-        calls.append((Path(src), opset))
+    def export_onnx(src, dst, *, opset, arch=None, config=None):
+        calls.append((Path(src), opset, arch, config))
         _mlp_onnx(Path(dst))
 
     monkeypatch.setitem(sys.modules, "modelport.convert.export", types.SimpleNamespace(export_onnx=export_onnx))
     work = tmp_path / "work"
     work.mkdir()
-    shown = view.prepare(f, work, as_onnx=True, graph_only_above=10)
-    assert calls == [(f, 17)] and shown.kind == "onnx-graph-only" and shown.file.parent == work
+    shown = view.prepare(f, work, as_onnx=True, graph_only_above=10, config=tmp_path / "config.json")
+    assert calls == [(f, 17, None, tmp_path / "config.json")] and shown.kind == "onnx-graph-only" and shown.file.parent == work
     assert any("exported to ONNX" in n for n in shown.notes)
+
+
+def test_view_takes_a_config_for_as_onnx_and_refuses_it_without(tmp_path, cli):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    (tmp_path / "config.json").write_text("{}")
+    r = cli("view", f, "--config", tmp_path / "config.json", "--no-browser")
+    assert r.returncode == 2 and "--as-onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r

@@ -13,6 +13,7 @@ from typing import Any
 from .. import __version__, dtypes, formats
 from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
+from ..formats._untrusted import check_regular
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
 from . import layouts
@@ -112,6 +113,7 @@ def convert(
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
+    check_regular(src, "source")        # a missing source is named before anything about the destination
     target = target_format(dst, to)
     check_overlap(src, dst)
     check_destination(dst, force)

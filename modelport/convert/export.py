@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_output, check_destination, check_overlap
+from ..formats._untrusted import check_regular
 from ..errors import MissingDependencyError, ModelportError, UnsupportedError
-from ..models.runnable import TENSOR
+from ..models.runnable import TENSOR, run_example
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 24, 17
 LEGACY_MAX_OPSET = 20          # dynamo=False up to here; dynamo=True above
@@ -131,6 +132,10 @@ def _load(src, *, arch, config, input_shape, input_dtype, engine, options: Expor
                              input_shape=input_shape, input_dtype=input_dtype, engine=engine)
     if runnable.backend == "onnxruntime":
         raise UnsupportedError(f"{src}: already an ONNX graph; modelport exports torch models (eager or TorchScript)")
+    if (input_shape or input_dtype) and runnable.kind != TENSOR:    # said, not silently ignored
+        raise UnsupportedError(f"{src}: --input-shape and --input-dtype are for tensor models; this is a {runnable.kind} "
+                               f"model whose inputs ({', '.join(i.name for i in runnable.inputs)}) the export shapes "
+                               "itself: drop them")
     return runnable
 
 
@@ -288,11 +293,23 @@ def _export_graph(module, args: tuple, names: list[str], outputs: list[str], pat
     shapes = None
     if not static:
         dim = torch.export.Dim.DYNAMIC
-        shapes = tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args)
+        shapes = _by_signature(module, tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args))
     with _quiet():
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, input_names=names,
                           output_names=outputs[:1], dynamic_shapes=shapes, external_data=False, optimize=False)
     return f"torch.onnx.export (torch.export-based, dynamo=True), torch {torch.__version__}"
+
+
+def _by_signature(module, shapes: tuple) -> tuple:
+    """``dynamic_shapes`` in the structure of ``module.forward``'s parameters, as torch.export matches them: the
+    shapes of arguments taken by ``*args`` (transformers encoders' wrapper) go in one nested tuple."""
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters.values())
+    if not any(p.kind is p.VAR_POSITIONAL for p in params):
+        return shapes
+    n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    return (*shapes[:n], tuple(shapes[n:]))
 
 
 def _varint(n: int) -> bytes:
@@ -430,6 +447,7 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
     with ThreadPoolExecutor(1) as pool:
         sha = pool.submit(_sha256, src) if src.exists() else None
         feeds = _feeds(runnable, options.static_shapes, second=False)
+        run_example(runnable, feeds, src)
         args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
         names, outputs = [i.name for i in runnable.inputs], list(runnable.outputs)
         with atomic_output(dst, force) as tmp:
@@ -440,7 +458,7 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
                 staged = stage / dst.name
                 static = options.static_shapes or runnable.kind == TENSOR     # tensor models have one fixed shape
                 check_feeds = _feeds(runnable, options.static_shapes, second=True)
-                want = runnable.run(check_feeds)
+                want = run_example(runnable, check_feeds, src)
                 exporter = _export_graph(runnable.module, args, names, outputs, staged, opset, static)
                 meta = _metadata(runnable, src, sha.result() if sha else "", exporter, opset)
                 kept = None
@@ -487,6 +505,7 @@ def export_onnx(src_path, dst_path, *, opset: int = DEFAULT_OPSET, dtype: str | 
     """Export the model at ``src_path`` (any runnable source) to ONNX at ``dst_path``."""
     options = ExportOptions(opset=check_opset(opset), dtype=dtype, static_shapes=static_shapes,
                             external_data=external_data, device=device)
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
@@ -501,6 +520,8 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
     """Write ``runnable`` (an eager torch module) as a TorchScript archive at ``dst``."""
     import torch
 
+    from ..formats.torchscript import METADATA_FILE, save_module
+
     dst = Path(dst)
     check_destination(dst, force)
     if runnable.backend != "torch":
@@ -510,6 +531,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
         raise UnsupportedError(f"--method {method}: choose script or trace")
     src = Path(source_path or runnable.path or dst)
     feeds = _feeds(runnable, False, second=False)
+    run_example(runnable, feeds, src)
     args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
     with _quiet(), torch.no_grad():
         if method == "script":
@@ -527,7 +549,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
             "source": str(src), "source_sha256": _sha256(src) if src.exists() else "", "version": _version(),
             "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": _strip_prefix(runnable)}
     with atomic_output(dst, force) as tmp, _quiet():
-        torch.jit.save(ts, str(tmp), _extra_files={"modelport.json": json.dumps(meta)})
+        save_module(ts, tmp, {METADATA_FILE: json.dumps(meta)})   # a full disk: OSError, not an abort
     return ExportResult(dst, "torchscript", meta["exporter"], runnable.origin, dst.stat().st_size, None, None, diff,
                         [f"method {method}"])
 
@@ -537,7 +559,7 @@ def _check_torchscript(runnable, ts, options: ExportOptions, method: str, src: P
 
     feeds = _feeds(runnable, False, second=True)
     args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
-    want = runnable.run(feeds)
+    want = run_example(runnable, feeds, src)
     try:
         with _quiet(), torch.no_grad():
             out = ts(*args)
@@ -565,6 +587,7 @@ def export_torchscript(src_path, dst_path, *, method: str | None = None, dtype: 
                        force: bool = False) -> ExportResult:
     """Export the model at ``src_path`` (any runnable source) to TorchScript at ``dst_path``."""
     options = ExportOptions(method=method, dtype=dtype, device=device)
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
@@ -581,6 +604,7 @@ def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOption
         check_opset(options.opset)
     elif to != "torchscript":
         raise UnsupportedError(f"format {to!r} is not a graph format")
+    check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
     runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,

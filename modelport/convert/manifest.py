@@ -3,7 +3,7 @@
 It lies beside a file output as ``<output>.modelport.json`` and inside a directory output as
 ``.modelport.json`` (:data:`DIR_NAME`): there it is the marker (:data:`modelport.atomic.MARKER`)
 that says modelport wrote the directory, with the marker's fields, so ``--force`` may replace it.
-With ``--no-manifest`` a directory output keeps the bare marker. It holds the source and output files with their sha256, the formats, layouts and
+With ``--no-manifest`` a directory output keeps the bare marker. It holds the source and output files with their content hash (blake3 when installed, else sha256; each entry names it), the formats, layouts and
 architecture, every transform the layout mapping, cast and writer applied (as they recorded
 them), the versions of the packages involved, the ONNX opset where there is one, and the parity
 verdict with its metrics when ``--verify`` ran. :func:`verify` re-hashes the files it lists.
@@ -15,22 +15,21 @@ files inside the manifest's directory or inside the source the user confirms.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomic import MARKER
 from ..errors import FormatError, ModelportError
-from ..formats._untrusted import is_regular_inside, open_regular
+from ..formats._untrusted import is_regular_inside
+from .hashing import HASHES, BackgroundHash, file_entry, hash_algorithm, hash_file, hash_files, recorded_digest  # noqa: F401
 from .manifest_schema import SCHEMA, BareMarker, load_manifest
+
 DIR_NAME = MARKER                    # inside a directory output: the marker, holding the manifest
 SUFFIX = ".modelport.json"           # beside a file output: <output>.modelport.json
 PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "safetensors", "numpy")
-_CHUNK = 4 << 20
 
 
 def find(path: Path) -> Path | None:
@@ -38,72 +37,6 @@ def find(path: Path) -> Path | None:
     path = Path(path)
     m = path / DIR_NAME if path.is_dir() else path.with_name(path.name + SUFFIX)
     return m if m.is_file() else None
-
-
-# -- hashing ------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open_regular(path) as f:          # a regular file only: a pipe or device would block or never end
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])   # hashlib releases the GIL on large buffers
-    return h.hexdigest()
-
-
-def files_of(path: Path, skip: tuple[str, ...] = (DIR_NAME,)) -> list[tuple[str, Path]]:
-    """(name relative to ``path``'s parent or to the directory, file) for a file or every file of a
-    directory, sorted; the manifest itself is skipped."""
-    path = Path(path)
-    if path.is_file():
-        return [(path.name, path)]
-    out = []
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and p.relative_to(path).as_posix() not in skip:
-            out.append((p.relative_to(path).as_posix(), p))
-    return out
-
-
-def hash_files(path: Path) -> list[dict]:
-    """[{path, bytes, sha256}] for ``path`` (a file or a directory's files), hashed two at a time."""
-    files = files_of(path)
-    results: list[dict | None] = [None] * len(files)
-
-    def work(i: int) -> None:
-        rel, p = files[i]
-        results[i] = {"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(work, range(len(files))))
-    return [r for r in results if r is not None]
-
-
-class BackgroundHash:
-    """Hash a file's or directory's files in a thread (the source while the conversion writes; the
-    output beside what is left of the source's)."""
-
-    def __init__(self, path: Path):
-        self.path, self.result, self.error = Path(path), None, None
-        self._thread = threading.Thread(target=self._run, name="modelport-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = hash_files(self.path)
-        except OSError as exc:   # reported when the manifest is written
-            self.error = exc
-
-    def get(self) -> list[dict]:
-        self._thread.join()
-        if self.error is not None:
-            raise FormatError(f"{self.path}: cannot hash it for the manifest ({self.error})")
-        return self.result or []
 
 
 # -- what the conversion did ---------------------------------------------------------------
@@ -223,12 +156,13 @@ def write_for_export(src: Path, result, parity: dict | None = None) -> Path:
     import os
 
     dst = Path(result.dst)
-    files = [{"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    files = [file_entry(p.name, p, hash_algorithm())
              for p in [dst] + ([Path(result.external_data)] if result.external_data else [])]
+    fmt, layout, arch = _source_kind(Path(src))
     m = Manifest(
-        source={"path": str(Path(src).resolve()), "format": None, "layout": None, "directory": Path(src).is_dir(),
+        source={"path": str(Path(src).resolve()), "format": fmt, "layout": layout, "directory": Path(src).is_dir(),
                 "files": hash_files(src)},
-        output={"path": str(dst.resolve()), "format": result.format, "layout": None, "architecture": None,
+        output={"path": str(dst.resolve()), "format": result.format, "layout": None, "architecture": arch,
                 "origin": result.origin, "directory": False, "files": files},
         transforms=[{"op": "export", "exporter": result.exporter, "max_abs_diff_vs_eager": result.max_abs_diff}],
         versions=versions(), opset=result.opset, parity=parity,
@@ -242,6 +176,22 @@ def write_for_export(src: Path, result, parity: dict | None = None) -> Path:
         if pending.exists():
             pending.unlink()
     return final
+
+
+def _source_kind(src: Path) -> tuple[str | None, str | None, str | None]:
+    """The format, layout and architecture of an export's source, read from its headers as a conversion
+    reads them; None for what cannot be told (a program with no tensor names, say)."""
+    from ..errors import ModelportError
+    from ..models import detect_arch
+    from ..models.sources import open_source
+    from .layouts import detect_layout
+
+    try:
+        with open_source(src) as source:
+            found = detect_layout(source)
+            return source.format, found.id if found else None, detect_arch(source)
+    except ModelportError:
+        return None, None, None
 
 
 def write(manifest: Manifest, path: Path) -> None:
@@ -346,8 +296,26 @@ def rerun_parity(plan: Rerun) -> dict:
     """The parity check a manifest records, run again on the same seed and input shapes."""
     from ..parity import parity
 
-    report = parity(plan.reference, plan.candidate, **plan.kwargs)
+    kwargs = dict(plan.kwargs)
+    reference, candidate = _runnables(plan.reference, plan.candidate, kwargs.pop("arch", None), kwargs.pop("config", None))
+    report = parity(reference, candidate, **kwargs)
     return {"passed": bool(report), **report.to_json()}
+
+
+def _runnables(source: Path, output: Path, arch, config):
+    """The source and the output as runnable models, built as ``convert --verify`` built them: weights
+    written without a config run with the config of the source (its config.json or params.json), not a
+    guess, so a weights-only output needs no --config."""
+    from .. import formats
+    from ..models.runnable import load_runnable
+
+    reference = load_runnable(source, arch=arch, config=config)
+    output_format = formats.detect(output).id
+    if output_format in ("onnx", "torchscript"):
+        return reference, load_runnable(output, format=output_format)
+    hf_config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
+    return reference, load_runnable(output, format=output_format, arch=arch,
+                                    config=hf_config() if hf_config is not None else config)
 
 
 def _within(path: Path, home: Path) -> bool:
@@ -488,18 +456,21 @@ def verify(manifest_file: Path, rerun=rerun_parity, *, source: Path | None = Non
     src_root, reference = _source(data, home, source, notes)
     planned: list[tuple[str, Path, str]] = []
     for f in data["output"]["files"]:
-        planned.append(("output", _entry(home, f["path"], "output", manifest_file), f["sha256"]))
+        planned.append(("output", _entry(home, f["path"], "output", manifest_file), recorded_digest(f)))
     if src_root is not None:
         files = data["source"]["files"]
         if source is not None and not data["source"]["directory"] and len(files) == 1:
-            planned.append(("source", _entry(src_root, Path(source).name, "source", manifest_file), files[0]["sha256"]))
+            planned.append(("source", _entry(src_root, Path(source).name, "source", manifest_file),
+                            recorded_digest(files[0])))
         else:
-            planned += [("source", _entry(src_root, f["path"], "source", manifest_file), f["sha256"]) for f in files]
+            planned += [("source", _entry(src_root, f["path"], "source", manifest_file), recorded_digest(f))
+                        for f in files]
     plan = _parity_plan(data, manifest_file, home, reference, arch, config, notes, named_source=source is not None)
     if not planned and plan is None:
         raise FormatError(f"{manifest_file}: nothing to verify (the manifest lists no file that can be checked and no "
                           "parity check that can run again)" + (f"; {notes[0]}" if notes else ""))
-    checks = [FileCheck(role, str(p), sha, sha256_file(p) if p.is_file() else None) for role, p, sha in planned]
+    checks = [FileCheck(role, str(p), digest, hash_file(p, algorithm) if p.is_file() else None)
+              for role, p, (algorithm, digest) in planned]
     report = VerifyReport(str(manifest_file), checks, notes=notes, parity_recorded=data.get("parity") is not None)
     if plan is not None:
         report.parity = rerun(plan)
@@ -522,10 +493,10 @@ def summary(data: dict) -> list[str]:
     if parity is not None:
         verdict = parity.get("passed", parity.get("ok"))
         lines.append(f"parity: {'passed' if verdict else 'FAILED' if verdict is not None else 'recorded'}")
-    lines.append(f"files: {len(out.get('files', []))} output, {len(src.get('files', []))} source, sha256 recorded "
+    lines.append(f"files: {len(out.get('files', []))} output, {len(src.get('files', []))} source, {'/'.join(sorted({recorded_digest(f)[0] for f in out.get('files', [])})) or 'no'} digests recorded "
                  "(`modelport verify` checks them)")
     return lines
 
 
-__all__ = ["DIR_NAME", "SUFFIX", "BackgroundHash", "Manifest", "Rerun", "VerifyReport", "build", "find", "load",
+__all__ = ["DIR_NAME", "HASHES", "SUFFIX", "BackgroundHash", "file_entry", "hash_algorithm", "hash_file", "recorded_digest", "Manifest", "Rerun", "VerifyReport", "build", "find", "load",
            "load_manifest", "locate", "read", "read_with_note", "summary", "verify", "write"]

@@ -149,9 +149,12 @@ def _shown(value) -> str:
 REL_PATH = Text(r"(?!/)(?:(?!\.\.?(?:/|\Z))[^/\\\x00]+/)*(?!\.\.?\Z)[^/\\\x00]+",
                 "a plain relative path (no leading /, no '..')")
 SHA256 = Text(r"[0-9a-f]{64}", "64 lowercase hex digits (a sha256)")
+BLAKE3 = Text(r"[0-9a-f]{64}", "64 lowercase hex digits (a blake3)")
 MAYBE_STR = (str, NULL)
 
-FILE = {"path": REL_PATH, "bytes": Int(), "sha256": SHA256}
+# "hash" names the digest recorded (manifests written before it hold sha256 alone)
+FILE = {"path": REL_PATH, "bytes": Int(), "hash": Opt(Text(r"blake3|sha256", "blake3 or sha256")),
+        "sha256": Opt(SHA256), "blake3": Opt(BLAKE3)}
 SIDE = {"path": str, "format": MAYBE_STR, "layout": Opt(MAYBE_STR), "directory": bool,
         "files": Array(FILE, MAX_FILES)}
 OUTPUT = {**SIDE, "format": str, "architecture": Opt(MAYBE_STR), "tensors": Opt(Int()), "origin": Opt(MAYBE_STR)}
@@ -177,6 +180,10 @@ def check_manifest(data, where) -> dict:
     if data.get("schema") != SCHEMA:
         raise FormatError(f"{where}: not a modelport manifest (schema {SCHEMA!r} expected)")
     _check(data, MANIFEST, str(where), "manifest")
+    for side in ("source", "output"):
+        for i, f in enumerate(data[side]["files"]):
+            if f.get("hash", "sha256") not in f:
+                raise FormatError(f"{where}: manifest key manifest.{side}.files[{i}].{f.get('hash', 'sha256')} is missing")
     for i, s in enumerate((data.get("parity") or {}).get("inputs") or ()):
         shape = (s.get("shapes") or {}).get("input_ids") or []
         if shape and shape[0] > MAX_BATCH:

@@ -11,6 +11,9 @@ from .base import Format, Options, ReadOptions, TensorInfo, TensorSource, WriteO
 
 # Adapter modules, imported on first use of the registry. Each calls ``register`` once.
 _MODULES = ("safetensors", "torchscript", "pt", "hf", "t7", "meta", "onnx")   # torchscript before pt: both are torch zips
+# The order formats are listed in (``modelport formats``, error messages): weight formats, the
+# directory formats, the graph formats, then Lua Torch7. Detection tries them in _MODULES's order.
+LISTED = ("pt", "safetensors", "hf", "meta", "torchscript", "onnx", "t7")
 
 _REGISTRY: dict[str, Format] = {}
 _loaded = False
@@ -29,11 +32,24 @@ def _load() -> None:
         _loaded = True
         for mod in _MODULES:
             importlib.import_module(f"{__name__}.{mod}")
+        # sniffing goes in _MODULES' order, whichever adapter imported another first (torchscript imports pt)
+        order = {m: i for i, m in enumerate(_MODULES)}
+        ranked = sorted(_REGISTRY.items(), key=lambda item: order.get(item[0], len(order)))
+        _REGISTRY.clear()
+        _REGISTRY.update(ranked)
 
 
 def all_formats() -> list[Format]:
+    """Every registered format, in the listed order (LISTED, then any other in registration order)."""
     _load()
-    return list(_REGISTRY.values())
+    rank = {fid: i for i, fid in enumerate(LISTED)}
+    return sorted(_REGISTRY.values(), key=lambda f: rank.get(f.id, len(rank)))
+
+
+def _detection_order() -> list[Format]:
+    _load()
+    rank = {mod: i for i, mod in enumerate(_MODULES)}
+    return sorted(_REGISTRY.values(), key=lambda f: rank.get(f.id, len(rank)))
 
 
 def get(format_id: str) -> Format:
@@ -41,7 +57,7 @@ def get(format_id: str) -> Format:
     try:
         return _REGISTRY[format_id]
     except KeyError:
-        raise UnsupportedError(f"unknown format {format_id!r}; known formats: {', '.join(_REGISTRY)}") from None
+        raise UnsupportedError(f"unknown format {format_id!r}; known formats: {', '.join(f.id for f in all_formats())}") from None
 
 
 def _usable(fmt: Format, path: Path) -> Format:
@@ -55,7 +71,7 @@ def detect(path: Path) -> Format:
     """The format of ``path`` by its content; a clear error saying what the file is otherwise."""
     path = Path(path)
     check_regular(path)
-    for fmt in all_formats():
+    for fmt in _detection_order():
         if fmt.can_read and fmt.sniff(path):
             return _usable(fmt, path)
     raise FormatError(f"{path}: {describe_unknown(path)}; known formats: {', '.join(f.id for f in all_formats())} (use --from to force one)")
@@ -63,7 +79,7 @@ def detect(path: Path) -> Format:
 
 def for_suffix(path: Path) -> Format | None:
     name = Path(path).name.lower()
-    for fmt in all_formats():
+    for fmt in _detection_order():
         if any(name.endswith(s) for s in fmt.suffixes):
             return fmt
     return None

@@ -101,6 +101,13 @@ class OnnxSource(TensorSource):
             except ValueError:
                 table = {}
             self._aliases = {a: k for a, k in table.items() if k in self._inits and a not in self._inits}
+        # torch.onnx.export (dynamo=False) stores parameters of equal values once: the others are Identity
+        # nodes of that initializer, named after the parameter. They are the source's tensors, read as aliases.
+        for node in self.model.graph.node:
+            if node.op_type == "Identity" and len(node.input) == 1 and len(node.output) == 1:
+                kept, alias = node.input[0].removeprefix(prefix), node.output[0].removeprefix(prefix)
+                if kept in self._inits and alias not in self._inits and not alias.startswith(("/", "onnx::")):
+                    self._aliases.setdefault(alias, kept)
         opset = opset_of(self.model)
         self.notes.append(f"ONNX opset {opset}, IR version {self.model.ir_version}, producer "
                           f"{self.model.producer_name} {self.model.producer_version}".strip())

@@ -73,6 +73,7 @@ class _Storage:
 
 class PtSource(TensorSource):
     format = "pt"
+    unpickler = CheckpointUnpickler      # the TorchScript reader widens it with its inert script objects
 
     def __init__(self, path: Path, options: ReadOptions):
         super().__init__(path)
@@ -98,7 +99,7 @@ class PtSource(TensorSource):
         stream = io.BytesIO(data) if isinstance(data, bytes) else data
         try:
             check_opcodes(data if isinstance(data, bytes) else whole, stream.tell(), self.path)
-            return CheckpointUnpickler(stream, self.path, storages).load()
+            return self.unpickler(stream, self.path, storages).load()
         except BadCheckpoint as exc:
             raise FormatError(f"{self.path}: {what} is not a plain state dict: {exc}") from exc
         except _PICKLE_ERRORS as exc:
@@ -107,7 +108,7 @@ class PtSource(TensorSource):
 
     def _open_zip(self):
         self._zip = zr = ZipReader(self.path, self._size)
-        pkls = [n for n in zr.members if n.endswith("/data.pkl") and n.count("/") == 1]
+        pkls = self._data_pickles(zr)
         if not pkls:
             shown = ", ".join(list(zr.members)[:5]) or "nothing"
             raise FormatError(f"{self.path}: a zip archive without <name>/data.pkl (it holds {shown}): not a PyTorch checkpoint")
@@ -133,6 +134,9 @@ class PtSource(TensorSource):
             else:
                 self._stores[key] = _Storage(key, ref.dtype, m.size // itemsize, zr.data_offset(member))
         return root
+
+    def _data_pickles(self, zr: ZipReader) -> list[str]:
+        return [n for n in zr.members if n.endswith("/data.pkl") and n.count("/") == 1]
 
     def _open_legacy(self):
         with open_regular(self.path) as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as whole:
@@ -201,6 +205,10 @@ class PtSource(TensorSource):
                     root = inner
                     break
         _flatten(root, "", tensors, self.metadata)
+        self._index(tensors, strip_prefix)
+
+    def _index(self, tensors: dict[str, TensorRef], strip_prefix: str | None) -> None:
+        """Adopt ``{name: view}``: names checked, prefix stripped, ties found, every view checked."""
         for name in tensors:
             if not name.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in name):
                 raise FormatError(f"{self.path}: a tensor name is not valid Unicode (a lone surrogate): {name!r}")

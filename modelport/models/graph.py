@@ -52,12 +52,14 @@ def _fill_tensor_spec(path: Path, spec: InputSpec, input_shape, input_dtype) -> 
     return spec
 
 
-def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None) -> TorchRunnable:
-    """The TorchScript module at ``path`` (its pickles allow-listed first), on ``device``."""
+def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None,
+                         trust_torchscript: bool | None = None) -> TorchRunnable:
+    """The TorchScript module at ``path`` (its pickles allow-listed and its code checked first, see
+    :func:`~modelport.formats.torchscript.load_module`; ``trust_torchscript`` skips the code check), on ``device``."""
     from ..formats.torchscript import load_module, read_metadata
 
     path = Path(path)
-    module = load_module(path, device="cpu").to(device)
+    module = load_module(path, device="cpu", trust_torchscript=trust_torchscript).to(device)
     meta = read_metadata(path)
     inputs = _specs_from_meta(meta)
     if inputs is not None:
@@ -89,10 +91,14 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
     path = Path(path)
     proto = load_proto(path)            # refuses external data outside the directory or past a file's end
     meta = {p.key: p.value for p in proto.metadata_props}
+    double = any(i.type.tensor_type.elem_type == 11 for i in proto.graph.input)     # 11: TensorProto.DOUBLE
     del proto
     try:
         session, providers = ort_session(path, device)
     except Exception as exc:  # onnxruntime raises its own exception types, with no common public base
+        if type(exc).__module__.startswith("onnxruntime") and "NOT_IMPLEMENTED" in str(exc) and double:
+            raise UnsupportedError(f"{path}: onnxruntime has no float64 kernel for an op of this graph "
+                                   f"({str(exc)[:160]}); export the model in float32 (--dtype fp32)") from exc
         if type(exc).__module__.startswith("onnxruntime"):
             raise FormatError(f"{path}: onnxruntime cannot load the graph ({str(exc)[:200]})") from exc
         raise

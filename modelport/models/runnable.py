@@ -39,6 +39,7 @@ class InputSpec:
     name: str
     dtype: str
     shape: tuple[int | str, ...]
+    values: tuple[int, int] | None = None   # valid values (low, high excluded) of an index input
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
@@ -166,14 +167,28 @@ def example_feeds(runnable: Runnable, batch: int = 1, seq_len: int = 8, seed: in
         return feeds
     for spec in runnable.inputs:
         shape = tuple(d if isinstance(d, int) else (batch if i == 0 else seq_len) for i, d in enumerate(spec.shape))
-        feeds[spec.name] = random_tensor(shape, dtypes.to_torch(spec.dtype), gen)
+        feeds[spec.name] = random_tensor(shape, dtypes.to_torch(spec.dtype), gen, spec.values)
     return feeds
 
 
-def random_tensor(shape, dtype, gen):
-    """Seeded values of ``shape`` and torch ``dtype``: normal floats, random bools, small integers."""
+def run_example(runnable: Runnable, feeds: dict[str, Any], source=None) -> dict[str, Any]:
+    """``runnable.run(feeds)``; a model that fails on its example input is an input the user chose
+    (``--input-shape`` / ``--input-dtype``), so the failure is an :class:`UnsupportedError` naming it."""
+    try:
+        return runnable.run(feeds)
+    except (RuntimeError, IndexError, TypeError, ValueError) as exc:
+        shown = ", ".join(f"{i.name} {list(feeds[i.name].shape)} {i.dtype}" for i in runnable.inputs)
+        raise UnsupportedError(f"{source or runnable.path}: {runnable.origin} fails on the example input ({shown}): "
+                               f"{str(exc).splitlines()[0][:200]}; check --input-shape / --input-dtype") from exc
+
+
+def random_tensor(shape, dtype, gen, values: tuple[int, int] | None = None):
+    """Seeded values of ``shape`` and torch ``dtype``: normal floats, random bools, small integers;
+    whole numbers in ``values`` (low, high excluded) when given, as indices into a table are."""
     import torch
 
+    if values is not None:
+        return torch.randint(values[0], values[1], shape, generator=gen, dtype=torch.int64).to(dtype)
     if dtype.is_floating_point:
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
     if dtype == torch.bool:
@@ -209,9 +224,23 @@ def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, i
                          device=device, vocab_size=vocab_size, assumed=list(assumed), module=module)
 
 
+def lua_input(model, spec: InputSpec, path, input_dtype=None) -> InputSpec:
+    """The example input of a rebuilt Lua model: ``spec``'s shape, the model's own floating type (or
+    int64 indices 1..n when its input feeds a ``LookupTable``) unless ``input_dtype`` was given."""
+    from .. import dtypes
+    from ..t7.nn import example_input, input_count
+
+    n = input_count(model)
+    if n != 1:
+        raise UnsupportedError(f"{path}: this nngraph gModule takes {n} inputs; modelport runs and exports Lua models "
+                               "of one input (--input-shape gives one)")
+    own, values = example_input(model)
+    return InputSpec(spec.name, spec.dtype if input_dtype else dtypes.canonical(own), spec.shape, values)
+
+
 def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", dtype=None, input_shape=None,
                   input_dtype=None, format: str | None = None, engine: str = "auto",
-                  assume_config: bool = False) -> Runnable:  # noqa: A002
+                  assume_config: bool = False, trust_torchscript: bool | None = None) -> Runnable:  # noqa: A002
     """The runnable model held by ``path``: a TorchScript archive, an ONNX graph (onnxruntime), a Lua
     ``nn`` model from ``.t7``, a user module (``arch="package.module:factory"``), a Hugging Face directory
     run by transformers, or a reference family (detected, or ``arch``; ``assume_config`` accepts the
@@ -219,7 +248,11 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
 
     ``engine`` chooses who runs a Hugging Face directory: ``reference`` (modelport's family), ``transformers``
     (its Auto classes, any architecture), or ``auto``: the reference when it knows the family, transformers
-    otherwise. ``origin`` says which ran."""
+    otherwise. ``origin`` says which ran.
+
+    A TorchScript archive runs its own code: it is refused when that code could do more than compute
+    (define ``__setstate__``, call file or storage-mapping operators …) unless ``trust_torchscript``
+    (default: whether inside :func:`modelport.trusted_torchscript`)."""
     from .. import formats
 
     path = Path(path)
@@ -227,7 +260,8 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
     if fmt.id == "torchscript":
         from .graph import torchscript_runnable
 
-        return torchscript_runnable(path, device=device, input_shape=input_shape, input_dtype=input_dtype)
+        return torchscript_runnable(path, device=device, input_shape=input_shape, input_dtype=input_dtype,
+                                    trust_torchscript=trust_torchscript)
     if fmt.id == "onnx":
         from .graph import onnx_runnable
 
@@ -252,6 +286,7 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
 
             model.to(_torch_dtype(dtype))
         model.to(device)
+        spec = lua_input(model, spec, path, input_dtype)
         return from_module(model, kind=TENSOR, origin=f"Lua nn model rebuilt as {type(model).__name__}", path=path,
                            input_spec=spec)
     from .loader import load_model
@@ -274,4 +309,4 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
 
 
 __all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "SEQUENCE", "TENSOR", "InputSpec", "OrtRunnable", "Runnable", "TorchRunnable",
-           "example_feeds", "from_module", "load_runnable", "ort_session", "tensor_input", "token_inputs"]
+           "example_feeds", "from_module", "load_runnable", "lua_input", "ort_session", "run_example", "tensor_input", "token_inputs"]

@@ -252,6 +252,35 @@ def load_lua_model(path: str | Path, **reader_opts: Any) -> nn.Module:
     return build_module(t7.root, source=str(path))
 
 
+# Lua classes whose first child receives the module's own input unchanged
+_FIRST_CHILD_TAKES_INPUT = ("nn.Sequential", "nn.Concat", "nn.ConcatTable", "nn.DepthConcat")
+
+
+def example_input(module: nn.Module) -> tuple[torch.dtype, tuple[int, int] | None]:
+    """The input a rebuilt Lua model takes: its dtype and, for index inputs, the range of valid values
+    ``(low, high)`` (high excluded).
+
+    A model whose input goes first to a ``LookupTable`` takes Lua's **1-based** indices, ``1..nIndex``
+    (int64); any other takes values of the model's own floating type (a ``DoubleTensor`` model computes
+    in float64, as Lua did), float32 when it holds no floating tensor."""
+    from .nn_layers import LookupTable
+
+    first = module
+    while getattr(first, "lua_class", None) in _FIRST_CHILD_TAKES_INPUT and len(first._modules):
+        first = next(iter(first.children()))
+    if isinstance(first, LookupTable):
+        return torch.int64, (1, first.weight.shape[0] + 1)
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point():
+            return t.dtype, None
+    return torch.float32, None
+
+
+def input_count(module: nn.Module) -> int:
+    """How many tensors the model takes: an nngraph gModule may take several, everything else one."""
+    return int(getattr(module, "n_inputs", 1))
+
+
 def is_nn_model(obj: Any) -> bool:
     """Whether a read object looks like an nn module (a Lua class in the nn/cudnn namespaces)."""
     return isinstance(obj, LuaObject) and obj.class_name.split(".")[0] in ("nn", "cudnn")

@@ -302,6 +302,10 @@ def _subsampling(obj, f):
     n = f.int("nInputPlane")
     kw, kh = f.int("kW"), f.int("kH")
     weight, bias = f.tensor("weight"), f.tensor("bias")
+    if weight.dim() == 3 and tuple(weight.shape) == (n, kh, kw):
+        # SpatialLPPooling of 2013-14 resized its sub-sampling weight to (n, kH, kW); TH's C code reads
+        # the plane weights as weight->data[k], the first n values, whatever the shape
+        weight = weight.reshape(-1)[:n]
     check_shape(f, "weight", weight, n)
     check_shape(f, "bias", bias, n)
     dense = weight.reshape(n, 1, 1, 1).expand(n, 1, kh, kw).contiguous()
@@ -397,7 +401,15 @@ def _threshold(obj, f):
     threshold, val = f.number("threshold", default), f.number("val", 0.0)
     if threshold == 0.0 and val == 0.0:
         return nn.ReLU()
-    return nn.Threshold(threshold, val)
+    return Threshold(threshold, val)
+
+
+class Threshold(nn.Threshold):
+    """nn.Threshold as ``where(x > threshold, x, value)``: the same values, and ONNX exports it at every
+    opset (torch's own threshold op exports only with a zero threshold)."""
+
+    def forward(self, x):
+        return torch.where(x > self.threshold, x, torch.full_like(x, self.value))
 
 
 @register("nn.Tanh", "cudnn.Tanh")

@@ -178,31 +178,75 @@ def good_pt_zip(path: Path, seed: int = 0, n: int = 3) -> Path:
 
 # -- running the command line as a user would, measured ------------------------------------------------
 
+# The measured command runs as the child of this small parent, as /usr/bin/time runs it: on Linux a child's
+# ru_maxrss starts from the high-water mark of the process it was forked from, so wait4 in the (large) test
+# process would report at least the test process's own peak. The parent forks before it has grown, caps the
+# child's CPU time and writes the child's rusage to the file descriptor it is given.
+_MEASURE_PARENT = """
+import os, resource, sys
+fd, cpu = int(sys.argv[1]), int(sys.argv[2])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    try:
+        os.execv(sys.argv[3], sys.argv[3:])
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+os.write(fd, repr((status, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)).encode())
+"""
+
+
 def run_measured(args: list[str], timeout: float = 10.0, cwd=None, module: str = "modelport") -> dict:
-    """Run ``python -m modelport ARGS`` in a fresh process: exit code (None when killed at ``timeout``),
-    output, wall time, and the peak RSS of that process alone (from wait4)."""
+    """Run ``python -m modelport ARGS`` in a fresh process: exit code (None when it ran past ``timeout`` seconds of
+    CPU time, or hung for far longer than that), output, wall and CPU seconds, and the peak RSS of that process
+    alone. CPU time and peak RSS do not depend on how loaded the machine is; wall time does, so tests leave it
+    alone."""
+    import ast
+    import math
+    import signal
     import subprocess
     import tempfile
     import threading
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", module, *map(str, args)]
+    read_fd, write_fd = os.pipe()
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=fo, stderr=fe, env=env, cwd=cwd,
-                                stdin=subprocess.DEVNULL)
-        killed = []
-        timer = threading.Timer(timeout, lambda: (killed.append(1), proc.kill()))
+        try:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEASURE_PARENT, str(write_fd),
+                                     str(max(1, math.ceil(timeout))), *command], stdout=fo, stderr=fe, env=env, cwd=cwd,
+                                    stdin=subprocess.DEVNULL, pass_fds=(write_fd,), start_new_session=True)
+        finally:
+            os.close(write_fd)
+        hung = []
+
+        def kill():             # a hang (blocked, using no CPU): the whole group, parent and child
+            hung.append(1)
+            os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(max(60.0, 6 * timeout), kill)
         timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        with os.fdopen(read_fd, "rb") as pipe:
+            report = pipe.read()
+        proc.wait()
         timer.cancel()
         wall = time.monotonic() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         fo.seek(0)
         fe.seek(0)
         out, err = fo.read(), fe.read()
-    return {"rc": None if killed else proc.returncode, "stdout": out.decode("utf-8", "replace"),
-            "stderr": err.decode("utf-8", "replace"), "raw_stdout": out, "raw_stderr": err, "wall": wall,
-            "rss": usage.ru_maxrss * 1024}
+    if hung:
+        return {"rc": None, "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace"),
+                "raw_stdout": out, "raw_stderr": err, "wall": wall, "cpu": None, "rss": None}
+    if not report:
+        raise RuntimeError(f"the measuring parent reported nothing (exit {proc.returncode}): {err[-2000:]!r}")
+    status, maxrss_kb, cpu = ast.literal_eval(report.decode())
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)
+    return {"rc": None if killed else os.waitstatus_to_exitcode(status), "stdout": out.decode("utf-8", "replace"),
+            "stderr": err.decode("utf-8", "replace"), "raw_stdout": out, "raw_stderr": err, "wall": wall, "cpu": cpu,
+            "rss": maxrss_kb * 1024}
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:

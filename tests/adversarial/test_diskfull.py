@@ -72,3 +72,67 @@ def test_enospc_injected(tmp_path, source, monkeypatch, name, to, call):
     monkeypatch.undo()
     leftovers = [n for n in os.listdir(out) if ".modelport-" in n]
     assert leftovers == []
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    """A Hugging Face GPT-2 directory whose TorchScript export (about 3 MB) cannot fit a 1 MB disk."""
+    from ..models import tiny
+
+    tiny.gpt2(seed=41, n_embd=128, n_inner=160, n_layer=3).save_pretrained(tmp_path / "gpt2")
+    return tmp_path / "gpt2"
+
+
+def test_torchscript_export_to_a_full_tmpfs(gpt2_dir, small_disk):
+    r = run_measured(["convert", gpt2_dir, small_disk / "m.ts", "--to", "torchscript"], timeout=120)
+    assert r["rc"] == 2, r["stderr"]          # torch's own writer aborted here (exit 134) and left its file
+    assert "disk is full" in r["stderr"] and "Traceback" not in r["stderr"] and len(r["stderr"].strip().splitlines()) == 1
+    assert os.listdir(small_disk) == []
+
+
+def test_torchscript_writer_survives_a_full_device(tmp_path):
+    """torch.jit.save's own writer aborts the process on ENOSPC; modelport's raises OSError and this process lives."""
+    import torch
+
+    from modelport.formats.torchscript import quiet_jit, save_module
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with quiet_jit():
+        module = torch.jit.script(torch.nn.Linear(256, 256))
+    with pytest.raises(OSError) as err:
+        save_module(module, "/dev/full", {"modelport.json": "{}"})
+    assert err.value.errno == errno.ENOSPC
+
+
+def test_torchscript_written_through_memory_when_the_disk_is_short(tmp_path, monkeypatch):
+    import torch
+
+    from modelport.formats.torchscript import quiet_jit, save_module
+
+    with quiet_jit():
+        module = torch.jit.script(torch.nn.Linear(16, 8))
+    saves = []
+    real_save = torch.jit.save
+    monkeypatch.setattr(torch.jit, "save", lambda m, f, **kw: saves.append(type(f).__name__) or real_save(m, f, **kw))
+    monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result((4096, 4096, 10, 1, 1, 10, 1, 1, 0, 255)))
+    save_module(module, tmp_path / "m.ts", {"modelport.json": "{}"})
+    assert saves == ["_FdWriter"]                     # not torch's own file writer
+    monkeypatch.undo()
+    with quiet_jit():
+        assert torch.equal(torch.jit.load(str(tmp_path / "m.ts")).weight, module.weight)
+
+
+def test_torchscript_export_with_a_full_device(gpt2_dir, tmp_path, monkeypatch):
+    from modelport.convert.export import export
+    from modelport.formats import torchscript
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    real = torchscript.save_module
+    monkeypatch.setattr(torchscript, "save_module", lambda module, path, *a: real(module, "/dev/full", *a))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OutputError, match="the disk is full"):
+        export(gpt2_dir, out / "m.ts", "torchscript")
+    assert os.listdir(out) == []

@@ -209,3 +209,43 @@ def test_python_convert_to_a_graph_format_exports(tmp_path):
     result = modelport.convert(tmp_path / "src", tmp_path / "m.onnx")
     assert result.target_format == "onnx" and (tmp_path / "m.onnx").is_file()
     assert onnx_runnable(tmp_path / "m.onnx").origin.startswith("ONNX graph of modelport reference gptneox")
+
+
+def test_dynamic_shapes_follow_the_forward_signature():
+    from modelport.convert.export import _by_signature
+
+    class Named(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return input_ids
+
+    class Star(torch.nn.Module):            # the transformers encoder wrapper: forward(*tokenizer inputs)
+        def forward(self, *args):
+            return args[0]
+
+    class Mixed(torch.nn.Module):
+        def forward(self, input_ids, *rest):
+            return input_ids
+
+    a, b, c = {0: "a"}, {0: "b"}, {0: "c"}
+    assert _by_signature(Named(), (a, b)) == (a, b)
+    assert _by_signature(Star(), (a, b, c)) == ((a, b, c),)
+    assert _by_signature(Mixed(), (a, b, c)) == (a, (b, c))
+
+
+@pytest.mark.slow      # the torch.export-based exporter: 20-50 s on two busy cores
+def test_a_bert_encoder_exports_at_a_torch_export_opset(tmp_path):
+    """transformers encoders take their tokenizer's inputs through forward(*args): opsets 21-24 export them too."""
+    pytest.importorskip("onnxscript")
+    from modelport.convert.export import export
+
+    from ..models.test_graph import bert_dir
+
+    src, hf = bert_dir(tmp_path)
+    result = export(src, tmp_path / "b.onnx", "onnx", options=ExportOptions(opset=LEGACY_MAX_OPSET + 1))
+    assert result.opset == LEGACY_MAX_OPSET + 1 and result.max_abs_diff < 1e-4
+    graph = onnx_runnable(tmp_path / "b.onnx")
+    feeds = example_feeds(graph, batch=3, seq_len=11, seed=4, left_pad=3)
+    with torch.no_grad():
+        want = hf(**{k: feeds[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).last_hidden_state
+    real = feeds["attention_mask"].bool()
+    assert (graph.run(feeds)["last_hidden_state"] - want)[real].abs().max().item() <= 1e-4

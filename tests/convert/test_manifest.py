@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from modelport.convert import convert
 from modelport.convert import manifest as mf
-from modelport.errors import FormatError, UnsupportedError
+from modelport.errors import FormatError, MissingDependencyError, UnsupportedError
 
 from ..conftest import tied_state_dict
 from ..models import tiny
@@ -28,7 +30,8 @@ def llama_pt(tmp_path):
     return tmp_path / "llama.pt"
 
 
-def test_file_output_gets_a_manifest_beside_it(tmp_path):
+def test_file_output_gets_a_manifest_beside_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELPORT_HASH", "sha256")
     src = tmp_path / "m.pt"
     torch.save(tied_state_dict(), src)
     dst = tmp_path / "m.safetensors"
@@ -37,8 +40,10 @@ def test_file_output_gets_a_manifest_beside_it(tmp_path):
     assert result.manifest == man and mf.find(dst) == man
     data = mf.load(man)
     assert data["source"]["format"] == "pt" and data["output"]["format"] == "safetensors"
-    assert data["source"]["files"] == [{"path": "m.pt", "bytes": src.stat().st_size, "sha256": _sha(src)}]
-    assert data["output"]["files"] == [{"path": "m.safetensors", "bytes": dst.stat().st_size, "sha256": _sha(dst)}]
+    assert data["source"]["files"] == [{"path": "m.pt", "bytes": src.stat().st_size, "hash": "sha256",
+                                       "sha256": _sha(src)}]
+    assert data["output"]["files"] == [{"path": "m.safetensors", "bytes": dst.stat().st_size, "hash": "sha256",
+                                       "sha256": _sha(dst)}]
     casts = [t for t in data["transforms"] if t["op"] == "cast"]
     assert casts and casts[0]["from"] == "float32" and casts[0]["to"] == "float16"
     assert "transformer.wte.weight" in casts[0]["tensors"]
@@ -119,6 +124,16 @@ def test_parity_verdict_and_metrics_are_kept_and_rerun(llama_pt, cli):
     assert r.stdout.splitlines()[-1] == "verified: 2 files checked, all match; parity passed"
 
 
+def test_a_weights_only_output_is_verified_with_the_sources_config(tmp_path, cli):
+    """An HF directory converted to bare safetensors with --verify: `modelport verify` runs the output with
+    the source's config, as the conversion did, and asks for no --config."""
+    tiny.llama(seed=6).save_pretrained(tmp_path / "hf")
+    dst = tmp_path / "w.safetensors"
+    convert(tmp_path / "hf", dst, verify=FAST)
+    r = cli("verify", dst)
+    assert r.returncode == 0 and "parity: passed (run again" in r.stdout, r.stdout + r.stderr
+
+
 def test_verify_rehashes_and_finds_changes(tmp_path):
     src = tmp_path / "m.pt"
     torch.save(tied_state_dict(), src)
@@ -188,6 +203,8 @@ def test_a_graph_export_through_the_api_gets_a_manifest(tmp_path):
     assert result.manifest == tmp_path / "m.onnx.modelport.json"
     data = mf.load(result.manifest)
     assert data["output"]["files"][0]["sha256"] == _sha(tmp_path / "m.onnx") and data["opset"] == 17
+    assert (data["source"]["format"], data["source"]["layout"], data["output"]["architecture"]) == ("hf", "gpt2-hf", "gpt2")
+    assert any(line.startswith(f"converted from {tmp_path / 'src'} (hf, gpt2-hf)") for line in mf.summary(data))
     assert convert(tmp_path / "src", tmp_path / "n.onnx", manifest=False).manifest is None
     assert not (tmp_path / "n.onnx.modelport.json").exists()
 
@@ -283,3 +300,62 @@ def test_a_tensor_models_parity_record_loads_and_runs_again_without_token_sizes(
     mf.find(dst).write_text(json.dumps(data))
     mf.verify(mf.find(dst), rerun=lambda plan: plans.append(plan) or {"passed": True})
     assert "seq_lens" not in plans[0].kwargs and "batch" not in plans[0].kwargs
+
+
+# -- the content hash: blake3 when installed, sha256 otherwise; each entry names its algorithm --------
+
+
+def _converted(tmp_path):
+    src = tmp_path / "m.pt"
+    torch.save(tied_state_dict(), src)
+    dst = tmp_path / "m.safetensors"
+    convert(src, dst)
+    return src, dst
+
+
+def test_without_blake3_the_manifest_records_sha256(tmp_path, monkeypatch):
+    monkeypatch.delenv("MODELPORT_HASH", raising=False)
+    monkeypatch.setitem(sys.modules, "blake3", None)          # as where the package is not installed
+    src, dst = _converted(tmp_path)
+    files = mf.load(mf.find(dst))["source"]["files"] + mf.load(mf.find(dst))["output"]["files"]
+    assert [(f["hash"], f["sha256"]) for f in files] == [("sha256", _sha(src)), ("sha256", _sha(dst))]
+    assert mf.verify(mf.find(dst))
+
+
+def test_blake3_when_installed_and_verify_checks_it(tmp_path, monkeypatch):
+    blake3 = pytest.importorskip("blake3")
+    monkeypatch.delenv("MODELPORT_HASH", raising=False)
+    src, dst = _converted(tmp_path)
+    data = mf.load(mf.find(dst))
+    out = data["output"]["files"][0]
+    assert out["hash"] == "blake3" and "sha256" not in out
+    assert out["blake3"] == blake3.blake3(dst.read_bytes()).hexdigest()
+    assert data["source"]["files"][0]["blake3"] == blake3.blake3(src.read_bytes()).hexdigest()
+    assert mf.verify(mf.find(dst))
+    dst.write_bytes(dst.read_bytes()[:-1] + bytes([dst.read_bytes()[-1] ^ 1]))
+    assert [f.role for f in mf.verify(mf.find(dst)).files if not f.ok] == ["output"]
+    monkeypatch.setitem(sys.modules, "blake3", None)
+    with pytest.raises(MissingDependencyError, match="pip install blake3"):
+        mf.verify(mf.find(dst))
+
+
+def test_an_old_manifest_without_hash_verifies_by_sha256(tmp_path, monkeypatch):
+    src, dst = _converted(tmp_path)
+    man = mf.find(dst)
+    data = json.loads(man.read_text())
+    for side, path in (("source", src), ("output", dst)):
+        data[side]["files"] = [{"path": path.name, "bytes": path.stat().st_size, "sha256": _sha(path)}]
+    man.write_text(json.dumps(data))
+    assert mf.verify(man) and all(f.expected == _sha(Path(f.path)) for f in mf.verify(man).files)
+    dst.write_bytes(dst.read_bytes() + b"x")
+    assert not mf.verify(man)
+
+
+def test_an_unknown_hash_name_is_refused_naming_the_manifest(tmp_path):
+    _, dst = _converted(tmp_path)
+    man = mf.find(dst)
+    data = json.loads(man.read_text())
+    data["output"]["files"][0]["hash"] = "crc32"
+    man.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=r"m.safetensors.modelport.json: manifest key manifest.output.files.0..hash is a string \('crc32'\), not blake3 or sha256"):
+        mf.verify(man)

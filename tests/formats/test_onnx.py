@@ -74,3 +74,24 @@ def test_runnable_refuses_hostile_external_data_before_onnxruntime(tmp_path):
     path = model_with_external(tmp_path, "../secret")
     with pytest.raises(FormatError, match="outside"):
         load_runnable(path, input_shape="2,3")
+
+
+def test_parameters_the_exporter_stored_once_for_equal_values_are_read_as_aliases(tmp_path):
+    """torch.onnx.export (dynamo=False) keeps one initializer for parameters of equal values (fresh LayerNorm
+    weights, say) and names the others by Identity nodes: every parameter is still read, by its name."""
+    import warnings
+
+    import torch
+
+    from modelport import formats
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.LayerNorm(5), torch.nn.LayerNorm(5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 3),), str(tmp_path / "m.onnx"), dynamo=False, opset_version=17,
+                          do_constant_folding=False)
+    with formats.open(tmp_path / "m.onnx") as src:
+        names = set(src.names()) | set(src.aliases())
+        assert names == set(model.state_dict())
+        for name, want in model.state_dict().items():
+            assert torch.equal(src.read(name), want), name

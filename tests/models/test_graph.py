@@ -84,3 +84,31 @@ def test_tied_weight_stored_once_in_onnx(tmp_path):
     proto = onnx.load(str(tmp_path / "g.onnx"))
     vocab_sized = [t.name for t in proto.graph.initializer if list(t.dims) == [tiny.VOCAB, 24]]
     assert vocab_sized == ["model.transformer.wte.weight"]
+
+
+@pytest.mark.parametrize("kind,found", [("overwrite", "__setstate__"), ("overwrite-nested", "torch.from_file"),
+                                        ("forward-reads-file", "torch.from_file")])
+def test_hostile_archive_is_refused_before_loading_unless_trusted(tmp_path, monkeypatch, kind, found):
+    import modelport
+    from modelport.errors import UnsafeContentError
+
+    from ..adversarial import ts_payloads
+
+    target = tmp_path / "victim.bin"
+    target.write_bytes(b"original bytes of a file the archive names")
+    path = ts_payloads.write(tmp_path / "evil.ts", kind, target)
+    real_load, loads = torch.jit.load, []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    with pytest.raises(UnsafeContentError) as err:
+        load_runnable(path, input_shape="1,4")
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and found in message and "trust_torchscript=True" in message
+    assert "\n" not in message and loads == [] and target.read_bytes().startswith(b"original")
+    with modelport.trusted_torchscript():                      # the user vouches for the file: it runs
+        graph = load_runnable(path, input_shape="1,4")
+        graph.run(example_feeds(graph))
+    assert len(loads) == 1
+    if kind.startswith("overwrite"):
+        assert target.read_bytes().startswith(b"AAAAAAAA")      # the payload is real
+    load_runnable(path, input_shape="1,4", trust_torchscript=True)
+    assert len(loads) == 2

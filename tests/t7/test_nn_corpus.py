@@ -292,3 +292,20 @@ def test_char_rnn_clones_share_one_parameter_per_lua_weight():
     assert len({id(m.weight) for m in linears}) == 3
     assert sum(p.numel() for p in model.parameters()) == 11_205
     assert sum(m.weight is linears[0].weight for m in linears) == 10
+
+
+def test_lp_pooling_of_2014_reproduces_lua_outputs():
+    # tracker_unsupervised.net's SpatialLPPooling holds its sub-sampling weight as (n, kH, kW); TH read
+    # the first n values. Square -> SpatialSubSampling -> Sqrt, each fed the previous stored output.
+    mods = lua_array(field(root("tracker_unsupervised.net"), "modules"))
+    checked = 0
+    with torch.no_grad():
+        for pool in (mods[2], mods[5]):
+            square, sub, sqrt = lua_array(field(pool, "modules"))
+            assert tuple(field(sub, "weight").size) == (32, 2, 2)
+            x = as_torch(field(square, "output"))
+            torch.testing.assert_close(build_module(sub)(x), as_torch(field(sub, "output")), rtol=0, atol=1e-12)
+            torch.testing.assert_close(build_module(sqrt)(as_torch(field(sub, "output"))),
+                                       as_torch(field(sqrt, "output")), rtol=0, atol=1e-12)
+            checked += 1
+    assert checked == 2

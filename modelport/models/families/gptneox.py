@@ -159,7 +159,8 @@ FAMILY = Family(
     tied=("embed_out.weight", "gpt_neox.embed_in.weight"),
     hub_dropped=("gpt_neox.layers.{bid}.attention.bias", "gpt_neox.layers.{bid}.attention.masked_bias",
                  "gpt_neox.layers.{bid}.attention.rotary_emb.inv_freq"),
-    derived_buffers=(r"(^|\.)attention\.bias$", r"(^|\.)attention\.masked_bias$", r"(^|\.)rotary_emb\.inv_freq$"),
+    derived_buffers=(r"(^|\.)attention\.bias$", r"(^|\.)attention\.masked_bias$",
+                     r"(^|\.)rotary(_emb)?\.inv_freq$"),     # HF rotary_emb, modelport's reference rotary
     # transformers 5.x names the output projection lm_head; published checkpoints and 4.x embed_out
     renames=frozen({"lm_head.weight": "embed_out.weight"}),
     fused_qkv=(r"query_key_value",),

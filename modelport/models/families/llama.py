@@ -344,7 +344,7 @@ FAMILY = Family(
     unsupported_unless=frozen({"pretraining_tp": (1, None)}),
     hub_dropped=("model.layers.{bid}.self_attn.rotary_emb.inv_freq",),
     layouts=(META,),
-    derived_buffers=(r"(^|\.)rotary_emb\.inv_freq$",),
+    derived_buffers=(r"(^|\.)rotary(_emb)?\.inv_freq$",),    # HF rotary_emb, modelport's reference rotary
     rotary_rows=ROTARY_ROWS,
     assumed_defaults=frozen(ASSUMED),
 )

@@ -1,0 +1,126 @@
+"""Content hashes of the files a manifest lists: blake3 when installed, else sha256; each entry names its own."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from ..atomic import MARKER
+from ..errors import FormatError, MissingDependencyError
+from ..formats._untrusted import open_regular
+
+_CHUNK = 4 << 20
+
+HASHES = ("blake3", "sha256")        # content hashes a manifest may record, the preferred first
+
+
+def hash_algorithm() -> str:
+    """The content hash new manifests record: blake3 when the ``blake3`` package is installed (the ``fast``
+    extra; several times sha256's speed, so hashing keeps pace with the copy), sha256 otherwise.
+    ``MODELPORT_HASH=sha256`` chooses sha256 (digests to compare with published sha256 sums)."""
+    chosen = os.environ.get("MODELPORT_HASH", "").strip().lower()
+    if chosen in HASHES:
+        return chosen
+    try:
+        import blake3  # noqa: F401
+    except ImportError:
+        return "sha256"
+    return "blake3"
+
+
+def _hasher(algorithm: str):
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "blake3":
+        try:
+            import blake3
+        except ImportError as exc:
+            raise MissingDependencyError("this manifest records blake3 digests; pip install blake3 (or "
+                                         "modelport[fast]) to check them") from exc
+        return blake3.blake3()
+    raise FormatError(f"unknown content hash {algorithm!r} (known: {', '.join(HASHES)})")
+
+
+def hash_file(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of ``path``'s bytes under ``algorithm`` (see :data:`HASHES`)."""
+    h = _hasher(algorithm)
+    with open_regular(path) as f:          # a regular file only: a pipe or device would block or never end
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])   # hashlib and blake3 release the GIL on large buffers
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return hash_file(path, "sha256")
+
+
+def file_entry(rel: str, path: Path, algorithm: str) -> dict:
+    """One file of a manifest: ``{path, bytes, hash: <algorithm>, <algorithm>: <hex digest>}``. Manifests
+    written before ``hash`` was recorded hold ``sha256`` alone."""
+    return {"path": rel, "bytes": path.stat().st_size, "hash": algorithm, algorithm: hash_file(path, algorithm)}
+
+
+def recorded_digest(entry: dict) -> tuple[str, str]:
+    """(algorithm, hex digest) a manifest's file entry records (the schema made sure it has one)."""
+    algorithm = entry.get("hash", "sha256")
+    return algorithm, entry[algorithm]
+
+
+def files_of(path: Path, skip: tuple[str, ...] = (MARKER,)) -> list[tuple[str, Path]]:
+    """(name relative to ``path``'s parent or to the directory, file) for a file or every file of a
+    directory, sorted; the manifest itself is skipped."""
+    path = Path(path)
+    if path.is_file():
+        return [(path.name, path)]
+    out = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.relative_to(path).as_posix() not in skip:
+            out.append((p.relative_to(path).as_posix(), p))
+    return out
+
+
+def hash_files(path: Path, algorithm: str | None = None) -> list[dict]:
+    """[:func:`file_entry`] for ``path`` (a file or a directory's files), hashed two at a time with
+    ``algorithm`` (default: :func:`hash_algorithm`)."""
+    files = files_of(path)
+    results: list[dict | None] = [None] * len(files)
+    algorithm = algorithm or hash_algorithm()
+
+    def work(i: int) -> None:
+        rel, p = files[i]
+        results[i] = file_entry(rel, p, algorithm)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(work, range(len(files))))
+    return [r for r in results if r is not None]
+
+
+class BackgroundHash:
+    """Hash a file's or directory's files in a thread (the source while the conversion writes; the
+    output beside what is left of the source's)."""
+
+    def __init__(self, path: Path):
+        self.path, self.result, self.error = Path(path), None, None
+        self._thread = threading.Thread(target=self._run, name="modelport-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = hash_files(self.path)
+        except OSError as exc:   # reported when the manifest is written
+            self.error = exc
+
+    def get(self) -> list[dict]:
+        self._thread.join()
+        if self.error is not None:
+            raise FormatError(f"{self.path}: cannot hash it for the manifest ({self.error})")
+        return self.result or []

@@ -31,12 +31,13 @@ if _running_as_command():    # before the imports below: Ctrl-C while they load 
 from .errors import ModelportError  # noqa: E402
 
 # The facade's other names are resolved on first use, so `import modelport` (and the command's --help)
-# loads neither torch nor the conversion and parity machinery. convert, diff, inspect and parity are also
+# loads neither torch nor the conversion and parity machinery. batch, convert, diff, inspect and parity are also
 # the names of submodules: the import system binds a submodule to its package's attribute once it is
-# imported, so these four are properties of the package that always give the function.
+# imported, so these five are properties of the package that always give the function.
 _LAZY = {"Options": (".formats", "Options"), "open": (".models.sources", "open_source"),
          "convert": (".convert", "convert"), "diff": (".diff", "diff"), "inspect": (".inspect", "inspect"),
-         "parity": (".parity", "parity"), "trusted_torchscript": (".formats.torchscript", "trusted_torchscript")}
+         "parity": (".parity", "parity"), "trusted_torchscript": (".formats.torchscript", "trusted_torchscript"),
+         "batch": (".batch", "batch")}
 
 
 def _resolve(name: str):
@@ -57,7 +58,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(type(_sys)):
-    """modelport's module type: the four names shared by a function and a submodule are the functions."""
+    """modelport's module type: the five names shared by a function and a submodule are the functions."""
 
 
 def _function_of(name: str) -> property:
@@ -67,7 +68,7 @@ def _function_of(name: str) -> property:
     return property(lambda self: _resolve(name), setter)
 
 
-for _name in ("convert", "diff", "inspect", "parity"):
+for _name in ("batch", "convert", "diff", "inspect", "parity"):
     setattr(_Package, _name, _function_of(_name))
 _sys.modules[__name__].__class__ = _Package
 
@@ -84,5 +85,5 @@ def load_model(path, arch=None, device="cpu", dtype=None, **kwargs):
     return _load_model(path, arch, device, dtype, **kwargs)
 
 
-__all__ = ["ModelportError", "Options", "convert", "diff", "inspect", "load_model", "open", "parity", "trusted_torchscript",
-           "__version__"]
+__all__ = ["ModelportError", "Options", "batch", "convert", "diff", "inspect", "load_model", "open", "parity",
+           "trusted_torchscript", "__version__"]

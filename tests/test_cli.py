@@ -11,7 +11,7 @@ from modelport.cli import cli
 
 
 @pytest.mark.parametrize("command", [[], ["formats"], ["inspect"], ["convert"], ["diff"], ["parity"], ["view"],
-                                     ["verify"]])
+                                     ["verify"], ["batch"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0, result.output

@@ -144,10 +144,10 @@ def test_exit_codes_json_and_junit_from_the_command(work):
 def test_a_killed_job_process_is_reported_as_such_and_leaves_nothing(work, tmp_path):
     from modelport.batch.jobs import check_job
 
-    job = check_job({"src": "m.pt", "dst": "out/m-hf", "to": "hf", "options": {"config": "config.json"},
-                     "verify": True}, 0, work)
+    job = check_job({"src": "m.pt", "dst": "out/m.onnx", "options": {"config": "config.json", "opset": 21},
+                     "verify": {"seq_len": [64, 64, 64], "new_tokens": 32}}, 0, work)     # several seconds of work
     proc = pool.JobProcess(job, tmp_path)
-    time.sleep(1.0)
+    time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)            # as the kernel's out-of-memory killer would
     row = proc.result()
     assert row["status"] == "crashed" and row["exit_code"] == 2 and "SIGKILL" in row["error"], row

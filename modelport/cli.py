@@ -367,10 +367,14 @@ def _seq_lens(ctx, param, value):
 @click.argument("candidates", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where both models run; auto uses CUDA when a GPU is visible. cuda without one is an error.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run both models in this dtype "
-              "(default: as stored); picks the default tolerances.")
-@click.option("--atol", type=float, help="Absolute tolerance (default depends on the dtype and is printed).")
-@click.option("--rtol", type=float, help="Relative tolerance (default depends on the dtype and is printed).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run the candidates in this dtype "
+              "(default: as stored); the reference keeps its own precision.")
+@click.option("--ref-dtype", type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Cast the reference too (default: as stored).")
+@click.option("--factor", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Calibrated tolerance: how many times the reference's own rounding error a candidate may stray.")
+@click.option("--atol", type=float, help="Fixed absolute tolerance instead of the calibrated one.")
+@click.option("--rtol", type=float, help="Fixed relative tolerance instead of the calibrated one.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Rows per input batch; the last row is left-padded.")
 @click.option("--seq-len", "seq_lens", multiple=True, callback=_seq_lens, metavar="L",
@@ -393,14 +397,15 @@ def _seq_lens(ctx, param, value):
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one test case per candidate and check).")
-def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
+def parity(ref, candidates, device, dtype, ref_dtype, factor, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
            input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
     """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
     from .errors import DifferenceFound
     from .parity import parity as run
     from .parity.inputs import DEFAULT_SEQ_LENS
 
-    report = run(ref, *candidates, device=device, dtype=dtype, atol=atol, rtol=rtol, batch=batch,
+    report = run(ref, *candidates, device=device, dtype=dtype, ref_dtype=ref_dtype, factor=factor, atol=atol,
+                 rtol=rtol, batch=batch,
                  seq_lens=seq_lens or DEFAULT_SEQ_LENS, new_tokens=new_tokens, prompts=prompts, seed=seed, arch=arch,
                  config=config, input_shape=input_shape, input_dtype=input_dtype, engine=engine,
                  assume_config=assume_config)

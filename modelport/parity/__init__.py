@@ -15,8 +15,9 @@ from ..errors import ModelportError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, Runnable
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets, max_positions
 from .layers import first_divergence
-from .metrics import (compare_generation, compare_tensors, dtype_name, greedy, least_precise, token_agreement,
-                      tolerance)
+from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors, run_at
+from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, greedy, least_precise,
+                      token_agreement, tolerance)
 from .report import CandidateResult, Check, ParityReport
 
 DEFAULT_NEW_TOKENS = 16
@@ -89,13 +90,15 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
            rtol: float | None = None, batch: int = DEFAULT_BATCH, seq_lens=DEFAULT_SEQ_LENS,
            new_tokens: int = DEFAULT_NEW_TOKENS, prompts=None, seed: int = 0, arch: str | None = None, config=None,
            input_shape=None, input_dtype=None, engine: str = "auto", assume_config: bool = False,
-           locate: bool = True) -> ParityReport:
+           locate: bool = True, ref_dtype: str | None = None, factor: float = DEFAULT_FACTOR) -> ParityReport:
     """Check every candidate against ``ref``; the :class:`ParityReport` is true when all pass.
 
     ``ref`` and each candidate: a path (anything :func:`load_runnable` opens; ``arch`` / ``config`` /
-    ``input_shape`` apply to each) or a :class:`Runnable`. ``dtype`` runs both in fp32/fp16/bf16 and picks
-    its default tolerances; without it the tolerances follow the less precise of the two outputs. ``engine``
-    chooses who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
+    ``input_shape`` apply to each) or a :class:`Runnable`. ``dtype`` casts the candidates (fp32/fp16/bf16),
+    ``ref_dtype`` the reference; without them each runs as stored. A torch reference calibrates the
+    tolerances on itself (see :mod:`.calibrate`, ``factor`` times its own rounding error); ``atol`` /
+    ``rtol``, or a reference that cannot run in float64, use fixed tolerances instead. ``engine`` chooses
+    who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
     """
     import torch
 
@@ -103,17 +106,19 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         raise UnsupportedError("parity needs at least one candidate to compare with the reference")
     if new_tokens < 0:
         raise UnsupportedError(f"--new-tokens {new_tokens}: cannot be negative")
+    if not factor > 0:
+        raise UnsupportedError(f"--factor {factor}: must be positive")
     torch_device = resolve_device(device)
-    if dtype is not None:
-        from .. import dtypes
+    from .. import dtypes
 
-        dtype = dtypes.canonical(dtype)
+    dtype = dtypes.canonical(dtype) if dtype is not None else None
+    ref_dtype = dtypes.canonical(ref_dtype) if ref_dtype is not None else None
     on_gpu = torch_device.startswith("cuda")
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
                 input_dtype=input_dtype, engine=engine, assume_config=assume_config)
-    ref_r, ref_load = _load(ref, **{**load, "engine": _reference_engine(ref, engine, arch, config)})
+    ref_r, ref_load = _load(ref, **{**load, "dtype": ref_dtype, "engine": _reference_engine(ref, engine, arch, config)})
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
     longest = max_positions(ref_r)
@@ -124,6 +129,11 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     ref_outs = [ref_r.run(s.feeds) for s in sets]
     gen_set = next((s for s in sets if s.seq_len > 1), sets[0])
     ref_gen = greedy(ref_r, gen_set.feeds, n_new) if n_new else None
+    calibrating = can_calibrate(ref_r)
+    given = atol is not None or rtol is not None
+    ref_hi = run_at(ref_r, [s.feeds for s in sets], "float64") if calibrating and not given else None
+    own_dtype = float_dtype_of(ref_r.module) if calibrating else None
+    at_dtype = {own_dtype: [{k: v.detach().cpu() for k, v in o.items()} for o in ref_outs]} if own_dtype else {}
     ref_seconds = {"load": ref_load, "run": time.perf_counter() - start}
     results = []
     for cand in candidates:
@@ -134,16 +144,27 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         start = time.perf_counter()
         cand_outs = [cand_r.run(s.feeds) for s in sets]
         float_dtypes = [dtype_name(t) for o in (ref_outs[0], cand_outs[0]) for t in o.values() if t.is_floating_point()]
-        tol = tolerance(dtype or least_precise(*float_dtypes), atol, rtol)
+        tol = tolerance(least_precise(*float_dtypes), atol, rtol)
+        tols, against = {}, ref_outs
+        if ref_hi is not None:
+            low = least_precise(*float_dtypes)
+            if low not in at_dtype:
+                at_dtype[low] = run_at(ref_r, [s.feeds for s in sets], low)
+            fl = floors(ref_hi, at_dtype[low], [s.mask for s in sets], low, factor)
+            tols = {n: Tolerance(f.allowed, 0.0, low, floor=f.floor, factor=factor) for n, f in fl.items()}
+            if tols:
+                against = ref_hi
+                tol = tols.get("logits") or next(iter(tols.values()))
         result = CandidateResult(describe(cand_r), tol)
-        for s, ref_out, cand_out in zip(sets, ref_outs, cand_outs):
+        for s, ref_out, cand_out in zip(sets, against, cand_outs):
             pairs = _pairs(ref_out, cand_out)
             if len(pairs) < len(ref_out):
                 result.comparisons.append(_missing_output(ref_out, cand_out, s.label))
             for name, a, b in pairs:
-                result.comparisons.append(compare_tensors(a, b, tol, output=name, inputs=s.label, mask=s.mask))
+                t = tols.get(name, tol)
+                result.comparisons.append(compare_tensors(a, b, t, output=name, inputs=s.label, mask=s.mask))
                 if is_lm and name == "logits" and a.shape == b.shape:
-                    result.tokens.append(token_agreement(a, b, tol, inputs=s.label, mask=s.mask))
+                    result.tokens.append(token_agreement(a, b, t, inputs=s.label, mask=s.mask))
         if ref_gen is not None:
             result.generation = compare_generation(ref_gen, greedy(cand_r, gen_set.feeds, n_new), tol,
                                                    inputs=gen_set.label)
@@ -152,9 +173,10 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
             start = time.perf_counter()
             failing = next((s for s in sets for c in result.comparisons if c.inputs == s.label and not c.passed),
                            gen_set)
-            _locate(result, ref_r, cand_r, failing.feeds, tol)
+            _locate(result, ref_r, cand_r, failing.feeds, tol, factor if calibrating else None)
             result.seconds["locate"] = time.perf_counter() - start
         results.append(result)
+        del cand_r, cand_outs
     peak = torch.cuda.max_memory_allocated() if on_gpu else None
     return ParityReport(describe(ref_r), results, device, torch_device, seed, [s.describe() for s in sets], n_new,
                         peak, ref_seconds)
@@ -168,9 +190,9 @@ def _missing_output(ref_out, cand_out, label):
     return c
 
 
-def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol) -> None:
+def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol, factor=None) -> None:
     try:
-        div = first_divergence(ref_r, cand_r, feeds, tol)
+        div = first_divergence(ref_r, cand_r, feeds, tol, factor)
     except ImportError as exc:       # onnx needed to read the graph's scopes
         result.divergence_note = f"reading the candidate's layers needs {exc.name}"
         return

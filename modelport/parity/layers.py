@@ -260,9 +260,46 @@ def _capture(runnable, names, feeds, ref_inputs):
     return capture_hooks(runnable, names, feeds)[0], "hooks"
 
 
-def first_divergence(ref, cand, feeds: dict, tol: Tolerance) -> Divergence | None:
+def _row_feeds(feeds: dict) -> dict:
+    """The first row of a batch on its real tokens only: an exact-precision run without padding."""
+    mask = feeds.get("attention_mask")
+    keep = mask[0].bool() if mask is not None else None
+    return {k: (v[:1, keep] if keep is not None and v.dim() >= 2 else v[:1]) for k, v in feeds.items()}
+
+
+def _calibrated_judge(ref, names, feeds, dtype: str, factor: float):
+    """The float64 reference's per-module outputs and a judge that holds a candidate's module to ``factor``
+    times the reference's own error at ``dtype`` there."""
+    from .calibrate import Floor, _cast, _cast_feeds, max_error, peak
+
+    runs = {}
+    for d in dict.fromkeys(("float64", dtype)):
+        with _cast(ref, d) as rr:
+            from .. import dtypes
+
+            runs[d] = capture_hooks(rr, names, _cast_feeds(feeds, dtypes.to_torch(d)))[0]
+    hi, lo = runs["float64"], runs[dtype]
+
+    def judge(name, cand_t):
+        if name not in hi or name not in lo:
+            return None
+        floor = max_error(lo[name], hi[name])
+        if floor is None:
+            return None
+        allowed = Floor(floor, peak(hi[name]), dtype, factor).allowed
+        err = max_error(cand_t, hi[name])
+        if err is None or not bool(cand_t.isfinite().all()):
+            return False, None
+        return err <= allowed, err
+
+    return judge
+
+
+def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | None = None) -> Divergence | None:
     """Compare per-block outputs of ``ref`` and ``cand`` on ``feeds``; None when no block names could be
-    matched on both sides (the report then says the layer was not located)."""
+    matched on both sides (the report then says the layer was not located). With ``factor`` (a torch
+    reference), each block is held to ``factor`` times the reference's own error there (see
+    :mod:`.calibrate`), on the first row of ``feeds`` without padding; otherwise to ``tol``."""
     namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
     if namer is None:
         return None
@@ -271,6 +308,10 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance) -> Divergence | Non
         return None
     children = {b: child_names(named_root(namer.module), b) for b in blocks}
     names = blocks + [c for b in blocks for c in children[b]]
+    judge = None
+    if factor is not None and _torch_eager(ref):
+        feeds = _row_feeds(feeds)
+        judge = _calibrated_judge(ref, names, feeds, tol.dtype, factor)
     mask = feeds.get("attention_mask")
     if _torch_eager(ref):
         ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
@@ -280,21 +321,32 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance) -> Divergence | Non
     compared = [b for b in blocks if b in ref_out and b in cand_out]
     if not compared:
         return None
+
+    def check(name):
+        """(passed, max abs) of one module, or None when it cannot be judged."""
+        if name not in ref_out or name not in cand_out:
+            return None
+        if judge is not None:
+            verdict = judge(name, cand_out[name])
+            if verdict is not None:
+                return verdict
+        c = compare_tensors(ref_out[name], cand_out[name], tol, output=name, inputs="", mask=mask)
+        return c.passed, c.max_abs
+
     matched = []
     for i, block in enumerate(blocks):
-        if block not in compared:
+        verdict = check(block) if block in compared else None
+        if verdict is None:
             continue
-        c = compare_tensors(ref_out[block], cand_out[block], tol, output=block, inputs="", mask=mask)
-        if c.passed:
+        if verdict[0]:
             matched.append(i)
             continue
-        name, worst = block, c.max_abs
+        name, worst = block, verdict[1]
         ran = [n for n in order if n in children[block]] or children[block]
         for child in ran:
-            if child in ref_out and child in cand_out:
-                cc = compare_tensors(ref_out[child], cand_out[child], tol, output=child, inputs="", mask=mask)
-                if not cc.passed:
-                    name, worst = child, cc.max_abs
-                    break
+            cv = check(child)
+            if cv is not None and not cv[0]:
+                name, worst = child, cv[1]
+                break
         return Divergence(i, name, block, worst, matched, method, len(compared))
     return Divergence(None, None, None, None, matched, method, len(compared))

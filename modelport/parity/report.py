@@ -43,7 +43,15 @@ class CandidateResult:
             bad = [c for c in cs if not c.passed]
             worst = max((c.max_abs for c in cs if c.max_abs is not None), default=None)
             need = max((c.required_atol for c in cs if c.required_atol is not None), default=None)
-            if bad:
+            floor = next((c.floor for c in cs if c.floor is not None), None)
+            if floor is not None and not any(c.problem for c in bad):
+                allowed = cs[0].allowed
+                floors = "-" if worst is None or not floor else f"{worst / floor:.3g}"
+                margin = "-" if worst is None else "inf" if worst == 0 else f"{allowed / worst:.3g}"
+                where = f"; worst at {bad[0].inputs}" if bad else ""
+                detail = (f"max abs {_num(worst)} against the float64 reference = {floors} x the floor {_num(floor)}; "
+                          f"allowed {_num(allowed)} ({self.tolerance.factor:g} x floor), margin {margin}x{where}")
+            elif bad:
                 c = bad[0]
                 detail = c.problem or (f"{c.inputs}: max abs {_num(c.max_abs)} at {c.worst}, needs atol "
                                        f"{_num(c.required_atol)} at rtol {self.tolerance.rtol:g}")
@@ -74,8 +82,7 @@ class CandidateResult:
 
     def to_json(self) -> dict:
         return {"model": self.model, "passed": self.passed,
-                "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol, "dtype": self.tolerance.dtype,
-                              "given": self.tolerance.given},
+                "tolerance": self.tolerance.to_json(),
                 "checks": [c.to_json() for c in self.checks()],
                 "outputs": [c.to_json() for c in self.comparisons],
                 "tokens": [t.to_json() for t in self.tokens],

@@ -46,6 +46,8 @@ def describe(r: Runnable) -> dict:
         out["providers"] = list(r.module.get_providers())
     if r.assumed:
         out["assumed"] = list(r.assumed)
+    if getattr(r, "config_from", None):
+        out["config_from"] = r.config_from
     return out
 
 
@@ -61,10 +63,11 @@ def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype,
     return r, time.perf_counter() - start
 
 
-def _reference_engine(ref, engine: str, arch, config) -> str:
+def _reference_engine(ref, engine: str, arch) -> str:
     """Who runs the reference: for a Hugging Face directory with ``engine="auto"``, transformers when it is
-    installed (the reference of truth), modelport's reference family otherwise. The report's origin says."""
-    if engine != "auto" or isinstance(ref, Runnable) or config is not None or (arch and ":" in arch):
+    installed (the reference of truth, whatever ``--config`` says about the candidates), modelport's reference
+    family otherwise. The report's origin says."""
+    if engine != "auto" or isinstance(ref, Runnable) or (arch and ":" in arch):
         return engine
     import importlib.util
 
@@ -77,6 +80,28 @@ def _reference_engine(ref, engine: str, arch, config) -> str:
     except ModelportError:
         return engine              # load_runnable reports what is wrong with the path
     return "transformers" if is_hf else engine
+
+
+def _reference_config(ref) -> Path | None:
+    """The reference directory's ``config.json``, which bare candidates (weights with no config) borrow."""
+    if isinstance(ref, Runnable) or not Path(ref).is_dir():
+        return None
+    found = Path(ref) / "config.json"
+    return found if found.is_file() else None
+
+
+def _load_candidate(cand, borrowed: Path | None, load: dict) -> tuple[Runnable, float]:
+    """A candidate as given; bare weights that need a config borrow the reference's, and say so."""
+    from ..errors import ConfigNeededError
+
+    try:
+        return _load(cand, **load)
+    except ConfigNeededError:
+        if borrowed is None or load["config"] is not None or load["assume_config"]:
+            raise
+    r, seconds = _load(cand, **{**load, "config": borrowed})
+    r.config_from = f"{borrowed} (the reference's, borrowed: the candidate carries no config)"
+    return r, seconds
 
 
 def _pairs(ref_out: dict, cand_out: dict):
@@ -118,7 +143,9 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
                 input_dtype=input_dtype, engine=engine, assume_config=assume_config)
-    ref_r, ref_load = _load(ref, **{**load, "dtype": ref_dtype, "engine": _reference_engine(ref, engine, arch, config)})
+    ref_engine = _reference_engine(ref, engine, arch)
+    ref_r, ref_load = _load(ref, **{**load, "dtype": ref_dtype, "engine": ref_engine,
+                                    "config": None if ref_engine == "transformers" else config})
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
     longest = max_positions(ref_r)
@@ -137,7 +164,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     ref_seconds = {"load": ref_load, "run": time.perf_counter() - start}
     results = []
     for cand in candidates:
-        cand_r, cand_load = _load(cand, **load)
+        cand_r, cand_load = _load_candidate(cand, _reference_config(ref), load)
         if cand_r.kind != ref_r.kind:
             raise UnsupportedError(f"{cand_r.path or cand_r.origin}: a {cand_r.kind} model cannot be compared with the "
                                    f"reference, a {ref_r.kind} model")

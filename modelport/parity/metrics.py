@@ -226,18 +226,25 @@ class Generation:
 
 
 def greedy(runnable, feeds: dict, new_tokens: int, output: str = "logits"):
-    """``new_tokens`` greedy tokens per row, re-running the growing sequence (no cache needed); the
-    last-position logits of every step."""
+    """``new_tokens`` greedy tokens per row and the last-position logits of every step: through the model's
+    KV cache where it has one (a transformers causal LM's ``step``), else re-running the growing sequence."""
     import torch
 
     ids, mask = feeds["input_ids"], feeds.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
+    cached = getattr(runnable.module, "step", None) if runnable.backend == "torch" else None
+    past = None
     tokens, steps = [], []
     for _ in range(new_tokens):
-        step_feeds = {spec.name: {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
-                      for spec in runnable.inputs}
-        last = runnable.run(step_feeds)[output][:, -1].detach().cpu().float()
+        if cached is not None:
+            with torch.no_grad():
+                logits, past = cached(ids.to(runnable.device), mask.to(runnable.device), past)
+            last = logits.detach().cpu().float()
+        else:
+            step_feeds = {spec.name: {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
+                          for spec in runnable.inputs}
+            last = runnable.run(step_feeds)[output][:, -1].detach().cpu().float()
         steps.append(last)
         nxt = torch.nan_to_num(last, nan=float("-inf")).argmax(-1, keepdim=True)
         tokens.append(nxt)

@@ -135,7 +135,10 @@ class ParityReport:
         if self.peak_gpu_bytes is not None:
             lines.append(f"peak GPU memory: {self.peak_gpu_bytes / 2**20:.1f} MiB")
         for c in self.candidates:
-            lines += ["", f"candidate: {_who(c.model)}", f"tolerance: {c.tolerance.describe()}",
+            lines += ["", f"candidate: {_who(c.model)}"]
+            if c.model.get("config_from"):
+                lines.append(f"config: {c.model['config_from']}")
+            lines += [f"tolerance: {c.tolerance.describe()}",
                       f"  {'output / inputs':<44} {'positions':>9} {'max abs':>9} {'mean abs':>9} {'max rel':>9} "
                       f"{'cosine':>9} {'need atol':>9}  ok"]
             for t in c.comparisons:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ModelportError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, Runnable
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets, max_positions
-from .layers import first_divergence
+from .layers import first_divergence, script_prefix
 from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors, run_at
 from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, greedy, least_precise,
                       token_agreement, tolerance)
@@ -218,8 +218,17 @@ def _missing_output(ref_out, cand_out, label):
 
 
 def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol, factor=None) -> None:
+    replay_from = None
+    if (cand_r.backend == "torchscript" and ref_r.origin.startswith("transformers") and ref_r.path is not None
+            and not script_prefix(cand_r)):
+        from ..models.runnable import load_runnable     # the script's blocks take modelport's calling convention
+
+        try:
+            replay_from = load_runnable(ref_r.path, engine="reference", device=ref_r.device)
+        except ModelportError:
+            replay_from = None
     try:
-        div = first_divergence(ref_r, cand_r, feeds, tol, factor)
+        div = first_divergence(ref_r, cand_r, feeds, tol, factor, replay_from)
     except ImportError as exc:       # onnx needed to read the graph's scopes
         result.divergence_note = f"reading the candidate's layers needs {exc.name}"
         return

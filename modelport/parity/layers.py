@@ -131,11 +131,12 @@ def replay_script(runnable, inputs: dict[str, tuple], names: list[str]):
     import torch
 
     outputs = {}
+    prefix = script_prefix(runnable)
     for name in names:
         if name not in inputs:
             continue
         try:
-            sub = _submodule(runnable.module, name)
+            sub = _submodule(runnable.module, prefix + name)
             with torch.no_grad():
                 out = sub(*[a.to(runnable.device) if hasattr(a, "to") else a for a in inputs[name]])
         except (AttributeError, RuntimeError, TypeError):
@@ -144,6 +145,19 @@ def replay_script(runnable, inputs: dict[str, tuple], names: list[str]):
         if t is not None:
             outputs[name] = t.detach()
     return outputs
+
+
+def script_prefix(runnable) -> str:
+    """The wrapper prefix a TorchScript file's metadata records (``model.`` for a wrapped transformers model)."""
+    if runnable.path is None:
+        return ""
+    from ..errors import ModelportError
+    from ..formats.torchscript import read_metadata
+
+    try:
+        return read_metadata(runnable.path).get("strip_prefix") or ""
+    except ModelportError:          # no readable metadata: the names as they are
+        return ""
 
 
 def _submodule(module, name: str):
@@ -206,6 +220,19 @@ def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
     return found
 
 
+def _prefixed_scope_values(model, names: list[str]) -> dict[str, str]:
+    """Scope values by the reference's names. An export of a wrapped model (a transformers model behind
+    modelport's calling convention) scopes every module under the wrapper's attribute, which the file's
+    ``modelport.strip_prefix`` metadata records (``model.``): those names are looked up with it first."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    prefix = meta.get("modelport.strip_prefix") or ""
+    if prefix:
+        found = onnx_scope_values(model.graph, [prefix + n for n in names])
+        if found:
+            return {n: found[prefix + n] for n in names if prefix + n in found}
+    return onnx_scope_values(model.graph, names)
+
+
 def capture_onnx(runnable, names: list[str], feeds: dict):
     """Intermediate values of an onnxruntime model, added as outputs to a copy of its graph."""
     import onnx
@@ -216,7 +243,7 @@ def capture_onnx(runnable, names: list[str], feeds: dict):
     if runnable.path is None:
         return {}
     model = onnx.load(str(runnable.path), load_external_data=False)
-    values = onnx_scope_values(model.graph, names)
+    values = _prefixed_scope_values(model, names)
     if not values:
         return {}
     present = {o.name for o in model.graph.output}
@@ -295,11 +322,14 @@ def _calibrated_judge(ref, names, feeds, dtype: str, factor: float):
     return judge
 
 
-def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | None = None) -> Divergence | None:
+def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | None = None,
+                     replay_from=None) -> Divergence | None:
     """Compare per-block outputs of ``ref`` and ``cand`` on ``feeds``; None when no block names could be
     matched on both sides (the report then says the layer was not located). With ``factor`` (a torch
     reference), each block is held to ``factor`` times the reference's own error there (see
-    :mod:`.calibrate`), on the first row of ``feeds`` without padding; otherwise to ``tol``."""
+    :mod:`.calibrate`), on the first row of ``feeds`` without padding; otherwise to ``tol``. A TorchScript
+    candidate's blocks are called with the inputs ``replay_from``'s blocks received (default: the
+    reference's), a model with the calling convention the script was made from."""
     namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
     if namer is None:
         return None
@@ -317,6 +347,8 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | Non
         ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
     else:
         ref_out, ref_in, order = _capture(ref, names, feeds, {})[0], {}, names
+    if replay_from is not None and _is_script(cand.module):
+        ref_in = capture_hooks(replay_from, names, feeds, keep_inputs=True)[1]
     cand_out, method = _capture(cand, names, feeds, ref_in)
     compared = [b for b in blocks if b in ref_out and b in cand_out]
     if not compared:

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 from ..errors import ModelportError, UnsupportedError
-from ..models.runnable import CAUSAL_LM, Runnable
+from ..models.runnable import CAUSAL_LM, ENCODER, Runnable
+from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors, run_at
+from .coverage import check as embedding_coverage
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets, max_positions
 from .layers import first_divergence, script_prefix
-from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors, run_at
 from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, greedy, least_precise,
                       token_agreement, tolerance)
 from .report import CandidateResult, Check, ParityReport
@@ -195,6 +196,8 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         if ref_gen is not None:
             result.generation = compare_generation(ref_gen, greedy(cand_r, gen_set.feeds, n_new), tol,
                                                    inputs=gen_set.label)
+        if is_lm or ref_r.kind == ENCODER:
+            result.coverage = embedding_coverage(ref_r, cand_r, seed)
         result.seconds = {"load": cand_load, "run": time.perf_counter() - start}
         if locate and not result.passed:
             start = time.perf_counter()

@@ -34,6 +34,7 @@ class CandidateResult:
     generation: Generation | None = None
     first_divergence: Divergence | None = None
     divergence_note: str | None = None       # why no layer was named
+    coverage: Any = None                     # coverage.Coverage: every id's input-embedding row
     seconds: dict[str, float] = field(default_factory=dict)
 
     def checks(self) -> list[Check]:
@@ -58,6 +59,12 @@ class CandidateResult:
             else:
                 detail = f"max abs {_num(worst)} over {len(cs)} input sets (would pass down to atol {_num(need)})"
             out.append(Check(f"{name} within tolerance", not bad, detail))
+        if self.coverage is not None:
+            cov = self.coverage
+            out.append(Check("embedding of every token id", cov.passed,
+                             f"all {cov.ids} rows of {cov.module} match" if cov.passed else
+                             f"{cov.differing} of {cov.ids} rows of {cov.module} differ (ids {cov.first_ids}"
+                             f"{' …' if cov.differing > len(cov.first_ids) else ''}; max abs {_num(cov.max_abs)})"))
         nonfinite = sum(c.nonfinite for c in self.comparisons)
         out.append(Check("finite", nonfinite == 0, f"{nonfinite} NaN/Inf values where the reference is finite"
                          if nonfinite else "no NaN or Inf"))
@@ -88,7 +95,8 @@ class CandidateResult:
                 "tokens": [t.to_json() for t in self.tokens],
                 "generation": self.generation.to_json() if self.generation else None,
                 "first_divergence": self.first_divergence.to_json() if self.first_divergence else None,
-                "divergence_note": self.divergence_note, "seconds": self.seconds}
+                "divergence_note": self.divergence_note, "seconds": self.seconds,
+                "coverage": self.coverage.to_json() if self.coverage is not None else None}
 
 
 @dataclass

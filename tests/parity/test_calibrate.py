@@ -106,3 +106,20 @@ def test_config_does_not_change_who_runs_the_reference(cli, llama):
               "--seq-len", "4", "--new-tokens", "0")
     assert res.returncode == 0, res.stderr
     assert "reference: transformers LlamaForCausalLM" in res.stdout
+
+
+def test_zeroed_embedding_rows_fail_through_every_id_in_each_format(cli, llama):
+    """Two rows out of 37 zeroed (head untied): the seeded inputs may never feed them; the every-id pass does,
+    for the safetensors directory, its ONNX export and its TorchScript file."""
+    root, state, config, ref = llama
+    bad = faults.write_dir(root / "rows", faults.embedding_rows_zeroed(state, [5, 30]), config)
+    onnx_file, script = root / "rows.onnx", root / "rows.ts"
+    assert cli("convert", bad, onnx_file, "--no-manifest").returncode == 0
+    assert cli("convert", bad, script, "--to", "torchscript", "--no-manifest").returncode == 0
+    for cand in (bad, onnx_file, script):
+        res = cli("parity", str(ref), str(cand), "--seq-len", "1", "--batch", "1", "--new-tokens", "0", "--json")
+        assert res.returncode == 1, (cand, res.stderr)
+        cov = json.loads(res.stdout)["candidates"][0]["coverage"]
+        assert cov["module"] == "model.embed_tokens" and cov["first_ids"] == [5, 30] and not cov["passed"], cov
+    ok = cli("parity", str(ref), str(ref), "--seq-len", "1", "--new-tokens", "0", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["candidates"][0]["coverage"]["passed"]

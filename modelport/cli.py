@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -408,7 +409,7 @@ def parity(ref, candidates, device, dtype, ref_dtype, factor, atol, rtol, batch,
                  rtol=rtol, batch=batch,
                  seq_lens=seq_lens or DEFAULT_SEQ_LENS, new_tokens=new_tokens, prompts=prompts, seed=seed, arch=arch,
                  config=config, input_shape=input_shape, input_dtype=input_dtype, engine=engine,
-                 assume_config=assume_config)
+                 assume_config=assume_config, progress=_stage_printer())
     data = report.to_json()
     if report_path:
         _write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
@@ -420,6 +421,14 @@ def parity(ref, candidates, device, dtype, ref_dtype, factor, atol, rtol, batch,
     if not report:
         failed = [c.model["path"] or c.model["origin"] for c in report.candidates if not c.passed]
         raise DifferenceFound(f"parity failed for {', '.join(map(str, failed))}")
+
+
+def _stage_printer():
+    """A line per stage on stderr when it is a terminal (parity's progress); None otherwise, so logs stay quiet."""
+    if not sys.stderr.isatty():
+        return None
+    start = time.monotonic()
+    return lambda line: click.echo(f"[{time.monotonic() - start:6.1f}s] {line}", err=True)
 
 
 def _write_text(path: Path, text: str) -> None:

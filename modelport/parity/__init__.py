@@ -116,7 +116,8 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
            rtol: float | None = None, batch: int = DEFAULT_BATCH, seq_lens=DEFAULT_SEQ_LENS,
            new_tokens: int = DEFAULT_NEW_TOKENS, prompts=None, seed: int = 0, arch: str | None = None, config=None,
            input_shape=None, input_dtype=None, engine: str = "auto", assume_config: bool = False,
-           locate: bool = True, ref_dtype: str | None = None, factor: float = DEFAULT_FACTOR) -> ParityReport:
+           locate: bool = True, ref_dtype: str | None = None, factor: float = DEFAULT_FACTOR,
+           progress=None) -> ParityReport:
     """Check every candidate against ``ref``; the :class:`ParityReport` is true when all pass.
 
     ``ref`` and each candidate: a path (anything :func:`load_runnable` opens; ``arch`` / ``config`` /
@@ -125,8 +126,11 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     tolerances on itself (see :mod:`.calibrate`, ``factor`` times its own rounding error); ``atol`` /
     ``rtol``, or a reference that cannot run in float64, use fixed tolerances instead. ``engine`` chooses
     who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
+    ``progress``, if given, is called with a line per stage (the command shows them on a terminal).
     """
     import torch
+
+    say = progress or (lambda line: None)
 
     if not candidates:
         raise UnsupportedError("parity needs at least one candidate to compare with the reference")
@@ -144,6 +148,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
                 input_dtype=input_dtype, engine=engine, assume_config=assume_config)
+    say(f"reference: loading {ref}" if not isinstance(ref, Runnable) else "reference: ready")
     ref_engine = _reference_engine(ref, engine, arch)
     ref_r, ref_load = _load(ref, **{**load, "dtype": ref_dtype, "engine": ref_engine,
                                     "config": None if ref_engine == "transformers" else config})
@@ -154,22 +159,28 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         n_new = longest // 2
     sets = input_sets(ref_r, batch=batch, seq_lens=seq_lens, seed=seed, prompts=prompts, reserve=n_new)
     start = time.perf_counter()
+    say(f"reference: running {len(sets)} input sets" + (f" and {n_new} greedy tokens" if n_new else ""))
     ref_outs = [ref_r.run(s.feeds) for s in sets]
     gen_set = next((s for s in sets if s.seq_len > 1), sets[0])
     ref_gen = greedy(ref_r, gen_set.feeds, n_new) if n_new else None
     calibrating = can_calibrate(ref_r)
     given = atol is not None or rtol is not None
+    if calibrating and not given:
+        say("reference: running again in float64 (the noise floor)")
     ref_hi = run_at(ref_r, [s.feeds for s in sets], "float64") if calibrating and not given else None
     own_dtype = float_dtype_of(ref_r.module) if calibrating else None
     at_dtype = {own_dtype: [{k: v.detach().cpu() for k, v in o.items()} for o in ref_outs]} if own_dtype else {}
     ref_seconds = {"load": ref_load, "run": time.perf_counter() - start}
     results = []
-    for cand in candidates:
+    for i, cand in enumerate(candidates, 1):
+        tag = f"candidate {i}/{len(candidates)}"
+        say(f"{tag}: loading {cand if not isinstance(cand, Runnable) else cand.origin}")
         cand_r, cand_load = _load_candidate(cand, _reference_config(ref), load)
         if cand_r.kind != ref_r.kind:
             raise UnsupportedError(f"{cand_r.path or cand_r.origin}: a {cand_r.kind} model cannot be compared with the "
                                    f"reference, a {ref_r.kind} model")
         start = time.perf_counter()
+        say(f"{tag}: running {len(sets)} input sets" + (f" and {n_new} greedy tokens" if n_new else ""))
         cand_outs = [cand_r.run(s.feeds) for s in sets]
         float_dtypes = [dtype_name(t) for o in (ref_outs[0], cand_outs[0]) for t in o.values() if t.is_floating_point()]
         tol = tolerance(least_precise(*float_dtypes), atol, rtol)
@@ -177,6 +188,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         if ref_hi is not None:
             low = least_precise(*float_dtypes)
             if low not in at_dtype:
+                say(f"{tag}: running the reference in {low} (the candidate's precision)")
                 at_dtype[low] = run_at(ref_r, [s.feeds for s in sets], low)
             fl = floors(ref_hi, at_dtype[low], [s.mask for s in sets], low, factor)
             tols = {n: Tolerance(f.allowed, 0.0, low, floor=f.floor, factor=factor) for n, f in fl.items()}
@@ -197,15 +209,18 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
             result.generation = compare_generation(ref_gen, greedy(cand_r, gen_set.feeds, n_new), tol,
                                                    inputs=gen_set.label)
         if is_lm or ref_r.kind == ENCODER:
+            say(f"{tag}: looking up every token id's embedding")
             result.coverage = embedding_coverage(ref_r, cand_r, seed)
         result.seconds = {"load": cand_load, "run": time.perf_counter() - start}
         if locate and not result.passed:
+            say(f"{tag}: differs; locating the first divergent layer")
             start = time.perf_counter()
             failing = next((s for s in sets for c in result.comparisons if c.inputs == s.label and not c.passed),
                            gen_set)
             _locate(result, ref_r, cand_r, failing.feeds, tol, factor if calibrating else None)
             result.seconds["locate"] = time.perf_counter() - start
         results.append(result)
+        say(f"{tag}: {'pass' if result.passed else 'FAIL'}")
         del cand_r, cand_outs
     peak = torch.cuda.max_memory_allocated() if on_gpu else None
     return ParityReport(describe(ref_r), results, device, torch_device, seed, [s.describe() for s in sets], n_new,

@@ -123,3 +123,11 @@ def test_zeroed_embedding_rows_fail_through_every_id_in_each_format(cli, llama):
         assert cov["module"] == "model.embed_tokens" and cov["first_ids"] == [5, 30] and not cov["passed"], cov
     ok = cli("parity", str(ref), str(ref), "--seq-len", "1", "--new-tokens", "0", "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["candidates"][0]["coverage"]["passed"]
+
+
+def test_progress_names_each_stage_and_candidate(llama):
+    _, _, _, ref = llama
+    lines = []
+    assert parity(ref, ref, ref, seq_lens=(3,), new_tokens=1, progress=lines.append)
+    assert lines[0].startswith("reference: loading") and any("float64" in line for line in lines)
+    assert [line for line in lines if line.endswith(": pass")] == ["candidate 1/2: pass", "candidate 2/2: pass"]

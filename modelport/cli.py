@@ -9,36 +9,17 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .console import parse_size, silence_stdout, stdout_closed, write_text_atomic
 from .errors import ModelportError
-
-SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().upper().replace(" ", "")
-    for unit in sorted(SIZE_UNITS, key=len, reverse=True):
-        if t.endswith(unit):
-            number = t[: -len(unit)]
-            break
-    else:
-        unit, number = "B", t
-    try:
-        size = int(float(number) * SIZE_UNITS[unit])
-    except (ValueError, OverflowError):   # inf, nan
-        raise click.BadParameter(f"{text!r} is not a size like 5GB, 500MB or 1000000") from None
-    if size < 1:
-        raise click.BadParameter(f"{text!r}: a size must be at least 1 byte")
-    return size
-
 
 def format_ids() -> list[str]:
     from . import formats
@@ -240,7 +221,6 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     A torchscript or onnx DST exports the runnable model SRC holds (see `modelport formats`)."""
     from .convert import convert as run
     from .convert import target_format
-    from .errors import DifferenceFound
 
     target = target_format(dst, to)
     _refuse_unused(target.id, opset=opset, static_shapes=static_shapes, external_data=external_data, method=method,
@@ -362,81 +342,6 @@ def view(path, host, port, no_browser, graph_only, as_onnx, arch, config) -> Non
     _serve(path, host, port, not no_browser, graph_only, as_onnx, arch, config)
 
 
-@cli.command("batch")
-@click.argument("jobs_file", metavar="JOBS", type=click.Path(path_type=Path))
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              help="Run each job as a Ray task: on a local Ray, or on the cluster at ADDRESS (needs modelport[ray]).")
-@click.option("--workers", type=click.IntRange(min=1), help="Jobs at once (default: one per core, fewer when memory is short).")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole table as JSON.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as JSON to this file.")
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML: one test case per job.")
-@click.option("--resume", is_flag=True, help="Skip jobs whose output and manifest still verify and that ran with the same options.")
-@click.option("--fail-fast", is_flag=True, help="Start no new job once one has failed.")
-def batch_cmd(jobs_file, ray_address, workers, as_json, report_path, junit_path, resume, fail_fast) -> None:
-    """Convert (and parity-check) every job of JOBS, a YAML or JSON list, each job in a process of its own.
-
-    Each job: src, dst, optional to, options (any convert option by its long name) and verify (true,
-    or parity options). Exit 0 when every job passed, 1 when a parity check failed, 2 when a job could not run."""
-    from .batch import batch, load_jobs
-    from .batch.report import line
-    from .errors import DifferenceFound
-    from .render import escape
-
-    jobs = load_jobs(jobs_file)                    # every job checked before any runs
-    total, seen = len(jobs), []
-    live = _BatchProgress(total) if sys.stderr.isatty() and not as_json else None
-
-    def show(result: dict) -> None:
-        seen.append(result)
-        text = escape(f"[{len(seen)}/{total}] {line(result)}")
-        if live is not None:
-            live.print(text)
-        else:
-            click.echo(text, err=as_json)
-
-    try:
-        report = batch(jobs, ray=ray_address, workers=workers, resume=resume, fail_fast=fail_fast,
-                       state=jobs_file.with_name(f".{jobs_file.name}.modelport-batch.json"), on_result=show)
-    except KeyboardInterrupt:
-        click.echo(f"modelport: batch interrupted after {len(seen)} of {total} jobs; running jobs were stopped and "
-                   "left no partial output; run again with --resume to go on", err=True)
-        raise
-    finally:
-        if live is not None:
-            live.stop()
-    data = report.to_json()
-    if report_path:
-        _write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
-    if junit_path:
-        _write_text(junit_path, report.to_junit() + "\n")
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else escape(report.summary()))
-    if report.exit_code == 1:
-        raise DifferenceFound(f"{jobs_file}: a parity check failed in {sum(r['exit_code'] == 1 for r in report.results)} job(s)")
-    if report.exit_code:
-        raise ModelportError(f"{jobs_file}: {sum(r['exit_code'] not in (0, 1) for r in report.results)} job(s) "
-                             "could not run (see their lines above)")
-
-
-class _BatchProgress:
-    """A progress bar on a terminal, with each finished job's line printed above it."""
-
-    def __init__(self, total: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self.bar = Progress("jobs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True)
-        self.task = self.bar.add_task("jobs", total=total)
-        self.bar.start()
-
-    def print(self, text: str) -> None:
-        self.bar.console.print(text, markup=False, highlight=False)
-        self.bar.advance(self.task)
-
-    def stop(self) -> None:
-        self.bar.stop()
-
-
 @cli.command("verify")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -523,12 +428,14 @@ def _seq_lens(ctx, param, value):
 @click.argument("candidates", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where both models run; auto uses CUDA when a GPU is visible. cuda without one is an error.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run both models in this dtype "
-              "(default: as stored); picks the default tolerances.")
-@click.option("--atol", type=float, callback=_tolerance,
-              help="Absolute tolerance (default depends on the dtype and is printed).")
-@click.option("--rtol", type=float, callback=_tolerance,
-              help="Relative tolerance (default depends on the dtype and is printed).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Run the candidates in this dtype "
+              "(default: as stored); the reference keeps its own precision.")
+@click.option("--ref-dtype", type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Cast the reference too (default: as stored).")
+@click.option("--factor", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Calibrated tolerance: how many times the reference's own rounding error a candidate may stray.")
+@click.option("--atol", type=float, callback=_tolerance, help="Fixed absolute tolerance instead of the calibrated one.")
+@click.option("--rtol", type=float, callback=_tolerance, help="Fixed relative tolerance instead of the calibrated one.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Rows per input batch; the last row is left-padded.")
 @click.option("--seq-len", "seq_lens", multiple=True, callback=_seq_lens, metavar="L",
@@ -552,7 +459,7 @@ def _seq_lens(ctx, param, value):
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one test case per candidate and check).")
 @trust_torchscript_option
-def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
+def parity(ref, candidates, device, dtype, ref_dtype, factor, atol, rtol, batch, seq_lens, new_tokens, prompts, seed, arch, config,
            input_shape, input_dtype, engine, assume_config, as_json, report_path, junit_path) -> None:
     """Run REF and each CANDIDATE on the same inputs and compare outputs and tokens; exit 1 on a mismatch."""
     from .errors import DifferenceFound
@@ -563,15 +470,16 @@ def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_toke
     from .parity import parity as run
     from .parity.inputs import DEFAULT_SEQ_LENS
 
-    report = run(ref, *candidates, device=device, dtype=dtype, atol=atol, rtol=rtol, batch=batch,
+    report = run(ref, *candidates, device=device, dtype=dtype, ref_dtype=ref_dtype, factor=factor, atol=atol,
+                 rtol=rtol, batch=batch,
                  seq_lens=seq_lens or DEFAULT_SEQ_LENS, new_tokens=new_tokens, prompts=prompts, seed=seed, arch=arch,
                  config=config, input_shape=input_shape, input_dtype=input_dtype, engine=engine,
-                 assume_config=assume_config)
+                 assume_config=assume_config, progress=_stage_printer())
     data = report.to_json()
     if report_path:
-        _write_text(report_path, json.dumps(data, indent=2, default=str) + "\n")
+        write_text_atomic(report_path, json.dumps(data, indent=2, default=str) + "\n")
     if junit_path:
-        _write_text(junit_path, report.to_junit() + "\n")
+        write_text_atomic(junit_path, report.to_junit() + "\n")
     from .render import escape_lines
 
     click.echo(json.dumps(data, indent=2, default=str) if as_json else escape_lines(report.to_text()))
@@ -580,15 +488,12 @@ def parity(ref, candidates, device, dtype, atol, rtol, batch, seq_lens, new_toke
         raise DifferenceFound(f"parity failed for {', '.join(map(str, failed))}")
 
 
-def _write_text(path: Path, text: str) -> None:
-    from .atomic import atomic_output
-
-    with atomic_output(path, force=True) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+def _stage_printer():
+    """A line per stage on stderr when it is a terminal (parity's progress); None otherwise, so logs stay quiet."""
+    if not sys.stderr.isatty():
+        return None
+    start = time.monotonic()
+    return lambda line: click.echo(f"[{time.monotonic() - start:6.1f}s] {line}", err=True)
 
 
 def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
@@ -602,26 +507,9 @@ INTERRUPTED = "modelport: interrupted; nothing was written"
 CLOSED_OUTPUT = 141      # 128 + SIGPIPE, as a shell reports for `cat` writing into a closed pipe
 
 
-def _stdout_closed() -> bool:
-    """Whether the reader of stdout has gone (a pipe whose other end closed): not some other pipe's error."""
-    import select
+from .batch.command import batch_cmd  # noqa: E402  (a command of its own module, registered here)
 
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
-    except (AttributeError, OSError, ValueError):   # no poll, or a stdout without a descriptor: assume it
-        return True
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's last flush of what is left has nowhere to fail."""
-    import os
-
-    with contextlib.suppress(AttributeError, OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+cli.add_command(batch_cmd)
 
 
 # Optional packages -> the extra that installs them (pyproject.toml).
@@ -662,9 +550,9 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         except BrokenPipeError:
-            if debug or not _stdout_closed():
+            if debug or not stdout_closed():
                 raise
-            _silence_stdout()   # the reader has what it wanted (`| head`): stop quietly, as cat does
+            silence_stdout()   # the reader has what it wanted (`| head`): stop quietly, as cat does
             sys.exit(CLOSED_OUTPUT)
         except ModelportError as exc:
             interrupt.check()

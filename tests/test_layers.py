@@ -12,7 +12,8 @@ LAYERS = {"errors": 0, "dtypes": 0, "atomic": 0, "runtime": 0,
           "formats": 1, "t7": 1,
           "models": 2,
           "convert": 3, "diff": 3, "inspect": 3, "parity": 3,
-          "render": 4, "cli": 4, "view": 4, "__main__": 4, "testing": 4, "batch": 4}
+          "render": 4, "cli": 4, "view": 4, "__main__": 4, "testing": 4, "batch": 4,
+          "console": 4}
 
 
 def _module_name(path: Path) -> str:

@@ -97,7 +97,8 @@ def _wrapper(model, kind: str, names: list[str]):
 
     import torch
 
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    params = inspect.signature(model.forward).parameters
+    takes_positions = "position_ids" in params
 
     class Wrapper(torch.nn.Module):
         def __init__(self):
@@ -115,6 +116,17 @@ def _wrapper(model, kind: str, names: list[str]):
         def forward(self, input_ids, attention_mask):
             kw = {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
+
+        def step(self, input_ids, attention_mask, past=None):
+            """One greedy step with the KV cache: the last position's logits and the cache to pass next time
+            (``input_ids`` / ``attention_mask`` are the whole sequence so far)."""
+            kw = {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
+            if past is not None:
+                input_ids = input_ids[:, -1:]
+                kw = {k: v[:, -1:] for k, v in kw.items()}
+            name = "cache" if "cache" in params else "past_key_values"      # renamed in transformers 5
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **{name: past}, **kw)
+            return out.logits[:, -1], getattr(out, name, None) if hasattr(out, name) else out.past_key_values
 
     class Encoder(Wrapper):
         """``forward(*tokenizer inputs) -> last hidden state``."""

@@ -63,6 +63,7 @@ class Runnable:
     device: str = "cpu"                 # where it really runs ("cpu", "cuda:0")
     vocab_size: int | None = None       # causal-lm and encoder
     assumed: list[str] = field(default_factory=list)  # config values the weights did not reveal, guessed
+    config_from: str | None = None      # where its config came from when not from its own files
     module: Any = None                  # the nn.Module, ScriptModule or InferenceSession underneath
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 from ..errors import ModelportError, UnsupportedError
-from ..models.runnable import CAUSAL_LM, Runnable
+from ..models.runnable import CAUSAL_LM, ENCODER, Runnable
+from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors, run_at
+from .coverage import check as embedding_coverage
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets, max_positions
-from .layers import first_divergence
-from .metrics import (compare_generation, compare_tensors, dtype_name, greedy, least_precise, token_agreement,
-                      tolerance)
+from .layers import first_divergence, script_prefix
+from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, greedy, least_precise,
+                      token_agreement, tolerance)
 from .report import CandidateResult, Check, ParityReport
 
 DEFAULT_NEW_TOKENS = 16
@@ -45,6 +47,8 @@ def describe(r: Runnable) -> dict:
         out["providers"] = list(r.module.get_providers())
     if r.assumed:
         out["assumed"] = list(r.assumed)
+    if getattr(r, "config_from", None):
+        out["config_from"] = r.config_from
     return out
 
 
@@ -60,10 +64,11 @@ def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype,
     return r, time.perf_counter() - start
 
 
-def _reference_engine(ref, engine: str, arch, config) -> str:
+def _reference_engine(ref, engine: str, arch) -> str:
     """Who runs the reference: for a Hugging Face directory with ``engine="auto"``, transformers when it is
-    installed (the reference of truth), modelport's reference family otherwise. The report's origin says."""
-    if engine != "auto" or isinstance(ref, Runnable) or config is not None or (arch and ":" in arch):
+    installed (the reference of truth, whatever ``--config`` says about the candidates), modelport's reference
+    family otherwise. The report's origin says."""
+    if engine != "auto" or isinstance(ref, Runnable) or (arch and ":" in arch):
         return engine
     import importlib.util
 
@@ -78,6 +83,28 @@ def _reference_engine(ref, engine: str, arch, config) -> str:
     return "transformers" if is_hf else engine
 
 
+def _reference_config(ref) -> Path | None:
+    """The reference directory's ``config.json``, which bare candidates (weights with no config) borrow."""
+    if isinstance(ref, Runnable) or not Path(ref).is_dir():
+        return None
+    found = Path(ref) / "config.json"
+    return found if found.is_file() else None
+
+
+def _load_candidate(cand, borrowed: Path | None, load: dict) -> tuple[Runnable, float]:
+    """A candidate as given; bare weights that need a config borrow the reference's, and say so."""
+    from ..errors import ConfigNeededError
+
+    try:
+        return _load(cand, **load)
+    except ConfigNeededError:
+        if borrowed is None or load["config"] is not None or load["assume_config"]:
+            raise
+    r, seconds = _load(cand, **{**load, "config": borrowed})
+    r.config_from = f"{borrowed} (the reference's, borrowed: the candidate carries no config)"
+    return r, seconds
+
+
 def _pairs(ref_out: dict, cand_out: dict):
     """(name, ref tensor, cand tensor) by output name, or by position when the names differ."""
     if all(n in cand_out for n in ref_out):
@@ -89,31 +116,42 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
            rtol: float | None = None, batch: int = DEFAULT_BATCH, seq_lens=DEFAULT_SEQ_LENS,
            new_tokens: int = DEFAULT_NEW_TOKENS, prompts=None, seed: int = 0, arch: str | None = None, config=None,
            input_shape=None, input_dtype=None, engine: str = "auto", assume_config: bool = False,
-           locate: bool = True) -> ParityReport:
+           locate: bool = True, ref_dtype: str | None = None, factor: float = DEFAULT_FACTOR,
+           progress=None) -> ParityReport:
     """Check every candidate against ``ref``; the :class:`ParityReport` is true when all pass.
 
     ``ref`` and each candidate: a path (anything :func:`load_runnable` opens; ``arch`` / ``config`` /
-    ``input_shape`` apply to each) or a :class:`Runnable`. ``dtype`` runs both in fp32/fp16/bf16 and picks
-    its default tolerances; without it the tolerances follow the less precise of the two outputs. ``engine``
-    chooses who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
+    ``input_shape`` apply to each) or a :class:`Runnable`. ``dtype`` casts the candidates (fp32/fp16/bf16),
+    ``ref_dtype`` the reference; without them each runs as stored. A torch reference calibrates the
+    tolerances on itself (see :mod:`.calibrate`, ``factor`` times its own rounding error); ``atol`` /
+    ``rtol``, or a reference that cannot run in float64, use fixed tolerances instead. ``engine`` chooses
+    who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
+    ``progress``, if given, is called with a line per stage (the command shows them on a terminal).
     """
     import torch
+
+    say = progress or (lambda line: None)
 
     if not candidates:
         raise UnsupportedError("parity needs at least one candidate to compare with the reference")
     if new_tokens < 0:
         raise UnsupportedError(f"--new-tokens {new_tokens}: cannot be negative")
+    if not factor > 0:
+        raise UnsupportedError(f"--factor {factor}: must be positive")
     torch_device = resolve_device(device)
-    if dtype is not None:
-        from .. import dtypes
+    from .. import dtypes
 
-        dtype = dtypes.canonical(dtype)
+    dtype = dtypes.canonical(dtype) if dtype is not None else None
+    ref_dtype = dtypes.canonical(ref_dtype) if ref_dtype is not None else None
     on_gpu = torch_device.startswith("cuda")
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
                 input_dtype=input_dtype, engine=engine, assume_config=assume_config)
-    ref_r, ref_load = _load(ref, **{**load, "engine": _reference_engine(ref, engine, arch, config)})
+    say(f"reference: loading {ref}" if not isinstance(ref, Runnable) else "reference: ready")
+    ref_engine = _reference_engine(ref, engine, arch)
+    ref_r, ref_load = _load(ref, **{**load, "dtype": ref_dtype, "engine": ref_engine,
+                                    "config": None if ref_engine == "transformers" else config})
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
     longest = max_positions(ref_r)
@@ -121,40 +159,69 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         n_new = longest // 2
     sets = input_sets(ref_r, batch=batch, seq_lens=seq_lens, seed=seed, prompts=prompts, reserve=n_new)
     start = time.perf_counter()
+    say(f"reference: running {len(sets)} input sets" + (f" and {n_new} greedy tokens" if n_new else ""))
     ref_outs = [ref_r.run(s.feeds) for s in sets]
     gen_set = next((s for s in sets if s.seq_len > 1), sets[0])
     ref_gen = greedy(ref_r, gen_set.feeds, n_new) if n_new else None
+    calibrating = can_calibrate(ref_r)
+    given = atol is not None or rtol is not None
+    if calibrating and not given:
+        say("reference: running again in float64 (the noise floor)")
+    ref_hi = run_at(ref_r, [s.feeds for s in sets], "float64") if calibrating and not given else None
+    own_dtype = float_dtype_of(ref_r.module) if calibrating else None
+    at_dtype = {own_dtype: [{k: v.detach().cpu() for k, v in o.items()} for o in ref_outs]} if own_dtype else {}
     ref_seconds = {"load": ref_load, "run": time.perf_counter() - start}
     results = []
-    for cand in candidates:
-        cand_r, cand_load = _load(cand, **load)
+    for i, cand in enumerate(candidates, 1):
+        tag = f"candidate {i}/{len(candidates)}"
+        say(f"{tag}: loading {cand if not isinstance(cand, Runnable) else cand.origin}")
+        cand_r, cand_load = _load_candidate(cand, _reference_config(ref), load)
         if cand_r.kind != ref_r.kind:
             raise UnsupportedError(f"{cand_r.path or cand_r.origin}: a {cand_r.kind} model cannot be compared with the "
                                    f"reference, a {ref_r.kind} model")
         start = time.perf_counter()
+        say(f"{tag}: running {len(sets)} input sets" + (f" and {n_new} greedy tokens" if n_new else ""))
         cand_outs = [cand_r.run(s.feeds) for s in sets]
         float_dtypes = [dtype_name(t) for o in (ref_outs[0], cand_outs[0]) for t in o.values() if t.is_floating_point()]
-        tol = tolerance(dtype or least_precise(*float_dtypes), atol, rtol)
+        tol = tolerance(least_precise(*float_dtypes), atol, rtol)
+        tols, against = {}, ref_outs
+        if ref_hi is not None:
+            low = least_precise(*float_dtypes)
+            if low not in at_dtype:
+                say(f"{tag}: running the reference in {low} (the candidate's precision)")
+                at_dtype[low] = run_at(ref_r, [s.feeds for s in sets], low)
+            fl = floors(ref_hi, at_dtype[low], [s.mask for s in sets], low, factor)
+            tols = {n: Tolerance(f.allowed, 0.0, low, floor=f.floor, factor=factor) for n, f in fl.items()}
+            if tols:
+                against = ref_hi
+                tol = tols.get("logits") or next(iter(tols.values()))
         result = CandidateResult(describe(cand_r), tol)
-        for s, ref_out, cand_out in zip(sets, ref_outs, cand_outs):
+        for s, ref_out, cand_out in zip(sets, against, cand_outs):
             pairs = _pairs(ref_out, cand_out)
             if len(pairs) < len(ref_out):
                 result.comparisons.append(_missing_output(ref_out, cand_out, s.label))
             for name, a, b in pairs:
-                result.comparisons.append(compare_tensors(a, b, tol, output=name, inputs=s.label, mask=s.mask))
+                t = tols.get(name, tol)
+                result.comparisons.append(compare_tensors(a, b, t, output=name, inputs=s.label, mask=s.mask))
                 if is_lm and name == "logits" and a.shape == b.shape:
-                    result.tokens.append(token_agreement(a, b, tol, inputs=s.label, mask=s.mask))
+                    result.tokens.append(token_agreement(a, b, t, inputs=s.label, mask=s.mask))
         if ref_gen is not None:
             result.generation = compare_generation(ref_gen, greedy(cand_r, gen_set.feeds, n_new), tol,
                                                    inputs=gen_set.label)
+        if is_lm or ref_r.kind == ENCODER:
+            say(f"{tag}: looking up every token id's embedding")
+            result.coverage = embedding_coverage(ref_r, cand_r, seed)
         result.seconds = {"load": cand_load, "run": time.perf_counter() - start}
         if locate and not result.passed:
+            say(f"{tag}: differs; locating the first divergent layer")
             start = time.perf_counter()
             failing = next((s for s in sets for c in result.comparisons if c.inputs == s.label and not c.passed),
                            gen_set)
-            _locate(result, ref_r, cand_r, failing.feeds, tol)
+            _locate(result, ref_r, cand_r, failing.feeds, tol, factor if calibrating else None)
             result.seconds["locate"] = time.perf_counter() - start
         results.append(result)
+        say(f"{tag}: {'pass' if result.passed else 'FAIL'}")
+        del cand_r, cand_outs
     peak = torch.cuda.max_memory_allocated() if on_gpu else None
     return ParityReport(describe(ref_r), results, device, torch_device, seed, [s.describe() for s in sets], n_new,
                         peak, ref_seconds)
@@ -168,9 +235,18 @@ def _missing_output(ref_out, cand_out, label):
     return c
 
 
-def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol) -> None:
+def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol, factor=None) -> None:
+    replay_from = None
+    if (cand_r.backend == "torchscript" and ref_r.origin.startswith("transformers") and ref_r.path is not None
+            and not script_prefix(cand_r)):
+        from ..models.runnable import load_runnable     # the script's blocks take modelport's calling convention
+
+        try:
+            replay_from = load_runnable(ref_r.path, engine="reference", device=ref_r.device)
+        except ModelportError:
+            replay_from = None
     try:
-        div = first_divergence(ref_r, cand_r, feeds, tol)
+        div = first_divergence(ref_r, cand_r, feeds, tol, factor, replay_from)
     except ImportError as exc:       # onnx needed to read the graph's scopes
         result.divergence_note = f"reading the candidate's layers needs {exc.name}"
         return

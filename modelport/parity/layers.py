@@ -131,11 +131,12 @@ def replay_script(runnable, inputs: dict[str, tuple], names: list[str]):
     import torch
 
     outputs = {}
+    prefix = script_prefix(runnable)
     for name in names:
         if name not in inputs:
             continue
         try:
-            sub = _submodule(runnable.module, name)
+            sub = _submodule(runnable.module, prefix + name)
             with torch.no_grad():
                 out = sub(*[a.to(runnable.device) if hasattr(a, "to") else a for a in inputs[name]])
         except (AttributeError, RuntimeError, TypeError):
@@ -144,6 +145,19 @@ def replay_script(runnable, inputs: dict[str, tuple], names: list[str]):
         if t is not None:
             outputs[name] = t.detach()
     return outputs
+
+
+def script_prefix(runnable) -> str:
+    """The wrapper prefix a TorchScript file's metadata records (``model.`` for a wrapped transformers model)."""
+    if runnable.path is None:
+        return ""
+    from ..errors import ModelportError
+    from ..formats.torchscript import read_metadata
+
+    try:
+        return read_metadata(runnable.path).get("strip_prefix") or ""
+    except ModelportError:          # no readable metadata: the names as they are
+        return ""
 
 
 def _submodule(module, name: str):
@@ -206,6 +220,19 @@ def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
     return found
 
 
+def _prefixed_scope_values(model, names: list[str]) -> dict[str, str]:
+    """Scope values by the reference's names. An export of a wrapped model (a transformers model behind
+    modelport's calling convention) scopes every module under the wrapper's attribute, which the file's
+    ``modelport.strip_prefix`` metadata records (``model.``): those names are looked up with it first."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    prefix = meta.get("modelport.strip_prefix") or ""
+    if prefix:
+        found = onnx_scope_values(model.graph, [prefix + n for n in names])
+        if found:
+            return {n: found[prefix + n] for n in names if prefix + n in found}
+    return onnx_scope_values(model.graph, names)
+
+
 def capture_onnx(runnable, names: list[str], feeds: dict):
     """Intermediate values of an onnxruntime model, added as outputs to a copy of its graph."""
     import onnx
@@ -216,7 +243,7 @@ def capture_onnx(runnable, names: list[str], feeds: dict):
     if runnable.path is None:
         return {}
     model = onnx.load(str(runnable.path), load_external_data=False)
-    values = onnx_scope_values(model.graph, names)
+    values = _prefixed_scope_values(model, names)
     if not values:
         return {}
     present = {o.name for o in model.graph.output}
@@ -260,9 +287,49 @@ def _capture(runnable, names, feeds, ref_inputs):
     return capture_hooks(runnable, names, feeds)[0], "hooks"
 
 
-def first_divergence(ref, cand, feeds: dict, tol: Tolerance) -> Divergence | None:
+def _row_feeds(feeds: dict) -> dict:
+    """The first row of a batch on its real tokens only: an exact-precision run without padding."""
+    mask = feeds.get("attention_mask")
+    keep = mask[0].bool() if mask is not None else None
+    return {k: (v[:1, keep] if keep is not None and v.dim() >= 2 else v[:1]) for k, v in feeds.items()}
+
+
+def _calibrated_judge(ref, names, feeds, dtype: str, factor: float):
+    """The float64 reference's per-module outputs and a judge that holds a candidate's module to ``factor``
+    times the reference's own error at ``dtype`` there."""
+    from .calibrate import Floor, _cast, _cast_feeds, max_error, peak
+
+    runs = {}
+    for d in dict.fromkeys(("float64", dtype)):
+        with _cast(ref, d) as rr:
+            from .. import dtypes
+
+            runs[d] = capture_hooks(rr, names, _cast_feeds(feeds, dtypes.to_torch(d)))[0]
+    hi, lo = runs["float64"], runs[dtype]
+
+    def judge(name, cand_t):
+        if name not in hi or name not in lo:
+            return None
+        floor = max_error(lo[name], hi[name])
+        if floor is None:
+            return None
+        allowed = Floor(floor, peak(hi[name]), dtype, factor).allowed
+        err = max_error(cand_t, hi[name])
+        if err is None or not bool(cand_t.isfinite().all()):
+            return False, None
+        return err <= allowed, err
+
+    return judge
+
+
+def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | None = None,
+                     replay_from=None) -> Divergence | None:
     """Compare per-block outputs of ``ref`` and ``cand`` on ``feeds``; None when no block names could be
-    matched on both sides (the report then says the layer was not located)."""
+    matched on both sides (the report then says the layer was not located). With ``factor`` (a torch
+    reference), each block is held to ``factor`` times the reference's own error there (see
+    :mod:`.calibrate`), on the first row of ``feeds`` without padding; otherwise to ``tol``. A TorchScript
+    candidate's blocks are called with the inputs ``replay_from``'s blocks received (default: the
+    reference's), a model with the calling convention the script was made from."""
     namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
     if namer is None:
         return None
@@ -271,30 +338,47 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance) -> Divergence | Non
         return None
     children = {b: child_names(named_root(namer.module), b) for b in blocks}
     names = blocks + [c for b in blocks for c in children[b]]
+    judge = None
+    if factor is not None and _torch_eager(ref):
+        feeds = _row_feeds(feeds)
+        judge = _calibrated_judge(ref, names, feeds, tol.dtype, factor)
     mask = feeds.get("attention_mask")
     if _torch_eager(ref):
         ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
     else:
         ref_out, ref_in, order = _capture(ref, names, feeds, {})[0], {}, names
+    if replay_from is not None and _is_script(cand.module):
+        ref_in = capture_hooks(replay_from, names, feeds, keep_inputs=True)[1]
     cand_out, method = _capture(cand, names, feeds, ref_in)
     compared = [b for b in blocks if b in ref_out and b in cand_out]
     if not compared:
         return None
+
+    def check(name):
+        """(passed, max abs) of one module, or None when it cannot be judged."""
+        if name not in ref_out or name not in cand_out:
+            return None
+        if judge is not None:
+            verdict = judge(name, cand_out[name])
+            if verdict is not None:
+                return verdict
+        c = compare_tensors(ref_out[name], cand_out[name], tol, output=name, inputs="", mask=mask)
+        return c.passed, c.max_abs
+
     matched = []
     for i, block in enumerate(blocks):
-        if block not in compared:
+        verdict = check(block) if block in compared else None
+        if verdict is None:
             continue
-        c = compare_tensors(ref_out[block], cand_out[block], tol, output=block, inputs="", mask=mask)
-        if c.passed:
+        if verdict[0]:
             matched.append(i)
             continue
-        name, worst = block, c.max_abs
+        name, worst = block, verdict[1]
         ran = [n for n in order if n in children[block]] or children[block]
         for child in ran:
-            if child in ref_out and child in cand_out:
-                cc = compare_tensors(ref_out[child], cand_out[child], tol, output=child, inputs="", mask=mask)
-                if not cc.passed:
-                    name, worst = child, cc.max_abs
-                    break
+            cv = check(child)
+            if cv is not None and not cv[0]:
+                name, worst = child, cv[1]
+                break
         return Divergence(i, name, block, worst, matched, method, len(compared))
     return Divergence(None, None, None, None, matched, method, len(compared))

@@ -26,12 +26,27 @@ _PRECISION = ["float64", "float32", "float16", "bfloat16"]
 class Tolerance:
     atol: float
     rtol: float
-    dtype: str          # the dtype the defaults were chosen for
+    dtype: str          # the dtype the defaults were chosen for (calibrated: the precision the floor measures)
     given: bool = False  # --atol / --rtol overrode a default
+    floor: float | None = None   # calibrated: the reference's own max error against its float64 run
+    factor: float | None = None  # calibrated: atol = max(factor * floor, a few ulps of the output)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.floor is not None
 
     def describe(self) -> str:
+        if self.calibrated:
+            return (f"calibrated: max abs error against the float64 reference up to {self.atol:.3g} = "
+                    f"{self.factor:g} x floor {self.floor:.3g} (the {self.dtype} reference's own error)")
         how = "given" if self.given else f"default for {self.dtype}"
         return f"atol {self.atol:g}, rtol {self.rtol:g} ({how})"
+
+    def to_json(self) -> dict:
+        out = {"atol": self.atol, "rtol": self.rtol, "dtype": self.dtype, "given": self.given}
+        if self.calibrated:
+            out.update(calibrated=True, floor=self.floor, factor=self.factor)
+        return out
 
 
 def least_precise(*dtypes: str) -> str:
@@ -68,6 +83,8 @@ class TensorComparison:
     required_rtol: float | None = None   # smallest rtol that passes at this atol
     nonfinite: int = 0              # candidate NaN/Inf where the reference is finite
     worst: list[int] | None = None  # index of the largest error
+    floor: float | None = None      # calibrated: the reference's own max error (see calibrate.py)
+    allowed: float | None = None    # calibrated: the largest max abs that passes
     passed: bool = False
     problem: str | None = None      # why nothing could be compared (shape mismatch …)
 
@@ -90,6 +107,8 @@ def compare_tensors(ref, cand, tol: Tolerance, *, output: str, inputs: str, mask
 
     ref_c, cand_c = ref.detach().cpu(), cand.detach().cpu()
     out = TensorComparison(output, inputs, list(ref_c.shape), dtype_name(ref_c), dtype_name(cand_c), 0)
+    if tol.calibrated:
+        out.floor, out.allowed = tol.floor, tol.atol
     if tuple(ref_c.shape) != tuple(cand_c.shape):
         out.problem = f"shape {list(cand_c.shape)} where the reference has {list(ref_c.shape)}"
         return out
@@ -207,18 +226,25 @@ class Generation:
 
 
 def greedy(runnable, feeds: dict, new_tokens: int, output: str = "logits"):
-    """``new_tokens`` greedy tokens per row, re-running the growing sequence (no cache needed); the
-    last-position logits of every step."""
+    """``new_tokens`` greedy tokens per row and the last-position logits of every step: through the model's
+    KV cache where it has one (a transformers causal LM's ``step``), else re-running the growing sequence."""
     import torch
 
     ids, mask = feeds["input_ids"], feeds.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
+    cached = getattr(runnable.module, "step", None) if runnable.backend == "torch" else None
+    past = None
     tokens, steps = [], []
     for _ in range(new_tokens):
-        step_feeds = {spec.name: {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
-                      for spec in runnable.inputs}
-        last = runnable.run(step_feeds)[output][:, -1].detach().cpu().float()
+        if cached is not None:
+            with torch.no_grad():
+                logits, past = cached(ids.to(runnable.device), mask.to(runnable.device), past)
+            last = logits.detach().cpu().float()
+        else:
+            step_feeds = {spec.name: {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
+                          for spec in runnable.inputs}
+            last = runnable.run(step_feeds)[output][:, -1].detach().cpu().float()
         steps.append(last)
         nxt = torch.nan_to_num(last, nan=float("-inf")).argmax(-1, keepdim=True)
         tokens.append(nxt)

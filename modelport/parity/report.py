@@ -34,6 +34,7 @@ class CandidateResult:
     generation: Generation | None = None
     first_divergence: Divergence | None = None
     divergence_note: str | None = None       # why no layer was named
+    coverage: Any = None                     # coverage.Coverage: every id's input-embedding row
     seconds: dict[str, float] = field(default_factory=dict)
 
     def checks(self) -> list[Check]:
@@ -43,13 +44,27 @@ class CandidateResult:
             bad = [c for c in cs if not c.passed]
             worst = max((c.max_abs for c in cs if c.max_abs is not None), default=None)
             need = max((c.required_atol for c in cs if c.required_atol is not None), default=None)
-            if bad:
+            floor = next((c.floor for c in cs if c.floor is not None), None)
+            if floor is not None and not any(c.problem for c in bad):
+                allowed = cs[0].allowed
+                floors = "-" if worst is None or not floor else f"{worst / floor:.3g}"
+                margin = "-" if worst is None else "inf" if worst == 0 else f"{allowed / worst:.3g}"
+                where = f"; worst at {bad[0].inputs}" if bad else ""
+                detail = (f"max abs {_num(worst)} against the float64 reference = {floors} x the floor {_num(floor)}; "
+                          f"allowed {_num(allowed)} ({self.tolerance.factor:g} x floor), margin {margin}x{where}")
+            elif bad:
                 c = bad[0]
                 detail = c.problem or (f"{c.inputs}: max abs {_num(c.max_abs)} at {c.worst}, needs atol "
                                        f"{_num(c.required_atol)} at rtol {self.tolerance.rtol:g}")
             else:
                 detail = f"max abs {_num(worst)} over {len(cs)} input sets (would pass down to atol {_num(need)})"
             out.append(Check(f"{name} within tolerance", not bad, detail))
+        if self.coverage is not None:
+            cov = self.coverage
+            out.append(Check("embedding of every token id", cov.passed,
+                             f"all {cov.ids} rows of {cov.module} match" if cov.passed else
+                             f"{cov.differing} of {cov.ids} rows of {cov.module} differ (ids {cov.first_ids}"
+                             f"{' …' if cov.differing > len(cov.first_ids) else ''}; max abs {_num(cov.max_abs)})"))
         nonfinite = sum(c.nonfinite for c in self.comparisons)
         out.append(Check("finite", nonfinite == 0, f"{nonfinite} NaN/Inf values where the reference is finite"
                          if nonfinite else "no NaN or Inf"))
@@ -74,14 +89,14 @@ class CandidateResult:
 
     def to_json(self) -> dict:
         return {"model": self.model, "passed": self.passed,
-                "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol, "dtype": self.tolerance.dtype,
-                              "given": self.tolerance.given},
+                "tolerance": self.tolerance.to_json(),
                 "checks": [c.to_json() for c in self.checks()],
                 "outputs": [c.to_json() for c in self.comparisons],
                 "tokens": [t.to_json() for t in self.tokens],
                 "generation": self.generation.to_json() if self.generation else None,
                 "first_divergence": self.first_divergence.to_json() if self.first_divergence else None,
-                "divergence_note": self.divergence_note, "seconds": self.seconds}
+                "divergence_note": self.divergence_note, "seconds": self.seconds,
+                "coverage": self.coverage.to_json() if self.coverage is not None else None}
 
 
 @dataclass
@@ -128,7 +143,10 @@ class ParityReport:
         if self.peak_gpu_bytes is not None:
             lines.append(f"peak GPU memory: {self.peak_gpu_bytes / 2**20:.1f} MiB")
         for c in self.candidates:
-            lines += ["", f"candidate: {_who(c.model)}", f"tolerance: {c.tolerance.describe()}",
+            lines += ["", f"candidate: {_who(c.model)}"]
+            if c.model.get("config_from"):
+                lines.append(f"config: {c.model['config_from']}")
+            lines += [f"tolerance: {c.tolerance.describe()}",
                       f"  {'output / inputs':<44} {'positions':>9} {'max abs':>9} {'mean abs':>9} {'max rel':>9} "
                       f"{'cosine':>9} {'need atol':>9}  ok"]
             for t in c.comparisons:

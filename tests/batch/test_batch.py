@@ -155,8 +155,9 @@ def test_a_killed_job_process_is_reported_as_such_and_leaves_nothing(work, tmp_p
 
 
 def test_a_job_past_its_timeout_is_stopped_and_leaves_nothing(work):
-    path = jobs_file(work, [{"name": "slow", "src": "m.pt", "dst": "out/m-hf", "to": "hf",
-                             "options": {"config": "config.json"}, "verify": True, "timeout": 0.5}])
+    path = jobs_file(work, [{"name": "slow", "src": "m.pt", "dst": "out/m.onnx", "timeout": 0.5,
+                             "options": {"config": "config.json", "opset": 21},      # several seconds of work
+                             "verify": {"seq_len": [64, 64, 64], "new_tokens": 32}}])
     report = batch(path)
     row = report.results[0]
     assert row["status"] == "timeout" and row["exit_code"] == 2, row

@@ -110,3 +110,63 @@ def script_runnable(model):
 
     return TorchRunnable(kind=CAUSAL_LM, inputs=token_inputs(), outputs=("logits",), origin="torchscript",
                          backend="torchscript", vocab_size=model.config.vocab_size, module=torch.jit.script(model))
+
+
+# The faults a conversion makes (issue list), each in one place of a tiny Llama (3 layers, 4 q heads of 6,
+# 2 kv heads) or GPT-2; each returns the changed state (or config) and the layer it is planted in.
+
+def gate_up_swapped(state: dict, layer: int) -> dict:
+    out = dict(state)
+    p = f"model.layers.{layer}.mlp."
+    out[p + "gate_proj.weight"], out[p + "up_proj.weight"] = state[p + "up_proj.weight"], state[p + "gate_proj.weight"]
+    return out
+
+
+def square_transposed(state: dict, layer: int) -> dict:
+    out = dict(state)
+    name = f"model.layers.{layer}.self_attn.o_proj.weight"
+    out[name] = state[name].t().contiguous()
+    return out
+
+
+def one_head_meta_order(state: dict, layer: int, head: int = 1, head_dim: int = 6) -> dict:
+    """One q head's rows left in Meta's interleaved rotary order."""
+    from modelport.models.transforms import permute_rope_hf_to_meta
+
+    out = dict(state)
+    name = f"model.layers.{layer}.self_attn.q_proj.weight"
+    w = state[name].clone()
+    rows = slice(head * head_dim, (head + 1) * head_dim)
+    w[rows] = permute_rope_hf_to_meta(state[name][rows], 1)
+    out[name] = w
+    return out
+
+
+def kv_heads_swapped(state: dict, layer: int, head_dim: int = 6) -> dict:
+    out = dict(state)
+    for proj in ("k_proj", "v_proj"):
+        name = f"model.layers.{layer}.self_attn.{proj}.weight"
+        w = state[name]
+        out[name] = torch.cat([w[head_dim:2 * head_dim], w[:head_dim], w[2 * head_dim:]])
+    return out
+
+
+def norm_ones(state: dict, layer: int) -> dict:
+    out = dict(state)
+    name = f"model.layers.{layer}.post_attention_layernorm.weight"
+    out[name] = torch.ones_like(state[name])
+    return out
+
+
+def scaled(state: dict, name: str, factor: float = 1.001) -> dict:
+    out = dict(state)
+    out[name] = state[name] * factor
+    return out
+
+
+def embedding_rows_zeroed(state: dict, rows) -> dict:
+    out = dict(state)
+    w = state["model.embed_tokens.weight"].clone()
+    w[list(rows)] = 0
+    out["model.embed_tokens.weight"] = w
+    return out

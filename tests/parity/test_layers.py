@@ -186,3 +186,23 @@ def test_onnx_from_the_dynamo_exporter_names_the_layer_from_its_scopes(llama, tm
     div = report.candidates[0].first_divergence
     assert not report and div is not None, report.candidates[0].divergence_note
     assert (div.layer, div.method, div.matched) == (1, "onnx-outputs", [0])
+
+
+def test_exports_of_a_transformers_model_and_torchscript_name_the_layer_with_the_default_engine(cli, llama):
+    """An ONNX export run by transformers scopes its modules under the wrapper (``model.``, recorded in the
+    file's strip_prefix); a TorchScript file from the default engine replays modelport's blocks while the
+    reference runs in transformers. Both name the faulty layer."""
+    root, state, config, ref = llama
+    bad = faults.write_dir(root / "scaled-export", faults.scaled(state, "model.layers.1.mlp.down_proj.weight", 1.01),
+                           config)
+    onnx_file, script = root / "bad-tf.onnx", root / "bad.ts"
+    assert cli("convert", bad, onnx_file, "--engine", "transformers", "--no-manifest").returncode == 0
+    assert cli("convert", bad, script, "--to", "torchscript", "--no-manifest").returncode == 0
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+    assert meta.get("modelport.strip_prefix") == "model."
+    div = _cli_fails_at(cli, ref, onnx_file, 1)
+    assert div["method"] == "onnx-outputs" and div["name"].startswith("model.layers.1")
+    div = _cli_fails_at(cli, ref, script, 1)
+    assert div["method"] == "torchscript-replay" and div["name"] == "model.layers.1.mlp"

@@ -42,13 +42,16 @@ def test_copy_passes_and_the_report_says_what_ran(llama):
     assert data["reference"]["origin"] == "transformers LlamaForCausalLM"
     cand = data["candidates"][0]
     assert "modelport reference llama" in cand["model"]["origin"]
-    assert cand["tolerance"] == {"atol": 1e-4, "rtol": 1e-5, "dtype": "float32", "given": False}
+    tol = cand["tolerance"]     # calibrated on the reference: 10 x its own float32 error against float64
+    assert tol["calibrated"] and tol["factor"] == 10.0 and tol["dtype"] == "float32" and tol["rtol"] == 0.0
+    assert 0 < tol["floor"] < 1e-4 and tol["atol"] == pytest.approx(max(10 * tol["floor"], tol["atol"]))
     assert {c["name"] for c in cand["checks"]} >= {"logits within tolerance", "finite", "top-1 agreement",
                                                    "greedy generation of 4 tokens"}
     assert cand["outputs"][1]["positions"] == (5 + 3) * faults.tiny.VOCAB      # padding excluded
     assert cand["first_divergence"] is None
     text = report.to_text()
-    assert "atol 0.0001, rtol 1e-05 (default for float32)" in text and "parity: PASS" in text
+    assert "calibrated: max abs error against the float64 reference up to" in text and "parity: PASS" in text
+    assert "margin" in text
 
 
 def test_weight_scaled_by_one_percent_fails(llama):
@@ -111,7 +114,7 @@ def test_cli_exit_codes_json_report_and_junit(cli, llama, tmp_path):
     _, ref, copy, scaled = llama
     ok = cli("parity", ref, copy, "--seq-len", "1,6", "--new-tokens", "3")
     assert ok.returncode == 0, ok.stderr
-    assert "parity: PASS" in ok.stdout and "default for float32" in ok.stdout
+    assert "parity: PASS" in ok.stdout and "calibrated: " in ok.stdout and "margin" in ok.stdout
     junit, rep = tmp_path / "parity.xml", tmp_path / "parity.json"
     bad = cli("parity", ref, copy, scaled, "--seq-len", "6", "--new-tokens", "3", "--json", "--junit", junit,
               "--report", rep, "--atol", "1e-4", "--rtol", "0")

@@ -1,0 +1,140 @@
+"""Every token id once: a cheap pass over the whole input-embedding table.
+
+The seeded input sets feed a few dozen ids out of tens of thousands, so a fault in a few rows of the
+input embedding (rows zeroed, a shard misplaced) would pass. The output table needs no such pass:
+every position's logits use all of its rows. This pass looks up every id in the candidate's input
+embedding alone, not through the model: a torch module's embedding is called directly, an ONNX graph
+is cut down to the values leaving the embedding's scope. Each row is held to a few ulps of its own
+largest value at the less precise of the two dtypes (a lookup is exact; a cast rounds each value once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .layers import _is_script, _prefixed_scope_values, _session_beside, _submodule, named_root, script_prefix
+
+_ULPS = 4
+_EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+
+
+@dataclass
+class Coverage:
+    """The input-embedding rows of every token id, reference against candidate."""
+
+    module: str                    # the embedding's module name
+    ids: int                       # ids looked up (the whole vocabulary)
+    differing: int = 0             # rows beyond tolerance
+    first_ids: list[int] = field(default_factory=list)   # up to 10 of them
+    max_abs: float | None = None
+    passed: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def embedding_name(ref) -> str | None:
+    """The reference's input embedding: its first ``nn.Embedding`` with a row per vocabulary id."""
+    from torch import nn
+
+    if ref.vocab_size is None or not isinstance(ref.module, nn.Module) or _is_script(ref.module):
+        return None
+    for name, m in named_root(ref.module).named_modules():
+        if isinstance(m, nn.Embedding) and m.num_embeddings == ref.vocab_size:
+            return name
+    return None
+
+
+def lookup(runnable, name: str, ids):
+    """The embedding rows of ``ids`` (1 × n) from ``runnable``'s module ``name``; None when it has none."""
+    import torch
+
+    if runnable.backend == "onnxruntime":
+        return _lookup_onnx(runnable, name, ids)
+    module = runnable.module
+    try:
+        sub = _submodule(module, script_prefix(runnable) + name) if _is_script(module) else \
+            named_root(module).get_submodule(name)
+    except AttributeError:
+        return None
+    with torch.no_grad():
+        return sub(ids.to(runnable.device)).detach().cpu()
+
+
+def _lookup_onnx(runnable, name: str, ids):
+    import onnx
+    import torch
+
+    from ..runtime import import_onnxruntime
+
+    if runnable.path is None or "input_ids" not in [s.name for s in runnable.inputs]:
+        return None
+    model = onnx.load(str(runnable.path), load_external_data=False)
+    values = _prefixed_scope_values(model, [name])
+    if name not in values:
+        return None
+    cut = _cut(model, values[name])
+    if cut is None:
+        return None
+    ort = import_onnxruntime()
+    providers = runnable.module.get_providers() if hasattr(runnable.module, "get_providers") else ["CPUExecutionProvider"]
+    from pathlib import Path
+
+    session = _session_beside(ort, cut, Path(runnable.path), providers)
+    (out,) = session.run([values[name]], {"input_ids": ids.cpu().numpy()})
+    return torch.from_numpy(out)
+
+
+def _cut(model, value: str):
+    """The part of the graph that computes ``value`` from ``input_ids`` alone (else None)."""
+    import onnx
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {t.name: t for t in graph.initializer}
+    inputs = {i.name: i for i in graph.input}
+    keep, need, seen = [], [value], set()
+    while need:
+        v = need.pop()
+        if v in seen or not v:
+            continue
+        seen.add(v)
+        if v in inits:
+            continue
+        if v in inputs:
+            if v != "input_ids":
+                return None          # the embedding needs more than the ids
+            continue
+        node = producer.get(v)
+        if node is None or node.op_type in ("Loop", "If", "Scan"):
+            return None
+        keep.append(node)
+        need.extend(node.input)
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    nodes = sorted(keep, key=lambda n: order[id(n)])
+    new = onnx.helper.make_graph(nodes, "embedding", [inputs["input_ids"]], [onnx.ValueInfoProto(name=value)],
+                                 [inits[v] for v in seen if v in inits])
+    out = onnx.helper.make_model(new, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return out
+
+
+def check(ref, cand, seed: int = 0) -> Coverage | None:
+    """Every id's embedding row in ``cand`` against ``ref``; None when either has no embedding to look up."""
+    import torch
+
+    name = embedding_name(ref)
+    if name is None:
+        return None
+    ids = torch.randperm(ref.vocab_size, generator=torch.Generator().manual_seed(seed)).unsqueeze(0)
+    a, b = lookup(ref, name, ids), lookup(cand, name, ids)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    low = max((str(t.dtype).replace("torch.", "") for t in (a, b)), key=lambda d: _EPS.get(d, 0.0))
+    a, b = a[0].double(), b[0].double()
+    err = (a - b).abs()
+    err = torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))
+    bad = (err > _ULPS * _EPS.get(low, _EPS["float32"]) * a.abs().amax(-1, keepdim=True)).any(-1)
+    wrong = ids[0][bad].sort().values.tolist()
+    finite = err[torch.isfinite(err)]
+    return Coverage(name, int(ids.numel()), len(wrong), wrong[:10], float(finite.max()) if finite.numel() else None,
+                    passed=not wrong)

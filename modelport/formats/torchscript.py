@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
-from . import register
+from . import graphmeta, register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, _Safe
 from ._torchzip import ZipReader
 from .base import Format, Options, TensorInfo, TensorSource
@@ -121,9 +121,10 @@ def read_metadata(path: Path) -> dict:
         return {}
     try:
         meta = json.loads(_archive(path).read(member, limit=1 << 20))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: {member} is not valid JSON ({exc})") from exc
-    return meta if isinstance(meta, dict) else {}
+    graphmeta.from_torchscript(meta, f"{path}: {member}")     # every field checked where it is first read
+    return meta
 
 
 def load_module(path: Path, device: str = "cpu"):
@@ -148,7 +149,7 @@ class TorchScriptSource(TensorSource):
         super().__init__(path)
         self.module = load_module(path)
         meta = read_metadata(path)
-        prefix = meta.get("strip_prefix") or ""          # a wrapper's attribute name (transformers models)
+        prefix = graphmeta.from_torchscript(meta, path).strip_prefix   # a wrapper's attribute name (transformers)
         state = {k.removeprefix(prefix): v for k, v in self.module.state_dict().items()}
         self._tensors: dict = {}
         self._aliases: dict[str, str] = {}

@@ -112,6 +112,23 @@ def _known_family(cfg: dict, path: Path) -> bool:
         return False
 
 
+def _reconcile(path: Path, cfg: dict) -> None:
+    """The directory's config against its weights' names and shapes (see :mod:`.reconcile`)."""
+    from .. import formats
+    from ..errors import ModelportError
+    from .config import config_from_hf
+    from .reconcile import reconcile, reconcile_generic
+
+    with formats.open(path, "hf") as source:
+        try:
+            family_cfg = config_from_hf(cfg, None, str(path / "config.json"))
+        except ModelportError:
+            family_cfg = None          # an architecture modelport has no record of: the common spellings only
+        if family_cfg is not None:
+            reconcile(source, family_cfg, cfg)
+        reconcile_generic(source, cfg, str(path / "config.json"))
+
+
 def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunnable:
     """The directory's model as transformers builds it (local files only, eager attention)."""
     try:
@@ -121,6 +138,9 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
                                      "pip install 'modelport[hf]'") from exc
     path = Path(path)
     cfg = _config(path)
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{path / 'config.json'}: expected a JSON object, got {type(cfg).__name__}")
+    _reconcile(path, cfg)          # before transformers builds anything the config claims
     archs = list(cfg.get("architectures") or [])
     kind = CAUSAL_LM if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) or (not archs and _known_family(cfg, path)) \
         else ENCODER
@@ -134,8 +154,10 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
     try:
         model = auto.from_pretrained(str(path), **kw)
-    except (OSError, ValueError, KeyError) as exc:
-        raise FormatError(f"{path}: transformers cannot load this directory ({' '.join(str(exc).split())[:200]})") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises over the directory is the directory's
+        from ..errors import one_line
+
+        raise FormatError(f"{path}: transformers cannot load this directory ({one_line(exc)})") from exc
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()

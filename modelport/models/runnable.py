@@ -18,11 +18,13 @@ Three kinds of model:
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsupportedError
+from ..errors import FormatError, UnsupportedError
 
 CAUSAL_LM = "causal-lm"
 ENCODER = "encoder"
@@ -61,6 +63,7 @@ class Runnable:
     backend: str = "torch"              # torch | torchscript | onnxruntime
     device: str = "cpu"                 # where it really runs ("cpu", "cuda:0")
     vocab_size: int | None = None       # causal-lm and encoder
+    max_positions: int | None = None    # the longest sequence it takes, when known (its position table)
     assumed: list[str] = field(default_factory=list)  # config values the weights did not reveal, guessed
     module: Any = None                  # the nn.Module, ScriptModule or InferenceSession underneath
 
@@ -84,7 +87,16 @@ class TorchRunnable(Runnable):
 
         args = [feeds[spec.name].to(self.device) for spec in self.inputs]
         with torch.no_grad():
-            out = self.module(*args)
+            if self.backend != "torchscript":
+                out = self.module(*args)
+            else:
+                try:                   # the archive's own program: its failures are the file's
+                    out = self.module(*args)
+                except RuntimeError as exc:
+                    from ..errors import one_line
+
+                    raise FormatError(f"{self.path or self.origin}: the TorchScript module failed "
+                                      f"({one_line(exc)})") from exc
         return dict(zip(self.outputs, _first_outputs(out, len(self.outputs))))
 
     @property
@@ -103,7 +115,13 @@ class OrtRunnable(Runnable):
         import torch
 
         arrays = {spec.name: feeds[spec.name].cpu().numpy() for spec in self.inputs}
-        values = self.module.run(list(self.outputs), arrays)
+        try:
+            values = self.module.run(list(self.outputs), arrays)
+        except Exception as exc:  # noqa: BLE001 - see is_ort_error
+            if not is_ort_error(exc):
+                raise
+            raise FormatError(f"{self.path or self.origin}: onnxruntime failed running the graph "
+                              f"({ort_message(exc)})") from exc
         return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
 
     @property
@@ -126,8 +144,30 @@ def ort_session(path, device: str = "cpu"):
     ort = import_onnxruntime()
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     available = ort.get_available_providers()
-    session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):     # its provider-fallback notice is printed, not raised
+            session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's exception types have no common public base
+        if not is_ort_error(exc):
+            raise
+        raise FormatError(f"{path}: onnxruntime cannot load the graph ({ort_message(exc)})") from exc
     return session, session_providers(session)
+
+
+def is_ort_error(exc: BaseException) -> bool:
+    """An exception onnxruntime raised about the graph or its inputs (its own types, or a message of the
+    graph's bytes that is not UTF-8)."""
+    return type(exc).__module__.startswith("onnxruntime") or isinstance(exc, (UnicodeDecodeError, RuntimeError))
+
+
+def ort_message(exc: BaseException) -> str:
+    """onnxruntime's message on one line; one it could not decode (node names that are not UTF-8) decoded
+    with replacement characters."""
+    from ..errors import one_line
+
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        return one_line(RuntimeError(exc.object.decode("utf-8", "replace")))
+    return one_line(exc)
 
 
 def _first_outputs(out, n: int) -> list:

@@ -14,7 +14,10 @@ transformers otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 from pathlib import Path
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
@@ -112,6 +115,48 @@ def _known_family(cfg: dict, path: Path) -> bool:
         return False
 
 
+class _Held(logging.Handler):
+    """transformers' log records kept back while it loads: replayed after a load that worked, summed up in
+    the one-line error of one that failed (its load report is a multi-line table)."""
+
+    def __init__(self, logger, handlers):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self._logger, self._handlers = logger, handlers
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self) -> None:
+        for record in self.records:
+            for h in self._handlers:
+                if record.levelno >= h.level:
+                    h.handle(record)
+
+
+@contextlib.contextmanager
+def _held_logs():
+    logger = logging.getLogger("transformers")
+    saved, propagate = logger.handlers[:], logger.propagate
+    held = _Held(logger, saved)
+    logger.handlers, logger.propagate = [held], False
+    try:
+        yield held
+    finally:
+        logger.handlers, logger.propagate = saved, propagate
+
+
+def _report_rows(held: _Held) -> str:
+    """The rows of transformers' load report that name a problem, as ``key: status detail`` pieces."""
+    rows = []
+    for record in held.records:
+        for line in re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) >= 2 and parts[1] in ("MISMATCH", "MISSING", "UNEXPECTED", "CONVERSION"):
+                rows.append(f"{parts[0]}: {' '.join(p for p in parts[1:] if p)}")
+    return "; ".join(rows)
+
+
 def _reconcile(path: Path, cfg: dict) -> None:
     """The directory's config against its weights' names and shapes (see :mod:`.reconcile`)."""
     from .. import formats
@@ -153,11 +198,17 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
     try:
-        model = auto.from_pretrained(str(path), **kw)
-    except Exception as exc:  # noqa: BLE001 - whatever transformers raises over the directory is the directory's
-        from ..errors import one_line
+        with _held_logs() as held:
+            try:
+                model = auto.from_pretrained(str(path), **kw)
+            except Exception as exc:  # noqa: BLE001 - whatever transformers raises over the directory is the directory's
+                from ..errors import one_line
 
-        raise FormatError(f"{path}: transformers cannot load this directory ({one_line(exc)})") from exc
+                report = _report_rows(held)
+                raise FormatError(f"{path}: transformers cannot load this directory ({one_line(exc)}"
+                                  + (f"; {one_line(RuntimeError(report))[len('RuntimeError: '):]}" if report else "")
+                                  + ")") from exc
+            held.replay()
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()

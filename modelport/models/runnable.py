@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,13 @@ def example_feeds(runnable: Runnable, batch: int = 1, seq_len: int = 8, seed: in
 
     from .. import dtypes
 
+    limit = position_limit(runnable)
+    if runnable.kind in (CAUSAL_LM, ENCODER) and limit is not None and seq_len > limit:
+        raise UnsupportedError(f"{runnable.path or runnable.origin}: a sequence of {seq_len} tokens is longer than "
+                               f"the model's position table ({limit} positions); use at most {limit}")
+    check_memory(feed_bytes(runnable, batch, seq_len), f"{runnable.path or runnable.origin}: inputs of batch {batch}"
+                 + (f", sequence {seq_len}" if runnable.kind in (CAUSAL_LM, ENCODER) else
+                    f", shapes {[list(i.shape) for i in runnable.inputs]}"), runnable.device)
     gen = torch.Generator().manual_seed(seed)
     feeds = {}
     if runnable.kind in (CAUSAL_LM, ENCODER):
@@ -208,6 +216,66 @@ def example_feeds(runnable: Runnable, batch: int = 1, seq_len: int = 8, seed: in
         shape = tuple(d if isinstance(d, int) else (batch if i == 0 else seq_len) for i, d in enumerate(spec.shape))
         feeds[spec.name] = random_tensor(shape, dtypes.to_torch(spec.dtype), gen)
     return feeds
+
+
+def position_limit(runnable: Runnable) -> int | None:
+    """The longest sequence ``runnable`` takes: what its file records, else its config's position table."""
+    if runnable.max_positions is not None:
+        return runnable.max_positions
+    module = getattr(runnable.module, "root", runnable.module)    # a wrapped transformers model: its own config
+    cfg = getattr(module, "config", None)
+    for key in ("max_positions", "n_positions", "max_position_embeddings"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def memory_budget(device: str = "cpu") -> int:
+    """Bytes a run may count on: the memory the system reports available (a GPU's: its free memory)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n < 2**60 else f"2^{n.bit_length() - 1} bytes"
+
+
+def check_memory(need: int, what: str, device: str = "cpu") -> None:
+    """Refuse, before allocating, a step estimated to need more than half the memory available."""
+    budget = memory_budget(device)
+    if need > budget // 2:
+        raise UnsupportedError(f"{what} would need about {_gib(need)} of memory, more than half of the "
+                               f"{_gib(budget)} available; use smaller sizes")
+
+
+def feed_bytes(runnable: Runnable, batch: int, seq_len: int) -> int:
+    """Estimated bytes of one run's inputs and outputs, ``runnable``'s and a candidate's: token models keep
+    ids, mask and float32 logits (batch x sequence x vocabulary) twice; tensor models their inputs thrice."""
+    from .. import dtypes
+
+    if runnable.kind in (CAUSAL_LM, ENCODER):
+        return batch * seq_len * (16 + 8 * (runnable.vocab_size or 1))
+    total = 0
+    for spec in runnable.inputs:
+        numel = 1
+        for i, d in enumerate(spec.shape):
+            numel *= d if isinstance(d, int) else (batch if i == 0 else seq_len)
+        total += numel * (dtypes.DTYPES[spec.dtype].itemsize if spec.dtype in dtypes.DTYPES else 8)
+    return 3 * total
 
 
 def random_tensor(shape, dtype, gen):
@@ -314,4 +382,4 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
 
 
 __all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "SEQUENCE", "TENSOR", "InputSpec", "OrtRunnable", "Runnable", "TorchRunnable",
-           "example_feeds", "from_module", "load_runnable", "ort_session", "tensor_input", "token_inputs"]
+           "check_memory", "example_feeds", "from_module", "position_limit", "load_runnable", "ort_session", "tensor_input", "token_inputs"]

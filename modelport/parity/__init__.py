@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ModelportError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, Runnable
-from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets, max_positions
+from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, check_sizes, input_sets, max_positions
 from .layers import first_divergence
 from .metrics import (compare_generation, compare_tensors, dtype_name, greedy, least_precise, token_agreement,
                       tolerance)
@@ -116,6 +116,8 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     ref_r, ref_load = _load(ref, **{**load, "engine": _reference_engine(ref, engine, arch, config)})
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
+    check_sizes(ref_r, batch=batch, seq_lens=seq_lens if prompts is None else (), new_tokens=n_new,
+                explicit=seq_lens is not DEFAULT_SEQ_LENS)
     longest = max_positions(ref_r)
     if longest is not None and n_new > longest // 2:     # a short position table: room for prompts too
         n_new = longest // 2

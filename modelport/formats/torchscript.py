@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from .. import dtypes
-from ..errors import FormatError, UnsupportedError
+from ..errors import FormatError, UnsupportedError, one_line
 from . import graphmeta, register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, _Safe
 from ._torchzip import ZipReader
@@ -136,8 +136,8 @@ def load_module(path: Path, device: str = "cpu"):
     with quiet_jit():
         try:
             module = torch.jit.load(str(path), map_location=device)
-        except RuntimeError as exc:
-            raise FormatError(f"{path}: torch.jit.load failed ({' '.join(str(exc).split())[:200]}); "
+        except (RuntimeError, UnicodeDecodeError) as exc:     # the archive's code is not valid (or not UTF-8)
+            raise FormatError(f"{path}: torch.jit.load failed ({one_line(exc)}); "
                               "re-export the TorchScript file with this torch version") from exc
     return module.eval()
 

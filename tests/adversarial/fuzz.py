@@ -31,8 +31,9 @@ def _alarm(signum, frame):
     raise Hang(f"more than {TIME_LIMIT} s")
 
 
-def seeds(work: Path) -> dict[str, Path]:
-    """One valid input per reader (and per variant of it), written with modelport's own writers."""
+def seeds(work: Path, kinds=None) -> dict[str, Path]:
+    """One valid input per reader (and per variant of it), written with modelport's own writers; the ONNX,
+    TorchScript and manifest seeds only when ``kinds`` (None: all) names them."""
     from modelport import formats
     from modelport.formats.base import Options
     from modelport.formats.pt import write_pt
@@ -81,13 +82,16 @@ def seeds(work: Path) -> dict[str, Path]:
         tensors[n] = tensor_call(str(i), numel, 0, shape, (shape[1], 1) if len(shape) > 1 else (1,))
     write_pt_zip(meta / "consolidated.00.pth", state_dict_pickle(tensors), st)
     out["meta"] = meta
-    out["onnx"] = fuzz_graphs.onnx_seed(work / "onnx")
-    out["torchscript"] = fuzz_graphs.torchscript_seed(work / "torchscript")
-    out["manifest"] = fuzz_graphs.manifest_seed(work / "manifest", good)
+    wanted = set(GRAPH_VARIANTS) if kinds is None else set(kinds) & set(GRAPH_VARIANTS)
+    if "onnx" in wanted:
+        out["onnx"] = fuzz_graphs.onnx_seed(work / "onnx")
+    if "torchscript" in wanted:
+        out["torchscript"] = fuzz_graphs.torchscript_seed(work / "torchscript")
+    if "manifest" in wanted:
+        out["manifest"] = fuzz_graphs.manifest_seed(work / "manifest", good)
     # first uses import what they need (seconds): done here, outside any case's time limit
-    for kind in ("onnx", "torchscript"):
-        exercise(out[kind], kind, work)
-    fuzz_graphs.exercise_manifest(out["manifest"])
+    for kind in wanted:
+        fuzz_graphs.exercise_manifest(out[kind]) if kind == "manifest" else exercise(out[kind], kind, work)
     return out
 
 
@@ -190,7 +194,7 @@ def run(work: Path, n: int, seed: int, kinds: list[str] | None = None, keep_fail
     """``n`` mutated inputs spread over every reader; a Counter of (kind, outcome). ``peaks``, when given,
     gets per kind the largest peak RSS of one case (bytes, the process's memory before it included) and
     the largest growth of one case over the RSS it started from: ``{kind: (peak, growth)}``."""
-    base = seeds(work / "seeds")
+    base = seeds(work / "seeds", kinds)
     kinds = kinds or sorted(base)
     rng = random.Random(seed)
     counts: Counter = Counter()

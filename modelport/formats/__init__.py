@@ -32,8 +32,10 @@ def _load() -> None:
 
 
 def all_formats() -> list[Format]:
+    """Every format in ``_MODULES`` order (the order detection tries them), whichever module was imported first."""
     _load()
-    return list(_REGISTRY.values())
+    order = {f"{__name__}.{m}": i for i, m in enumerate(_MODULES)}
+    return sorted(_REGISTRY.values(), key=lambda f: order.get(type(f).__module__, len(order)))
 
 
 def get(format_id: str) -> Format:

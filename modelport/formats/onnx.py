@@ -72,6 +72,8 @@ def load_proto(path: Path):
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors have no common base
         raise FormatError(f"{path}: not a readable ONNX model ({one_line(exc)})") from exc
+    if model.ir_version <= 0 or not model.HasField("graph"):       # what an empty or cut file parses as
+        raise FormatError(f"{path}: not an ONNX model (no IR version or no graph); the file is empty or truncated")
     check_external_data(path, model)
     return model
 

@@ -157,8 +157,12 @@ class TorchScriptSource(TensorSource):
         for name, t in state.items():
             if t.device.type != "cpu":
                 t = t.cpu()
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype) \
-                if t.numel() else None
+            try:
+                key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype) \
+                    if t.numel() else None
+            except RuntimeError as exc:     # a storage the archive does not really hold
+                raise FormatError(f"{path}: tensor {name!r} has no readable storage ({one_line(exc)}); "
+                                  "the archive is corrupt") from exc
             if key is not None and key in seen:
                 self._aliases[name] = seen[key]
                 continue

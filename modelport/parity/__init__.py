@@ -176,6 +176,13 @@ def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, t
     except ImportError as exc:       # onnx needed to read the graph's scopes
         result.divergence_note = f"reading the candidate's layers needs {exc.name}"
         return
+    except Exception as exc:  # noqa: BLE001 - onnxruntime on the graph with block outputs added, a script's replay
+        from ..models.runnable import is_ort_error, ort_message
+
+        if not is_ort_error(exc):
+            raise
+        result.divergence_note = f"per-layer outputs unavailable: running the layers failed ({ort_message(exc)})"
+        return
     if div is None:
         result.divergence_note = "no block names match between the two models (per-layer outputs unavailable)"
     result.first_divergence = div

@@ -74,8 +74,22 @@ def load_proto(path: Path):
         raise FormatError(f"{path}: not a readable ONNX model ({one_line(exc)})") from exc
     if model.ir_version <= 0 or not model.HasField("graph"):       # what an empty or cut file parses as
         raise FormatError(f"{path}: not an ONNX model (no IR version or no graph); the file is empty or truncated")
+    _check_text(path, model)
     check_external_data(path, model)
     return model
+
+
+def _check_text(path: Path, model) -> None:
+    """Names, metadata and external-data entries are text: protobuf hands back bytes for a string
+    field that is not UTF-8, which no reader below expects."""
+    pieces = [(p.key, p.value) for p in model.metadata_props]
+    for t in model.graph.initializer:
+        pieces.append((t.name, ""))
+        pieces.extend((e.key, e.value) for e in t.external_data)
+    for key, value in pieces:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise FormatError(f"{path}: a name or metadata entry ({(key if not isinstance(key, str) else value)[:40]!r}) "
+                              "is not UTF-8 text; the file is corrupt")
 
 
 def opset_of(model) -> int | None:

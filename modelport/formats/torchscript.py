@@ -103,13 +103,31 @@ def check_pickles(path: Path) -> None:
             continue
         data = archive.read(name)
         try:
-            ScriptUnpickler(io.BytesIO(data), path).load()
+            unpickler = ScriptUnpickler(io.BytesIO(data), path)
+            unpickler.load()
+            _check_storage_sizes(path, archive, name, unpickler.storages)
         except BadCheckpoint as exc:
             raise FormatError(f"{path}: {name} is not what a TorchScript archive holds: {exc}") from exc
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
                 RecursionError, MemoryError) as exc:
             raise FormatError(f"{path}: corrupt {name} ({type(exc).__name__}: {str(exc)[:160]}); "
                               "re-export the TorchScript file") from exc
+
+
+def _check_storage_sizes(path: Path, archive: ZipReader, pickle_name: str, storages: dict) -> None:
+    """Every storage a pickle declares is a member of the archive holding at least the bytes it claims:
+    torch.jit.load allocates what the pickle declares before it reads the member."""
+    folder = pickle_name.rsplit("/", 1)[0] + "/" if "/" in pickle_name else ""
+    for key, ref in storages.items():
+        candidates = [f"{folder}{sub}/{key}" for sub in ("data", "constants")] + [f"{folder}{key}"]
+        member = next((archive.members[c] for c in candidates if c in archive.members), None)
+        if member is None:
+            raise FormatError(f"{path}: {pickle_name} names storage {key!r}, which the archive does not hold; "
+                              "the file is corrupt")
+        need = ref.numel * dtypes.get(ref.dtype).itemsize
+        if need > member.size:
+            raise FormatError(f"{path}: {pickle_name} declares storage {key!r} of {need} bytes, the archive holds "
+                              f"{member.size}; the file is corrupt")
 
 
 def read_metadata(path: Path) -> dict:
@@ -136,7 +154,7 @@ def load_module(path: Path, device: str = "cpu"):
     with quiet_jit():
         try:
             module = torch.jit.load(str(path), map_location=device)
-        except (RuntimeError, UnicodeDecodeError) as exc:     # the archive's code is not valid (or not UTF-8)
+        except (RuntimeError, UnicodeDecodeError, IndexError) as exc:   # the archive's code or records are not valid
             raise FormatError(f"{path}: torch.jit.load failed ({one_line(exc)}); "
                               "re-export the TorchScript file with this torch version") from exc
     return module.eval()

@@ -244,3 +244,45 @@ def test_transformers_errors_are_one_line_and_debug_keeps_their_whole_text(tmp_p
         main(["--debug", "parity", str(path), str(path)])
     cause = info.value.__cause__
     assert isinstance(cause, RuntimeError) and " ".join(str(cause).split()) in str(info.value)
+
+
+# -- found by the fuzzing of graph files -----------------------------------------------------------
+
+def test_onnx_names_that_are_not_utf8_are_refused(tmp_path):
+    path = _onnx_relu(tmp_path / "m.onnx")
+    data = path.read_bytes()
+    assert data.count(b"B\x01b") == 1                             # TensorProto.name (field 8): "b"
+    path.write_bytes(data.replace(b"B\x01b", b"B\x01\xff"))
+    with pytest.raises(FormatError, match="not UTF-8"):
+        with formats.open(path) as src:
+            src.names()
+
+
+def test_an_empty_or_graphless_onnx_file_is_refused(tmp_path):
+    (tmp_path / "e.onnx").write_bytes(b"")
+    (tmp_path / "g.onnx").write_bytes(b"\x08\x07")                # ir_version 7 and nothing else
+    for name in ("e.onnx", "g.onnx"):
+        with pytest.raises(FormatError, match="not an ONNX model"):
+            formats.open(tmp_path / name, "onnx")
+
+
+def test_a_torchscript_storage_declared_larger_than_its_member_is_refused_before_torch_loads_it(tmp_path):
+    path = _torchscript(tmp_path / "m.ts", {"kind": "tensor"})
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    storage = next(n for n in members if n.endswith("/data/0"))
+    members[storage] = members[storage][:4]                      # the pickle still declares the full size
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(FormatError, match="declares storage '0' of"):
+        formats.open(path)
+
+
+def test_detection_order_does_not_depend_on_which_adapter_was_imported_first():
+    import importlib
+
+    importlib.import_module("modelport.formats.pt")               # imported directly, before the registry loads
+    ids = [f.id for f in formats.all_formats()]
+    assert ids.index("torchscript") < ids.index("pt")
+    assert ids == [m for m in formats._MODULES]

@@ -28,7 +28,7 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError, one_line
 from . import graphmeta, register
-from ._pickle import BadCheckpoint, CheckpointUnpickler, _Safe
+from ._pickle import BadCheckpoint, CheckpointUnpickler, _Safe, check_opcodes
 from ._torchzip import ZipReader
 from .base import Format, Options, TensorInfo, TensorSource
 
@@ -103,6 +103,7 @@ def check_pickles(path: Path) -> None:
             continue
         data = archive.read(name)
         try:
+            check_opcodes(data, 0, path)     # memo indices and lengths bounded before CPython's unpickler runs
             unpickler = ScriptUnpickler(io.BytesIO(data), path)
             unpickler.load()
             _check_storage_sizes(path, archive, name, unpickler.storages)

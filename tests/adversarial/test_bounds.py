@@ -286,3 +286,21 @@ def test_detection_order_does_not_depend_on_which_adapter_was_imported_first():
     ids = [f.id for f in formats.all_formats()]
     assert ids.index("torchscript") < ids.index("pt")
     assert ids == [m for m in formats._MODULES]
+
+
+def test_a_torchscript_pickle_with_a_memo_bomb_is_refused_before_it_is_unpickled(tmp_path):
+    """LONG_BINPUT 174417761 in data.pkl made CPython's unpickler grow its memo to 1.4 GB (10 s)."""
+    import time
+
+    path = _torchscript(tmp_path / "m.ts", {"kind": "tensor"})
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in members if n.endswith("/data.pkl"))
+    members[name] = members[name][:2] + b"N" + b"r" + (174417761).to_bytes(4, "little") + members[name][2:]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    start = time.monotonic()
+    with pytest.raises(FormatError, match="memo index 174417761"):
+        formats.open(path, "torchscript")
+    assert time.monotonic() - start < 2.0

@@ -145,7 +145,15 @@ class OnnxSource(TensorSource):
         if t.data_location != 1:   # onnx.TensorProto.EXTERNAL
             return None
         e = _external_entries(t)
-        return Span((self.path.resolve().parent / e["location"]).resolve(), int(e.get("offset", 0)), self.info(name).nbytes)
+        target = (self.path.resolve().parent / e["location"]).resolve()
+        offset, nbytes = int(e.get("offset", 0)), self.info(name).nbytes
+        length = int(e["length"]) if "length" in e else None
+        size = target.stat().st_size
+        if (length is not None and length != nbytes) or offset + nbytes > size:
+            raise FormatError(f"{self.path}: initializer {name!r} needs {nbytes} bytes for its dims "
+                              f"{list(self.info(name).shape)[:8]}, its external data holds "
+                              f"{length if length is not None else size - offset}; the file is corrupt")
+        return Span(target, offset, nbytes)
 
     def read_bytes(self, name: str) -> bytes | memoryview:
         t = self._get(name)

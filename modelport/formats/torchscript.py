@@ -155,7 +155,8 @@ def load_module(path: Path, device: str = "cpu"):
     with quiet_jit():
         try:
             module = torch.jit.load(str(path), map_location=device)
-        except (RuntimeError, UnicodeDecodeError, IndexError) as exc:   # the archive's code or records are not valid
+        except (RuntimeError, UnicodeDecodeError, IndexError, MemoryError) as exc:   # invalid code or records
+            # (MemoryError: std::bad_alloc for a size the records claim; nothing was allocated)
             raise FormatError(f"{path}: torch.jit.load failed ({one_line(exc)}); "
                               "re-export the TorchScript file with this torch version") from exc
     return module.eval()

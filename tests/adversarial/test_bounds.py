@@ -304,3 +304,18 @@ def test_a_torchscript_pickle_with_a_memo_bomb_is_refused_before_it_is_unpickled
     with pytest.raises(FormatError, match="memo index 174417761"):
         formats.open(path, "torchscript")
     assert time.monotonic() - start < 2.0
+
+
+def test_onnx_dims_larger_than_their_external_data_are_refused_before_reading(tmp_path):
+    """dims [2**40] over a 16-byte data file: the read would have asked for 4 TB."""
+    from onnx import TensorProto
+
+    t = TensorProto(name="b", data_type=TensorProto.FLOAT, dims=[1 << 40], data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", "m.onnx.data"), ("offset", "0")):
+        t.external_data.add(key=k, value=v)
+    (tmp_path / "m.onnx.data").write_bytes(b"\0" * 16)
+    path = _onnx_relu(tmp_path / "m.onnx", init=t)
+    with pytest.raises(FormatError, match="needs 4398046511104 bytes"):
+        with formats.open(path) as src:
+            for name in src.names():
+                src.read_bytes(name)

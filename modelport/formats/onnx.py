@@ -44,7 +44,7 @@ def check_external_data(path: Path, model) -> None:
         entries = _external_entries(t)
         location = entries.get("location", "")
         where = f"{path}: tensor {t.name!r} keeps its data in {location!r}"
-        if not location or os.path.isabs(location):
+        if not location or os.path.isabs(location) or "\0" in location:
             raise FormatError(f"{where}: not a relative path beside the model; refused")
         target = (base / location).resolve()
         if target != base and base not in target.parents:

@@ -417,7 +417,10 @@ def diff(a, b, atol, as_json, from_a, from_b, cast, allow_expanded) -> None:
 
 
 def _seq_lens(ctx, param, value):
-    lens = [int(x) for v in value for x in str(v).replace(",", " ").split()] if value else None
+    try:
+        lens = [int(x) for v in value for x in str(v).replace(",", " ").split()] if value else None
+    except ValueError:
+        raise click.BadParameter("sequence lengths are positive integers, e.g. --seq-len 1 --seq-len 8") from None
     if lens is not None and any(n < 1 for n in lens):
         raise click.BadParameter("sequence lengths are positive integers, e.g. --seq-len 1 --seq-len 8")
     return lens

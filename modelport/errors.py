@@ -73,6 +73,21 @@ class DifferenceFound(ModelportError):
     exit_code = 1
 
 
+def one_line(exc: BaseException, limit: int = 2000) -> str:
+    """Another library's error as one line of text: its type and message, whitespace collapsed, bytes that
+    are not UTF-8 replaced. Past ``limit`` characters it is cut with a pointer to ``--debug``, whose
+    traceback carries the original exception in full."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot even be made into text
+        text = repr(exc.args)
+    text = " ".join(text.encode("utf-8", "replace").decode("utf-8", "replace").split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(text) > limit:
+        text = text[:limit] + " … (cut; --debug shows the whole message)"
+    return text
+
+
 def need_torch(step: str):
     """The torch module, or a MissingDependencyError naming the step that needs it and the extra that brings it.
     Conversions between weight formats (pt, safetensors, hf, meta, t7) never need it."""

@@ -147,6 +147,13 @@ def _strip_prefix(runnable) -> str:
     return "model." if runnable.origin.startswith("transformers ") else ""
 
 
+def _max_positions(runnable) -> int | None:
+    """The position table's length, recorded so a run of the exported file stays inside it."""
+    from ..models.runnable import position_limit
+
+    return position_limit(runnable)
+
+
 def _metadata(runnable, src: Path, sha: str, exporter: str, opset: int | None) -> dict[str, str]:
     meta = {"modelport.source": str(src), "modelport.source_sha256": sha, "modelport.version": _version(),
             "modelport.exporter": exporter, "modelport.kind": runnable.kind, "modelport.origin": runnable.origin,
@@ -157,6 +164,8 @@ def _metadata(runnable, src: Path, sha: str, exporter: str, opset: int | None) -
         meta["modelport.opset"] = str(opset)
     if runnable.vocab_size is not None:
         meta["modelport.vocab_size"] = str(runnable.vocab_size)
+    if _max_positions(runnable) is not None:
+        meta["modelport.max_positions"] = str(_max_positions(runnable))
     prefix = _strip_prefix(runnable)
     if prefix:
         meta["modelport.strip_prefix"] = prefix
@@ -489,6 +498,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
     meta = {"kind": runnable.kind, "origin": f"TorchScript ({method}) of {runnable.origin}",
             "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in runnable.inputs],
             "outputs": list(runnable.outputs), "vocab_size": runnable.vocab_size, "method": method,
+            "max_positions": _max_positions(runnable),
             "source": str(src), "source_sha256": _sha256(src) if src.exists() else "", "version": _version(),
             "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": _strip_prefix(runnable)}
     with atomic_output(dst, force) as tmp, _quiet():

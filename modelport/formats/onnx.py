@@ -13,12 +13,12 @@ Writing goes through the exporter (``modelport convert SRC out.onnx``), which ex
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 
-from ..errors import FormatError, UnsupportedError
-from . import register
+from ..errors import FormatError, UnsupportedError, one_line
+from . import graphmeta, register
 from .base import Format, Options, Span, TensorInfo, TensorSource, read_head
 
 # onnx.TensorProto.DataType -> canonical dtype name
@@ -44,7 +44,7 @@ def check_external_data(path: Path, model) -> None:
         entries = _external_entries(t)
         location = entries.get("location", "")
         where = f"{path}: tensor {t.name!r} keeps its data in {location!r}"
-        if not location or os.path.isabs(location):
+        if not location or os.path.isabs(location) or "\0" in location:
             raise FormatError(f"{where}: not a relative path beside the model; refused")
         target = (base / location).resolve()
         if target != base and base not in target.parents:
@@ -71,9 +71,25 @@ def load_proto(path: Path):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors have no common base
-        raise FormatError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:160]})") from exc
+        raise FormatError(f"{path}: not a readable ONNX model ({one_line(exc)})") from exc
+    if model.ir_version <= 0 or not model.HasField("graph"):       # what an empty or cut file parses as
+        raise FormatError(f"{path}: not an ONNX model (no IR version or no graph); the file is empty or truncated")
+    _check_text(path, model)
     check_external_data(path, model)
     return model
+
+
+def _check_text(path: Path, model) -> None:
+    """Names, metadata and external-data entries are text: protobuf hands back bytes for a string
+    field that is not UTF-8, which no reader below expects."""
+    pieces = [(p.key, p.value) for p in model.metadata_props]
+    for t in model.graph.initializer:
+        pieces.append((t.name, ""))
+        pieces.extend((e.key, e.value) for e in t.external_data)
+    for key, value in pieces:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise FormatError(f"{path}: a name or metadata entry ({(key if not isinstance(key, str) else value)[:40]!r}) "
+                              "is not UTF-8 text; the file is corrupt")
 
 
 def opset_of(model) -> int | None:
@@ -91,16 +107,11 @@ class OnnxSource(TensorSource):
         super().__init__(path)
         self.model = load_proto(path)
         self.metadata = {p.key: p.value for p in self.model.metadata_props}
-        prefix = self.metadata.get("modelport.strip_prefix", "")   # a wrapper's attribute name (transformers)
-        constants = set(self._json_list("modelport.constants"))   # the exporter's own, not the source's
+        meta = graphmeta.from_onnx(self.metadata, path)
+        prefix = meta.strip_prefix                      # a wrapper's attribute name (transformers)
+        constants = set(meta.constants)                 # the exporter's own, not the source's
         self._inits = {t.name.removeprefix(prefix): t for t in self.model.graph.initializer if t.name not in constants}
-        self._aliases: dict[str, str] = {}
-        if ALIASES_KEY in self.metadata:
-            try:
-                table = json.loads(self.metadata[ALIASES_KEY])
-            except ValueError:
-                table = {}
-            self._aliases = {a: k for a, k in table.items() if k in self._inits and a not in self._inits}
+        self._aliases: dict[str, str] = {a: k for a, k in meta.aliases.items() if k in self._inits and a not in self._inits}
         # torch.onnx.export (dynamo=False) stores parameters of equal values once: the others are Identity
         # nodes of that initializer, named after the parameter. They are the source's tensors, read as aliases.
         for node in self.model.graph.node:
@@ -111,13 +122,6 @@ class OnnxSource(TensorSource):
         opset = opset_of(self.model)
         self.notes.append(f"ONNX opset {opset}, IR version {self.model.ir_version}, producer "
                           f"{self.model.producer_name} {self.model.producer_version}".strip())
-
-    def _json_list(self, key: str) -> list:
-        try:
-            value = json.loads(self.metadata.get(key, "[]"))
-        except ValueError:
-            return []
-        return value if isinstance(value, list) else []
 
     def names(self) -> list[str]:
         return list(self._inits)
@@ -133,7 +137,12 @@ class OnnxSource(TensorSource):
         if t.data_type not in ONNX_DTYPES:
             raise UnsupportedError(f"{self.path}: initializer {name!r} has ONNX data type {t.data_type}, which "
                                    "modelport cannot move")
-        return TensorInfo(name, ONNX_DTYPES[t.data_type], tuple(int(d) for d in t.dims))
+        shape = tuple(int(d) for d in t.dims)
+        if any(d < 0 for d in shape) or len(shape) > 64:
+            raise FormatError(f"{self.path}: initializer {name!r} has dims {list(shape)[:8]}"
+                              f"{'...' if len(shape) > 8 else ''}; sizes must be >= 0 and at most 64 of them: "
+                              "the file is corrupt")
+        return TensorInfo(name, ONNX_DTYPES[t.data_type], shape)
 
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
@@ -143,7 +152,15 @@ class OnnxSource(TensorSource):
         if t.data_location != 1:   # onnx.TensorProto.EXTERNAL
             return None
         e = _external_entries(t)
-        return Span((self.path.resolve().parent / e["location"]).resolve(), int(e.get("offset", 0)), self.info(name).nbytes)
+        target = (self.path.resolve().parent / e["location"]).resolve()
+        offset, nbytes = int(e.get("offset", 0)), self.info(name).nbytes
+        length = int(e["length"]) if "length" in e else None
+        size = target.stat().st_size
+        if (length is not None and length != nbytes) or offset + nbytes > size:
+            raise FormatError(f"{self.path}: initializer {name!r} needs {nbytes} bytes for its dims "
+                              f"{list(self.info(name).shape)[:8]}, its external data holds "
+                              f"{length if length is not None else size - offset}; the file is corrupt")
+        return Span(target, offset, nbytes)
 
     def read_bytes(self, name: str) -> bytes | memoryview:
         t = self._get(name)
@@ -162,10 +179,30 @@ class OnnxSource(TensorSource):
             return t.raw_data
         from onnx import numpy_helper
 
-        arr = numpy_helper.to_array(t)
+        held = _held_values(t)
+        if held != math.prod(info.shape):
+            raise FormatError(f"{self.path}: initializer {name!r} holds {held} values for dims {list(info.shape)} "
+                              f"({math.prod(info.shape)} values); the file is corrupt")
+        try:
+            arr = numpy_helper.to_array(t)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise FormatError(f"{self.path}: initializer {name!r} cannot be read ({type(exc).__name__}: {exc}); "
+                              "the file is corrupt") from exc
         if info.dtype == "bfloat16":
             arr = arr.view("<u2")
         return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+# data type -> the typed field holding its values when raw_data is empty, and how many entries one value takes
+_VALUE_FIELDS = {1: ("float_data", 1), 2: ("int32_data", 1), 3: ("int32_data", 1), 5: ("int32_data", 1),
+                 6: ("int32_data", 1), 7: ("int64_data", 1), 9: ("int32_data", 1), 10: ("int32_data", 1),
+                 11: ("double_data", 1), 14: ("float_data", 2), 15: ("double_data", 2), 16: ("int32_data", 1)}
+
+
+def _held_values(t) -> int:
+    """How many values an initializer without raw_data holds in its typed field."""
+    name, per = _VALUE_FIELDS[t.data_type]
+    return len(getattr(t, name)) // per
 
 
 def _looks_like_model(head: bytes) -> bool:

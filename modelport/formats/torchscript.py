@@ -39,8 +39,9 @@ import warnings
 from contextvars import ContextVar
 from pathlib import Path
 
-from ..errors import SPELLING, FormatError, UnsafeContentError, UnsupportedError
-from . import register
+from .. import dtypes
+from ..errors import SPELLING, FormatError, UnsafeContentError, UnsupportedError, one_line
+from . import graphmeta, register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, TensorRef, _Safe, check_opcodes
 from ._stream import _write_all
 from ._torchzip import ZipReader
@@ -116,6 +117,22 @@ class ScriptUnpickler(CheckpointUnpickler):
         return super().find_class(module, name)
 
 
+def _check_storage_sizes(path: Path, archive: ZipReader, pickle_name: str, storages: dict) -> None:
+    """Every storage a pickle declares is a member of the archive holding at least the bytes it claims:
+    torch.jit.load allocates what the pickle declares before it reads the member."""
+    stem = pickle_name.removesuffix(".pkl")        # data.pkl -> data/<key>, constants.pkl -> constants/<key>
+    if not stem.endswith(("/data", "/constants")) and stem not in ("data", "constants"):
+        return                                      # traced_inputs.pkl and others keep storages their own way
+    for key, ref in storages.items():
+        member = archive.members.get(f"{stem}/{key}")
+        if member is None:                          # torch.jit.load reports a missing record itself
+            continue
+        need = ref.numel * dtypes.get(ref.dtype).itemsize
+        if need > member.size:
+            raise FormatError(f"{path}: {pickle_name} declares storage {key!r} of {need} bytes, the archive holds "
+                              f"{member.size}; the file is corrupt")
+
+
 def _inert(*args):
     return list(args[0]) if args and isinstance(args[0], (list, tuple)) else (args[0] if args else None)
 
@@ -151,8 +168,10 @@ def check_pickles(path: Path) -> None:
         data = archive.read(name)
         shown = _printable(name)
         try:
-            check_opcodes(data, 0, path)
-            ScriptUnpickler(io.BytesIO(data), path).load()
+            check_opcodes(data, 0, path)     # memo indices and lengths bounded before CPython's unpickler runs
+            unpickler = ScriptUnpickler(io.BytesIO(data), path)
+            unpickler.load()
+            _check_storage_sizes(path, archive, name, unpickler.storages)
         except BadCheckpoint as exc:
             raise FormatError(f"{path}: {shown} is not what a TorchScript archive holds: {exc}") from exc
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
@@ -229,7 +248,8 @@ def read_metadata(path: Path, archive: ZipReader | None = None) -> dict:
         meta = json.loads(archive.read(member, limit=1 << 20))
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: {member} is not valid JSON ({exc})") from exc
-    return meta if isinstance(meta, dict) else {}
+    graphmeta.from_torchscript(meta, f"{path}: {member}")     # every field checked where it is first read
+    return meta
 
 
 def load_module(path: Path, device: str = "cpu", *, trust_torchscript: bool | None = None):
@@ -244,8 +264,9 @@ def load_module(path: Path, device: str = "cpu", *, trust_torchscript: bool | No
     with quiet_jit():
         try:
             module = torch.jit.load(str(path), map_location=device)
-        except RuntimeError as exc:
-            raise FormatError(f"{path}: torch.jit.load failed ({' '.join(str(exc).split())[:200]}); "
+        except (RuntimeError, UnicodeDecodeError, IndexError, MemoryError) as exc:   # invalid code or records
+            # (MemoryError: std::bad_alloc for a size the records claim; nothing was allocated)
+            raise FormatError(f"{path}: torch.jit.load failed ({one_line(exc)}); "
                               "re-export the TorchScript file with this torch version") from exc
     return module.eval()
 

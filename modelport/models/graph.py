@@ -9,10 +9,10 @@ fixed shape comes from ``--input-shape`` when the file leaves an axis open.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import FormatError, UnsupportedError
+from ..formats.graphmeta import GraphMeta, from_onnx, from_torchscript
 from .runnable import (BATCH, CAUSAL_LM, ENCODER, SEQUENCE, TENSOR, InputSpec, OrtRunnable, TorchRunnable,
                        tensor_input)
 
@@ -27,13 +27,10 @@ def describe_inputs(inputs) -> list[dict]:
     return [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in inputs]
 
 
-def _specs_from_meta(meta: dict) -> tuple[InputSpec, ...] | None:
-    raw = meta.get("inputs")
-    if isinstance(raw, str):
-        raw = json.loads(raw)
-    if not raw:
+def _specs_from_meta(meta: GraphMeta) -> tuple[InputSpec, ...] | None:
+    if not meta.inputs:
         return None
-    return tuple(InputSpec(i["name"], i["dtype"], tuple(i["shape"])) for i in raw)
+    return tuple(InputSpec(i.name, i.dtype, i.shape) for i in meta.inputs)
 
 
 def _kind_of(names: list[str], outputs: list[str]) -> str:
@@ -60,10 +57,10 @@ def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_d
 
     path = Path(path)
     module = load_module(path, device="cpu", trust_torchscript=trust_torchscript).to(device)
-    meta = read_metadata(path)
+    meta = from_torchscript(read_metadata(path), path)
     inputs = _specs_from_meta(meta)
     if inputs is not None:
-        kind, outputs = meta.get("kind", TENSOR), tuple(meta.get("outputs", ("output",)))
+        kind, outputs = meta.kind or TENSOR, meta.outputs or ("output",)
     else:
         args = [a.name for a in module.forward.schema.arguments][1:]     # without self
         if "input_ids" in args:
@@ -79,8 +76,9 @@ def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_d
     if kind == TENSOR:
         inputs = (_fill_tensor_spec(path, inputs[0], input_shape, input_dtype),)
     return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs,
-                         origin=meta.get("origin", f"TorchScript module {module.original_name}"), path=path,
-                         backend="torchscript", device=str(device), vocab_size=meta.get("vocab_size"), module=module)
+                         origin=meta.origin or f"TorchScript module {module.original_name}", path=path,
+                         backend="torchscript", device=str(device), vocab_size=meta.vocab_size,
+                         max_positions=meta.max_positions, module=module)
 
 
 def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None) -> OrtRunnable:
@@ -90,17 +88,15 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
 
     path = Path(path)
     proto = load_proto(path)            # refuses external data outside the directory or past a file's end
-    meta = {p.key: p.value for p in proto.metadata_props}
+    meta = from_onnx({p.key: p.value for p in proto.metadata_props}, path)
     double = any(i.type.tensor_type.elem_type == 11 for i in proto.graph.input)     # 11: TensorProto.DOUBLE
     del proto
     try:
-        session, providers = ort_session(path, device)
-    except Exception as exc:  # onnxruntime raises its own exception types, with no common public base
-        if type(exc).__module__.startswith("onnxruntime") and "NOT_IMPLEMENTED" in str(exc) and double:
-            raise UnsupportedError(f"{path}: onnxruntime has no float64 kernel for an op of this graph "
-                                   f"({str(exc)[:160]}); export the model in float32 (--dtype fp32)") from exc
-        if type(exc).__module__.startswith("onnxruntime"):
-            raise FormatError(f"{path}: onnxruntime cannot load the graph ({str(exc)[:200]})") from exc
+        session, providers = ort_session(path, device)    # its errors are one-line FormatErrors
+    except FormatError as exc:
+        if double and "NOT_IMPLEMENTED" in str(exc):
+            raise UnsupportedError(f"{exc}; onnxruntime has no float64 kernel for an op of this graph: export the "
+                                   "model in float32 (--dtype fp32)") from exc
         raise
     inputs = []
     for i in session.get_inputs():
@@ -113,9 +109,9 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
     if cache or positions:             # a decoder with a key/value cache: run from an empty cache
         inputs = [i for i in inputs if i.name not in {c[0] for c in cache} | {"position_ids"}]
         outputs = tuple(o for o in outputs if not o.startswith("present"))
-    kind = meta.get("modelport.kind") or _kind_of([i.name for i in inputs], list(outputs))
-    if kind == TENSOR and meta.get("modelport.inputs"):
-        inputs = list(_specs_from_meta({"inputs": meta["modelport.inputs"]}))
+    kind = meta.kind or _kind_of([i.name for i in inputs], list(outputs))
+    if kind == TENSOR and meta.inputs:
+        inputs = list(_specs_from_meta(meta))
     if kind == TENSOR:
         if len(inputs) != 1:
             raise UnsupportedError(f"{path}: the graph takes {len(inputs)} inputs; modelport runs graphs that take "
@@ -124,17 +120,18 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
     else:
         inputs = [InputSpec(i.name, i.dtype, tuple(d if isinstance(d, (int, str)) else (BATCH, SEQUENCE)[min(k, 1)]
                                                    for k, d in enumerate(i.shape))) for i in inputs]
-    vocab = meta.get("modelport.vocab_size")
+    vocab = meta.vocab_size
     if vocab is None and kind == CAUSAL_LM:
         last = session.get_outputs()[0].shape[-1]
         vocab = last if isinstance(last, int) else None
     if vocab is None and kind == ENCODER:
         vocab = 2      # ids are only looked up: any id below the smallest vocabulary runs
     return OrtRunnable(kind=kind, inputs=tuple(inputs), outputs=outputs,
-                       origin=f"ONNX graph of {meta['modelport.origin']}" if "modelport.origin" in meta
-                       else f"ONNX graph ({proto_producer(meta)})", path=path,
-                       device="cuda" if providers and providers[0].startswith("CUDA") else "cpu", vocab_size=int(vocab) if vocab else None,
-                       module=session, providers=tuple(providers), cache=cache, positions=positions)
+                       origin=f"ONNX graph of {meta.origin}" if meta.origin is not None
+                       else f"ONNX graph ({meta.exporter or 'another producer'})", path=path,
+                       device="cuda" if providers and providers[0].startswith("CUDA") else "cpu", vocab_size=vocab,
+                       max_positions=meta.max_positions, module=session, providers=tuple(providers), cache=cache,
+                       positions=positions)
 
 
 def _cache_inputs(inputs: list[InputSpec]) -> tuple[tuple, bool]:
@@ -151,7 +148,3 @@ def _cache_inputs(inputs: list[InputSpec]) -> tuple[tuple, bool]:
                                    "(batch, kv_heads, past_sequence_length, head_dim)")
         cache.append((i.name, i.dtype, i.shape[1], i.shape[3]))
     return tuple(cache), "position_ids" in names
-
-
-def proto_producer(meta: dict) -> str:
-    return meta.get("modelport.exporter", "another producer")

@@ -15,7 +15,10 @@ transformers otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 from pathlib import Path
 
 from ..errors import FormatError, MissingDependencyError, UnsafeContentError, UnsupportedError
@@ -149,6 +152,65 @@ def _known_family(cfg: dict, path: Path) -> bool:
         return False
 
 
+class _Held(logging.Handler):
+    """transformers' log records kept back while it loads: replayed after a load that worked, summed up in
+    the one-line error of one that failed (its load report is a multi-line table)."""
+
+    def __init__(self, logger, handlers):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self._logger, self._handlers = logger, handlers
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self) -> None:
+        for record in self.records:
+            for h in self._handlers:
+                if record.levelno >= h.level:
+                    h.handle(record)
+
+
+@contextlib.contextmanager
+def _held_logs():
+    logger = logging.getLogger("transformers")
+    saved, propagate = logger.handlers[:], logger.propagate
+    held = _Held(logger, saved)
+    logger.handlers, logger.propagate = [held], False
+    try:
+        yield held
+    finally:
+        logger.handlers, logger.propagate = saved, propagate
+
+
+def _report_rows(held: _Held) -> str:
+    """The rows of transformers' load report that name a problem, as ``key: status detail`` pieces."""
+    rows = []
+    for record in held.records:
+        for line in re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) >= 2 and parts[1] in ("MISMATCH", "MISSING", "UNEXPECTED", "CONVERSION"):
+                rows.append(f"{parts[0]}: {' '.join(p for p in parts[1:] if p)}")
+    return "; ".join(rows)
+
+
+def _reconcile(path: Path, cfg: dict) -> None:
+    """The directory's config against its weights' names and shapes (see :mod:`.reconcile`)."""
+    from .. import formats
+    from ..errors import ModelportError
+    from .config import config_from_hf
+    from .reconcile import reconcile, reconcile_generic
+
+    with formats.open(path, "hf") as source:
+        try:
+            family_cfg = config_from_hf(cfg, None, str(path / "config.json"))
+        except ModelportError:
+            family_cfg = None          # an architecture modelport has no record of: the common spellings only
+        if family_cfg is not None:
+            reconcile(source, family_cfg, cfg)
+        reconcile_generic(source, cfg, str(path / "config.json"))
+
+
 def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunnable:
     """The directory's model as transformers builds it (local files only, eager attention)."""
     try:
@@ -159,6 +221,9 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     path = Path(path)
     refuse_custom_code(path, "the model with transformers")
     cfg = _config(path)
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{path / 'config.json'}: expected a JSON object, got {type(cfg).__name__}")
+    _reconcile(path, cfg)          # before transformers builds anything the config claims
     archs = list(cfg.get("architectures") or [])
     kind = CAUSAL_LM if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) or (not archs and _known_family(cfg, path)) \
         else ENCODER
@@ -171,9 +236,17 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
     try:
-        model = auto.from_pretrained(str(path), trust_remote_code=False, **kw)
-    except (OSError, ValueError, KeyError) as exc:
-        raise FormatError(f"{path}: transformers cannot load this directory ({' '.join(str(exc).split())[:200]})") from exc
+        with _held_logs() as held:
+            try:
+                model = auto.from_pretrained(str(path), trust_remote_code=False, **kw)
+            except Exception as exc:  # noqa: BLE001 - whatever transformers raises over the directory is the directory's
+                from ..errors import one_line
+
+                report = _report_rows(held)
+                raise FormatError(f"{path}: transformers cannot load this directory ({one_line(exc)}"
+                                  + (f"; {one_line(RuntimeError(report))[len('RuntimeError: '):]}" if report else "")
+                                  + ")") from exc
+            held.replay()
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()

@@ -198,6 +198,9 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
         refuse_guesses(cfg.to_hf_config(), f"{source.path}: building a {cfg.family} model",
                        recorded="in the model's modelport_assumed" if SPELLING.get() == "api" else "in a note")
     source = _to_hub_layout(source, cfg.family, cfg.to_hf_config())
+    from .reconcile import reconcile
+
+    reconcile(source, cfg, config if config is not None else source.config)   # before anything is built
     model = build_model(cfg)
     load_weights(model, source, cfg, device=device, dtype=torch_dtype)
     model.eval()

@@ -18,11 +18,14 @@ Three kinds of model:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsupportedError
+from ..errors import FormatError, UnsupportedError
 
 CAUSAL_LM = "causal-lm"
 ENCODER = "encoder"
@@ -62,6 +65,7 @@ class Runnable:
     backend: str = "torch"              # torch | torchscript | onnxruntime
     device: str = "cpu"                 # where it really runs ("cpu", "cuda:0")
     vocab_size: int | None = None       # causal-lm and encoder
+    max_positions: int | None = None    # the longest sequence it takes, when known (its position table)
     assumed: list[str] = field(default_factory=list)  # config values the weights did not reveal, guessed
     config_from: str | None = None      # where its config came from when not from its own files
     module: Any = None                  # the nn.Module, ScriptModule or InferenceSession underneath
@@ -86,7 +90,16 @@ class TorchRunnable(Runnable):
 
         args = [feeds[spec.name].to(self.device) for spec in self.inputs]
         with torch.no_grad():
-            out = self.module(*args)
+            if self.backend != "torchscript":
+                out = self.module(*args)
+            else:
+                try:                   # the archive's own program: its failures are the file's
+                    out = self.module(*args)
+                except RuntimeError as exc:
+                    from ..errors import one_line
+
+                    raise FormatError(f"{self.path or self.origin}: the TorchScript module failed "
+                                      f"({one_line(exc)})") from exc
         return dict(zip(self.outputs, _first_outputs(out, len(self.outputs))))
 
     @property
@@ -108,7 +121,13 @@ class OrtRunnable(Runnable):
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        values = self.module.run(list(self.outputs), self.arrays(feeds))
+        try:
+            values = self.module.run(list(self.outputs), self.arrays(feeds))
+        except Exception as exc:  # noqa: BLE001 - see is_ort_error
+            if not is_ort_error(exc):
+                raise
+            raise FormatError(f"{self.path or self.origin}: onnxruntime failed running the graph "
+                              f"({ort_message(exc)})") from exc
         return {name: torch.from_numpy(v) for name, v in zip(self.outputs, values)}
 
     def arrays(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -144,8 +163,30 @@ def ort_session(path, device: str = "cpu"):
     ort = import_onnxruntime()
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     available = ort.get_available_providers()
-    session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):     # its provider-fallback notice is printed, not raised
+            session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's exception types have no common public base
+        if not is_ort_error(exc):
+            raise
+        raise FormatError(f"{path}: onnxruntime cannot load the graph ({ort_message(exc)})") from exc
     return session, session_providers(session)
+
+
+def is_ort_error(exc: BaseException) -> bool:
+    """An exception onnxruntime raised about the graph or its inputs (its own types, or a message of the
+    graph's bytes that is not UTF-8)."""
+    return type(exc).__module__.startswith("onnxruntime") or isinstance(exc, (UnicodeDecodeError, RuntimeError))
+
+
+def ort_message(exc: BaseException) -> str:
+    """onnxruntime's message on one line; one it could not decode (node names that are not UTF-8) decoded
+    with replacement characters."""
+    from ..errors import one_line
+
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        return one_line(RuntimeError(exc.object.decode("utf-8", "replace")))
+    return one_line(exc)
 
 
 def _first_outputs(out, n: int) -> list:
@@ -167,6 +208,13 @@ def example_feeds(runnable: Runnable, batch: int = 1, seq_len: int = 8, seed: in
 
     from .. import dtypes
 
+    limit = position_limit(runnable)
+    if runnable.kind in (CAUSAL_LM, ENCODER) and limit is not None and seq_len > limit:
+        raise UnsupportedError(f"{runnable.path or runnable.origin}: a sequence of {seq_len} tokens is longer than "
+                               f"the model's position table ({limit} positions); use at most {limit}")
+    check_memory(feed_bytes(runnable, batch, seq_len), f"{runnable.path or runnable.origin}: inputs of batch {batch}"
+                 + (f", sequence {seq_len}" if runnable.kind in (CAUSAL_LM, ENCODER) else
+                    f", shapes {[list(i.shape) for i in runnable.inputs]}"), runnable.device)
     gen = torch.Generator().manual_seed(seed)
     feeds = {}
     if runnable.kind in (CAUSAL_LM, ENCODER):
@@ -197,6 +245,66 @@ def run_example(runnable: Runnable, feeds: dict[str, Any], source=None) -> dict[
         shown = ", ".join(f"{i.name} {list(feeds[i.name].shape)} {i.dtype}" for i in runnable.inputs)
         raise UnsupportedError(f"{source or runnable.path}: {runnable.origin} fails on the example input ({shown}): "
                                f"{str(exc).splitlines()[0][:200]}; check --input-shape / --input-dtype") from exc
+
+
+def position_limit(runnable: Runnable) -> int | None:
+    """The longest sequence ``runnable`` takes: what its file records, else its config's position table."""
+    if runnable.max_positions is not None:
+        return runnable.max_positions
+    module = getattr(runnable.module, "root", runnable.module)    # a wrapped transformers model: its own config
+    cfg = getattr(module, "config", None)
+    for key in ("max_positions", "n_positions", "max_position_embeddings"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def memory_budget(device: str = "cpu") -> int:
+    """Bytes a run may count on: the memory the system reports available (a GPU's: its free memory)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n < 2**60 else f"2^{n.bit_length() - 1} bytes"
+
+
+def check_memory(need: int, what: str, device: str = "cpu") -> None:
+    """Refuse, before allocating, a step estimated to need more than half the memory available."""
+    budget = memory_budget(device)
+    if need > budget // 2:
+        raise UnsupportedError(f"{what} would need about {_gib(need)} of memory, more than half of the "
+                               f"{_gib(budget)} available; use smaller sizes")
+
+
+def feed_bytes(runnable: Runnable, batch: int, seq_len: int) -> int:
+    """Estimated bytes of one run's inputs and outputs, ``runnable``'s and a candidate's: token models keep
+    ids, mask and float32 logits (batch x sequence x vocabulary) twice; tensor models their inputs thrice."""
+    from .. import dtypes
+
+    if runnable.kind in (CAUSAL_LM, ENCODER):
+        return batch * seq_len * (16 + 8 * (runnable.vocab_size or 1))
+    total = 0
+    for spec in runnable.inputs:
+        numel = 1
+        for i, d in enumerate(spec.shape):
+            numel *= d if isinstance(d, int) else (batch if i == 0 else seq_len)
+        total += numel * (dtypes.DTYPES[spec.dtype].itemsize if spec.dtype in dtypes.DTYPES else 8)
+    return 3 * total
 
 
 def random_tensor(shape, dtype, gen, values: tuple[int, int] | None = None):
@@ -326,4 +434,5 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
 
 
 __all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "SEQUENCE", "TENSOR", "InputSpec", "OrtRunnable", "Runnable", "TorchRunnable",
-           "example_feeds", "from_module", "load_runnable", "lua_input", "ort_session", "run_example", "tensor_input", "token_inputs"]
+           "check_memory", "example_feeds", "from_module", "load_runnable", "lua_input", "ort_session", "position_limit",
+           "run_example", "tensor_input", "token_inputs"]

@@ -15,7 +15,7 @@ from ..errors import ModelportError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, ENCODER, Runnable
 from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors, run_at
 from .coverage import check as embedding_coverage
-from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, input_sets, max_positions
+from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, check_sizes, input_sets, max_positions
 from .layers import first_divergence, script_prefix
 from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, greedy, least_precise,
                       token_agreement, tolerance)
@@ -154,6 +154,8 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
                                     "config": None if ref_engine == "transformers" else config})
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
+    check_sizes(ref_r, batch=batch, seq_lens=seq_lens if prompts is None else (), new_tokens=n_new,
+                explicit=seq_lens is not DEFAULT_SEQ_LENS)
     longest = max_positions(ref_r)
     if longest is not None and n_new > longest // 2:     # a short position table: room for prompts too
         n_new = longest // 2
@@ -249,6 +251,13 @@ def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, t
         div = first_divergence(ref_r, cand_r, feeds, tol, factor, replay_from)
     except ImportError as exc:       # onnx needed to read the graph's scopes
         result.divergence_note = f"reading the candidate's layers needs {exc.name}"
+        return
+    except Exception as exc:  # noqa: BLE001 - onnxruntime on the graph with block outputs added, a script's replay
+        from ..models.runnable import is_ort_error, ort_message
+
+        if not is_ort_error(exc):
+            raise
+        result.divergence_note = f"per-layer outputs unavailable: running the layers failed ({ort_message(exc)})"
         return
     if div is None:
         result.divergence_note = "no block names match between the two models (per-layer outputs unavailable)"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
-from ..models.runnable import CAUSAL_LM, ENCODER, Runnable, example_feeds
+from ..models.runnable import CAUSAL_LM, ENCODER, Runnable, check_memory, example_feeds, feed_bytes, position_limit
 
 DEFAULT_SEQ_LENS = (1, 8, 32)
 DEFAULT_BATCH = 2
@@ -40,14 +40,35 @@ class InputSet:
 
 
 def max_positions(runnable: Runnable) -> int | None:
-    """The longest sequence the model takes, when its config says (learned position tables)."""
-    module = getattr(runnable.module, "root", runnable.module)    # a wrapped transformers model: its own config
-    cfg = getattr(module, "config", None)
-    for key in ("max_positions", "n_positions", "max_position_embeddings"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int):
-            return value
-    return None
+    """The longest sequence the model takes, when its file or config says (position tables)."""
+    return position_limit(runnable)
+
+
+def check_sizes(ref: Runnable, *, batch: int, seq_lens, new_tokens: int, explicit: bool = True) -> None:
+    """Refuse, before anything is allocated, sizes past the reference's position table (``explicit``:
+    the caller chose ``seq_lens``; default ones are clipped to the table instead) or past half the memory
+    available by estimate (inputs and both models' outputs of every set, and the generated sequence)."""
+    where = ref.path or ref.origin
+    if batch < 1:
+        raise UnsupportedError(f"--batch {batch}: needs at least one row")
+    lens = [int(n) for n in seq_lens]
+    if ref.kind not in (CAUSAL_LM, ENCODER):
+        check_memory(feed_bytes(ref, batch, lens[0] if lens else 8), f"{where}: inputs of batch {batch}, shapes "
+                     f"{[list(i.shape) for i in ref.inputs]}", ref.device)
+        return
+    longest = max_positions(ref)
+    if longest is not None:
+        if new_tokens > longest:
+            raise UnsupportedError(f"--new-tokens {new_tokens}: the reference's position table holds {longest} "
+                                   f"positions ({where}); generate at most {longest // 2}")
+        over = [n for n in lens if n > longest]
+        if explicit and over:
+            raise UnsupportedError(f"--seq-len {over[0]}: the reference's position table holds {longest} positions "
+                                   f"({where}); use at most {longest}")
+        lens = [min(n, longest) for n in lens]
+    need = sum(feed_bytes(ref, batch, n) for n in lens) + feed_bytes(ref, batch, max(lens, default=1) + new_tokens)
+    check_memory(need, f"{where}: parity at batch {batch}, sequences {lens}" +
+                 (f" and {new_tokens} generated tokens" if new_tokens else ""), ref.device)
 
 
 def token_sets(runnable: Runnable, *, batch: int, seq_lens, seed: int, reserve: int = 0) -> list[InputSet]:

@@ -1,6 +1,7 @@
-"""Seeded mutation of every format modelport reads, run in process: each input ends as a clean
-``ModelportError`` ("refused"), a complete valid read and conversion ("valid"), or anything else
-("other": a bug). Used by tests/adversarial/test_mutations.py (a few hundred inputs) and
+"""Seeded mutation of every format modelport reads, and of its manifests, run in process: each input
+ends as a clean ``ModelportError`` ("refused"), a complete valid read and conversion ("valid"), or
+anything else ("other": a bug). ONNX, TorchScript and manifest seeds and mutations live in
+:mod:`.fuzz_graphs`; manifests are exercised through ``inspect`` and ``verify`` on the command line. Used by tests/adversarial/test_mutations.py (a few hundred inputs) and
 benchmarks/soak_hostile.py (100k and more)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+from . import fuzz_graphs
 from .hostile import good_pt_zip, mutate, mutate_json, state_dict_pickle, tensor_call, write_pt_legacy, write_pt_zip
 
 TIME_LIMIT = 2.0
@@ -29,8 +31,9 @@ def _alarm(signum, frame):
     raise Hang(f"more than {TIME_LIMIT} s")
 
 
-def seeds(work: Path) -> dict[str, Path]:
-    """One valid input per reader (and per variant of it), written with modelport's own writers."""
+def seeds(work: Path, kinds=None) -> dict[str, Path]:
+    """One valid input per reader (and per variant of it), written with modelport's own writers; the ONNX,
+    TorchScript and manifest seeds only when ``kinds`` (None: all) names them."""
     from modelport import formats
     from modelport.formats.base import Options
     from modelport.formats.pt import write_pt
@@ -79,13 +82,35 @@ def seeds(work: Path) -> dict[str, Path]:
         tensors[n] = tensor_call(str(i), numel, 0, shape, (shape[1], 1) if len(shape) > 1 else (1,))
     write_pt_zip(meta / "consolidated.00.pth", state_dict_pickle(tensors), st)
     out["meta"] = meta
+    wanted = set(GRAPH_VARIANTS) if kinds is None else set(kinds) & set(GRAPH_VARIANTS)
+    if "onnx" in wanted:
+        out["onnx"] = fuzz_graphs.onnx_seed(work / "onnx")
+    if "torchscript" in wanted:
+        out["torchscript"] = fuzz_graphs.torchscript_seed(work / "torchscript")
+    if "manifest" in wanted:
+        out["manifest"] = fuzz_graphs.manifest_seed(work / "manifest", good)
+    # First uses import what they need (seconds): done here, without the time limit of a case (an alarm
+    # raised inside an import would leave a module half-imported for the rest of the process).
+    for kind in sorted(wanted):
+        if kind == "manifest":
+            fuzz_graphs.exercise_manifest(out[kind])
+            continue
+        with formats.open(out[kind], kind) as src:
+            for name in src.names():
+                src.read_bytes(name)
     return out
+
+
+GRAPH_VARIANTS = {"onnx": fuzz_graphs.onnx_variant, "torchscript": fuzz_graphs.torchscript_variant,
+                  "manifest": fuzz_graphs.manifest_variant}
 
 
 def _variant(kind: str, seed_path: Path, case: Path, rng: random.Random) -> tuple[Path, str | None]:
     """Write one mutated input for ``kind`` under ``case``; (path to open, format or None to detect)."""
     if case.exists():
         shutil.rmtree(case) if case.is_dir() else case.unlink()
+    if kind in GRAPH_VARIANTS:
+        return GRAPH_VARIANTS[kind](seed_path, case, rng)
     if kind == "pickle":
         pkl = mutate(seed_path.read_bytes(), rng)
         zr = zipfile.ZipFile(seed_path.parent / "good-zip.pt")
@@ -118,6 +143,8 @@ def exercise(path: Path, fmt: str | None, out_dir: Path) -> str:
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
     try:
+        if fmt == "manifest":
+            return fuzz_graphs.exercise_manifest(path)
         with formats.open(path, fmt) as src:
             names = sorted(src.names())
             for name in names:
@@ -148,9 +175,32 @@ def exercise(path: Path, fmt: str | None, out_dir: Path) -> str:
         signal.signal(signal.SIGALRM, old)
 
 
-def run(work: Path, n: int, seed: int, kinds: list[str] | None = None, keep_failures: Path | None = None) -> Counter:
-    """``n`` mutated inputs spread over every reader; a Counter of (kind, outcome)."""
-    base = seeds(work / "seeds")
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:      # Linux: "5" resets the peak RSS (VmHWM)
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _status(field: str) -> int:
+    """VmHWM (peak RSS) or VmRSS of this process, in bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(work: Path, n: int, seed: int, kinds: list[str] | None = None, keep_failures: Path | None = None,
+        peaks: dict | None = None) -> Counter:
+    """``n`` mutated inputs spread over every reader; a Counter of (kind, outcome). ``peaks``, when given,
+    gets per kind the largest peak RSS of one case (bytes, the process's memory before it included) and
+    the largest growth of one case over the RSS it started from: ``{kind: (peak, growth)}``."""
+    base = seeds(work / "seeds", kinds)
     kinds = kinds or sorted(base)
     rng = random.Random(seed)
     counts: Counter = Counter()
@@ -161,7 +211,14 @@ def run(work: Path, n: int, seed: int, kinds: list[str] | None = None, keep_fail
         case_rng = random.Random(rng.getrandbits(64))
         case = work / f"case-{kind}"
         path, fmt = _variant(kind, base[kind], case, case_rng)
+        if peaks is not None:
+            _reset_peak_rss()
+            before = _status("VmRSS")
         outcome = exercise(path, fmt, out_dir)
+        if peaks is not None:
+            peak, growth = peaks.get(kind, (0, 0))
+            now = _status("VmHWM")
+            peaks[kind] = (max(peak, now), max(growth, now - before))
         counts[(kind, outcome if not outcome.startswith("other") else outcome)] += 1
         if outcome.startswith("other") and keep_failures is not None:
             keep_failures.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,8 @@ def test_wrong_shape_names_tensor_and_both_shapes(tmp_path):
     hf_model = tiny.llama(seed=27)
     cfg = {**hf_model.config.to_dict(), "intermediate_size": 48}
     path = save_bare(tiny.hf_state_dict(hf_model), tmp_path / "w.safetensors")
-    with pytest.raises(LayoutError, match=r"'model.layers.0.mlp.down_proj.weight' has shape \[24, 40\], the llama config needs \[24, 48\]"):
+    with pytest.raises(LayoutError, match=r"intermediate_size = 48 contradicts the weights, which imply intermediate_size = 40 "
+                                          r"\(tensor 'model.layers.0.mlp.gate_proj.weight' has shape \[40, 24\]\)"):
         modelport.load_model(path, config=cfg)
 
 

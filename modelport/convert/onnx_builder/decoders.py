@@ -81,8 +81,13 @@ class Decoder:
         return k, v
 
     def embed(self, table: str) -> str:
+        """The rows of ``table`` for the ids, looked up in the embedding's own scope (``/model/embed_tokens/…``)
+        so that parity can cut the graph down to it and check every row."""
         g = self.g
+        outer = g.scope
+        g.enter(table.removesuffix(".weight"))
         x = g.op("Gather", table, "input_ids")                                          # (B, T, C)
+        g.scope = outer
         return g.op("Reshape", x, g.const([-1, self.cfg.dim]))                          # (B*T, C)
 
     def logits(self, x: str, weight: str) -> None:

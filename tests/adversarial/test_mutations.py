@@ -21,8 +21,6 @@ def test_seeded_mutations_end_cleanly(tmp_path, kind):
     assert s["refused"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="manifests are read without validation today (issue 16, item 7: a validating "
-                   "manifest loader is on its way); remove this mark when inspect and verify refuse them cleanly")
 def test_seeded_mutations_of_manifests_end_cleanly(tmp_path):
     """Mutated manifests through ``modelport inspect`` (of the model beside) and ``modelport verify``."""
     counts = fuzz.run(tmp_path, 60, seed=11, kinds=["manifest"])

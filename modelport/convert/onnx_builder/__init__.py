@@ -52,6 +52,9 @@ def family_config(src, *, arch=None, config=None, assume_config: bool = False):
         layout = detect_layout(source)
         if layout is not None and layout.id != hub_of(cfg.family):
             source = to_layout(source, hub_of(cfg.family), source.config or cfg.to_hf_config())
+        from ...models.reconcile import reconcile
+
+        reconcile(source, cfg, config if isinstance(config, dict) else source.config)   # before anything is built
         return source, cfg
     except BaseException:
         source.close()
@@ -199,6 +202,7 @@ def _metadata(cfg, src: Path, sha: str, exporter: str, opset: int, dtype: str, k
             "modelport.origin": f"modelport {cfg.family} family record", "modelport.inputs": json.dumps(inputs),
             "modelport.outputs": json.dumps(["logits"]), "modelport.opset": str(opset),
             "modelport.vocab_size": str(cfg.vocab_size), "modelport.dtype": dtype,
+            "modelport.max_positions": str(cfg.max_positions),
             "modelport.kv_cache": json.dumps({"layers": cfg.n_layers, "kv_heads": cfg.n_kv_heads,
                                               "head_dim": cfg.head_dim} if kv else None),
             "modelport.weights": "checkpoint names and orientation: no tensor transposed ([out, in] weights "

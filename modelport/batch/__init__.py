@@ -118,11 +118,15 @@ class Ledger:
             self.entries.pop(job.fingerprint(), None)
         else:
             self.entries[job.fingerprint()] = {"name": job.name, "manifest_sha256": _sha256(Path(manifest))}
-        from ..atomic import atomic_output
-
-        with atomic_output(self.path, force=True) as tmp:
+        # a temporary beside it, renamed over it (not atomic_output: committing an output ends a command's
+        # interruptibility, and the batch goes on after each job)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
             tmp.write_text(json.dumps({"schema": "modelport.batch-state/1", "jobs": self.entries}, indent=1) + "\n",
                            encoding="utf-8")
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:

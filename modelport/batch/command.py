@@ -48,8 +48,9 @@ def batch_cmd(jobs_file, ray_address, workers, as_json, report_path, junit_path,
         report = batch(jobs, ray=ray_address, workers=workers, resume=resume, fail_fast=fail_fast,
                        state=jobs_file.with_name(f".{jobs_file.name}.modelport-batch.json"), on_result=show)
     except KeyboardInterrupt:
-        click.echo(f"modelport: batch interrupted after {len(seen)} of {total} jobs; running jobs were stopped and "
-                   "left no partial output; run again with --resume to go on", err=True)
+        finished = sum(r["status"] != "interrupted" for r in seen)
+        click.echo(f"modelport: batch interrupted with {finished} of {total} jobs finished; running jobs were stopped "
+                   "and left no partial output; run again with --resume to go on", err=True)
         raise
     finally:
         if live is not None:

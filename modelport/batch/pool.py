@@ -162,7 +162,7 @@ def _child(job_file: str, result_file: str, log_file: str) -> None:
     code = worker.main([job_file, result_file])
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)      # through multiprocessing's own exit: its finalisers release what the job's libraries held
 
 
 def _crash_text(code: int, last: str) -> str:

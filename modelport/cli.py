@@ -246,7 +246,7 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
             from .render import escape, escape_lines
 
             try:
-                report = verify_export(src, result.dst, target, from_=from_, arch=arch, config=config)
+                report = verify_export(src, result.dst, target, from_=from_, arch=arch, config=config, verify=verify)
             except VerifyFailed as exc:
                 click.echo(escape_lines(exc.report.to_text()))
                 raise

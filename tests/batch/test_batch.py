@@ -220,3 +220,11 @@ def test_ray_gives_the_table_the_local_pool_gives(work):
 def test_a_path_a_ray_node_cannot_see_is_named(work):
     row = pool._ray_task({"name": "x", "src": str(work / "elsewhere.pt"), "dst": str(work / "o.pt")})
     assert row["exit_code"] == 2 and "storage every node" in row["error"] and "elsewhere.pt" in row["error"]
+
+
+def test_a_graph_jobs_parity_options_reach_its_check(work):
+    path = jobs_file(work, [{"name": "onnx", "src": "m.pt", "dst": "out/m.onnx", "options": {"config": "config.json"},
+                             "verify": {"seq_len": [5], "new_tokens": 1}}])
+    (row,) = batch(path).results
+    assert row["status"] == "passed", row
+    assert [i["seq_len"] for i in row["parity"]["inputs"]] == [5] and row["parity"]["new_tokens"] == 1

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_diff.py A [B] [--repeat 3] [--cast-fp16]
 
-A is any model modelport reads (e.g. /work/models/smollm2, 540 MB); without B, a safetensors copy of A
+A is any model modelport reads (e.g. a SmolLM2-135M directory, 540 MB); without B, a safetensors copy of A
 is written to a temporary directory first (--cast-fp16: an fp16 copy, compared with --cast --atol 1e-3,
 so every tensor differs a little and the differing ones are explained). Each step runs in a fresh
 process under /usr/bin/time, whose small parent makes the reported peak RSS the child's own (a child

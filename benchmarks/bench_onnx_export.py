@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="a Hugging Face directory (default: a GPT-2-small shape built here)")
     ap.add_argument("--genai-site", help="site-packages of an environment with onnxruntime-genai (for its builder)")
     ap.add_argument("--genai-python", help="a Python with onnxruntime-genai (to run the outputs)")
-    ap.add_argument("--optimum", default="/work/optimum-venv/bin/optimum-cli")
+    ap.add_argument("--optimum", default="optimum-cli", help="optimum-cli of an environment with optimum-onnx")
     ap.add_argument("--greedy", action="store_true")
     ap.add_argument("--llama7b", type=Path)
     ap.add_argument("--only-7b", action="store_true", help="with --llama7b: skip the small model's comparison")

@@ -1,6 +1,6 @@
 """Parity's wall time and peak memory on a real model, against loading both models and one forward.
 
-    python benchmarks/bench_parity_real.py /work/models/smollm2 [--candidate model.safetensors|x.onnx] [--threads 2]
+    python benchmarks/bench_parity_real.py SMOLLM2_DIR [--candidate model.safetensors|x.onnx] [--threads 2]
 
 Each measurement runs in its own process (peak RSS is the process's ``ru_maxrss``), side by side in one run:
 

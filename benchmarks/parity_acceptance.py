@@ -1,6 +1,6 @@
 """Calibrated parity on a real model: honest conversions pass at every seed, planted faults fail at their layer.
 
-    python benchmarks/parity_acceptance.py /work/models/smollm2 --onnx x17.onnx --onnx x20.onnx --seeds 10
+    python benchmarks/parity_acceptance.py SMOLLM2_DIR --onnx x17.onnx --onnx x20.onnx --seeds 10
 
 The reference is the HF directory run by transformers. Honest candidates: each ``--onnx`` / ``--torchscript``
 file given, and modelport's own Llama of the same directory in float32, float16 and bfloat16. Faults: the

@@ -330,8 +330,12 @@ def _entry(root: Path, name: str, role: str, manifest: Path) -> Path:
     """``root / name`` when it is missing or a regular file inside ``root``; a FormatError otherwise (the
     schema already made ``name`` a plain relative path)."""
     path = root / name
-    if not (path.exists() or path.is_symlink()):
-        return path
+    try:
+        if not (path.exists() or path.is_symlink()):
+            return path
+    except OSError as exc:      # a name the filesystem refuses (too long, a loop of links …)
+        raise FormatError(f"{manifest}: the {role} file {name[:80]!r} cannot be looked up ({exc.strerror}); "
+                          "refusing to hash anything") from None
     if not is_regular_inside(root, path):
         raise FormatError(f"{manifest}: the {role} file {name!r} is not a regular file inside {root} (a link leading out, "
                           "a directory, a pipe or a device); refusing to hash anything")

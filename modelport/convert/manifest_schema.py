@@ -149,6 +149,7 @@ def _shown(value) -> str:
 REL_PATH = Text(r"(?!/)(?:(?!\.\.?(?:/|\Z))[^/\\\x00]+/)*(?!\.\.?\Z)[^/\\\x00]+",
                 "a plain relative path (no leading /, no '..')")
 SHA256 = Text(r"[0-9a-f]{64}", "64 lowercase hex digits (a sha256)")
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4096      # what Linux takes for one name and one path
 BLAKE3 = Text(r"[0-9a-f]{64}", "64 lowercase hex digits (a blake3)")
 MAYBE_STR = (str, NULL)
 
@@ -182,6 +183,10 @@ def check_manifest(data, where) -> dict:
     _check(data, MANIFEST, str(where), "manifest")
     for side in ("source", "output"):
         for i, f in enumerate(data[side]["files"]):
+            name = f["path"].encode("utf-8", "surrogatepass")
+            if len(name) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in name.split(b"/")):
+                raise FormatError(f"{where}: manifest key manifest.{side}.files[{i}].path is longer than a file "
+                                  f"name can be ({MAX_NAME_BYTES} bytes a part, {MAX_PATH_BYTES} in all)")
             if f.get("hash", "sha256") not in f:
                 raise FormatError(f"{where}: manifest key manifest.{side}.files[{i}].{f.get('hash', 'sha256')} is missing")
     for i, s in enumerate((data.get("parity") or {}).get("inputs") or ()):

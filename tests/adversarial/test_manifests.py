@@ -317,3 +317,15 @@ def test_a_torchscript_source_named_by_a_manifest_is_not_run(tmp_path):
     plans = []
     mf.verify(mf.find(model), rerun=lambda plan: plans.append(plan) or {"passed": True}, source=ts)   # named: runs
     assert plans[0].reference == ts
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "a/" * 2100 + "b"])
+def test_a_file_name_longer_than_the_filesystem_takes_is_refused_in_one_line(tmp_path, cli, name):
+    """Found by the soak: an over-long name made the lookup raise ENAMETOOLONG (a traceback)."""
+    model = _model(tmp_path)
+    data = _manifest(model)
+    data["output"]["files"][0]["path"] = name
+    _plant(model, data)
+    _one_line_exit_2(cli("verify", model), "longer than a file name can be")
+    r = cli("inspect", model)
+    assert r.returncode == 0 and "manifest ignored" in r.stdout + r.stderr and "Traceback" not in r.stderr

@@ -23,7 +23,6 @@ Both write through :func:`modelport.atomic.atomic_output`: nothing appears unles
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -31,7 +30,6 @@ import shutil
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_output, check_destination, check_overlap
@@ -39,57 +37,13 @@ from ..formats._onnxproto import metadata_entry, top_level, varint
 from ..formats._untrusted import check_regular
 from ..errors import MissingDependencyError, ModelportError, UnsupportedError
 from ..models.runnable import TENSOR, run_example
+from .export_options import (DEFAULT_OPSET, LEGACY_MAX_OPSET, MAX_OPSET, MIN_OPSET, ExportOptions,  # noqa: F401
+                             ExportResult, check_opset)
+from .export_options import modelport_version as _version
+from .export_options import source_sha256 as _sha256
 
-MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 24, 17
-LEGACY_MAX_OPSET = 20          # dynamo=False up to here; dynamo=True above
 TWO_GB = 2 * 10**9 - 64 * 2**20  # protobuf's limit, with room for the graph itself
 METHODS = ("script", "trace")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """How to export (a role of its own beside reading, writing and converting options)."""
-
-    opset: int = DEFAULT_OPSET        # onnx
-    dtype: str | None = None          # fp32 | fp16 (None: the source's)
-    static_shapes: bool = False       # onnx: no dynamic batch / sequence axes
-    external_data: bool = False       # onnx: tensors in <name>.onnx.data even under 2 GB
-    method: str | None = None         # torchscript: script | trace (default: script for reference models)
-    device: str = "cpu"
-    exporter: str = "auto"            # onnx: builder (known families, see onnx_builder) | torch | auto
-    kv_cache: bool = True             # onnx builder: past_key_values in, present out (else logits only)
-
-
-@dataclass
-class ExportResult:
-    dst: Path
-    format: str                       # onnx | torchscript
-    exporter: str                     # what wrote it, in words
-    origin: str                       # the runnable exported
-    bytes: int
-    opset: int | None = None
-    external_data: Path | None = None
-    max_abs_diff: float | None = None  # against eager, at the check shapes
-    notes: list[str] = field(default_factory=list)
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory's regular files (name and content, in name order)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(8 << 20):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _feeds(runnable, static: bool, second: bool):
@@ -211,13 +165,6 @@ def _quiet():
 
 
 # -- ONNX -------------------------------------------------------------------------------------------
-
-def check_opset(opset: int) -> int:
-    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UnsupportedError(f"opset {opset}: modelport exports ONNX opsets {MIN_OPSET}-{MAX_OPSET} "
-                               f"(default {DEFAULT_OPSET})")
-    return opset
-
 
 # torch dtype name -> onnx.TensorProto.DataType
 _ONNX_TYPE = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9, "float16": 10,

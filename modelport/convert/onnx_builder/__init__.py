@@ -107,7 +107,7 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
     from onnx import helper
 
     from ...atomic import atomic_output, check_destination, check_overlap
-    from .. import export as ex
+    from .. import export_options as ex
     from .decoders import DECODERS
     from .genai import genai_config
     from .graph import Graph
@@ -126,7 +126,7 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
     genai = kv and (force or not (genai_dst.exists() or genai_dst.is_symlink()))
     source, cfg = family_config(src, arch=arch, config=config, assume_config=assume_config)
     with contextlib.closing(source), ThreadPoolExecutor(1) as pool:
-        sha = pool.submit(ex._sha256, src)
+        sha = pool.submit(ex.source_sha256, src)
         family = _family(cfg.family)
         dtype = _onnx_dtype(source, source.names(), options.dtype)
         plan = WeightPlan(source, family, layout_dims(cfg.family, cfg.to_hf_config()), dtype, cfg.tie_word_embeddings)
@@ -135,7 +135,7 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
         plan.check_all_used()
         data_name = dst.name + ".data"
         data_dst = dst.parent / data_name
-        exporter = f"{BUILDER} {ex._version()} (onnx {onnx.__version__}), from the {cfg.family} family record"
+        exporter = f"{BUILDER} {ex.modelport_version()} (onnx {onnx.__version__}), from the {cfg.family} family record"
         with atomic_output(dst, force) as tmp, atomic_output(data_dst, force) as tmp_data:
             stage = dst.parent / f".{dst.name}.modelport-{os.getpid()}.stage"
             shutil.rmtree(stage, ignore_errors=True)
@@ -146,7 +146,7 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
                                           initializer=plan.tensor_protos(data_name, offsets))
                 ids = [helper.make_opsetid("", opset)]
                 model = helper.make_model(graph, opset_imports=ids, producer_name="modelport",
-                                          producer_version=ex._version(),
+                                          producer_version=ex.modelport_version(),
                                           ir_version=helper.find_min_ir_version_for(ids))
                 meta = _metadata(cfg, src, sha.result(), exporter, opset, dtype, kv, plan)
                 for k, v in meta.items():
@@ -192,12 +192,12 @@ def _family(family_id: str):
 
 
 def _metadata(cfg, src: Path, sha: str, exporter: str, opset: int, dtype: str, kv: bool, plan) -> dict[str, str]:
-    from .. import export as ex
+    from .. import export_options as ex
     from .decoders import BATCH, SEQ
 
     inputs = [{"name": "input_ids", "dtype": "int64", "shape": [BATCH, SEQ]},
               {"name": "attention_mask", "dtype": "int64", "shape": [BATCH, SEQ]}]
-    meta = {"modelport.source": str(src), "modelport.source_sha256": sha, "modelport.version": ex._version(),
+    meta = {"modelport.source": str(src), "modelport.source_sha256": sha, "modelport.version": ex.modelport_version(),
             "modelport.exporter": exporter, "modelport.kind": "causal-lm",
             "modelport.origin": f"modelport {cfg.family} family record", "modelport.inputs": json.dumps(inputs),
             "modelport.outputs": json.dumps(["logits"]), "modelport.opset": str(opset),

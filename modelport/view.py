@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .atomic import process_alive
 from .errors import FormatError, MissingDependencyError, UnsupportedError
 
 GRAPH_ONLY_ABOVE = 1 << 30        # bytes of ONNX weights above which only the graph is served
@@ -315,21 +316,11 @@ def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
             continue
         pid = int(m.group("pid"))
         mine = st.st_uid == os.getuid() if hasattr(os, "getuid") else True
-        if not stat.S_ISDIR(st.st_mode) or not mine or pid == os.getpid() or _alive(pid):
+        if not stat.S_ISDIR(st.st_mode) or not mine or pid == os.getpid() or process_alive(pid):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:          # EPERM: alive, someone else's
-        return True
-    return True
 
 
 # -- the server ----------------------------------------------------------------------------------

@@ -169,14 +169,15 @@ def remove_stale_temps(dst: Path) -> list[str]:
         if not m or m.group("name") != dst.name:
             continue
         pid = int(m.group("pid"))
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or process_alive(pid):
             continue
         _remove(entry)
         notes.append(f"removed {entry}, left by an earlier conversion (process {pid}) that did not finish")
     return notes
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's counts): a temporary it left is not stale."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

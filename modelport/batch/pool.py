@@ -41,16 +41,6 @@ def memory_estimate(job: Job) -> int:
     return (3 * size + (768 << 20)) if runs_model else (size // 8 + (256 << 20))
 
 
-def available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 8 << 30
-
-
 def needs_gpu(job: Job) -> bool:
     device = str((job.verify if isinstance(job.verify, dict) else {}).get("device") or job.options.get("device") or "")
     return device.startswith("cuda")
@@ -216,7 +206,9 @@ def run_local(jobs: Iterable[Job], workers: int, on_result: Callable[[dict], Non
     re-raises KeyboardInterrupt."""
     pending = list(jobs)
     running: list[JobProcess] = []
-    budget = int(available_memory() * 0.8)
+    from ..models.runnable import memory_budget
+
+    budget = int(memory_budget() * 0.8)
     failed = False
     with tempfile.TemporaryDirectory(prefix="modelport-batch-") as work:
         try:

@@ -131,7 +131,7 @@ def convert(
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:
-        check_overlap(src, dst, list(source.side_files.values()) + _weight_paths(source))
+        check_overlap(src, dst, [f.path for f in source.files()])
         given = read_config_file(options.config, source) if options.config is not None else None
         source = layouts.adapt(source, target, options, given)
         if dtype is not None:
@@ -146,13 +146,13 @@ def convert(
             notes: list[str] = []
             try:
                 with atomic_output(dst, force, notes) as tmp:
-                    target.write(source, tmp, writing, advance)
+                    wrote = target.write(source, tmp, writing, advance)
                     if tmp.is_dir():
                         write_marker(tmp, format=target.id, version=__version__)
                     if verify:
                         report = _verify(reference, tmp, dst, target, options, verify)
                     if record is not None:
-                        record.write(tmp, report)     # in a directory: the marker, with the manifest in it
+                        record.write(tmp, report, wrote)     # in a directory: the marker, with the manifest in it
                 if record is not None:
                     record.commit()
                 else:
@@ -163,7 +163,7 @@ def convert(
                 if record is not None:
                     record.discard()
                 raise
-        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
+        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes) + list(wrote.notes),
                       aliases=len(source.aliases()), manifest=record.final if record is not None else None,
                       parity=report)
 
@@ -242,7 +242,7 @@ class _Record:
         self.final: Path | None = None
         self.pending: Path | None = None
 
-    def write(self, written: Path, report) -> None:
+    def write(self, written: Path, report, wrote=None) -> None:
         parity = None
         if report is not None:
             parity = {"passed": bool(report), **report.to_json()}
@@ -250,7 +250,7 @@ class _Record:
         m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
                            output_files=output.get(), config=self.config, dtype=self.dtype, opset=getattr(self.options, "opset", None),
-                           parity=parity)
+                           parity=parity, wrote=wrote)
         if written.is_dir():
             manifest_module.write(m, written / DIR_NAME)
             self.final = self.dst / DIR_NAME
@@ -271,11 +271,6 @@ class _Record:
             with contextlib.suppress(FileNotFoundError):
                 self.pending.unlink()
         self.final = None
-
-
-def _weight_paths(source) -> list[Path]:
-    """The files a (directory) source reads its tensors from, for the overlap check."""
-    return [Path(s.path) for s in getattr(source, "_shards", ()) if getattr(s, "path", None) is not None]
 
 
 class _progress_bar:

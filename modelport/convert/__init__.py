@@ -68,8 +68,9 @@ def target_format(dst: Path, to: str | None) -> Format:
 def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path,
                     assume_config: bool = False) -> dict | None:
     """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
-    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``),
-    meta a params.json (from the source's config)."""
+    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``);
+    a format whose layout has a config file of its own (meta: params.json) that file, made by the layout's
+    codec from the source's config."""
     if target.config_file == "config.json":
         if given is not None:
             return given
@@ -78,10 +79,11 @@ def config_to_write(source: TensorSource, given: dict | None, target: Format, ar
         from ..models import infer_config
 
         return infer_config(source, arch, assume_config=assume_config)
-    if target.config_file == "params.json":
-        from ..models.families.llama import params_for
+    from ..models.families import format_layout
 
-        return params_for(source.config if source.config is not None else given, source.metadata, dst)
+    layout = format_layout(target.id)
+    if layout is not None and layout.config is not None:
+        return layout.config.to_native(source.config if source.config is not None else given, source.metadata, dst)
     return None
 
 

@@ -145,6 +145,9 @@ class TensorSource:
         self.path = Path(path)
         self.metadata: dict[str, str] = {}     # free-form string metadata carried between formats
         self.config: dict | None = None        # config.json of the model, when the source has one
+        # a config file the format holds in its own spelling instead of config.json: (its file name, its
+        # content as read and checked), e.g. ("params.json", {...}) of a Meta checkpoint
+        self.native_config: tuple[str, dict] | None = None
         self.side_files: dict[str, Path] = {}  # files carried through unchanged (tokenizer …)
         self.notes: list[str] = []             # facts for `inspect` (e.g. "first of 3 objects")
 
@@ -245,7 +248,7 @@ class WrappedSource(TensorSource):
     ``inner``; subclasses change what they need.
 
     Metadata policy: a wrapper takes a copy of the inner source's ``metadata``, ``config``,
-    ``side_files`` and ``notes`` when it is made. What it adds (a note, a config it was given) is its
+    ``native_config``, ``side_files`` and ``notes`` when it is made. What it adds (a note, a config it was given) is its
     own; the source it wraps is never changed through it, and nothing the inner source learns later
     shows through. ``inner`` is kept so the chain can be walked (the manifest reads each link's
     ``applied``)."""
@@ -256,6 +259,7 @@ class WrappedSource(TensorSource):
         self.format = inner.format
         self.metadata = dict(inner.metadata)
         self.config = dict(inner.config) if inner.config is not None else None
+        self.native_config = inner.native_config
         self.side_files = dict(inner.side_files)
         self.notes = list(inner.notes)
 

@@ -77,8 +77,14 @@ _PARAM_TYPES = {   # key: (JSON type, smallest value, largest value); None: may 
 _NULLABLE = {"n_kv_heads", "ffn_dim_multiplier", "vocab_size"}
 
 
-def is_llama3(params: dict) -> bool:
-    return (int(params.get("vocab_size") or -1) >= 128000 or bool(params.get("use_scaled_rope"))
+def is_llama3(params: dict, vocab_rows: int | None = None) -> bool:
+    """Llama 3 rather than 1/2 (see the module docstring): the one place modelport decides it, for the
+    shards' split dims, the max positions params.json leaves out, and a rope_theta guessed for bare
+    weights. ``vocab_rows``: the embedding's rows, counted where params.json's vocab_size is -1 or absent."""
+    vocab = params.get("vocab_size")
+    if vocab in (None, -1):
+        vocab = vocab_rows
+    return (int(vocab or -1) >= 128000 or bool(params.get("use_scaled_rope"))
             or float(params.get("rope_theta", 10000.0)) >= 500000)
 
 
@@ -118,6 +124,7 @@ class MetaSource(TensorSource):
         if not pj.exists():
             raise FormatError(f"{self.path}: no params.json; a Meta checkpoint directory has params.json and consolidated.NN.pth")
         self.params = check_params(read_json_file(inside(self.path, "params.json", "params.json"), "params.json"), pj)
+        self.native_config = ("params.json", self.params)
         found = sorted((int(m.group(1)), inside(self.path, p.name, "shard")) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
         if not found:
             raise FormatError(f"{self.path}: no consolidated.NN.pth files")
@@ -144,8 +151,7 @@ class MetaSource(TensorSource):
         tied = OUTPUT not in names or self._output_is_embedding()
         if OUTPUT in names and tied:   # written from a tied model: the HF layout leaves lm_head out
             names.remove(OUTPUT)
-        params_vocab = self.params.get("vocab_size")
-        self.llama3 = is_llama3({**self.params, "vocab_size": vocab if params_vocab in (None, -1) else params_vocab})
+        self.llama3 = is_llama3(self.params, vocab)
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
         self.side_files = side_files(self.path, {"params.json", "checklist.chk", MARKER, HF_CONFIG} | {p.name for _, p in found},

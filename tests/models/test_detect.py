@@ -21,7 +21,7 @@ def ShapeSource(shapes: dict, path="mem", params=None):
 
     source = StateDictSource({n: torch.empty(s, dtype=torch.float16, device="meta") for n, s in shapes.items()}, path)
     if params is not None:
-        source.params = params
+        source.native_config = ("params.json", params)
     return source
 
 

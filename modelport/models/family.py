@@ -114,6 +114,17 @@ class RotaryRows:
 
 
 @dataclass(frozen=True)
+class FusedQKV:
+    """A tensor that fuses q, k and v in the family's own order, for ``diff`` to recognise one fused in
+    another order: a name pattern, the transform (of :mod:`modelport.models.transforms`, taking
+    ``n_heads``) from q|k|v blocks to the family's order, and that order in words."""
+
+    pattern: str
+    transform: str                 # reorder_qkv_blocked_to_neox
+    order: str                     # "GPT-NeoX fuses q, k, v per head"
+
+
+@dataclass(frozen=True)
 class Family:
     id: str
     model: str                                  # "module:Class" of the reference model (imports torch)
@@ -139,7 +150,7 @@ class Family:
     renames: Mapping[str, str] = field(default_factory=dict)   # other transformers spellings -> ours
     head_dims: tuple[int, ...] = HEAD_DIMS
     rotary_rows: tuple[RotaryRows, ...] = ()
-    fused_qkv: tuple[str, ...] = ()             # patterns of per-head fused q/k/v tensors
+    fused_qkv: tuple[FusedQKV, ...] = ()        # fused q/k/v tensors in the family's own order
     assumed_defaults: Mapping[str, Any] = field(default_factory=dict)   # what weights cannot reveal
     description: str = ""
 

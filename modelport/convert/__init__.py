@@ -165,7 +165,8 @@ def convert(
                 if record is not None:
                     record.discard()
                 raise
-        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes) + list(wrote.notes),
+        notes += list(source.notes) + list(wrote.notes)
+        return Result(dst, source.format, target.id, len(source.names()), total, notes,
                       aliases=len(source.aliases()), manifest=record.final if record is not None else None,
                       parity=report)
 

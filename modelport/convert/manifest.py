@@ -116,8 +116,8 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
           output_files: list[dict] | None = None, config: dict | None = None,
           dtype: str | None = None, opset: int | None = None, parity: dict | None = None, wrote=None) -> Manifest:
     """The manifest of a conversion whose output lies (still under its temporary name) at ``written``
-    and will be renamed to ``dst``; ``wrote`` is what the writer reported it wrote. ``config``: the config the conversion was given (as read), recorded
-    as JSON so that ``verify`` can check it like any config and run the parity check again."""
+    and will be renamed to ``dst``; ``wrote`` is what the writer reported it wrote. ``config``: the config
+    the conversion was given (as read), recorded as JSON so that ``verify`` can check it like any config and run the parity check again."""
     from ..models import detect_arch
 
     mapped = next((s for s in _chain(source) if hasattr(s, "src_layout")), None)

@@ -248,9 +248,9 @@ class WrappedSource(TensorSource):
     ``inner``; subclasses change what they need.
 
     Metadata policy: a wrapper takes a copy of the inner source's ``metadata``, ``config``,
-    ``native_config``, ``side_files`` and ``notes`` when it is made. What it adds (a note, a config it was given) is its
-    own; the source it wraps is never changed through it, and nothing the inner source learns later
-    shows through. ``inner`` is kept so the chain can be walked (the manifest reads each link's
+    ``native_config``, ``side_files`` and ``notes`` when it is made. What it adds (a note, a config it
+    was given) is its own; the source it wraps is never changed through it, and nothing the inner
+    source learns later shows through. ``inner`` is kept so the chain can be walked (the manifest reads each link's
     ``applied``)."""
 
     def __init__(self, inner: TensorSource):

@@ -150,7 +150,8 @@ def infer(w: Weights, config_class=LlamaConfig, assumed: dict = ASSUMED):
     if q_rows % k_rows:
         raise LayoutError(f"{w.where}: q_proj has {q_rows} rows, not a multiple of k_proj's {k_rows}")
     head_dim = head_dim_of([q_rows, k_rows])
-    # a Llama 3 vocabulary (128256 entries): rope_theta 500000 is the better guess (not for Qwen2, which infers through here)
+    # a Llama 3 vocabulary (128256 entries): rope_theta 500000 is the better guess (for Llama, not for the
+    # Qwen2 record, which infers through here)
     theta = 500000.0 if config_class is LlamaConfig and is_llama3({"vocab_size": vocab}) else assumed["rope_theta"]
     kw = dict(n_layers=w.n_layers(r"layers\.(\d+)\."), n_heads=q_rows // head_dim, n_kv_heads=k_rows // head_dim,
               dim=dim, ffn_dim=ffn, vocab_size=vocab, head_dim=head_dim, norm_eps=assumed["rms_norm_eps"],

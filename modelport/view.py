@@ -8,7 +8,9 @@ nothing is left behind. What is shown:
   ``graph_only`` or above :data:`GRAPH_ONLY_ABOVE` bytes of weights, a temporary copy whose
   initializers keep their names, dtypes and shapes but no data, so a 7B graph opens at once;
 * a TorchScript, safetensors, ``.pt`` or ``.t7`` file as it is;
-* an HF directory's weights file (its shard index when sharded), a Meta directory's first shard;
+* a model directory's weights file, as its source lists its files (``TensorSource.files``): its shard
+  index with the shards it names when it has one (an HF directory), else its first weights file (a Meta
+  directory's first shard);
 * with ``as_onnx``, a weights-only source exported to ONNX first (the graph-formats exporter).
 
 What is served. Netron's page fetches ``/data/<name>``, and Netron's own server answers that with any
@@ -68,6 +70,7 @@ class Shown:
     kind: str                                # onnx | onnx-graph-only | weights | torchscript ...
     notes: list[str] = field(default_factory=list)
     external: list[str] = field(default_factory=list)   # an ONNX file's external data locations
+    served: list[Path] = field(default_factory=list)    # files served beside ``file`` (the weight files of an index)
 
 
 def is_onnx(path: Path) -> bool:
@@ -146,20 +149,20 @@ def _graphs(graph) -> Iterator:
                 yield from _graphs(g)
 
 
-def _weights_file_of(directory: Path) -> tuple[Path, str]:
+def _weights_file_of(directory: Path) -> tuple[Path, str, list[Path]]:
+    """The file Netron opens for a model directory, as the directory's source lists its files: its index
+    when it has one (served with the weight files it names), else its first weights file."""
     from . import formats
 
-    fmt = formats.detect(directory)
-    if fmt.id == "hf":
-        for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                     "pytorch_model.bin"):
-            if (directory / name).is_file():
-                return directory / name, "hf"
-    if fmt.id == "meta":
-        shards = sorted(directory.glob("consolidated.*.pth"))
-        if shards:
-            return shards[0], "meta"
-    raise UnsupportedError(f"{directory}: a {fmt.id} directory has no single file Netron can show; view one of its files")
+    with formats.open(directory) as source:
+        files, kind = source.files(), source.format
+    weights = [f.path for f in files if f.role == "weights"]
+    index = next((f.path for f in files if f.role == "index"), None)
+    if index is not None:
+        return index, kind, weights
+    if weights:
+        return weights[0], kind, []
+    raise UnsupportedError(f"{directory}: a {kind} directory has no single file Netron can show; view one of its files")
 
 
 def _export_onnx(src: Path, dst: Path, opset: int, arch=None, config=None) -> None:
@@ -193,8 +196,8 @@ def prepare(path: Path, workdir: Path, *, graph_only: bool = False, as_onnx: boo
         if graph_only:
             raise UnsupportedError(f"{path}: --graph-only works on an ONNX graph; add --as-onnx to export one first")
         if path.is_dir():
-            f, kind = _weights_file_of(path)
-            return Shown(f, path, kind, [f"showing {f.name} of the {kind} directory"])
+            f, kind, served = _weights_file_of(path)
+            return Shown(f, path, kind, [f"showing {f.name} of the {kind} directory"], served=served)
         _recognised(path)
         return Shown(path, path, "weights")
     model = _load_graph(onnx_path)
@@ -254,8 +257,8 @@ class Staged:
 
 def model_files(shown: Shown) -> dict[str, Path]:
     """The files Netron may fetch to show ``shown.file``, by the name its page asks for: the file itself,
-    an ONNX file's external data, a shard index's shards. Names that lead outside the file's
-    directory are refused (FormatError)."""
+    an ONNX file's external data, the weight files served beside a shard index (``shown.served``). Names
+    that lead outside the file's directory are refused (FormatError)."""
     from .formats._untrusted import inside
 
     f = shown.file
@@ -264,11 +267,9 @@ def model_files(shown: Shown) -> dict[str, Path]:
     if shown.kind in ("onnx", "exported"):
         for loc in shown.external:
             files[os.path.normpath(loc)] = inside(f.parent, loc, "external data file")
-    elif f.name.endswith(".index.json"):
-        from .formats.hf import _weight_files
-
-        for shard in _weight_files(f.parent):
-            files[shard.name] = shard
+    for other in shown.served:
+        rel = os.path.relpath(other, f.parent)
+        files[os.path.normpath(rel)] = inside(f.parent, rel, "weights file")
     return files
 
 

@@ -81,6 +81,44 @@ def test_directories_show_their_weights_file(tmp_path):
     assert shown.file == hf / "model.safetensors" and shown.kind == "hf"
 
 
+def _meta_dir(tmp_path, shards: int):
+    from modelport import formats
+    from modelport.formats.base import WriteOptions
+    from modelport.formats.memory import StateDictSource
+    from modelport.models.families import format_layout
+    from modelport.models.layouts import to_layout
+
+    from .formats.test_base import CONFIG, llama_hub
+
+    src = to_layout(StateDictSource(llama_hub(), config=CONFIG), "llama-meta", CONFIG)
+    params = format_layout("meta").config.to_native(CONFIG, {}, "test")
+    formats.get("meta").write(src, tmp_path / "meta", WriteOptions(config=params, shards=shards))
+    return tmp_path / "meta"
+
+
+def test_a_meta_directory_shows_and_serves_its_first_shard(tmp_path):
+    meta = _meta_dir(tmp_path, shards=2)
+    shown = view.prepare(meta, tmp_path)
+    assert shown.file == meta / "consolidated.00.pth" and shown.kind == "meta" and shown.served == []
+    assert sorted(view.stage(shown, tmp_path / "served").pins) == ["consolidated.00.pth"]
+
+
+def test_a_directory_is_shown_as_its_source_lists_its_files(tmp_path, monkeypatch):
+    """view asks the source (files()) rather than knowing a format's file names: an index the source lists
+    is shown, with the weight files it lists served beside it."""
+    from modelport.formats.base import SourceFile
+    from modelport.formats.meta import MetaSource
+
+    meta = _meta_dir(tmp_path, shards=2)
+    (meta / "weights.index.json").write_text("{}")
+    listed = MetaSource.files
+    monkeypatch.setattr(MetaSource, "files", lambda self: listed(self) + [SourceFile(meta / "weights.index.json", "index")])
+    shown = view.prepare(meta, tmp_path)
+    assert shown.file == meta / "weights.index.json"
+    assert sorted(view.stage(shown, tmp_path / "served").pins) == ["consolidated.00.pth", "consolidated.01.pth",
+                                                                  "weights.index.json"]
+
+
 def test_graph_only_needs_a_graph(tmp_path):
     from safetensors.torch import save_file
 

@@ -68,8 +68,9 @@ def target_format(dst: Path, to: str | None) -> Format:
 def config_to_write(source: TensorSource, given: dict | None, target: Format, arch: str | None, dst: Path,
                     assume_config: bool = False) -> dict | None:
     """The config file the target stores, in its spelling: hf a config.json (``--config``, else the
-    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``),
-    meta a params.json (from the source's config)."""
+    source's, else inferred from the weights: guesses that change the outputs only with ``assume_config``);
+    a format whose layout has a config file of its own (meta: params.json) that file, made by the layout's
+    codec from the source's config."""
     if target.config_file == "config.json":
         if given is not None:
             return given
@@ -78,10 +79,11 @@ def config_to_write(source: TensorSource, given: dict | None, target: Format, ar
         from ..models import infer_config
 
         return infer_config(source, arch, assume_config=assume_config)
-    if target.config_file == "params.json":
-        from ..models.families.llama import params_for
+    from ..models.families import format_layout
 
-        return params_for(source.config if source.config is not None else given, source.metadata, dst)
+    layout = format_layout(target.id)
+    if layout is not None and layout.config is not None:
+        return layout.config.to_native(source.config if source.config is not None else given, source.metadata, dst)
     return None
 
 
@@ -131,7 +133,7 @@ def convert(
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:
-        check_overlap(src, dst, list(source.side_files.values()) + _weight_paths(source))
+        check_overlap(src, dst, [f.path for f in source.files()])
         given = read_config_file(options.config, source) if options.config is not None else None
         source = layouts.adapt(source, target, options, given)
         if dtype is not None:
@@ -146,13 +148,13 @@ def convert(
             notes: list[str] = []
             try:
                 with atomic_output(dst, force, notes) as tmp:
-                    target.write(source, tmp, writing, advance)
+                    wrote = target.write(source, tmp, writing, advance)
                     if tmp.is_dir():
                         write_marker(tmp, format=target.id, version=__version__)
                     if verify:
                         report = _verify(reference, tmp, dst, target, options, verify)
                     if record is not None:
-                        record.write(tmp, report)     # in a directory: the marker, with the manifest in it
+                        record.write(tmp, report, wrote)     # in a directory: the marker, with the manifest in it
                 if record is not None:
                     record.commit()
                 else:
@@ -163,7 +165,8 @@ def convert(
                 if record is not None:
                     record.discard()
                 raise
-        return Result(dst, source.format, target.id, len(source.names()), total, notes + list(source.notes),
+        notes += list(source.notes) + list(wrote.notes)
+        return Result(dst, source.format, target.id, len(source.names()), total, notes,
                       aliases=len(source.aliases()), manifest=record.final if record is not None else None,
                       parity=report)
 
@@ -242,7 +245,7 @@ class _Record:
         self.final: Path | None = None
         self.pending: Path | None = None
 
-    def write(self, written: Path, report) -> None:
+    def write(self, written: Path, report, wrote=None) -> None:
         parity = None
         if report is not None:
             parity = {"passed": bool(report), **report.to_json()}
@@ -250,7 +253,7 @@ class _Record:
         m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
                            output_files=output.get(), config=self.config, dtype=self.dtype, opset=getattr(self.options, "opset", None),
-                           parity=parity)
+                           parity=parity, wrote=wrote)
         if written.is_dir():
             manifest_module.write(m, written / DIR_NAME)
             self.final = self.dst / DIR_NAME
@@ -271,11 +274,6 @@ class _Record:
             with contextlib.suppress(FileNotFoundError):
                 self.pending.unlink()
         self.final = None
-
-
-def _weight_paths(source) -> list[Path]:
-    """The files a (directory) source reads its tensors from, for the overlap check."""
-    return [Path(s.path) for s in getattr(source, "_shards", ()) if getattr(s, "path", None) is not None]
 
 
 class _progress_bar:

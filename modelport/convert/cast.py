@@ -4,52 +4,9 @@ from __future__ import annotations
 
 from .. import dtypes
 from ..errors import UnsupportedError, need_torch
-from ..formats.base import Span, TensorInfo, TensorSource
+from ..formats.base import Span, TensorInfo, TensorSource, WrappedSource
 
 _FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}
-
-
-class WrappedSource(TensorSource):
-    """A source that passes everything through to ``inner``; subclasses change what they need."""
-
-    def __init__(self, inner: TensorSource):
-        super().__init__(inner.path)
-        self.inner = inner
-        self.format = inner.format
-        self.metadata = inner.metadata
-        self.config = inner.config
-        self.side_files = inner.side_files
-        self.notes = inner.notes
-
-    def names(self):
-        return self.inner.names()
-
-    def info(self, name):
-        return self.inner.info(name)
-
-    def read_bytes(self, name):
-        return self.inner.read_bytes(name)
-
-    def span(self, name):
-        return self.inner.span(name)
-
-    def aliases(self):
-        return self.inner.aliases()
-
-    def storage_view(self, name):
-        return self.inner.storage_view(name)
-
-    def read_storage_bytes(self, key):
-        return self.inner.read_storage_bytes(key)
-
-    def storage_span(self, key):
-        return self.inner.storage_span(key)
-
-    def tree(self):
-        return self.inner.tree()
-
-    def close(self):
-        self.inner.close()
 
 
 class CastSource(WrappedSource):

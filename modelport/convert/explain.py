@@ -2,7 +2,7 @@
 
 When two tensors of the same name differ, the classic conversion bugs leave a
 signature: q/k rows in the other rotary layout, a Conv1D weight not transposed, a
-fused NeoX QKV in the other order, model-parallel shards joined on the wrong axis
+fused QKV in another order than its family record names, model-parallel shards joined on the wrong axis
 or in the wrong order, a tied embedding copied into the output slot, a round trip
 through a narrower dtype. Each check below tries one of these, with head counts
 from either source's config or, failing that, inferred from the shape.
@@ -77,9 +77,11 @@ def _rope_check(name, a, b, sources) -> str | None:
 
 
 def _qkv_check(name, a, b, sources) -> str | None:
-    family = next((f for f in families.all_families() if any(re.search(p, name) for p in f.fused_qkv)), None)
-    if family is None or a.shape != b.shape or a.dim() not in (1, 2):
+    found = next(((f, row) for f in families.all_families() for row in f.fused_qkv if re.search(row.pattern, name)), None)
+    if found is None or a.shape != b.shape or a.dim() not in (1, 2):
         return None
+    family, row = found
+    reorder = transforms.get(row.transform).apply
     rows = a.shape[0]
     for h, origin in _head_candidates(rows, 3, family, "n_heads", sources):
         if rows % (3 * h):
@@ -87,9 +89,9 @@ def _qkv_check(name, a, b, sources) -> str | None:
         args = {"n_heads": h}
         note = "" if origin == "config" else f", n_heads {origin}"
         for side, x, y in (("B", b, a), ("A", a, b)):
-            if _same(transforms.reorder_qkv_blocked_to_neox(x, h), y):
-                return (f"equal after {transforms.call('reorder_qkv_blocked_to_neox', args)} on {side} — "
-                        f"{side} holds q|k|v blocks where GPT-NeoX fuses q, k, v per head{note}")
+            if _same(reorder(x, **args), y):
+                return (f"equal after {transforms.call(row.transform, args)} on {side} — "
+                        f"{side} holds q|k|v blocks where {row.order}{note}")
     return None
 
 

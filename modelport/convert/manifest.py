@@ -50,29 +50,28 @@ def _chain(source) -> list:
     return out
 
 
-def transforms_applied(source, target_format: str, written: Path, options) -> list[dict]:
+def transforms_applied(source, wrote=None) -> list[dict]:
     """Every transform of this conversion, as the layout mapping and the cast recorded them, plus
-    the shard merges and splits that the source's and the output's files show."""
+    the shard merges the source's files show and the splits the writer reported (``wrote``, the
+    target's :class:`~modelport.formats.base.WriteResult`)."""
     chain = _chain(source)
     out: list[dict] = []
     innermost = chain[-1]
-    shards = getattr(innermost, "shard_paths", None)
-    if callable(shards):
-        files = shards()
-        if len(files) > 1:
-            kind = "merge_model_parallel_shards" if innermost.format == "meta" else "join_weight_shards"
-            out.append({"op": kind, "files": [Path(f).name for f in files]})
+    weights = [f.path for f in innermost.files() if f.role == "weights"]
+    if len(weights) > 1:
+        kind = "merge_model_parallel_shards" if innermost.model_parallel else "join_weight_shards"
+        out.append({"op": kind, "files": [Path(f).name for f in weights]})
     for s in reversed(chain):
         out.extend(getattr(s, "applied", None) or [])
     tied = {t["tensor"] for t in out if t["op"] == "tie"}
     for alias, kept in source.aliases().items():   # ties the source holds, kept as one tensor by the writer
         if alias not in tied:
             out.append({"op": "tie", "tensor": alias, "to": kept})
-    if target_format == "meta" and (options.shards or 1) > 1:
-        out.append({"op": "split_model_parallel_shards", "shards": int(options.shards)})
-    if target_format == "hf" and (written / "model.safetensors.index.json").is_file():
-        weight_map = json.loads((written / "model.safetensors.index.json").read_text())["weight_map"]
-        out.append({"op": "split_weight_shards", "files": sorted(set(weight_map.values()))})
+    if wrote is not None and len(wrote.shards) > 1:
+        if wrote.model_parallel:
+            out.append({"op": "split_model_parallel_shards", "shards": len(wrote.shards)})
+        else:
+            out.append({"op": "split_weight_shards", "files": sorted(Path(f).name for f in wrote.shards)})
     return out
 
 
@@ -115,10 +114,10 @@ class Manifest:
 
 def build(*, src: Path, dst: Path, written: Path, source, target_format: str, options, source_files: list[dict],
           output_files: list[dict] | None = None, config: dict | None = None,
-          dtype: str | None = None, opset: int | None = None, parity: dict | None = None) -> Manifest:
+          dtype: str | None = None, opset: int | None = None, parity: dict | None = None, wrote=None) -> Manifest:
     """The manifest of a conversion whose output lies (still under its temporary name) at ``written``
-    and will be renamed to ``dst``. ``config``: the config the conversion was given (as read), recorded
-    as JSON so that ``verify`` can check it like any config and run the parity check again."""
+    and will be renamed to ``dst``; ``wrote`` is what the writer reported it wrote. ``config``: the config
+    the conversion was given (as read), recorded as JSON so that ``verify`` can check it like any config and run the parity check again."""
     from ..models import detect_arch
 
     mapped = next((s for s in _chain(source) if hasattr(s, "src_layout")), None)
@@ -137,7 +136,7 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
         output={"path": str(Path(dst).resolve()), "format": target_format,
                 "layout": getattr(layout, "id", None) or src_lay, "architecture": arch,
                 "tensors": len(source.names()), "directory": written.is_dir(), "files": output_files if output_files is not None else hash_files(written)},
-        transforms=transforms_applied(source, target_format, written, options),
+        transforms=transforms_applied(source, wrote),
         versions=versions(),
         opset=opset,
         parity=parity,

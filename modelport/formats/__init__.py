@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ._untrusted import check_regular
-from .base import Format, Options, ReadOptions, TensorInfo, TensorSource, WriteOptions, read_head, read_options
+from .base import (Format, Options, ReadOptions, SourceFile, TensorInfo, TensorSource, WriteOptions, WriteResult, read_head,
+                   read_options)
 
 # Adapter modules, imported on first use of the registry. Each calls ``register`` once.
 _MODULES = ("safetensors", "torchscript", "pt", "hf", "t7", "meta", "onnx")   # torchscript before pt: both are torch zips
@@ -122,4 +123,4 @@ def describe_unknown(path: Path) -> str:
     return "not a format modelport recognises"
 
 
-__all__ = ["Format", "Options", "ReadOptions", "TensorInfo", "WriteOptions", "TensorSource", "all_formats", "detect", "for_suffix", "get", "open", "register"]
+__all__ = ["Format", "Options", "ReadOptions", "SourceFile", "TensorInfo", "WriteOptions", "WriteResult", "TensorSource", "all_formats", "detect", "for_suffix", "get", "open", "register"]

@@ -51,6 +51,30 @@ class StorageView:
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    """One file that makes up a model, and what it is to the model."""
+
+    path: Path
+    role: str          # weights | index | config | side (tokenizer …, carried through) | external (ONNX external data)
+
+
+ROLES = ("weights", "index", "config", "side", "external")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What :meth:`Format.write` wrote: every file under the path it was given (that path itself for a
+    file format), the weight files the tensors were split across when there is more than one, and what
+    the caller should tell the user. ``model_parallel``: each shard holds a piece of every tensor (Meta's
+    consolidated.NN.pth), not a share of the names."""
+
+    files: tuple[Path, ...]
+    shards: tuple[Path, ...] = ()
+    notes: tuple[str, ...] = ()
+    model_parallel: bool = False
+
+
+@dataclass(frozen=True)
 class ReadOptions:
     """What a reader may be told. Every adapter reads the fields it knows and ignores the rest."""
 
@@ -115,11 +139,15 @@ class TensorSource:
     """A lazily opened checkpoint. Subclasses implement ``names``, ``info`` and ``read_bytes``."""
 
     format: str = ""
+    model_parallel: bool = False   # its weight files are pieces of every tensor, joined on read (Meta's shards)
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.metadata: dict[str, str] = {}     # free-form string metadata carried between formats
         self.config: dict | None = None        # config.json of the model, when the source has one
+        # a config file the format holds in its own spelling instead of config.json: (its file name, its
+        # content as read and checked), e.g. ("params.json", {...}) of a Meta checkpoint
+        self.native_config: tuple[str, dict] | None = None
         self.side_files: dict[str, Path] = {}  # files carried through unchanged (tokenizer …)
         self.notes: list[str] = []             # facts for `inspect` (e.g. "first of 3 objects")
 
@@ -133,6 +161,12 @@ class TensorSource:
     def read_bytes(self, name: str) -> bytes | memoryview:
         """The tensor's elements, C-contiguous and little-endian."""
         raise NotImplementedError
+
+    def files(self) -> list[SourceFile]:
+        """The files that make up the model, weights first in the order they are read, then the index,
+        config and carried side files (for the conversion manifest, ``view`` and the overlap check).
+        A single-file source is its one file; a source held in memory has none."""
+        return [SourceFile(self.path, "weights")] if self.path.is_file() else []
 
     # -- optional ---------------------------------------------------------------------
     def span(self, name: str) -> Span | None:
@@ -209,6 +243,60 @@ class TensorSource:
         self.close()
 
 
+class WrappedSource(TensorSource):
+    """A source seen through another (a layout mapping, a dtype cast): everything passes through to
+    ``inner``; subclasses change what they need.
+
+    Metadata policy: a wrapper takes a copy of the inner source's ``metadata``, ``config``,
+    ``native_config``, ``side_files`` and ``notes`` when it is made. What it adds (a note, a config it
+    was given) is its own; the source it wraps is never changed through it, and nothing the inner
+    source learns later shows through. ``inner`` is kept so the chain can be walked (the manifest reads each link's
+    ``applied``)."""
+
+    def __init__(self, inner: TensorSource):
+        super().__init__(inner.path)
+        self.inner = inner
+        self.format = inner.format
+        self.metadata = dict(inner.metadata)
+        self.config = dict(inner.config) if inner.config is not None else None
+        self.native_config = inner.native_config
+        self.side_files = dict(inner.side_files)
+        self.notes = list(inner.notes)
+
+    def names(self) -> list[str]:
+        return self.inner.names()
+
+    def info(self, name: str) -> TensorInfo:
+        return self.inner.info(name)
+
+    def read_bytes(self, name: str):
+        return self.inner.read_bytes(name)
+
+    def files(self) -> list[SourceFile]:
+        return self.inner.files()
+
+    def span(self, name: str) -> Span | None:
+        return self.inner.span(name)
+
+    def aliases(self) -> dict[str, str]:
+        return self.inner.aliases()
+
+    def storage_view(self, name: str) -> StorageView | None:
+        return self.inner.storage_view(name)
+
+    def read_storage_bytes(self, key: str):
+        return self.inner.read_storage_bytes(key)
+
+    def storage_span(self, key: str) -> Span | None:
+        return self.inner.storage_span(key)
+
+    def tree(self) -> str | None:
+        return self.inner.tree()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class Format:
     """One format: its id, how to recognise it, and how to read and write it."""
 
@@ -236,9 +324,10 @@ class Format:
     def open(self, path: Path, options: ReadOptions) -> TensorSource:
         raise NotImplementedError
 
-    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
-        """Write ``source`` to ``dst``, a fresh path the caller renames into place. ``source`` is
-        already in the layout the format holds; ``progress(nbytes)`` is called as bytes are written."""
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> WriteResult:
+        """Write ``source`` to ``dst``, a fresh path the caller renames into place, and say what was
+        written. ``source`` is already in the layout the format holds and is not changed;
+        ``progress(nbytes)`` is called as bytes are written."""
         raise NotImplementedError
 
 

@@ -11,7 +11,7 @@ from ..atomic import MARKER
 from ..errors import ConfigNeededError, FormatError, opt
 from . import get, register
 from ._untrusted import inside, open_regular, read_json_file, side_files
-from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions
+from .base import Format, ReadOptions, SourceFile, Span, StorageView, TensorInfo, TensorSource, WriteOptions, WriteResult
 from .safetensors import write_file as write_safetensors
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -21,8 +21,13 @@ ASSUMED_METADATA = "modelport.assumed_config"   # safetensors metadata: config v
 
 
 def _weight_files(path: Path) -> list[Path]:
-    """The weight files of an HF directory, in order, from its index or the single-file names.
-    Every name must be a regular file inside the directory (see formats/_untrusted.py)."""
+    """The weight files of an HF directory, in order, from its index or the single-file names."""
+    return _weights_and_index(path)[0]
+
+
+def _weights_and_index(path: Path) -> tuple[list[Path], Path | None]:
+    """The weight files of an HF directory, in order, from its index or the single-file names, and the
+    index they came from. Every name must be a regular file inside the directory (see formats/_untrusted.py)."""
     for index_name in _INDEXES:
         index = path / index_name
         if index.is_file():
@@ -36,11 +41,11 @@ def _weight_files(path: Path) -> list[Path]:
             missing = [f for f, p in zip(files, paths) if not p.is_file()]
             if missing:
                 raise FormatError(f"{index}: names shard {missing[0]!r} which is not in {path}; the download is incomplete")
-            return paths
+            return paths, index
     for single in _SINGLES:
         if (path / single).is_file():
-            return [inside(path, single, "weight file")]
-    return []
+            return [inside(path, single, "weight file")], None
+    return [], None
 
 
 class HFSource(TensorSource):
@@ -49,11 +54,13 @@ class HFSource(TensorSource):
     def __init__(self, path: Path, options: ReadOptions):
         super().__init__(path)
         config_path = path / "config.json"
+        self._config_path: Path | None = None
         if config_path.is_file():
-            self.config = read_json_file(inside(path, "config.json", "config"), "config.json")
+            self._config_path = inside(path, "config.json", "config")
+            self.config = read_json_file(self._config_path, "config.json")
             if not isinstance(self.config, dict):
                 raise FormatError(f"{config_path}: config.json is {type(self.config).__name__}, not a JSON object")
-        files = _weight_files(path)
+        files, self._index = _weights_and_index(path)
         if not files:
             raise FormatError(f"{path}: no weights found (expected model.safetensors, pytorch_model.bin, or a sharded index)")
         self._shards: list[TensorSource] = []
@@ -77,9 +84,13 @@ class HFSource(TensorSource):
         weights = {f.name for f in files} | set(_INDEXES) | {"config.json", MARKER}
         self.side_files = side_files(path, weights | {"model.safetensors", "pytorch_model.bin"}, self.notes)
 
-    def shard_paths(self) -> list[Path]:
-        """The weight files joined on read (for the conversion manifest)."""
-        return [s.path for s in self._shards]
+    def files(self) -> list[SourceFile]:
+        out = [SourceFile(s.path, "weights") for s in self._shards]
+        if self._index is not None:
+            out.append(SourceFile(self._index, "index"))
+        if self._config_path is not None:
+            out.append(SourceFile(self._config_path, "config"))
+        return out + [SourceFile(p, "side") for p in self.side_files.values()]
 
     def names(self) -> list[str]:
         return list(self._where)
@@ -147,7 +158,7 @@ class HF(Format):
             raise FormatError(f"{path}: a Hugging Face model is a directory; this is a file (use --from to pick its format)")
         return HFSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> WriteResult:
         """Write ``source`` (in its family's hub layout) with ``options.config`` as config.json; a
         ``_modelport_assumed`` list in it (values inferred, not read) becomes a note and is dropped."""
         if options.config is None:
@@ -160,21 +171,26 @@ class HF(Format):
         shard_size = options.shard_size or DEFAULT_SHARD_SIZE
         dst.mkdir()
         (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        written = [dst / "config.json"]
         metadata = {**source.metadata, "format": "pt"}
         if assumed:      # what the written config.json guessed, so the file itself says so
             metadata[ASSUMED_METADATA] = json.dumps({k: config.get(k) for k in assumed}, sort_keys=True)
         plan = _shard_plan(source, shard_size)
+        shards: list[Path] = []
         if len(plan) == 1:
             write_safetensors(source, dst / "model.safetensors", plan[0], metadata, progress, options.align)
+            written.append(dst / "model.safetensors")
         else:
             weight_map = {}
             for i, names in enumerate(plan, 1):
                 fname = f"model-{i:05d}-of-{len(plan):05d}.safetensors"
                 write_safetensors(source, dst / fname, names, metadata, progress, options.align)
                 weight_map.update(dict.fromkeys(names, fname))
+                shards.append(dst / fname)
             total = sum(source.info(n).nbytes for n in source.names())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            written += shards + [dst / "model.safetensors.index.json"]
         for rel, src in source.side_files.items():
             out = dst / rel
             if out.exists():  # the config and weights written above win over a side file of the same name
@@ -182,9 +198,12 @@ class HF(Format):
             out.parent.mkdir(parents=True, exist_ok=True)
             with open_regular(src) as fin, open(out, "xb") as fout:   # a regular file, copied as bytes only
                 shutil.copyfileobj(fin, fout, 1 << 20)
+            written.append(out)
+        notes = ()
         if assumed:
-            source.notes.append(f"config.json values not in the weights, assumed: {', '.join(assumed)} "
-                                f"(recorded as {ASSUMED_METADATA} in the weights' metadata)")
+            notes = (f"config.json values not in the weights, assumed: {', '.join(assumed)} "
+                     f"(recorded as {ASSUMED_METADATA} in the weights' metadata)",)
+        return WriteResult(tuple(written), tuple(shards), notes)
 
 
 register(HF())

@@ -34,8 +34,8 @@ from ..atomic import MARKER
 from ..errors import FormatError, LayoutError, UnsupportedError
 from . import get, register
 from ._stream import read_span, span_chunks
-from ._untrusted import expect, inside, read_json_file, side_files
-from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions
+from ._untrusted import expect, inside, is_regular_inside, read_json_file, side_files
+from .base import Format, ReadOptions, SourceFile, Span, TensorInfo, TensorSource, WriteOptions, WriteResult
 
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
 PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
@@ -77,8 +77,14 @@ _PARAM_TYPES = {   # key: (JSON type, smallest value, largest value); None: may 
 _NULLABLE = {"n_kv_heads", "ffn_dim_multiplier", "vocab_size"}
 
 
-def is_llama3(params: dict) -> bool:
-    return (int(params.get("vocab_size") or -1) >= 128000 or bool(params.get("use_scaled_rope"))
+def is_llama3(params: dict, vocab_rows: int | None = None) -> bool:
+    """Llama 3 rather than 1/2 (see the module docstring): the one place modelport decides it, for the
+    shards' split dims, the max positions params.json leaves out, and a rope_theta guessed for bare
+    weights. ``vocab_rows``: the embedding's rows, counted where params.json's vocab_size is -1 or absent."""
+    vocab = params.get("vocab_size")
+    if vocab in (None, -1):
+        vocab = vocab_rows
+    return (int(vocab or -1) >= 128000 or bool(params.get("use_scaled_rope"))
             or float(params.get("rope_theta", 10000.0)) >= 500000)
 
 
@@ -110,6 +116,7 @@ def check_params(params, where) -> dict:
 
 class MetaSource(TensorSource):
     format = "meta"
+    model_parallel = True
 
     def __init__(self, path: Path):
         super().__init__(path)
@@ -117,6 +124,7 @@ class MetaSource(TensorSource):
         if not pj.exists():
             raise FormatError(f"{self.path}: no params.json; a Meta checkpoint directory has params.json and consolidated.NN.pth")
         self.params = check_params(read_json_file(inside(self.path, "params.json", "params.json"), "params.json"), pj)
+        self.native_config = ("params.json", self.params)
         found = sorted((int(m.group(1)), inside(self.path, p.name, "shard")) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
         if not found:
             raise FormatError(f"{self.path}: no consolidated.NN.pth files")
@@ -143,8 +151,7 @@ class MetaSource(TensorSource):
         tied = OUTPUT not in names or self._output_is_embedding()
         if OUTPUT in names and tied:   # written from a tied model: the HF layout leaves lm_head out
             names.remove(OUTPUT)
-        params_vocab = self.params.get("vocab_size")
-        self.llama3 = is_llama3({**self.params, "vocab_size": vocab if params_vocab in (None, -1) else params_vocab})
+        self.llama3 = is_llama3(self.params, vocab)
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
         self.side_files = side_files(self.path, {"params.json", "checklist.chk", MARKER, HF_CONFIG} | {p.name for _, p in found},
@@ -197,9 +204,12 @@ class MetaSource(TensorSource):
         shape[dim] = sum(i.shape[dim] for i in infos)
         return TensorInfo(name, infos[0].dtype, tuple(shape)), dim
 
-    def shard_paths(self) -> list[Path]:
-        """The shard files merged on read (for the conversion manifest)."""
-        return [r.path for r in self._shards]
+    def files(self) -> list[SourceFile]:
+        out = [SourceFile(r.path, "weights") for r in self._shards] + [SourceFile(self.path / "params.json", "config")]
+        carried = self.path / HF_CONFIG
+        if is_regular_inside(self.path, carried):
+            out.append(SourceFile(carried, "config"))
+        return out + [SourceFile(p, "side") for p in self.side_files.values()]
 
     def names(self) -> list[str]:
         return list(self._infos)
@@ -245,7 +255,7 @@ class Meta(Format):
     def open(self, path: Path, options: ReadOptions) -> MetaSource:
         return MetaSource(path)
 
-    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> WriteResult:
         """Write ``source``, already in Meta's layout, with ``options.config`` as params.json."""
         params = options.config
         if params is None:
@@ -271,14 +281,17 @@ class Meta(Format):
             plan.append((name, read, dim, info))
         dst.mkdir(parents=True)
         (dst / "params.json").write_text(json.dumps(params), encoding="utf-8")
+        written = [dst / "params.json"]
         if source.config is not None:
             carried = {k: v for k, v in source.config.items() if not k.startswith("_modelport")}
             (dst / HF_CONFIG).write_text(json.dumps(carried, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            written.append(dst / HF_CONFIG)
         from .pt import write_pt
 
-        for s in range(n):   # split tensors are read once per shard: time, not memory
-            write_pt(_ShardSource(source, plan, s, n), dst / f"consolidated.{s:02d}.pth", crc32=options.crc32,
-                     progress=progress, align=options.align)
+        shards = [dst / f"consolidated.{s:02d}.pth" for s in range(n)]
+        for s, shard in enumerate(shards):   # split tensors are read once per shard: time, not memory
+            write_pt(_ShardSource(source, plan, s, n), shard, crc32=options.crc32, progress=progress, align=options.align)
+        written += shards
         for fname, path in source.side_files.items():
             if fname in ("config.json", "params.json", HF_CONFIG) or _SHARD.match(fname) or fname.endswith(".safetensors"):
                 continue
@@ -286,6 +299,8 @@ class Meta(Format):
 
             with open_regular(path) as fin, open(dst / fname, "xb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
+            written.append(dst / fname)
+        return WriteResult(tuple(written), tuple(shards) if n > 1 else (), model_parallel=True)
 
 
 def _read(source: TensorSource, name: str):

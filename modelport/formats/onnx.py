@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import FormatError, UnsupportedError, one_line
 from . import graphmeta, register
-from .base import Format, Options, Span, TensorInfo, TensorSource, read_head
+from .base import Format, Options, SourceFile, Span, TensorInfo, TensorSource, WriteResult, read_head
 
 # onnx.TensorProto.DataType -> canonical dtype name
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
@@ -126,6 +126,19 @@ class OnnxSource(TensorSource):
     def names(self) -> list[str]:
         return list(self._inits)
 
+    def files(self) -> list[SourceFile]:
+        """The model file, then each external data file it names (checked on open to lie inside its directory)."""
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        out = [SourceFile(self.path, "weights")]
+        seen: set[str] = set()
+        for t in _get_all_tensors(self.model):
+            location = _external_entries(t).get("location") if uses_external_data(t) else None
+            if location and location not in seen:
+                seen.add(location)
+                out.append(SourceFile(self.path.parent / location, "external"))
+        return out
+
     def _get(self, name: str):
         try:
             return self._inits[name]
@@ -224,7 +237,7 @@ class Onnx(Format):
     def open(self, path: Path, options: Options) -> OnnxSource:
         return OnnxSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+    def write(self, source: TensorSource, dst: Path, options: Options, progress=None) -> WriteResult:
         raise UnsupportedError(f"{dst}: an ONNX file holds a program; write it with `modelport convert SRC out.onnx` "
                                "(which exports a runnable model)")
 

@@ -52,7 +52,7 @@ from . import register
 from ._pickle import BadCheckpoint, BoundedReader, CheckpointUnpickler, StorageRef, TensorRef, check_opcodes
 from ._torchzip import ZipReader, write_pt
 from ._untrusted import MAX_RANK, check_expansion, open_regular, still_whole
-from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, is_contiguous, read_head, release_map
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, WriteResult, file_size, is_contiguous, read_head, release_map
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")   # LONG1 opcode, 10 bytes
@@ -438,8 +438,9 @@ class Pt(Format):
     def open(self, path: Path, options: ReadOptions) -> PtSource:
         return PtSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> WriteResult:
         write_pt(source, dst, crc32=options.crc32, progress=progress, align=options.align)
+        return WriteResult((dst,))
 
 
 register(Pt())

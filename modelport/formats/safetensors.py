@@ -24,7 +24,7 @@ from ..errors import FormatError, UnsupportedError
 from . import register
 from ._stream import ALIGN_MIN, ALIGN_MOD, write_tensor
 from ._untrusted import MAX_RANK, load_json, open_regular, still_whole
-from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions, file_size, read_head, release_map
+from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions, WriteResult, file_size, read_head, release_map
 
 _MAX_HEADER = 100 << 20
 
@@ -185,8 +185,9 @@ class Safetensors(Format):
     def open(self, path: Path, options: ReadOptions) -> SafetensorsSource:
         return SafetensorsSource(path)
 
-    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> WriteResult:
         write_file(source, dst, progress=progress, align=options.align)
+        return WriteResult((dst,))
 
 
 register(Safetensors())

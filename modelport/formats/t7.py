@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import UnsupportedError
 from . import register
-from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, file_size, is_contiguous, read_head
+from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, WriteResult, file_size, is_contiguous, read_head
 
 # Fields of an nn module that are parameters (and running statistics), not buffers.
 PARAMETER_FIELDS = frozenset({"weight", "bias", "running_mean", "running_var", "running_std"})
@@ -404,12 +404,13 @@ class T7(Format):
     def open(self, path: Path, options: ReadOptions) -> T7Source:
         return T7Source(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> None:
+    def write(self, source: TensorSource, dst: Path, options: WriteOptions, progress=None) -> WriteResult:
         from ..t7.writer import write_t7
 
         # 8-byte longs: what every LP64 Torch (Linux, macOS) reads; t7_long_size is a reading option.
         table = table_of_tensors(source, progress)
         write_t7(table, dst, mode=options.t7_mode or "binary", long_size=8)
+        return WriteResult((dst,))
 
 
 def table_of_tensors(source: TensorSource, progress=None):

@@ -46,7 +46,7 @@ from ._pickle import BadCheckpoint, CheckpointUnpickler, TensorRef, _Safe, check
 from ._stream import _write_all
 from ._torchzip import ZipReader
 from ._tscode import MAX_CODE, module_classes, qualname, scan
-from .base import Format, Options, TensorSource
+from .base import Format, Options, TensorSource, WriteResult
 from .pt import PtSource
 
 METADATA_FILE = "modelport.json"     # extra/ file modelport writes: kind, inputs, outputs, origin
@@ -422,7 +422,7 @@ class TorchScript(Format):
     def open(self, path: Path, options: Options) -> TorchScriptSource:
         return TorchScriptSource(path, options)
 
-    def write(self, source: TensorSource, dst: Path, options: Options) -> None:
+    def write(self, source: TensorSource, dst: Path, options: Options, progress=None) -> WriteResult:
         raise UnsupportedError(f"{dst}: a TorchScript file holds a program; write it with "
                                "`modelport convert SRC out.pt --to torchscript` (which exports a runnable model)")
 

@@ -1,7 +1,8 @@
 """Which family a checkpoint belongs to, and its config when no config.json came with it.
 
-Detection reads, in order: the source's ``config.json`` (``architectures`` / ``model_type``), a
-Meta ``params.json`` beside the weights, and the tensor names (each family's ``signatures``).
+Detection reads, in order: the source's ``config.json`` (``architectures`` / ``model_type``), the
+tensor names (each family's ``signatures``), and a layout's own config file held by the source or
+lying beside the weights (a Meta ``params.json``: the family of the layout whose codec reads it).
 Inference reads the dimensions that shapes reveal (layers, widths, vocabulary, GQA ratio, biases,
 tying, GPT-2's position table) and fills what they cannot (head count, norm epsilon, rope_theta,
 rotary fraction …) with the defaults each record states in ``assumed_defaults``, listing those keys
@@ -11,15 +12,13 @@ in the result's ``_modelport_assumed``.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError
 from ..formats.base import TensorSource
 from . import families
 from .config import config_from_hf, family_of_hf
 from .family import Weights
-from .families import llama
+from .sources import native_config
 
 
 def family_from_names(names) -> str | None:
@@ -35,21 +34,6 @@ def family_from_names(names) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def meta_params(source: TensorSource) -> dict | None:
-    """The ``params.json`` of a Meta checkpoint: the source's own, or the file beside it."""
-    params = getattr(source, "params", None)
-    if isinstance(params, dict):
-        return params
-    path = Path(source.path)
-    candidate = path / "params.json" if path.is_dir() else path.parent / "params.json"
-    if candidate.is_file():
-        from ..formats._untrusted import read_json_file
-        from ..formats.meta import check_params
-
-        return check_params(read_json_file(candidate, "params.json"), candidate)
-    return None
-
-
 def _all_names(source: TensorSource) -> list[str]:
     return list(source.names()) + list(source.aliases())
 
@@ -61,18 +45,22 @@ def detect_family(source: TensorSource) -> str | None:
         if fam is not None:
             return fam
     fam = family_from_names(_all_names(source))
-    if fam is None and meta_params(source) is not None:
-        return llama.FAMILY.id
+    if fam is None:
+        found = native_config(source, beside=True)
+        if found is not None:
+            return found[0].family
     return fam
 
 
 def config_for_source(source: TensorSource, arch: str | None = None) -> Any | None:
-    """The model config for ``source``: config.json, else params.json, else inferred (see ``assumed``)."""
+    """The model config for ``source``: config.json, else a layout's own config file (params.json), else
+    inferred (see ``assumed``)."""
     if source.config is not None and (family_of_hf(source.config) is not None or arch):
         return config_from_hf(source.config, arch, f"{source.path}: config.json")
-    params = meta_params(source)
-    if params is not None and (arch in (None, llama.FAMILY.id)):
-        return llama.config_of_meta_source(params, source, f"{source.path}: params.json")
+    found = native_config(source, beside=True)
+    if found is not None and arch in (None, found[0].family):
+        layout, native = found
+        return layout.config.config_of(native, source, f"{source.path}: {layout.config.file}")
     return infer_model_config(source, arch)
 
 

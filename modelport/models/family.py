@@ -41,6 +41,22 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class ConfigCodec:
+    """The config file a layout's checkpoints carry in their own spelling instead of config.json
+    (Meta's ``params.json``), and its translation through the family's config dataclass. The family
+    record names the functions; code asks the layout for its codec and never names the family."""
+
+    file: str                                        # its name beside the weights ("params.json")
+    check: Callable[[Any, Any], dict]                # (parsed JSON, where) -> the checked file; FormatError naming the key
+    is_native: Callable[[dict], bool]                # True for a dict in this spelling rather than config.json's
+    config_of: Callable[[dict, Any, Any], Any]       # (the file, source, where) -> the family's config; the source's
+                                                     # weights give what the file leaves out (vocabulary, tying)
+    to_native: Callable[[dict | None, dict, Any], dict]   # (config.json, source metadata, where) -> the file to write
+    carried: str | None = None                       # a config.json written beside it, read back while it describes
+                                                     # the same model (it holds what the file cannot: token ids …)
+
+
+@dataclass(frozen=True)
 class Layout:
     id: str
     family: str
@@ -51,6 +67,7 @@ class Layout:
     orientation: tuple[str, str] | None = None
     description: str = ""
     format: str | None = None      # the format whose files always hold this layout (llama-meta: meta)
+    config: ConfigCodec | None = None   # the config file its checkpoints carry instead of config.json
 
     @property
     def is_hub(self) -> bool:
@@ -97,6 +114,17 @@ class RotaryRows:
 
 
 @dataclass(frozen=True)
+class FusedQKV:
+    """A tensor that fuses q, k and v in the family's own order, for ``diff`` to recognise one fused in
+    another order: a name pattern, the transform (of :mod:`modelport.models.transforms`, taking
+    ``n_heads``) from q|k|v blocks to the family's order, and that order in words."""
+
+    pattern: str
+    transform: str                 # reorder_qkv_blocked_to_neox
+    order: str                     # "GPT-NeoX fuses q, k, v per head"
+
+
+@dataclass(frozen=True)
 class Family:
     id: str
     model: str                                  # "module:Class" of the reference model (imports torch)
@@ -122,7 +150,7 @@ class Family:
     renames: Mapping[str, str] = field(default_factory=dict)   # other transformers spellings -> ours
     head_dims: tuple[int, ...] = HEAD_DIMS
     rotary_rows: tuple[RotaryRows, ...] = ()
-    fused_qkv: tuple[str, ...] = ()             # patterns of per-head fused q/k/v tensors
+    fused_qkv: tuple[FusedQKV, ...] = ()        # fused q/k/v tensors in the family's own order
     assumed_defaults: Mapping[str, Any] = field(default_factory=dict)   # what weights cannot reveal
     description: str = ""
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from .. import dtypes
 from ..errors import LayoutError
 from ..formats._stream import read_span
-from ..formats.base import Span, TensorInfo, TensorSource
+from ..formats.base import Span, StorageView, TensorInfo, TensorSource, WrappedSource
 from . import families, transforms
 from .family import Layout, Rule
 
@@ -186,17 +186,15 @@ class _Entry:
     info: TensorInfo
 
 
-class LayoutSource(TensorSource):
-    """``inner`` seen in another layout; transforms run per tensor on ``read_bytes``."""
+class LayoutSource(WrappedSource):
+    """``inner`` seen in another layout; transforms run per tensor on ``read_bytes``. Tensors are
+    renamed, so nothing that names them passes through: shared storages are not kept (each tensor is
+    written on its own) and the object tree is the inner source's business."""
 
     def __init__(self, inner: TensorSource, src: Layout, dst: Layout, model_dims: dict):
-        super().__init__(inner.path)
-        self.inner, self.src_layout, self.layout = inner, src, dst
-        self.format = inner.format
-        self.metadata = dict(inner.metadata)
-        self.config = inner.config
-        self.side_files = dict(inner.side_files)
-        self.notes = list(inner.notes) + [f"layout {src.id} mapped to {dst.id}"]
+        super().__init__(inner)
+        self.src_layout, self.layout = src, dst
+        self.notes.append(f"layout {src.id} mapped to {dst.id}")
         self.dims = model_dims
         self._entries: dict[str, _Entry] = {}
         self._aliases: dict[str, str] = {}
@@ -297,8 +295,17 @@ class LayoutSource(TensorSource):
             raise RuntimeError(f"{name}: transforms gave shape {a.shape}, expected {e.info.shape}")
         return memoryview(a.reshape(-1).view(np.uint8))
 
-    def close(self) -> None:
-        self.inner.close()
+    def storage_view(self, name: str) -> StorageView | None:
+        return None
+
+    def read_storage_bytes(self, key: str):
+        raise NotImplementedError
+
+    def storage_span(self, key: str) -> Span | None:
+        return None
+
+    def tree(self) -> str | None:
+        return None
 
 
 def to_layout(source: TensorSource, want: str, config: dict | None) -> TensorSource:

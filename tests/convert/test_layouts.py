@@ -105,7 +105,7 @@ def test_llama_hf_to_meta_and_back_streams_one_tensor_at_a_time():
     src = DictSource(tensors, cfg)
     assert detect_layout(src).id == "llama-hf"
     meta = adapt(src, formats.get("meta"), Options())
-    assert isinstance(meta, LayoutSource) and meta.config is cfg
+    assert isinstance(meta, LayoutSource) and meta.config == cfg
     assert src.reads == []                                      # lazy: nothing read yet
     assert meta.transforms_of("layers.1.attention.wk.weight") == ["permute_rope_hf_to_meta(n_heads=2)"]
     assert meta.transforms_of("layers.1.attention.wq.weight") == ["permute_rope_hf_to_meta(n_heads=4)"]

@@ -86,6 +86,18 @@ def test_shard_splits_are_recorded(tmp_path, llama_pt):
     assert joined and joined[0]["files"] == split[0]["files"]
 
 
+def test_model_parallel_splits_and_merges_are_recorded(tmp_path):
+    """The split from what the Meta writer reports, the merge from the Meta source's files."""
+    hf, meta = tmp_path / "hf", tmp_path / "meta"
+    tiny.llama(seed=3, vocab_size=38).save_pretrained(hf)      # an even vocabulary: the output splits in two
+    convert(hf, meta, to="meta", options=_opts(shards=2))
+    assert {"op": "split_model_parallel_shards", "shards": 2} in mf.load(meta / mf.DIR_NAME)["transforms"]
+    again = tmp_path / "again.safetensors"
+    convert(meta, again)
+    merged = [t for t in mf.load(mf.find(again))["transforms"] if t["op"].endswith("_shards")]
+    assert merged == [{"op": "merge_model_parallel_shards", "files": ["consolidated.00.pth", "consolidated.01.pth"]}]
+
+
 def test_no_manifest_writes_none_and_removes_a_stale_one(tmp_path):
     src = tmp_path / "m.pt"
     torch.save(tied_state_dict(), src)

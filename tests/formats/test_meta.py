@@ -27,6 +27,7 @@ LLAMA3 = dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2, num_at
                             "original_max_position_embeddings": 8192})
 LLAMA2 = dict(hidden_size=48, intermediate_size=128, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=6,
               vocab_size=38, rope_theta=10000.0, max_position_embeddings=4096, rms_norm_eps=1e-6)
+LLAMA2_GQA = dict(LLAMA2, num_key_value_heads=2)      # as Llama 2 70B: grouped-query attention, Llama 2 sharding
 
 
 def hf_dir(tmp_path, spec, seed, name="hf"):
@@ -50,7 +51,8 @@ def safetensors_of(path):
     return load_file(str(path / "model.safetensors"))
 
 
-@pytest.mark.parametrize("spec, shards", [(LLAMA3, 1), (LLAMA3, 2), (LLAMA2, 2)], ids=["llama3", "llama3-tp2", "llama2-tp2"])
+@pytest.mark.parametrize("spec, shards", [(LLAMA3, 1), (LLAMA3, 2), (LLAMA2, 2), (LLAMA2_GQA, 2)],
+                         ids=["llama3", "llama3-tp2", "llama2-tp2", "llama2-gqa-tp2"])
 def test_hf_meta_hf_is_bit_exact(tmp_path, spec, shards):
     src, _ = hf_dir(tmp_path, spec, seed=shards)
     meta, back = tmp_path / "meta", tmp_path / "back"
@@ -215,6 +217,70 @@ def _meta_checkpoint(tmp_path, shards=2, extra=None):
         part.update(extra or {})
         torch.save(part, d / f"consolidated.{s:02d}.pth")
     return d, full
+
+
+# params.json as Meta publishes them (sizes shrunk): Llama 1 (no n_kv_heads, vocab_size -1), Llama 2 70B (GQA,
+# ffn_dim_multiplier), Llama 3.1 (GQA, rope_theta 500000, scaled rope, vocab_size set)
+META_PARAMS = {
+    "llama1": {"dim": 32, "multiple_of": 32, "n_heads": 4, "n_layers": 2, "norm_eps": 1e-06, "vocab_size": -1},
+    "llama2-gqa": {"dim": 32, "multiple_of": 32, "ffn_dim_multiplier": 1.3, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2,
+                   "norm_eps": 1e-05, "vocab_size": -1},
+    "llama3-gqa": {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 22, "multiple_of": 32,
+                   "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True},
+}
+
+
+def _meta_from_params(tmp_path, params, shards=2):
+    """A checkpoint of ``params`` written with torch.save, split as Meta's code splits it."""
+    from modelport.models.families.llama import meta_ffn_dim
+
+    g = torch.Generator().manual_seed(7)
+    dim, n_heads = params["dim"], params["n_heads"]
+    kv = params.get("n_kv_heads", n_heads) * dim // n_heads
+    ffn, vocab = meta_ffn_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier")), 22
+    full = {"tok_embeddings.weight": (vocab, dim), "norm.weight": (dim,), "output.weight": (vocab, dim)}
+    for b in range(params["n_layers"]):
+        full.update({f"layers.{b}.attention.wq.weight": (dim, dim), f"layers.{b}.attention.wk.weight": (kv, dim),
+                     f"layers.{b}.attention.wv.weight": (kv, dim), f"layers.{b}.attention.wo.weight": (dim, dim),
+                     f"layers.{b}.feed_forward.w1.weight": (ffn, dim), f"layers.{b}.feed_forward.w2.weight": (dim, ffn),
+                     f"layers.{b}.feed_forward.w3.weight": (ffn, dim), f"layers.{b}.attention_norm.weight": (dim,),
+                     f"layers.{b}.ffn_norm.weight": (dim,)})
+    full = {k: torch.randn(shape, generator=g).to(torch.bfloat16) for k, shape in full.items()}
+    d = tmp_path / "meta-src"
+    d.mkdir()
+    (d / "params.json").write_text(json.dumps(params))
+    for s in range(shards):
+        part = {}
+        for k, v in full.items():
+            split = split_dim(k, llama3=is_llama3(params, vocab))
+            part[k] = v if split is None else v.chunk(shards, dim=split)[s].clone()
+        torch.save(part, d / f"consolidated.{s:02d}.pth")
+    return d, full
+
+
+@pytest.mark.parametrize("which", META_PARAMS)
+def test_meta_hf_meta_is_exact(tmp_path, which):
+    """Meta -> HF -> Meta gives back the same params.json (byte for byte) and the same shards' tensors."""
+    d, full = _meta_from_params(tmp_path, META_PARAMS[which])
+    hf, back = tmp_path / "hf", tmp_path / "back"
+    modelport.convert(d, hf, to="hf")
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["num_key_value_heads"] == META_PARAMS[which].get("n_kv_heads", 4) and cfg["vocab_size"] == 22
+    modelport.convert(hf, back, to="meta", options=Options(shards=2))
+    assert (back / "params.json").read_text() == (d / "params.json").read_text()
+    for s in range(2):
+        x = torch.load(d / f"consolidated.{s:02d}.pth", weights_only=True)
+        y = torch.load(back / f"consolidated.{s:02d}.pth", weights_only=True)
+        assert list(x) == list(y)
+        assert all(bitwise_equal(x[k], y[k]) for k in x), which
+    with modelport.open(back) as src:
+        assert all(bitwise_equal(src.read(k), v) for k, v in full.items())
+
+
+def test_llama3_is_told_by_params_then_by_the_embeddings_rows():
+    assert is_llama3({"dim": 8, "vocab_size": -1}, vocab_rows=128256)        # params.json leaves the vocabulary out
+    assert not is_llama3({"dim": 8, "vocab_size": 32000}, vocab_rows=128256)  # params.json's own vocabulary wins
+    assert is_llama3({"dim": 8, "vocab_size": 32000, "rope_theta": 500000.0}) and not is_llama3({"dim": 8})
 
 
 def test_reads_torch_saved_shards_and_merges(tmp_path):

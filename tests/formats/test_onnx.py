@@ -38,6 +38,14 @@ def test_external_initializer_read(tmp_path):
         assert src.read("w").flatten().tolist() == values.tolist()
 
 
+def test_files_are_the_model_then_its_external_data(tmp_path):
+    path = model_with_external(tmp_path, "model.onnx.data")
+    (tmp_path / "m" / "model.onnx.data").write_bytes(np.arange(12, dtype="<f4").tobytes())
+    (tmp_path / "m" / "unrelated.bin").write_bytes(b"x")
+    with formats.open(path) as src:
+        assert [(f.path, f.role) for f in src.files()] == [(path, "weights"), (path.parent / "model.onnx.data", "external")]
+
+
 def test_location_outside_the_directory_is_refused(tmp_path):
     (tmp_path / "secret").write_bytes(b"\0" * 64)
     path = model_with_external(tmp_path, "../secret")

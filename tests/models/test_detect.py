@@ -21,7 +21,7 @@ def ShapeSource(shapes: dict, path="mem", params=None):
 
     source = StateDictSource({n: torch.empty(s, dtype=torch.float16, device="meta") for n, s in shapes.items()}, path)
     if params is not None:
-        source.params = params
+        source.native_config = ("params.json", params)
     return source
 
 
@@ -135,3 +135,24 @@ def test_each_family_record_says_where_its_blocks_are():
 
     assert {f.id: f.blocks for f in all_families()} == {
         "gpt2": "transformer.h", "llama": "model.layers", "gptneox": "gpt_neox.layers", "qwen2": "model.layers"}
+
+
+def test_opening_detecting_and_converting_name_no_family():
+    """A layout's own config file (Meta's params.json) is reached through the layout's codec: the modules that
+    open, detect and convert import no family record by name."""
+    import ast
+    from pathlib import Path
+
+    from modelport.models import families
+
+    root = Path(__file__).resolve().parents[2] / "modelport"
+    records = {f"families.{fid}" for fid in families.ids()} | {f"families.{m}" for m in families._MODULES}
+    for rel in ("models/sources.py", "models/detect.py", "convert/__init__.py"):
+        tree = ast.parse((root / rel).read_text())
+        named = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                named |= {f"{node.module}.{a.name}" for a in node.names} | {node.module or ""}
+            elif isinstance(node, ast.Import):
+                named |= {a.name for a in node.names}
+        assert not {n for n in named if any(n.endswith(r) for r in records)}, rel

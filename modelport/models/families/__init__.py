@@ -56,6 +56,17 @@ def layouts() -> dict[str, Layout]:
     return out
 
 
+def format_layout(format_id: str) -> Layout | None:
+    """The layout a format's files always hold (the meta format: llama-meta); None for most formats."""
+    return next((lay for lay in layouts().values() if lay.format == format_id), None)
+
+
+def config_layouts() -> list[Layout]:
+    """The layouts whose checkpoints carry a config file of their own instead of config.json (Meta's
+    params.json), each with its codec (``Layout.config``)."""
+    return [lay for lay in layouts().values() if lay.config is not None]
+
+
 def normalize(arch: str) -> str:
     """The family id for an ``--arch`` spelling; an error listing the known ones otherwise."""
     fams = _load()
@@ -84,4 +95,4 @@ def of_hf_config(config: dict, where: str = "config.json") -> str | None:
     return found.pop() if found else None
 
 
-__all__ = ["Family", "all_families", "get", "ids", "layouts", "normalize", "of_hf_config"]
+__all__ = ["Family", "all_families", "config_layouts", "format_layout", "get", "ids", "layouts", "normalize", "of_hf_config"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import FormatError, UnsupportedError
 from ..config import check_common, divisible, require, rope_scaling, with_assumed_key
-from ..family import Family, Weights, frozen, head_dim_of
+from ..family import Family, FusedQKV, Weights, frozen, head_dim_of
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,6 @@ FAMILY = Family(
                      r"(^|\.)rotary(_emb)?\.inv_freq$"),     # HF rotary_emb, modelport's reference rotary
     # transformers 5.x names the output projection lm_head; published checkpoints and 4.x embed_out
     renames=frozen({"lm_head.weight": "embed_out.weight"}),
-    fused_qkv=(r"query_key_value",),
+    fused_qkv=(FusedQKV(r"query_key_value", "reorder_qkv_blocked_to_neox", "GPT-NeoX fuses q, k, v per head"),),
     assumed_defaults=frozen(ASSUMED),
 )

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...errors import FormatError, LayoutError, UnsupportedError
-from ...formats.meta import check_params, is_llama3
+from ...formats.meta import HF_CONFIG, check_params, is_llama3
 from ..config import RopeScaling, check_common, divisible, require, rope_scaling, with_assumed_key
-from ..family import Family, Layout, RotaryRows, Rule, Weights, frozen, head_dim_of
+from ..family import ConfigCodec, Family, Layout, RotaryRows, Rule, Weights, frozen, head_dim_of
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,6 @@ def dims(c: dict) -> dict:
 
 ASSUMED = {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 2048, "hidden_act": "silu",
            "rope_scaling": None}
-# Llama 3's tokenizer has 128256 entries; with it, rope_theta 500000 is the better guess.
-LLAMA3_VOCAB = 128256
 
 
 def infer(w: Weights, config_class=LlamaConfig, assumed: dict = ASSUMED):
@@ -152,7 +150,9 @@ def infer(w: Weights, config_class=LlamaConfig, assumed: dict = ASSUMED):
     if q_rows % k_rows:
         raise LayoutError(f"{w.where}: q_proj has {q_rows} rows, not a multiple of k_proj's {k_rows}")
     head_dim = head_dim_of([q_rows, k_rows])
-    theta = 500000.0 if vocab == LLAMA3_VOCAB else assumed["rope_theta"]
+    # a Llama 3 vocabulary (128256 entries): rope_theta 500000 is the better guess (for Llama, not for the
+    # Qwen2 record, which infers through here)
+    theta = 500000.0 if config_class is LlamaConfig and is_llama3({"vocab_size": vocab}) else assumed["rope_theta"]
     kw = dict(n_layers=w.n_layers(r"layers\.(\d+)\."), n_heads=q_rows // head_dim, n_kv_heads=k_rows // head_dim,
               dim=dim, ffn_dim=ffn, vocab_size=vocab, head_dim=head_dim, norm_eps=assumed["rms_norm_eps"],
               rope_theta=theta, max_positions=assumed["max_position_embeddings"],
@@ -191,7 +191,7 @@ def config_from_meta_params(params: dict, vocab_size: int | None = None, where: 
         max_positions = int(params["max_seq_len"])
     else:
         # Meta's code takes max_seq_len at run time; 4096 for Llama 2, 8192 for Llama 3.
-        max_positions = 8192 if is_llama3(params) else 4096
+        max_positions = 8192 if is_llama3(params, vocab) else 4096
         assumed.append("max_position_embeddings")
     cfg = LlamaConfig(
         n_layers=params["n_layers"], n_heads=n_heads, n_kv_heads=params.get("n_kv_heads") or n_heads, dim=dim,
@@ -283,6 +283,34 @@ def is_params(config: dict) -> bool:
     return isinstance(config, dict) and "dim" in config and "n_layers" in config and "hidden_size" not in config
 
 
+def vocab_rows(source) -> int | None:
+    """Rows of the input embedding under any of the family's layouts (base-model names included)."""
+    names = set(source.names())
+    for _, emb in FAMILY.tied_pairs():
+        for name in (emb, emb.removeprefix(FAMILY.prefix)):
+            if name in names:
+                return source.info(name).shape[0]
+    return None
+
+
+def config_of_meta_source(params: dict, source, where) -> LlamaConfig:
+    """The config of a Meta-layout source from its params.json (or one given with --config): the
+    vocabulary read from the embedding where params.json says -1, tied when there is no output."""
+    names = set(source.names())
+    tied = not any(out in names for out, _ in FAMILY.tied_pairs())
+    return replace(config_from_meta_params(params, vocab_rows(source), str(where)), tie_word_embeddings=tied)
+
+
+def hf_config_from_meta_source(params: dict, source, where) -> dict:
+    """:func:`config_of_meta_source` as a config.json dict."""
+    return config_of_meta_source(params, source, where).to_hf_config()
+
+
+# params.json: the config file of Meta's layout, read and written through LlamaConfig.
+PARAMS = ConfigCodec(file="params.json", check=check_params, is_native=is_params, config_of=config_of_meta_source,
+                     to_native=params_for, carried=HF_CONFIG)
+
+
 HUB_SHAPES = {
     "model.embed_tokens.weight": ("vocab_size", "dim"),
     "model.norm.weight": ("dim",),
@@ -316,7 +344,8 @@ META = Layout("llama-meta", "llama", (
     Rule("layers.{bid}.attention_norm.weight", "model.layers.{bid}.input_layernorm.weight"),
     Rule("layers.{bid}.ffn_norm.weight", "model.layers.{bid}.post_attention_layernorm.weight"),
     Rule("rope.freqs", None),      # Llama 1/2 checkpoints: the rotary frequencies, recomputed from rope_theta
-), description="Meta Llama checkpoints (params.json + consolidated.NN.pth): adjacent-pair rotary rows", format="meta")
+), description="Meta Llama checkpoints (params.json + consolidated.NN.pth): adjacent-pair rotary rows", format="meta",
+   config=PARAMS)
 
 ROTARY_ROWS = (
     RotaryRows(r"self_attn\.q_proj\.", "n_heads", "hf"),
@@ -348,26 +377,3 @@ FAMILY = Family(
     rotary_rows=ROTARY_ROWS,
     assumed_defaults=frozen(ASSUMED),
 )
-
-
-def vocab_rows(source) -> int | None:
-    """Rows of the input embedding under any of the family's layouts (base-model names included)."""
-    names = set(source.names())
-    for _, emb in FAMILY.tied_pairs():
-        for name in (emb, emb.removeprefix(FAMILY.prefix)):
-            if name in names:
-                return source.info(name).shape[0]
-    return None
-
-
-def config_of_meta_source(params: dict, source, where) -> LlamaConfig:
-    """The config of a Meta-layout source from its params.json (or one given with --config): the
-    vocabulary read from the embedding where params.json says -1, tied when there is no output."""
-    names = set(source.names())
-    tied = not any(out in names for out, _ in FAMILY.tied_pairs())
-    return replace(config_from_meta_params(params, vocab_rows(source), str(where)), tie_word_embeddings=tied)
-
-
-def hf_config_from_meta_source(params: dict, source, where) -> dict:
-    """:func:`config_of_meta_source` as a config.json dict."""
-    return config_of_meta_source(params, source, where).to_hf_config()

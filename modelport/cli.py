@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .console import parse_size, silence_stdout, stdout_closed, write_text_atomic
 from .errors import ModelportError
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, dtypes, formats
+from .. import dtypes, formats
+from .._version import __version__
 from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats._untrusted import check_regular

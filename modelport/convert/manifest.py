@@ -80,7 +80,7 @@ def versions() -> dict[str, str]:
     """modelport's version and those of the packages involved that are installed (not imported)."""
     from importlib import metadata
 
-    from .. import __version__
+    from .._version import __version__
 
     out = {"modelport": __version__}
     for pkg in PACKAGES:
@@ -104,7 +104,7 @@ class Manifest:
     schema: str = SCHEMA
 
     def to_json(self) -> dict:
-        from .. import __version__
+        from .._version import __version__
 
         # the marker's fields first (a directory's manifest is its marker), then the record
         return {"written_by": "modelport", "version": __version__, "format": self.output["format"],

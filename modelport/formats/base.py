@@ -174,7 +174,7 @@ class TensorSource:
 
     def read(self, name: str):
         """One tensor as a torch.Tensor (imports torch)."""
-        from ..errors import need_torch
+        from ..runtime import need_torch
 
         torch = need_torch("reading a tensor as a torch.Tensor")
 

@@ -294,6 +294,9 @@ def test_params_config_round_trip_and_refusals():
         params_from_config({**cfg, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "x")
     with pytest.raises(UnsupportedError, match="biases"):
         params_from_config({**cfg, "attention_bias": True}, "x")
+    with pytest.raises(LayoutError, match="not Llama"):      # read through Llama's record: another family is refused
+        params_from_config({**cfg, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "x")
+    assert params_from_config({**cfg, "architectures": ["LlamaForSequenceClassification"]}, "x") == again
     assert not is_llama3({"dim": 4096, "vocab_size": -1})
 
 

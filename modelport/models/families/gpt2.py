@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ...errors import LayoutError
-from ..config import check_common, divisible, require, with_assumed_key
+from ..config_base import check_common, divisible, require, with_assumed_key
 from ..family import Family, Layout, Rule, Weights, frozen, head_dim_of
 
 

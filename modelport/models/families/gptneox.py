@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...errors import FormatError, UnsupportedError
-from ..config import check_common, divisible, require, rope_scaling, with_assumed_key
+from ..config_base import check_common, divisible, require, rope_scaling, with_assumed_key
 from ..family import Family, Weights, frozen, head_dim_of
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import UnsupportedError
-from ..config import with_assumed_key
+from ..config_base import with_assumed_key
 from ..family import Family, Weights, frozen
 from . import llama
 

@@ -15,10 +15,11 @@ from ..errors import FormatError, UnsupportedError
 
 ASSUMED_KEY = "_modelport_assumed"
 
-# Assumed config.json keys that do not change what a model computes (they only bound the sequence length).
+# Assumed config.json keys that do not change what a model computes (they only bound the sequence length, or
+# describe a sliding window that is off: modelport refuses models that use one).
 # Every other guess (head counts, norm epsilon, rope theta, activation …) changes the outputs, and is
 # never written or used unless the caller accepts it.
-NOT_MATH = frozenset({"max_position_embeddings", "n_positions"})
+NOT_MATH = frozenset({"max_position_embeddings", "n_positions", "sliding_window", "max_window_layers"})
 
 # Activation spellings of config.json that the reference models implement.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "swish")

@@ -250,7 +250,7 @@ class _Record:
         output = manifest_module.BackgroundHash(written)    # beside the rest of the source's hashing
         m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
-                           output_files=output.get(), config=self.config, dtype=self.dtype, opset=getattr(self.options, "opset", None),
+                           output_files=output.get(), config=self.config, dtype=self.dtype,
                            parity=parity)
         if written.is_dir():
             manifest_module.write(m, written / DIR_NAME)

@@ -115,7 +115,7 @@ class Manifest:
 
 def build(*, src: Path, dst: Path, written: Path, source, target_format: str, options, source_files: list[dict],
           output_files: list[dict] | None = None, config: dict | None = None,
-          dtype: str | None = None, opset: int | None = None, parity: dict | None = None) -> Manifest:
+          dtype: str | None = None, parity: dict | None = None) -> Manifest:
     """The manifest of a conversion whose output lies (still under its temporary name) at ``written``
     and will be renamed to ``dst``. ``config``: the config the conversion was given (as read), recorded
     as JSON so that ``verify`` can check it like any config and run the parity check again."""
@@ -139,7 +139,6 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
                 "tensors": len(source.names()), "directory": written.is_dir(), "files": output_files if output_files is not None else hash_files(written)},
         transforms=transforms_applied(source, target_format, written, options),
         versions=versions(),
-        opset=opset,
         parity=parity,
         options={k: v for k, v in {"dtype": dtype, "layout": options.layout, "shards": options.shards,
                                    "strip_prefix": options.strip_prefix, "arch": options.arch,

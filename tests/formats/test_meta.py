@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,9 +17,8 @@ from modelport.errors import FormatError, LayoutError, UnsupportedError
 from modelport.formats.base import Options
 from modelport.atomic import MARKER
 from modelport.formats.meta import HF_CONFIG, is_llama3, split_dim
-from modelport.models.families.llama import hf_config_from_params as config_from_params
+from modelport.models.families.llama import config_from_meta_params, params_for
 from modelport.models.families.llama import meta_ffn_dim as ffn_dim, meta_ffn_params as ffn_params
-from modelport.models.families.llama import params_from_config
 from tests.conftest import bitwise_equal
 
 LLAMA3 = dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -278,6 +278,16 @@ def test_ffn_params_reproduce_known_models():
     assert ffn_dim(64, m, f) == 7 and f is not None
     with pytest.raises(UnsupportedError, match="intermediate_size 0"):
         ffn_params(64, 0)
+
+
+def config_from_params(params: dict, vocab: int | None, where: str) -> dict:
+    """An untied Llama's config.json from Meta's params.json."""
+    return replace(config_from_meta_params(params, vocab, where), tie_word_embeddings=False).to_hf_config()
+
+
+def params_from_config(config: dict, where: str) -> dict:
+    """The params.json written for a model with this config.json and no params.json of its own."""
+    return params_for(config, {}, where)
 
 
 def test_params_config_round_trip_and_refusals():

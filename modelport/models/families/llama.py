@@ -240,12 +240,6 @@ def meta_ffn_params(dim: int, ffn_dim: int) -> tuple[int, float | None]:
                            "multiple_of / ffn_dim_multiplier; this model has no Meta params.json equivalent")
 
 
-def hf_config_from_params(params: dict, vocab_from_weights: int | None, where, tied: bool = False) -> dict:
-    """A Hugging Face config.json dict from Meta's params.json, through the one LlamaConfig boundary."""
-    cfg = config_from_meta_params(params, vocab_from_weights, where=str(where))
-    return replace(cfg, tie_word_embeddings=tied).to_hf_config()
-
-
 def _read_hf(config: dict, where) -> LlamaConfig:
     """A config.json read as Llama's through this record (not the registry, which imports this module);
     one whose model_type (or, without one, architectures) names something else is refused."""
@@ -256,11 +250,6 @@ def _read_hf(config: dict, where) -> LlamaConfig:
     if not ours:
         raise LayoutError(f"{where}: the config describes {named or archs!r}, not Llama; Meta's params.json holds Llama models only")
     return from_record(FAMILY, config, str(where))
-
-
-def params_from_config(config: dict, where) -> dict:
-    """Meta's params.json from a Hugging Face LlamaConfig dict; UnsupportedError where Meta's model cannot express it."""
-    return _read_hf(config, where).to_meta_params()
 
 
 def params_for(config: dict | None, metadata: dict, where) -> dict:

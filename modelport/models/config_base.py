@@ -45,6 +45,18 @@ class RopeScaling:
                 "original_max_position_embeddings": self.original_max_position_embeddings}
 
 
+class MultiHeadConfig:
+    """The head shape of a config without grouped-query attention: every head has its own keys and values."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.n_heads
+
+
 def from_record(record, config: dict, where: str = "config.json"):
     """The config dataclass of ``record``'s family from a config.json dict already known to be that family's."""
     for key, allowed in record.unsupported_unless.items():

@@ -138,23 +138,23 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def _needs(me: str, targets: set[str]) -> set[str]:
+    """``targets`` and, for each imported from outside one of its enclosing packages, that package (its
+    ``__init__`` runs first). The facade is never added: nothing is allowed to import it."""
+    out = set(targets)
+    for target in targets:
+        parts = target.split(".")
+        for i in range(2, len(parts)):
+            package = ".".join(parts[:i])
+            if not me.startswith(package + "."):
+                out.add(package)
+    out.discard(me)
+    return out
+
+
 def _graph() -> dict[str, set[str]]:
-    """module -> the modules it needs: its own imports, and for an import of ``a.b.c`` from outside the
-    package ``a.b``, that package too (importing ``a.b.c`` runs ``a/b/__init__.py`` first). The facade is
-    not added that way: it is the top layer, and nothing is allowed to import it."""
-    edges = {}
-    for m, path in _modules().items():
-        out = set()
-        for _, target in _imports(path):
-            out.add(target)
-            parts = target.split(".")
-            for i in range(2, len(parts)):
-                package = ".".join(parts[:i])
-                if not m.startswith(package + ".") and m != package:
-                    out.add(package)
-        out.discard(m)
-        edges[m] = out
-    return edges
+    """module -> the modules it needs (see :func:`_needs`)."""
+    return {m: _needs(m, {t for _, t in _imports(path)}) for m, path in _modules().items()}
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[set[str]]:
@@ -253,6 +253,14 @@ def test_the_check_sees_importlib_names(tmp_path):
     facade.write_text('import importlib\n_LAZY = {"a": (".convert", "convert")}\n'
                       'def get(m):\n    return importlib.import_module(m, __name__)\n')
     assert _imports(facade, ROOT) == [(2, "modelport.convert")]
+
+
+def test_the_check_counts_the_package_an_import_loads():
+    # errors importing atomic.interrupt loads atomic/__init__.py, which imports errors: a cycle
+    assert _needs("modelport.errors", {"modelport.atomic.interrupt"}) == {"modelport.atomic.interrupt", "modelport.atomic"}
+    assert _needs("modelport.atomic.x", {"modelport.atomic.interrupt"}) == {"modelport.atomic.interrupt"}
+    assert _needs("modelport.cli", {"modelport.models.families.llama"}) == {
+        "modelport.models.families.llama", "modelport.models.families", "modelport.models"}
 
 
 def test_the_check_finds_cycles():

@@ -5,8 +5,12 @@ Meta's ``params.json``. :func:`config_from_hf` builds the family's config datacl
 family's record in :mod:`modelport.models.families`) from a config.json; everything downstream uses
 the named dimensions (``n_layers, n_heads, n_kv_heads, head_dim, dim, ffn_dim, vocab_size``).
 
-Each family has ONE alias table (in its record): field -> the config.json keys that spell it, newest first. A dotted
-key reads inside a nested dict (``rope_parameters.rope_theta`` is how transformers 5.x writes what 4.x
+What the records build their configs from (the alias reader, the shared checks, ``RopeScaling``,
+``from_record``) lies below them in :mod:`modelport.models.config_base`; this module picks the family
+through the registry.
+
+Each family has ONE alias table (in its record): field -> the config.json keys that spell it, newest
+first. A dotted key reads inside a nested dict (``rope_parameters.rope_theta`` is how transformers 5.x writes what 4.x
 wrote as top-level ``rope_theta``). When two spellings are present and disagree, the config is refused.
 
 ``to_hf_config()`` writes the transformers 4.x spelling by default, which transformers 4.x reads

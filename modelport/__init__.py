@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys as _sys
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def _running_as_command() -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .console import parse_size, silence_stdout, stdout_closed, write_text_atomic
 from .errors import ModelportError
 
@@ -37,6 +37,20 @@ class FormatChoice(click.ParamType):
         if value not in ids:
             self.fail(f"{value!r} is not a format; choose from {', '.join(ids)}", param, ctx)
         return value
+
+
+class ArchOption(click.Option):
+    """``--arch``: ``{archs}`` in its help becomes the registered families, read when the help is shown
+    (so --help of other commands needs no registry)."""
+
+    def get_help_record(self, ctx):
+        from .models import known_archs
+
+        template, self.help = self.help, self.help.replace("{archs}", ", ".join(known_archs()))
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = template
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,7 +125,7 @@ def _options(**kw):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "show_all", is_flag=True, help="List every tensor (default: the first 50).")
 @click.option("--run", "run_model", is_flag=True, help="Also build the runnable model and run it once on an example input.")
-@click.option("--arch", help="With --run: architecture (gpt2, llama, gptneox, qwen2) or your own package.module:factory.")
+@click.option("--arch", cls=ArchOption, help="With --run: architecture ({archs}) or your own package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --run: config.json for the model (or the kwargs of your factory).")
 @click.option("--assume-config", is_flag=True, help="With --run on bare weights: accept guessed head counts, norm epsilon … .")
@@ -178,7 +192,7 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
               help="hf target from bare weights: accept guessed values the weights do not reveal (head counts, norm "
                    "epsilon …); they are recorded in the output's metadata. Prefer --config.")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX (e.g. 'module.') from every tensor name.")
-@click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox, qwen2), used to infer an hf config.json.")
+@click.option("--arch", cls=ArchOption, help="Architecture of bare weights ({archs}), used to infer an hf config.json.")
 @click.option("--layout", help="Target layout, e.g. llama-meta or gpt2-nanogpt (default: what the target format uses).")
 @click.option("--shards", type=click.IntRange(min=1), help="Model-parallel shards for a meta target (default 1).")
 @click.option("--no-crc32", is_flag=True, help="pt target: write zero CRC-32s (torch.load accepts them; unzip -t does not).")
@@ -332,7 +346,8 @@ def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=Non
 @click.option("--graph-only", is_flag=True,
               help="ONNX: show the graph with shape-only weights (automatic above 1 GiB of weights).")
 @click.option("--as-onnx", is_flag=True, help="Export a weights-only source to ONNX first and show its graph.")
-@click.option("--arch", help="With --as-onnx: architecture of bare weights (gpt2, llama, …) or package.module:factory.")
+@click.option("--arch", cls=ArchOption,
+              help="With --as-onnx: architecture of bare weights ({archs}) or package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --as-onnx: config.json for bare weights (the values they do not reveal).")
 def view(path, host, port, no_browser, graph_only, as_onnx, arch, config) -> None:
@@ -347,8 +362,9 @@ def view(path, host, port, no_browser, graph_only, as_onnx, arch, config) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--source", type=click.Path(exists=True, path_type=Path),
               help="The conversion's source, to check it too when it lies outside the manifest's directory.")
-@click.option("--arch", help="Run the recorded parity check with this architecture or your own package.module:factory "
-                             "(a module the conversion used runs again only when named here).")
+@click.option("--arch", cls=ArchOption,
+              help="Run the recorded parity check with this architecture ({archs}) or your own package.module:factory "
+                   "(a module the conversion used runs again only when named here).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json for the recorded parity check (instead of the one recorded).")
 @trust_torchscript_option
@@ -448,7 +464,7 @@ def _seq_lens(ctx, param, value):
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Real prompts, one per line, through the reference's tokenizer instead of seeded ids.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
-@click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox) or package.module:factory.")
+@click.option("--arch", cls=ArchOption, help="Architecture of bare weights ({archs}) or package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json for models whose files carry none.")
 @click.option("--input-shape", metavar="DIMS", help="Input shape of non-language models, e.g. 1,3,224,224.")

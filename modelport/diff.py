@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import dtypes
-from .errors import need_torch
+from .runtime import need_torch
 from .formats.base import Options, Span, TensorSource
 from .models.sources import open_source
 

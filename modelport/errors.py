@@ -86,19 +86,3 @@ def one_line(exc: BaseException, limit: int = 2000) -> str:
     if len(text) > limit:
         text = text[:limit] + " … (cut; --debug shows the whole message)"
     return text
-
-
-def need_torch(step: str):
-    """The torch module, or a MissingDependencyError naming the step that needs it and the extra that brings it.
-    Conversions between weight formats (pt, safetensors, hf, meta, t7) never need it."""
-    from .atomic.interrupt import deferred
-
-    try:
-        with deferred():     # Ctrl-C inside torch's import can abort the process: held until it is done
-            import torch
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{step} needs torch, which is not installed; install it with: pip install 'modelport[torch]' "
-            "(conversions between weight formats work without it)") from exc
-    return torch
-

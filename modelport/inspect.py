@@ -147,7 +147,7 @@ def run_check(path: str | Path, arch: str | None = None, config: str | Path | No
               input_dtype=None, format: str | None = None, assume_config: bool = False) -> RunCheck:  # noqa: A002
     """Build the runnable model of ``path`` (known architecture, ``--arch`` module, or Lua nn model),
     run it once on an example input, and say what came out."""
-    from .errors import need_torch
+    from .runtime import need_torch
 
     torch = need_torch("inspect --run")
 

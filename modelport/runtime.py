@@ -1,4 +1,5 @@
-"""onnxruntime, from whichever of its two packages is installed.
+"""The optional runtimes: torch (:func:`need_torch`) and onnxruntime, from whichever of its two packages
+is installed.
 
 ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` install the same module and break each other when
 both are present, so modelport's extras are ``cpu`` and ``gpu``, one or the other. onnxruntime-gpu
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from .atomic.interrupt import deferred
 from .errors import MissingDependencyError
 
 PACKAGES = ("onnxruntime", "onnxruntime-gpu")
@@ -46,3 +48,16 @@ def import_onnxruntime():
 def session_providers(session) -> list[str]:
     """The execution providers a created session really uses (not what the package lists)."""
     return list(session.get_providers())
+
+
+def need_torch(step: str):
+    """The torch module, or a MissingDependencyError naming the step that needs it and the extra that brings it.
+    Conversions between weight formats (pt, safetensors, hf, meta, t7) never need it."""
+    try:
+        with deferred():     # Ctrl-C inside torch's import can abort the process: held until it is done
+            import torch
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{step} needs torch, which is not installed; install it with: pip install 'modelport[torch]' "
+            "(conversions between weight formats work without it)") from exc
+    return torch

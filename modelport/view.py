@@ -46,7 +46,6 @@ GRAPH_ONLY_ABOVE = 1 << 30        # bytes of ONNX weights above which only the g
 WORKDIR_PREFIX = "modelport-view-"   # + "<pid>-<random>" in the temporary directory
 _WORKDIR = re.compile(re.escape(WORKDIR_PREFIX) + r"(?P<pid>\d+)-")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-NETRON_VERSION = "9.3.3"          # the version the browser test draws a graph with (pyproject pins it)
 _ONNX_SUFFIXES = (".onnx",)
 
 

@@ -18,6 +18,20 @@ def test_every_command_has_help(command):
     assert "Usage:" in result.output
 
 
+def test_arch_help_lists_the_registered_families():
+    import click
+
+    from modelport.cli import ArchOption
+    from modelport.models import known_archs
+
+    options = [(name, p) for name, cmd in cli.commands.items() for p in cmd.params if p.name == "arch"]
+    assert {name for name, _ in options} >= {"inspect", "convert", "view", "verify", "parity"}
+    for name, option in options:
+        assert isinstance(option, ArchOption), name
+        text = option.get_help_record(click.Context(cli.commands[name], info_name=name))[1]
+        assert "{archs}" not in text and all(a in text for a in known_archs()), (name, text)
+
+
 def test_help_and_formats_do_not_import_heavy_libraries():
     code = ("import sys; from modelport.cli import main\n"
             "try:\n    main(['formats'])\nexcept SystemExit:\n    pass\n"

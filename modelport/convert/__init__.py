@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, dtypes, formats
+from .. import dtypes, formats
+from .._version import __version__
 from ..atomic import atomic_output, check_destination, check_overlap, write_marker
 from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats._untrusted import check_regular
@@ -252,7 +253,7 @@ class _Record:
         output = manifest_module.BackgroundHash(written)    # beside the rest of the source's hashing
         m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
-                           output_files=output.get(), config=self.config, dtype=self.dtype, opset=getattr(self.options, "opset", None),
+                           output_files=output.get(), config=self.config, dtype=self.dtype,
                            parity=parity, wrote=wrote)
         if written.is_dir():
             manifest_module.write(m, written / DIR_NAME)

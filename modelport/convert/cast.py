@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .. import dtypes
-from ..errors import UnsupportedError, need_torch
+from ..errors import UnsupportedError
+from ..runtime import need_torch
 from ..formats.base import Span, TensorInfo, TensorSource, WrappedSource
 
 _FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}

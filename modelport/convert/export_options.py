@@ -42,7 +42,7 @@ class ExportResult:
 
 
 def modelport_version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 

@@ -57,10 +57,6 @@ def hash_file(path: Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    return hash_file(path, "sha256")
-
-
 def file_entry(rel: str, path: Path, algorithm: str) -> dict:
     """One file of a manifest: ``{path, bytes, hash: <algorithm>, <algorithm>: <hex digest>}``. Manifests
     written before ``hash`` was recorded hold ``sha256`` alone."""

@@ -79,7 +79,7 @@ def versions() -> dict[str, str]:
     """modelport's version and those of the packages involved that are installed (not imported)."""
     from importlib import metadata
 
-    from .. import __version__
+    from .._version import __version__
 
     out = {"modelport": __version__}
     for pkg in PACKAGES:
@@ -103,7 +103,7 @@ class Manifest:
     schema: str = SCHEMA
 
     def to_json(self) -> dict:
-        from .. import __version__
+        from .._version import __version__
 
         # the marker's fields first (a directory's manifest is its marker), then the record
         return {"written_by": "modelport", "version": __version__, "format": self.output["format"],
@@ -114,7 +114,7 @@ class Manifest:
 
 def build(*, src: Path, dst: Path, written: Path, source, target_format: str, options, source_files: list[dict],
           output_files: list[dict] | None = None, config: dict | None = None,
-          dtype: str | None = None, opset: int | None = None, parity: dict | None = None, wrote=None) -> Manifest:
+          dtype: str | None = None, parity: dict | None = None, wrote=None) -> Manifest:
     """The manifest of a conversion whose output lies (still under its temporary name) at ``written``
     and will be renamed to ``dst``; ``wrote`` is what the writer reported it wrote. ``config``: the config
     the conversion was given (as read), recorded as JSON so that ``verify`` can check it like any config and run the parity check again."""
@@ -138,7 +138,6 @@ def build(*, src: Path, dst: Path, written: Path, source, target_format: str, op
                 "tensors": len(source.names()), "directory": written.is_dir(), "files": output_files if output_files is not None else hash_files(written)},
         transforms=transforms_applied(source, wrote),
         versions=versions(),
-        opset=opset,
         parity=parity,
         options={k: v for k, v in {"dtype": dtype, "layout": options.layout, "shards": options.shards,
                                    "strip_prefix": options.strip_prefix, "arch": options.arch,

@@ -6,25 +6,18 @@ import importlib
 from pathlib import Path
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from ._registry import _REGISTRY, register
 from ._untrusted import check_regular
 from .base import (Format, Options, ReadOptions, SourceFile, TensorInfo, TensorSource, WriteOptions, WriteResult, read_head,
                    read_options)
 
-# Adapter modules, imported on first use of the registry. Each calls ``register`` once.
+# Adapter modules, imported on first use of the registry. Each calls ``_registry.register`` once.
 _MODULES = ("safetensors", "torchscript", "pt", "hf", "t7", "meta", "onnx")   # torchscript before pt: both are torch zips
 # The order formats are listed in (``modelport formats``, error messages): weight formats, the
 # directory formats, the graph formats, then Lua Torch7. Detection tries them in _MODULES's order.
 LISTED = ("pt", "safetensors", "hf", "meta", "torchscript", "onnx", "t7")
 
-_REGISTRY: dict[str, Format] = {}
 _loaded = False
-
-
-def register(fmt: Format) -> Format:
-    if fmt.id in _REGISTRY:
-        raise RuntimeError(f"format {fmt.id!r} registered twice")
-    _REGISTRY[fmt.id] = fmt
-    return fmt
 
 
 def _load() -> None:

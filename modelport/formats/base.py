@@ -88,8 +88,8 @@ class ReadOptions:
 @dataclass(frozen=True)
 class WriteOptions:
     """What a writer may be told. ``config`` is the model's config, resolved by the caller, in the
-    spelling the format stores (hf: config.json; meta: params.json). Graph formats add their own
-    fields here (opset, export method, dynamic axes)."""
+    spelling the format stores (hf: config.json; meta: params.json). Graph formats are not written
+    through these: convert exports a runnable model with ``convert.export_options.ExportOptions``."""
 
     config: dict | None = None           # hf / meta: the config file to write with the weights
     shards: int | None = None            # meta: model-parallel shards to write
@@ -208,7 +208,7 @@ class TensorSource:
 
     def read(self, name: str):
         """One tensor as a torch.Tensor (imports torch)."""
-        from ..errors import need_torch
+        from ..runtime import need_torch
 
         torch = need_torch("reading a tensor as a torch.Tensor")
 

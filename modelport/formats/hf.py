@@ -9,9 +9,11 @@ from pathlib import Path
 
 from ..atomic import MARKER
 from ..errors import ConfigNeededError, FormatError, opt
-from . import get, register
+from ._registry import register
 from ._untrusted import inside, open_regular, read_json_file, side_files
 from .base import Format, ReadOptions, SourceFile, Span, StorageView, TensorInfo, TensorSource, WriteOptions, WriteResult
+from .pt import Pt
+from .safetensors import Safetensors
 from .safetensors import write_file as write_safetensors
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -68,7 +70,7 @@ class HFSource(TensorSource):
         self._aliases: dict[str, str] = {}
         try:
             for f in files:
-                fmt = get("safetensors" if f.suffix == ".safetensors" else "pt")
+                fmt = Safetensors() if f.suffix == ".safetensors" else Pt()
                 shard = fmt.open(f, options)
                 self._shards.append(shard)
                 for name in shard.names():

@@ -32,10 +32,11 @@ from pathlib import Path
 
 from ..atomic import MARKER
 from ..errors import FormatError, LayoutError, UnsupportedError
-from . import get, register
+from ._registry import register
 from ._stream import read_span, span_chunks
 from ._untrusted import expect, inside, is_regular_inside, read_json_file, side_files
 from .base import Format, ReadOptions, SourceFile, Span, TensorInfo, TensorSource, WriteOptions, WriteResult
+from .pt import Pt
 
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth\Z")
 PARAMS_KEY = "meta.params"     # metadata key carrying the original params.json
@@ -133,7 +134,7 @@ class MetaSource(TensorSource):
         self._shards: list[TensorSource] = []
         try:
             for _, p in found:
-                self._shards.append(get("pt").open(p, ReadOptions()))
+                self._shards.append(Pt().open(p, ReadOptions()))
         except BaseException:
             self.close()
             raise

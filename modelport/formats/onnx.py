@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 from ..errors import FormatError, UnsupportedError, one_line
-from . import graphmeta, register
+from . import graphmeta
+from ._registry import register
 from .base import Format, Options, SourceFile, Span, TensorInfo, TensorSource, WriteResult, read_head
 
 # onnx.TensorProto.DataType -> canonical dtype name

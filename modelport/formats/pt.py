@@ -48,7 +48,7 @@ from pathlib import Path
 
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
-from . import register
+from ._registry import register
 from ._pickle import BadCheckpoint, BoundedReader, CheckpointUnpickler, StorageRef, TensorRef, check_opcodes
 from ._torchzip import ZipReader, write_pt
 from ._untrusted import MAX_RANK, check_expansion, open_regular, still_whole

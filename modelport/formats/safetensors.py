@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
-from . import register
+from ._registry import register
 from ._stream import ALIGN_MIN, ALIGN_MOD, write_tensor
 from ._untrusted import MAX_RANK, load_json, open_regular, still_whole
 from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions, WriteResult, file_size, read_head, release_map

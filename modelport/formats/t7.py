@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 
 from ..errors import UnsupportedError
-from . import register
+from ._registry import register
 from .base import Format, ReadOptions, Span, StorageView, TensorInfo, TensorSource, WriteOptions, WriteResult, file_size, is_contiguous, read_head
 
 # Fields of an nn module that are parameters (and running statistics), not buffers.

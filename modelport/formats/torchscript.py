@@ -41,7 +41,8 @@ from pathlib import Path
 
 from .. import dtypes
 from ..errors import SPELLING, FormatError, UnsafeContentError, UnsupportedError, one_line
-from . import graphmeta, register
+from . import graphmeta
+from ._registry import register
 from ._pickle import BadCheckpoint, CheckpointUnpickler, TensorRef, _Safe, check_opcodes
 from ._stream import _write_all
 from ._torchzip import ZipReader

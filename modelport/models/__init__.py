@@ -1,6 +1,8 @@
 """Reference architectures and the knowledge of which weights belong to which family.
 
-This package imports torch only inside functions: the CLI may import it at start-up.
+Importing the package loads no torch, so the CLI may import it at start-up. The reference models
+(``gpt2``, ``llama``, ``gptneox`` and their ``_common``) import torch at the top; every other module here
+imports them, and torch, inside the functions that build or run a model.
 """
 
 from __future__ import annotations

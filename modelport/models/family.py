@@ -130,7 +130,7 @@ class Family:
     model: str                                  # "module:Class" of the reference model (imports torch)
     config: type                                # the config dataclass
     aliases: Mapping[str, tuple[str, ...]]      # field -> config.json keys, newest spelling first
-    from_values: Callable[[dict, str], Any]     # aliased values (see config.read_aliases) -> config
+    from_values: Callable[[dict, str], Any]     # aliased values (see config_base.read_aliases) -> config
     dims: Callable[[dict], dict]                # config.json -> the dimensions rules and shapes name
     infer: Callable[[Weights], Any]             # bare weights -> config, assumed values listed
     model_types: tuple[str, ...]                # config.json model_type spellings

@@ -23,10 +23,6 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(d
              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int16)": "int16"}
 
 
-def describe_inputs(inputs) -> list[dict]:
-    return [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in inputs]
-
-
 def _specs_from_meta(meta: GraphMeta) -> tuple[InputSpec, ...] | None:
     if not meta.inputs:
         return None

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..errors import SPELLING, LayoutError, UnsupportedError, need_torch
+from ..errors import SPELLING, LayoutError, UnsupportedError
+from ..runtime import need_torch
 from ..formats.base import Options, TensorSource
 from . import detect, families
 from .strict import key_mismatch

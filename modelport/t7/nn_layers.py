@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedError
-from .nn import check_shape, set_params, register
+from .nn_base import check_shape, set_params, register
 
 # --------------------------------------------------------------------------------------------
 # Modules with Lua semantics

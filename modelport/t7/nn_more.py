@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import positive_dim, register
+from .nn_base import positive_dim, register
 
 _DTYPES = {"torch.FloatTensor": torch.float32, "torch.DoubleTensor": torch.float64,
            "torch.HalfTensor": torch.float16, "torch.CudaTensor": torch.float32,
@@ -223,7 +223,7 @@ def _upsample(obj, f):
 
 @register("nn.Transpose")
 def _transpose(obj, f):
-    from .nn import lua_array
+    from .nn_base import lua_array
 
     pairs = []
     for i, perm in enumerate(f.array("permutations"), 1):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .nn import positive_dim, register
+from .nn_base import positive_dim, register
 
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from .nn import Fields, lua_array, register
+from .nn_base import Fields, lua_array, register
 from .objects import LuaObject, LuaTable
 
 _INPUT, _SELECT, _APPLY, _PASS = 0, 1, 2, 3

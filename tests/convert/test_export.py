@@ -22,18 +22,17 @@ from ..models import tiny
 
 pytest.importorskip("onnxruntime")
 
-FAMILIES = {"gpt2": lambda: tiny.gpt2(seed=21), "llama": lambda: tiny.llama(seed=22),
-            "gptneox": lambda: tiny.gptneox(seed=23)}
+FAMILIES = tiny.families()          # every registered family
 CASES = [(1, 1, 0), (2, 7, 0), (3, 11, 0), (3, 9, 4)]     # (batch, sequence, left padding of the last row)
 # Every opset for every family with MODELPORT_FULL_OPSETS=1 (about 4 minutes on 2 busy cores: each
 # torch.export-based export, opsets 21-24, takes 20-35 s). By default: GPT-2 at every opset of the
-# TorchScript-based exporter (14-20) and at 24; Llama (GQA) and GPT-NeoX at 14, the default and 20; Llama
-# also at 24, so both exporters see grouped-query attention.
+# TorchScript-based exporter (14-20) and at 24; every other family (Llama and Qwen2 with GQA, GPT-NeoX) at 14,
+# the default and 20; Llama also at 24, so both exporters see grouped-query attention.
 if os.environ.get("MODELPORT_FULL_OPSETS"):
     ONNX_MATRIX = [(fam, op) for fam in FAMILIES for op in range(MIN_OPSET, MAX_OPSET + 1)]
 else:
     ONNX_MATRIX = ([("gpt2", op) for op in range(MIN_OPSET, LEGACY_MAX_OPSET + 1)] + [("gpt2", MAX_OPSET)]
-                   + [(fam, op) for fam in ("llama", "gptneox") for op in (MIN_OPSET, DEFAULT_OPSET, LEGACY_MAX_OPSET)]
+                   + [(fam, op) for fam in FAMILIES if fam != "gpt2" for op in (MIN_OPSET, DEFAULT_OPSET, LEGACY_MAX_OPSET)]
                    + [("llama", MAX_OPSET)])
 
 
@@ -43,7 +42,7 @@ def reference():
 
     def get(family):
         if family not in cache:
-            model = tiny.ours_from_hf(FAMILIES[family]())
+            model = tiny.ours_from_hf(tiny.build(family, seed=21 + FAMILIES.index(family)))
             cache[family] = from_module(model, kind=CAUSAL_LM, origin=f"modelport reference {family}",
                                         vocab_size=tiny.VOCAB)
         return cache[family]
@@ -86,7 +85,7 @@ def test_onnx_matches_eager(reference, tmp_path, family, opset):
             assert bitwise_equal(src.read(name), state[name]), name
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["script", "trace"])
 def test_torchscript_matches_eager(reference, tmp_path, family, method):
     eager = reference(family)

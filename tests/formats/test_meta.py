@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,9 +17,8 @@ from modelport.errors import FormatError, LayoutError, UnsupportedError
 from modelport.formats.base import Options
 from modelport.atomic import MARKER
 from modelport.formats.meta import HF_CONFIG, is_llama3, split_dim
-from modelport.models.families.llama import hf_config_from_params as config_from_params
+from modelport.models.families.llama import config_from_meta_params, params_for
 from modelport.models.families.llama import meta_ffn_dim as ffn_dim, meta_ffn_params as ffn_params
-from modelport.models.families.llama import params_from_config
 from tests.conftest import bitwise_equal
 
 LLAMA3 = dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -346,6 +346,16 @@ def test_ffn_params_reproduce_known_models():
         ffn_params(64, 0)
 
 
+def config_from_params(params: dict, vocab: int | None, where: str) -> dict:
+    """An untied Llama's config.json from Meta's params.json."""
+    return replace(config_from_meta_params(params, vocab, where), tie_word_embeddings=False).to_hf_config()
+
+
+def params_from_config(config: dict, where: str) -> dict:
+    """The params.json written for a model with this config.json and no params.json of its own."""
+    return params_for(config, {}, where)
+
+
 def test_params_config_round_trip_and_refusals():
     params = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024,
               "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True}
@@ -360,6 +370,9 @@ def test_params_config_round_trip_and_refusals():
         params_from_config({**cfg, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "x")
     with pytest.raises(UnsupportedError, match="biases"):
         params_from_config({**cfg, "attention_bias": True}, "x")
+    with pytest.raises(LayoutError, match="not Llama"):      # read through Llama's record: another family is refused
+        params_from_config({**cfg, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "x")
+    assert params_from_config({**cfg, "architectures": ["LlamaForSequenceClassification"]}, "x") == again
     assert not is_llama3({"dim": 4096, "vocab_size": -1})
 
 

@@ -7,8 +7,10 @@ import json
 import pytest
 
 from modelport.errors import FormatError, UnsupportedError
-from modelport.models.config import (ASSUMED_KEY, GPT2Config, LlamaConfig, NeoXConfig, RopeScaling, config_from_hf,
-                                     config_from_meta_params, meta_ffn_dim, normalize_arch)
+from modelport.models.config import ASSUMED_KEY, RopeScaling, config_from_hf, normalize_arch
+from modelport.models.families.gpt2 import GPT2Config
+from modelport.models.families.gptneox import NeoXConfig
+from modelport.models.families.llama import LlamaConfig, config_from_meta_params, meta_ffn_dim, meta_ffn_params
 
 from . import tiny
 
@@ -148,8 +150,6 @@ def test_dataclasses_name_their_dimensions():
 
 
 def test_published_params_json_come_back_as_they_were():
-    from modelport.models.config import meta_ffn_params
-
     llama3_8b = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024,
                  "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True}
     assert config_from_meta_params(llama3_8b).to_meta_params() == llama3_8b

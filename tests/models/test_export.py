@@ -9,17 +9,15 @@ import torch
 
 from . import tiny
 
-FAMILIES = {
-    "gpt2": lambda: tiny.gpt2(seed=11),
-    "llama": lambda: tiny.llama(seed=12, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-    "gptneox": lambda: tiny.gptneox(seed=13),
-}
+# Every registered family, some in a variant that exercises more of its model.
+VARIANTS = {"llama": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})}
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=tiny.families())
 def model(request):
-    return tiny.ours_from_hf(FAMILIES[request.param]())
+    seed = 11 + tiny.families().index(request.param)
+    return tiny.ours_from_hf(tiny.build(request.param, seed=seed, **VARIANTS.get(request.param, {})))
 
 
 def test_script_equals_eager(model):

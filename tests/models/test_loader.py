@@ -11,8 +11,6 @@ from modelport.models.loader import example_inputs
 
 from . import tiny
 
-FAMILIES = {"gpt2": tiny.gpt2, "llama": tiny.llama, "gptneox": tiny.gptneox}
-
 
 def save_bare(state: dict, path):
     from safetensors.torch import save_file
@@ -29,9 +27,9 @@ def assert_same_logits(model, hf_model):
     assert (got - want)[mask.bool()].abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", tiny.families())
 def test_hf_directory_loads_and_matches_transformers(family, tmp_path):
-    hf_model = FAMILIES[family](seed=21)
+    hf_model = tiny.build(family, seed=21)
     hf_model.save_pretrained(tmp_path)
     model = modelport.load_model(tmp_path)
     assert not model.training and model.modelport_arch == family and model.modelport_assumed == []

@@ -16,18 +16,7 @@ from modelport.models import detect_arch, infer_config
 from modelport.models.config import ASSUMED_KEY, config_from_hf
 
 from . import tiny
-
-
-def qwen2(seed: int = 0, **overrides):
-    import transformers
-
-    kw = dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40, vocab_size=tiny.VOCAB,
-              num_hidden_layers=3, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
-              tie_word_embeddings=False, use_sliding_window=False, sliding_window=16, max_window_layers=2)
-    kw.update(overrides)
-    cfg = transformers.Qwen2Config(**kw)
-    cfg._attn_implementation = "eager"
-    return tiny.randomize(transformers.Qwen2ForCausalLM(cfg), seed)
+from .tiny import qwen2
 
 
 def bare(model, path, drop=()):

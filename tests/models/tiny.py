@@ -60,6 +60,39 @@ def gpt2(seed: int = 0, **overrides):
     return randomize(transformers.GPT2LMHeadModel(cfg), seed)
 
 
+def qwen2(seed: int = 0, **overrides):
+    import transformers
+
+    kw = dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40, vocab_size=VOCAB,
+              num_hidden_layers=3, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
+              tie_word_embeddings=False, use_sliding_window=False, sliding_window=16, max_window_layers=2)
+    kw.update(overrides)
+    cfg = transformers.Qwen2Config(**kw)
+    cfg._attn_implementation = "eager"
+    return randomize(transformers.Qwen2ForCausalLM(cfg), seed)
+
+
+# One transformers builder per registered family: the tests parametrized over families() cover a new
+# family once it is registered and has its builder here (build() fails, naming it, until then).
+BUILDERS = {"gpt2": gpt2, "llama": llama, "gptneox": gptneox, "qwen2": qwen2}
+
+
+def families() -> list[str]:
+    """Every family in modelport's registry, in its order."""
+    from modelport.models.families import ids
+
+    return ids()
+
+
+def build(family: str, seed: int = 0, **overrides):
+    """The tiny transformers model of a registered family."""
+    if family not in BUILDERS:
+        import pytest
+
+        pytest.fail(f"family {family!r} is registered but has no builder in tests/models/tiny.py BUILDERS; add one")
+    return BUILDERS[family](seed, **overrides)
+
+
 def batch(seed: int = 1, b: int = 3, t: int = 9):
     """Token ids and a left-padded mask: row 0 full, row 1 padded by 4, row 2 by 1."""
     g = torch.Generator().manual_seed(seed)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ...errors import LayoutError
-from ..config import check_common, divisible, require, with_assumed_key
+from ..config_base import MultiHeadConfig, check_common, divisible, require, with_assumed_key
 from ..family import Family, Layout, Rule, Weights, frozen, head_dim_of
 
 
 @dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(MultiHeadConfig):
     n_layers: int
     n_heads: int
     dim: int
@@ -25,14 +25,6 @@ class GPT2Config:
     assumed: tuple[str, ...] = field(default=(), compare=False)
 
     family = "gpt2"
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.n_heads
 
     def to_hf_config(self, spelling: int = 4) -> dict:
         out = {

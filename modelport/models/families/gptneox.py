@@ -7,12 +7,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...errors import FormatError, UnsupportedError
-from ..config import check_common, divisible, require, rope_scaling, with_assumed_key
+from ..config_base import MultiHeadConfig, check_common, divisible, require, rope_scaling, with_assumed_key
 from ..family import Family, FusedQKV, Weights, frozen, head_dim_of
 
 
 @dataclass(frozen=True)
-class NeoXConfig:
+class NeoXConfig(MultiHeadConfig):
     n_layers: int
     n_heads: int
     dim: int
@@ -29,14 +29,6 @@ class NeoXConfig:
     assumed: tuple[str, ...] = field(default=(), compare=False)
 
     family = "gptneox"
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.n_heads
 
     @property
     def rotary_dims(self) -> int:

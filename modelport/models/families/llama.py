@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import FormatError, LayoutError, UnsupportedError
 from ...formats.meta import HF_CONFIG, check_params, is_llama3
-from ..config import RopeScaling, check_common, divisible, require, rope_scaling, with_assumed_key
+from ..config_base import RopeScaling, check_common, divisible, from_record, require, rope_scaling, with_assumed_key
 from ..family import ConfigCodec, Family, Layout, RotaryRows, Rule, Weights, frozen, head_dim_of
 
 
@@ -240,17 +240,16 @@ def meta_ffn_params(dim: int, ffn_dim: int) -> tuple[int, float | None]:
                            "multiple_of / ffn_dim_multiplier; this model has no Meta params.json equivalent")
 
 
-def hf_config_from_params(params: dict, vocab_from_weights: int | None, where, tied: bool = False) -> dict:
-    """A Hugging Face config.json dict from Meta's params.json, through the one LlamaConfig boundary."""
-    cfg = config_from_meta_params(params, vocab_from_weights, where=str(where))
-    return replace(cfg, tie_word_embeddings=tied).to_hf_config()
-
-
-def params_from_config(config: dict, where) -> dict:
-    """Meta's params.json from a Hugging Face LlamaConfig dict; UnsupportedError where Meta's model cannot express it."""
-    from ..config import config_from_hf
-
-    return config_from_hf(config, "llama", str(where)).to_meta_params()
+def _read_hf(config: dict, where) -> LlamaConfig:
+    """A config.json read as Llama's through this record (not the registry, which imports this module);
+    one whose model_type (or, without one, architectures) names something else is refused."""
+    named = config.get("model_type")
+    archs = config.get("architectures") or ()
+    ours = named in FAMILY.model_types if named is not None else \
+        not archs or (isinstance(archs, list) and any(a in FAMILY.architectures for a in archs))
+    if not ours:
+        raise LayoutError(f"{where}: the config describes {named or archs!r}, not Llama; Meta's params.json holds Llama models only")
+    return from_record(FAMILY, config, str(where))
 
 
 def params_for(config: dict | None, metadata: dict, where) -> dict:
@@ -259,11 +258,10 @@ def params_for(config: dict | None, metadata: dict, where) -> dict:
     import json
 
     from ...formats.meta import PARAMS_KEY
-    from ..config import config_from_hf
 
     if config is None:
         raise UnsupportedError(f"{where}: writing a Meta checkpoint needs the model's config; pass --config config.json")
-    target = config_from_hf(config, "llama", str(where))
+    target = _read_hf(config, where)
     stored = (metadata or {}).get(PARAMS_KEY)
     if stored:
         try:

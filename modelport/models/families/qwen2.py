@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import UnsupportedError
-from ..config import with_assumed_key
+from ..config_base import with_assumed_key
 from ..family import Family, Weights, frozen
 from . import llama
 
@@ -63,7 +63,8 @@ def from_values(v: dict, where: str) -> Qwen2Config:
     return llama.from_values(v, where, config_class=Qwen2Config)
 
 
-ASSUMED = {**llama.ASSUMED, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768}
+ASSUMED = {**llama.ASSUMED, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+           "use_sliding_window": False, "sliding_window": None, "max_window_layers": 28}
 
 
 def infer(w: Weights) -> Qwen2Config:

@@ -149,10 +149,10 @@ class MetaSource(TensorSource):
         vocab = emb.shape[0] if emb is not None and (len(self._shards) == 1 or not is_llama3(self.params)) else None
         if vocab is None and emb is not None:
             vocab = emb.shape[0] * len(self._shards)
+        self.llama3 = is_llama3(self.params, vocab)
         tied = OUTPUT not in names or self._output_is_embedding()
         if OUTPUT in names and tied:   # written from a tied model: the HF layout leaves lm_head out
             names.remove(OUTPUT)
-        self.llama3 = is_llama3(self.params, vocab)
         self.metadata = {PARAMS_KEY: json.dumps(self.params)}
         self.notes = [f"{len(self._shards)} model-parallel shard(s), Llama {'3' if self.llama3 else '1/2'} sharding"]
         self.side_files = side_files(self.path, {"params.json", "checklist.chk", MARKER, HF_CONFIG} | {p.name for _, p in found},
@@ -174,8 +174,10 @@ class MetaSource(TensorSource):
             raise FormatError(f"{pj}: dim is {self.params['dim']} but {EMBEDDING} has shape {list(emb[0].shape)}")
 
     def _output_is_embedding(self) -> bool:
-        """True when every shard's output weight has the bytes of its embedding (tied embeddings).
+        """True when the output weight has the bytes of the embedding (tied embeddings).
         Compared piece by piece: an untied model differs within the first piece."""
+        if len(self._shards) > 1 and split_dim(EMBEDDING, self.llama3) != split_dim(OUTPUT, self.llama3):
+            return self._output_is_embedding_across()
         for r in self._shards:
             if EMBEDDING not in r.names():
                 return False
@@ -185,6 +187,41 @@ class MetaSource(TensorSource):
             a, b = r.span(OUTPUT), r.span(EMBEDDING)
             if a is None or b is None or not _same_bytes(a, b):
                 return False
+        return True
+
+    def _output_is_embedding_across(self) -> bool:
+        """Llama 1/2 sharding splits the embedding on columns and the output on rows, so output shard k's
+        rows are row block k of every embedding shard side by side: compared a few MiB of rows at a time."""
+        outs, embs = [], []
+        for r in self._shards:
+            if EMBEDDING not in r.names():
+                return False
+            out, emb = r.info(OUTPUT), r.info(EMBEDDING)
+            a, b = r.span(OUTPUT), r.span(EMBEDDING)
+            if a is None or b is None or out.dtype != emb.dtype or len(out.shape) != 2 or len(emb.shape) != 2:
+                return False
+            outs.append((out.shape, a))
+            embs.append((emb.shape, b))
+        rows, width = embs[0][0][0], outs[0][0][1]
+        if (sum(shape[0] for shape, _ in outs) != rows or sum(shape[1] for shape, _ in embs) != width
+                or any(shape[0] != rows for shape, _ in embs) or any(shape[1] != width for shape, _ in outs)):
+            return False
+        import numpy as np
+
+        item = outs[0][1].nbytes // max(1, outs[0][0][0] * width)
+        step = max(1, (4 << 20) // max(1, width * item))
+        first = 0
+        for (shape, out), _ in zip(outs, embs):
+            for row in range(0, shape[0], step):
+                n = min(step, shape[0] - row)
+                want = np.frombuffer(read_span(Span(out.path, out.offset + row * width * item, n * width * item)),
+                                     dtype=np.uint8).reshape(n, width * item)
+                got = np.concatenate([np.frombuffer(read_span(Span(e.path, e.offset + (first + row) * cols * item,
+                                                                   n * cols * item)), dtype=np.uint8).reshape(n, cols * item)
+                                      for (_, cols), e in embs], axis=1)
+                if not np.array_equal(want, got):
+                    return False
+            first += shape[0]
         return True
 
     def _merged_info(self, name: str) -> tuple[TensorInfo, int | None]:

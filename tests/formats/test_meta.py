@@ -397,20 +397,41 @@ def test_diff_aligns_meta_and_hf_layouts(tmp_path):
                              "permute_rope_hf_to_meta(n_heads=2) was not applied when B was written in layout llama-meta")
 
 
-@pytest.mark.parametrize("shards", [1, 2])
-def test_tied_embeddings_round_trip(tmp_path, shards):
+@pytest.mark.parametrize("config,shards", [(LLAMA3, 1), (LLAMA3, 2), (LLAMA2, 2), (dict(LLAMA2, intermediate_size=144, vocab_size=36), 3)],
+                         ids=["llama3-1", "llama3-2", "llama2-2", "llama2-3"])
+def test_tied_embeddings_round_trip(tmp_path, config, shards):
     """Meta's model always has an output weight: a tied HF model writes the embedding there, and
-    reading it back gives the tied HF layout again (no lm_head, tie_word_embeddings true)."""
-    src, model = hf_dir(tmp_path, dict(LLAMA3, tie_word_embeddings=True), seed=17)
+    reading it back gives the tied HF layout again (no lm_head, tie_word_embeddings true). Llama 1/2
+    sharding splits the embedding on columns and the output on rows: the tie is seen across shards."""
+    src, model = hf_dir(tmp_path, dict(config, tie_word_embeddings=True), seed=17)
     assert "lm_head.weight" not in safetensors_of(src)
     meta, back = tmp_path / "meta", tmp_path / "back"
     modelport.convert(src, meta, to="meta", options=Options(shards=shards))
-    s0 = torch.load(meta / "consolidated.00.pth", weights_only=True)
-    assert torch.equal(s0["output.weight"], s0["tok_embeddings.weight"])
+    parts = [torch.load(meta / f"consolidated.{k:02d}.pth", weights_only=True) for k in range(shards)]
+    emb_dim = 0 if config is LLAMA3 else 1     # Llama 1/2 split the embedding on columns, the output on rows
+    assert torch.equal(torch.cat([p["output.weight"] for p in parts], 0),
+                       torch.cat([p["tok_embeddings.weight"] for p in parts], emb_dim))
     modelport.convert(meta, back, to="hf")
     a, b = safetensors_of(src), safetensors_of(back)
     assert set(a) == set(b) and all(bitwise_equal(a[n], b[n]) for n in a)
     assert json.loads((back / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_untied_output_differing_in_one_row_is_not_read_as_tied(tmp_path):
+    """Across Llama 2 shards, an output equal to the embedding but for one late row stays untied."""
+    src, model = hf_dir(tmp_path, dict(LLAMA2, tie_word_embeddings=True), seed=17)
+    meta = tmp_path / "meta"
+    modelport.convert(src, meta, to="meta", options=Options(shards=2))
+    last = meta / "consolidated.01.pth"
+    s1 = torch.load(last, weights_only=True)
+    s1["output.weight"] = s1["output.weight"].clone()
+    s1["output.weight"][-1, -1] += 1.0
+    torch.save(s1, last)
+    source = modelport.open(meta)
+    try:
+        assert "output.weight" in source.names()
+    finally:
+        source.close()
 
 
 def test_single_meta_shard_as_pt_with_params_as_config(tmp_path):

@@ -463,9 +463,9 @@ def _check_torchscript(runnable, ts, options: ExportOptions, method: str, src: P
     try:
         with _quiet(), torch.no_grad():
             out = ts(*args)
-        from ..models.runnable import _first_outputs
+        from ..models.runnable import first_outputs
 
-        got = dict(zip(runnable.outputs, _first_outputs(out, len(runnable.outputs))))
+        got = dict(zip(runnable.outputs, first_outputs(out, len(runnable.outputs))))
         diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
     except RuntimeError as exc:
         diff, detail = float("inf"), str(exc).splitlines()[0][:120]

@@ -128,7 +128,8 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
     from .convert import manifest as mf
 
     summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
-    check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
+    check = run_check(path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype, format=from_,
+                      assume_config=assume_config) if run_model else None
     record, record_note = mf.read_with_note(path)
     if as_json:
         out = summary.to_json()

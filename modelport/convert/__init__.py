@@ -235,13 +235,6 @@ def _verify(reference, written: Path, dst: Path, target: Format, load: LoadSpec,
     return report
 
 
-def verify_export(src, dst, target: Format, *, load: LoadSpec | None = None, verify=True, **load_kwargs):
-    """Parity of an exported graph at ``dst`` against ``src`` loaded as ``load`` describes (or its fields
-    as keywords); on a mismatch the graph is removed and :class:`VerifyFailed` raised."""
-    load = LoadSpec.of(load, **load_kwargs)
-    return _verify_export(_verify_reference(Path(src), load), Path(dst), target, load, verify)
-
-
 def _verify_export(reference, dst: Path, target: Format, load: LoadSpec, verify):
     """The exporter writes atomically itself: the graph is verified where it was written, and removed
     (with its external data) when it does not match."""
@@ -333,5 +326,5 @@ class _progress_bar:
             self.bar.stop()
 
 
-__all__ = ["ExportOptions", "LoadSpec", "Result", "VerifyFailed", "verify_export", "WriteOptions", "convert",
+__all__ = ["ExportOptions", "LoadSpec", "Result", "VerifyFailed", "WriteOptions", "convert",
            "load_spec", "target_format"]

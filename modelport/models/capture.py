@@ -129,16 +129,23 @@ def _node_scopes(node) -> set[str] | None:
     return None
 
 
-def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
-    """Module name -> the last value computed inside its scope and used outside it. A node's scopes
-    are read from the dynamo exporter's ``name_scopes`` metadata, else from the TorchScript-based
-    exporter's node name (``/model/layers.3/…``)."""
+def _membership(graph):
+    """``inside(i, name)``: whether node ``i`` of ``graph`` lies in module ``name``'s scope. A node's scopes
+    are read from the dynamo exporter's ``name_scopes`` metadata, else from the TorchScript-based exporter's
+    node name (``/model/layers.3/…``)."""
     nodes = list(graph.node)
     scopes = [_node_scopes(n) for n in nodes]
 
     def inside(i: int, name: str) -> bool:
         return name in scopes[i] if scopes[i] is not None else nodes[i].name.startswith(onnx_scope(name))
 
+    return inside
+
+
+def onnx_scope_values(graph, names: list[str], inside=None) -> dict[str, str]:
+    """Module name -> the last value computed inside its scope and used outside it."""
+    nodes = list(graph.node)
+    inside = inside or _membership(graph)
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for v in node.input:
@@ -158,17 +165,25 @@ def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
     return found
 
 
-def _prefixed_scope_values(model, names: list[str]) -> dict[str, str]:
-    """Scope values by the reference's names. An export of a wrapped model (a transformers model behind
-    modelport's calling convention) scopes every module under the wrapper's attribute, which the file's
-    ``modelport.strip_prefix`` metadata records (``model.``): those names are looked up with it first."""
+def scope_values_and_membership(model, names: list[str]):
+    """Scope values by the reference's names, and ``inside(i, name)`` by the same names. An export of a
+    wrapped model (a transformers model behind modelport's calling convention) scopes every module under
+    the wrapper's attribute, which the file's ``modelport.strip_prefix`` metadata records (``model.``):
+    those names are looked up with it first."""
     meta = {p.key: p.value for p in model.metadata_props}
     prefix = meta.get("modelport.strip_prefix") or ""
+    member = _membership(model.graph)
     if prefix:
-        found = onnx_scope_values(model.graph, [prefix + n for n in names])
+        found = onnx_scope_values(model.graph, [prefix + n for n in names], member)
         if found:
-            return {n: found[prefix + n] for n in names if prefix + n in found}
-    return onnx_scope_values(model.graph, names)
+            return ({n: found[prefix + n] for n in names if prefix + n in found},
+                    lambda i, name: member(i, prefix + name))
+    return onnx_scope_values(model.graph, names, member), member
+
+
+def _prefixed_scope_values(model, names: list[str]) -> dict[str, str]:
+    """Scope values by the reference's names (see :func:`scope_values_and_membership`)."""
+    return scope_values_and_membership(model, names)[0]
 
 
 def capture_onnx(runnable, names: list[str], feeds: dict):

@@ -50,7 +50,8 @@ class Runnable:
 
     def describe(self) -> dict:
         """What ran, for reports: origin, backend, device, inputs and outputs."""
-        return {"origin": self.origin, "kind": self.kind, "backend": self.backend, "device": self.device,
+        return {"origin": self.origin, "made_by": self.made_by, "kind": self.kind, "backend": self.backend,
+                "device": self.device,
                 "path": str(self.path) if self.path else None,
                 "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in self.inputs],
                 "outputs": list(self.outputs)}

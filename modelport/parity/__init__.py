@@ -239,7 +239,7 @@ def _missing_output(ref_out, cand_out, label):
 
 def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol, factor=None) -> None:
     replay_from = None
-    if (cand_r.backend == "torchscript" and ref_r.made_by == "transformers" and ref_r.path is not None
+    if (cand_r.backend == "torchscript" and ref_r.origin.startswith("transformers") and ref_r.path is not None
             and not script_prefix(cand_r)):
         from ..models.runnable import load_runnable     # the script's blocks take modelport's calling convention
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..models.capture import _prefixed_scope_values, _session_beside, _submodule, named_root, script_prefix
-from .layers import _is_script
+from .layers import _is_script, _prefixed_scope_values, _session_beside, _submodule, named_root, script_prefix
 
 _ULPS = 4
 _EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}

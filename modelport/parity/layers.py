@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 # the capture itself is the runnable's (Runnable.capture); these names stay importable from here
-from ..models.capture import (capture_hooks, capture_onnx, named_root, onnx_scope,  # noqa: F401
-                              onnx_scope_values, replay_script, script_prefix)
+from ..models.capture import (_first_tensor, _prefixed_scope_values, _session_beside, _submodule,  # noqa: F401
+                              capture_hooks, capture_onnx, named_root, onnx_scope, onnx_scope_values,
+                              replay_script, scope_values_and_membership, script_prefix)
 from .metrics import Tolerance, compare_tensors
 
 

@@ -83,6 +83,11 @@ def _torch_eager(r) -> bool:
     return r.backend in ("torch", "torchscript") and r.module is not None and not _is_script(r.module)
 
 
+def _capture(runnable, names, feeds, ref_inputs):
+    """The named modules' outputs of ``runnable`` and how they were read (see ``Runnable.capture``)."""
+    return runnable.capture(names, feeds, ref_inputs=ref_inputs)
+
+
 def _row_feeds(feeds: dict) -> dict:
     """The first row of a batch on its real tokens only: an exact-precision run without padding."""
     mask = feeds.get("attention_mask")
@@ -142,10 +147,10 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | Non
     if _torch_eager(ref):
         ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
     else:
-        ref_out, ref_in, order = ref.capture(names, feeds)[0], {}, names
+        ref_out, ref_in, order = _capture(ref, names, feeds, {})[0], {}, names
     if replay_from is not None and _is_script(cand.module):
         ref_in = capture_hooks(replay_from, names, feeds, keep_inputs=True)[1]
-    cand_out, method = cand.capture(names, feeds, ref_inputs=ref_in)
+    cand_out, method = _capture(cand, names, feeds, ref_in)
     compared = [b for b in blocks if b in ref_out and b in cand_out]
     if not compared:
         return None

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import FormatError, UnsupportedError
 from .spec import CAUSAL_LM, ENCODER, InputSpec, random_tensor, token_inputs
 
+
 @dataclass
 class Runnable:
     """A model that runs. Subclasses implement :meth:`run` for one backend."""

@@ -142,7 +142,8 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
     from .convert import manifest as mf
 
     summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
-    check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
+    check = run_check(path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype, format=from_,
+                      assume_config=assume_config) if run_model else None
     record, record_note = mf.read_with_note(path)
     if as_json:
         out = summary.to_json()
@@ -233,94 +234,34 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     """Convert SRC to DST, streaming tensor by tensor; nothing is written unless it all succeeds.
 
     A torchscript or onnx DST exports the runnable model SRC holds (see `modelport formats`)."""
-    from .convert import convert as run
-    from .convert import target_format
+    from .convert import VerifyFailed
+    from .convert.request import ConvertRequest, UnusedOption
+    from .render import escape_lines, print_convert
 
-    target = target_format(dst, to)
-    _refuse_unused(target.id, opset=opset, static_shapes=static_shapes, external_data=external_data, method=method,
-                   input_shape=input_shape, input_dtype=input_dtype)
+    request = ConvertRequest(
+        src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
+        shard_size=parse_size(shard_size) if shard_size else None, force=force, config=config,
+        assume_config=assume_config, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
+        no_crc32=no_crc32, params_only=params_only, t7_mode=t7_mode, t7_long_size=t7_long_size, t7_endian=t7_endian,
+        method=method, opset=opset, exporter=exporter, kv_cache=kv_cache, static_shapes=static_shapes,
+        external_data=external_data, input_shape=input_shape, input_dtype=input_dtype, device=device, engine=engine,
+        allow_expanded=allow_expanded, no_manifest=no_manifest, verify=verify, view=view_after)
+    try:
+        request.target()
+    except UnusedOption as exc:
+        raise click.UsageError(str(exc)) from None
     if view_after:
         from .view import require
 
         require("netron", extra="view")
-    if target.graph:
-        from .convert.export import DEFAULT_OPSET, ExportOptions, export
-        from .render import human
-
-        options = ExportOptions(opset=opset or DEFAULT_OPSET, dtype=dtype, static_shapes=static_shapes,
-                                external_data=external_data, method=method, device=device, exporter=exporter,
-                                kv_cache=kv_cache)
-        result = export(src, dst, target.id, options=options, arch=arch, config=config, input_shape=input_shape,
-                        input_dtype=input_dtype, engine=engine, force=force)
-        extra = f", data in {result.external_data.name}" if result.external_data else ""
-        opset_text = f", opset {result.opset}" if result.opset else ""
-        report = None
-        if verify:
-            from .convert import VerifyFailed, verify_export
-            from .render import escape, escape_lines
-
-            try:
-                report = verify_export(src, result.dst, target, from_=from_, arch=arch, config=config, verify=verify)
-            except VerifyFailed as exc:
-                click.echo(escape_lines(exc.report.to_text()))
-                raise
-            tol = report.candidates[0].tolerance
-            click.echo(escape(f"verified: matches {src} on {len(report.inputs)} input sets ({tol.describe()}, "
-                              f"torch on {report.torch_device})"))
-        checked = (f"matches eager within {result.max_abs_diff:.2g}" if result.max_abs_diff is not None
-                   else "built, not run against eager (--verify runs parity)")
-        click.echo(f"wrote {result.dst} ({result.format}{opset_text}{extra}): {human(result.bytes)} from "
-                   f"{result.origin}; {checked}")
-        for note in result.notes if result.format == "onnx" else ():
-            click.echo(f"note: {note}")
-        if not no_manifest:
-            from .convert import manifest as mf
-
-            verdict = {"passed": bool(report), **report.to_json()} if report is not None else None
-            click.echo(f"manifest: {mf.write_for_export(Path(src), result, verdict)}")
-        if view_after:
-            _serve(result.dst, "127.0.0.1", None, True, False, False)
-        return
-
-    options = _options(config=config, assume_config=assume_config or None, strip_prefix=strip_prefix, arch=arch, layout=layout, shards=shards,
-                       params_only=params_only or None, crc32=False if no_crc32 else None, t7_mode=t7_mode,
-                       t7_long_size=int(t7_long_size) if t7_long_size else None, t7_endian=t7_endian,
-                       allow_expanded=allow_expanded or None)
-    from .convert import VerifyFailed
-    from .render import escape, escape_lines, human
-
     try:
-        result = run(src, dst, to=to, from_=from_, dtype=dtype, allow_overflow=allow_overflow,
-                     shard_size=parse_size(shard_size) if shard_size else None, force=force, options=options,
-                     manifest=not no_manifest, verify=verify)
+        result = request.run()
     except VerifyFailed as exc:
         click.echo(escape_lines(exc.report.to_text()))
         raise
-    for note in result.notes:
-        click.echo(f"note: {escape(note)}", err=True)
-    if result.parity is not None:
-        tol = result.parity.candidates[0].tolerance
-        click.echo(escape(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
-                          f"torch on {result.parity.torch_device})"))
-    click.echo(escape(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}"))
-    if result.manifest is not None:
-        click.echo(escape(f"manifest: {result.manifest}"))
+    print_convert(result, src)
     if view_after:
         _serve(result.dst, "127.0.0.1", None, True, False, False)
-
-
-# Options that only one kind of target uses: given for another, they are refused, never silently ignored.
-_TARGET_OPTIONS = {"opset": ("onnx",), "static_shapes": ("onnx",), "external_data": ("onnx",),
-                   "method": ("torchscript",), "input_shape": ("onnx", "torchscript"),
-                   "input_dtype": ("onnx", "torchscript")}
-
-
-def _refuse_unused(target: str, **given) -> None:
-    for name, value in given.items():
-        if value and target not in _TARGET_OPTIONS[name]:
-            flag = "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} applies to {' and '.join(_TARGET_OPTIONS[name])} targets, and this one "
-                                   f"is {target}: drop {flag}")
 
 
 def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=None) -> None:

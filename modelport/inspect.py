@@ -143,18 +143,17 @@ class RunCheck:
         return asdict(self)
 
 
-def run_check(path: str | Path, arch: str | None = None, config: str | Path | None = None, input_shape=None,
-              input_dtype=None, format: str | None = None, assume_config: bool = False) -> RunCheck:  # noqa: A002
-    """Build the runnable model of ``path`` (known architecture, ``--arch`` module, or Lua nn model),
-    run it once on an example input, and say what came out."""
+def run_check(path: str | Path, load=None, **load_kwargs) -> RunCheck:
+    """Build the runnable model of ``path`` (known architecture, ``--arch`` module, or Lua nn model) as
+    ``load`` (a :class:`~modelport.models.spec.LoadSpec`, or its fields as keywords) describes it, run it
+    once on an example input, and say what came out."""
     from .runtime import need_torch
 
     torch = need_torch("inspect --run")
 
     from .models.runnable import example_feeds, load_runnable
 
-    runnable = load_runnable(path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
-                             format=format, assume_config=assume_config)
+    runnable = load_runnable(path, load, **load_kwargs)
     feeds = example_feeds(runnable)
     first = runnable.run(feeds)[runnable.outputs[0]]
     return RunCheck(runnable.origin, runnable.parameters, [list(x.shape) for x in feeds.values()],

@@ -117,3 +117,30 @@ def print_diff(r: DiffReport) -> None:
     equal = "all equal" if r.equal == r.compared else f"{count_phrase(r.equal - r.aliases_equal, r.aliases_equal)} equal"
     how = f"atol {r.atol:g}" + (", values compared across dtypes" if r.cast else "")
     echo(f"{verdict}: {compared} compared, {equal} ({how}); {len(r.missing)} only in A, {len(r.unexpected)} only in B")
+
+
+def print_convert(result, src, echo=click.echo) -> None:
+    """What ``modelport convert`` (and each batch job) says about a conversion it finished: notes, the
+    verification, what was written and the manifest."""
+    exported = result.export
+    if exported is None:
+        for note in result.notes:
+            echo(f"note: {escape(note)}", err=True)
+    if result.parity is not None:
+        tol = result.parity.candidates[0].tolerance
+        echo(escape(f"verified: matches {src} on {len(result.parity.inputs)} input sets ({tol.describe()}, "
+                    f"torch on {result.parity.torch_device})"))
+    if exported is None:
+        echo(escape(f"wrote {result.dst} ({result.target_format}): {result.counts()}, {human(result.bytes)}"))
+    else:
+        extra = f", data in {exported.external_data.name}" if exported.external_data else ""
+        opset_text = f", opset {exported.opset}" if exported.opset else ""
+        checked = (f"matches eager within {exported.max_abs_diff:.2g}" if exported.max_abs_diff is not None
+                   else "built, not run against eager (--verify runs parity)")
+        echo(f"wrote {exported.dst} ({exported.format}{opset_text}{extra}): {human(exported.bytes)} from "
+             f"{exported.origin}; {checked}")
+        for note in exported.notes if exported.format == "onnx" else ():
+            echo(f"note: {note}")
+    if result.manifest is not None:
+        echo(escape(f"manifest: {result.manifest}"))
+

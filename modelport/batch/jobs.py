@@ -9,12 +9,15 @@ Each job is a mapping::
       verify: true                # or parity options: {atol: 1e-4, seq_len: [8, 16], new_tokens: 8}
       timeout: 600                # optional: seconds before the job is stopped
 
-A job's options mean what the same ``convert`` options mean on the command line: they are parsed by
-the ``convert`` command itself, so an unknown option or a bad value is refused before anything runs.
+A job's options mean what the same ``convert`` options mean on the command line: they are parsed
+into the same :class:`~modelport.convert.request.ConvertRequest` the command builds, with the types of
+the command's options (:data:`~modelport.convert.request.OPTIONS`), so an unknown option or a bad value
+is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -54,6 +57,8 @@ class Job:
         for name, value in self.options.items():
             if value is True:
                 args.append(f"--{name}")
+            elif value is False and _DEFAULT_ON.get(name):
+                args.append(f"--no-{name}")         # a flag that is on unless turned off (--no-kv-cache)
             elif value is False or value is None:
                 continue
             else:
@@ -151,22 +156,23 @@ def _resolve(base: Path, text: str) -> Path:
 
 
 def _check_options(options: Any, label: str, base: Path) -> dict[str, Any]:
+    from ..convert.request import OPTIONS
+
     if not isinstance(options, dict):
         raise FormatError(f"{label}: field 'options' must be a mapping of convert options")
-    params = _convert_params()
     out: dict[str, Any] = {}
     for key, value in options.items():
         name = str(key).lstrip("-").replace("_", "-")
-        param = params.get(name)
-        if param is None or name in _NOT_IN_BATCH:
+        if name not in OPTIONS or name in _NOT_IN_BATCH:
             hint = " (use the job's 'verify' field)" if name == "verify" else ""
             raise FormatError(f"{label}: options: {key!r} is not a convert option a batch can set{hint}")
-        if param.is_flag:
+        kind = OPTIONS[name][1]
+        if kind == "flag":
             if not isinstance(value, bool):
                 raise FormatError(f"{label}: options: {key!r} is a flag: true or false")
         elif isinstance(value, (dict, list)) or value is None:
             raise FormatError(f"{label}: options: {key!r} takes one value, not {type(value).__name__}")
-        elif _is_path(param) and isinstance(value, str):
+        elif kind == "file" and isinstance(value, str):
             value = str(_resolve(base, value))
         out[name] = value
     return out
@@ -203,26 +209,67 @@ def _check_verify(verify: Any, label: str) -> bool | dict:
 
 
 def _check_with_convert(job: Job, label: str) -> None:
-    """Let the convert command parse the job's arguments, exactly as on the command line."""
+    """Parse the job's arguments as the convert command parses its command line."""
     import click
 
-    from ..cli import convert
-
     try:
-        with convert.make_context("convert", job.argv(), resilient_parsing=False):
-            pass
+        request_for(job)
     except click.ClickException as exc:
         raise FormatError(f"{label}: {exc.format_message()}") from None
 
 
-def _convert_params() -> dict[str, Any]:
-    from ..cli import convert
+def request_for(job: Job):
+    """The :class:`~modelport.convert.request.ConvertRequest` of ``job`` (its ``verify`` included),
+    its arguments parsed with the types of the convert command's options; a bad one raises click's
+    usage error, worded as the command words it."""
+    from ..console import parse_size
+    from ..convert.request import ConvertRequest
 
-    return {opt[2:]: p for p in convert.params if getattr(p, "param_type_name", "") == "option"
-            for opt in p.opts if opt.startswith("--")}
+    with _command().make_context("convert", job.argv()) as ctx:
+        params = dict(ctx.params)
+        if params.get("shard_size") is not None:
+            params["shard_size"] = parse_size(params["shard_size"])
+    return ConvertRequest(**params, verify=job.verify)
 
 
-def _is_path(param) -> bool:
+_DEFAULT_ON = {"kv-cache": True}
+
+
+def _command():
+    """A click command with the convert command's arguments and options (types, choices, ranges)."""
     import click
 
-    return isinstance(param.type, click.Path)
+    from ..convert.request import OPTIONS, ConvertRequest
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ConvertRequest)}
+    params: list = [click.Argument(["src"], type=click.Path(path_type=Path)),
+                    click.Argument(["dst"], type=click.Path(path_type=Path))]
+    for name, (field_name, kind, arg) in OPTIONS.items():
+        if name in _NOT_IN_BATCH:
+            continue
+        if kind == "flag":
+            decls = [f"--{name}/--no-{name}" if _DEFAULT_ON.get(name) else f"--{name}", field_name]
+            params.append(click.Option(decls, is_flag=True, default=defaults[field_name]))
+            continue
+        kind_type = {"choice": lambda: click.Choice(arg), "int": lambda: click.IntRange(min=arg) if arg else click.INT,
+                     "file": lambda: click.Path(exists=True, dir_okay=False, path_type=Path),
+                     "format": _format_type}.get(kind, lambda: click.STRING)()
+        params.append(click.Option([f"--{name}", field_name], type=kind_type, default=defaults[field_name]))
+    return click.Command("convert", params=params)
+
+
+def _format_type():
+    import click
+
+    class FormatType(click.ParamType):
+        name = "FORMAT"
+
+        def convert(self, value, param, ctx):
+            from .. import formats
+
+            ids = [f.id for f in formats.all_formats()]
+            if value not in ids:
+                self.fail(f"{value!r} is not a format; choose from {', '.join(ids)}", param, ctx)
+            return value
+
+    return FormatType()

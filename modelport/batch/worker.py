@@ -1,6 +1,7 @@
 """One batch job in a process of its own: ``python -m modelport.batch.worker JOB.json RESULT.json``.
 
-The job's arguments go through the ``convert`` command exactly as typed on the command line; what it
+The job becomes the :class:`~modelport.convert.request.ConvertRequest` the ``convert`` command would
+build from the same arguments, run and reported as the command runs and reports it; what it
 did (status, exit code, its one-line error, parity verdict and worst error, output size, peak memory)
 is written to RESULT.json. A crash or a kill of this process fails this job alone: the pool reads a
 missing result as the signal or exit code that ended it.
@@ -63,8 +64,10 @@ def run(job) -> dict:
     import click
 
     from ..atomic import interrupt
-    from ..cli import convert as convert_cmd
+    from ..convert import VerifyFailed
     from ..errors import SPELLING, ModelportError
+    from ..render import escape_lines, print_convert
+    from .jobs import request_for
 
     result: dict = {"name": job.name, "status": "failed", "exit_code": 2, "error": None, "parity": None,
                     "worst_error": None, "output_bytes": None, "manifest": None}
@@ -73,9 +76,13 @@ def run(job) -> dict:
     started = time.monotonic()
     try:
         with contextlib.redirect_stdout(out):
-            with convert_cmd.make_context("convert", job.argv()) as ctx:
-                ctx.params["verify"] = job.verify
-                convert_cmd.invoke(ctx)
+            request = request_for(job)
+            try:
+                done = request.run()
+            except VerifyFailed as exc:
+                click.echo(escape_lines(exc.report.to_text()))
+                raise
+            print_convert(done, request.src)
             interrupt.check()
         result.update(status="passed" if job.verify else "done", exit_code=0)
     except click.ClickException as exc:

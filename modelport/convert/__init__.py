@@ -4,6 +4,7 @@ target atomically, one tensor at a time."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ from ..errors import DifferenceFound, MissingDependencyError, UnsupportedError
 from ..formats._untrusted import check_regular
 from ..formats.base import Format, Options, TensorSource, WriteOptions
 from ..models.sources import open_source, read_config_file
+from ..models.spec import LoadSpec
 from . import layouts
 from . import manifest as manifest_module
 from .cast import CastSource
+from .export_options import ExportOptions
 from .manifest import DIR_NAME, SUFFIX
 
 
@@ -36,6 +39,7 @@ class Result:
     aliases: int = 0             # tied names stored once (counted apart from ``tensors``)
     manifest: Path | None = None      # the conversion's manifest, unless it was turned off
     parity: Any = None                # the ParityReport of --verify, when asked
+    export: Any = None                # a graph target: the exporter's ExportResult (opset, data file, check)
 
     def counts(self) -> str:
         """'28 tensors + 1 tied alias', the way convert, diff and inspect all count."""
@@ -102,6 +106,8 @@ def convert(
     progress: bool | None = None,
     manifest: bool = True,
     verify: bool | dict = False,
+    export: ExportOptions | None = None,
+    load: LoadSpec | None = None,
 ) -> Result:
     """Convert ``src`` to ``dst``. Nothing is written unless the whole conversion succeeds.
 
@@ -113,24 +119,25 @@ def convert(
     parity check before declaring success (a dict passes options to :func:`modelport.parity.parity`); a
     mismatch raises :class:`VerifyFailed` carrying the report, and nothing is kept; a passing report is
     recorded in the manifest and the result.
+
+    Graph targets (onnx, torchscript) export the runnable model ``src`` holds: ``export`` sets how
+    (opset, method, exporter, device, static shapes, external data, KV cache; ``dtype`` fills its dtype)
+    and ``load`` how the source is loaded to run (engine, input shape and dtype, …; ``arch``, ``config``
+    and ``assume_config`` default to ``options``'). Export options for a weights target are refused.
     """
     src, dst = Path(src), Path(dst)
     options = options or Options()
     check_regular(src, "source")        # a missing source is named before anything about the destination
     target = target_format(dst, to)
+    if export is not None and not target.graph:
+        raise UnsupportedError(f"{dst}: export options apply to onnx and torchscript targets, and this one is "
+                               f"{target.id}: drop them")
     check_overlap(src, dst)
     check_destination(dst, force)
-    reference = _verify_reference(src, from_, options) if verify else None
+    load = load_spec(load, options, from_)
+    reference = _verify_reference(src, load) if verify else None
     if target.graph:       # a program, not weights: export the runnable model (defaults: opset 17, script/trace)
-        from .export import ExportOptions, export
-
-        done = export(src, dst, target.id, options=ExportOptions(dtype=dtype), force=force,
-                      arch=options.arch, config=options.config)
-        report = _verify_export(reference, Path(done.dst), target, options, verify) if verify else None
-        record = manifest_module.write_for_export(src, done, {"passed": True, **report.to_json()} if report else None) \
-            if manifest else None
-        return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"],
-                      manifest=record, parity=report)
+        return _export(src, dst, target, export or ExportOptions(), load, dtype, force, manifest, reference, verify)
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
     with open_source(src, from_, options.reading()) as source:
@@ -153,7 +160,7 @@ def convert(
                     if tmp.is_dir():
                         write_marker(tmp, format=target.id, version=__version__)
                     if verify:
-                        report = _verify(reference, tmp, dst, target, options, verify)
+                        report = _verify(reference, tmp, dst, target, load, verify)
                     if record is not None:
                         record.write(tmp, report, wrote)     # in a directory: the marker, with the manifest in it
                 if record is not None:
@@ -182,43 +189,61 @@ class VerifyFailed(DifferenceFound):
         super().__init__(f"{dst}: the converted model does not match the source{where}; nothing was written")
 
 
-def _verify_reference(src: Path, from_: str | None, options: Options):
+def load_spec(load: LoadSpec | None, options: Options, from_: str | None = None) -> LoadSpec:
+    """How the source is loaded to run (export, --verify): ``load``, its architecture, config and
+    assume-config filled from the conversion's ``options`` where it leaves them unset, read as ``from_``."""
+    load = load or LoadSpec()
+    return load.replace(arch=load.arch if load.arch is not None else options.arch,
+                        config=load.config if load.config is not None else options.config,
+                        assume_config=load.assume_config or bool(options.assume_config),
+                        format=load.format or from_)
+
+
+def _export(src: Path, dst: Path, target: Format, options: ExportOptions, load: LoadSpec, dtype: str | None,
+            force: bool, manifest: bool, reference, verify) -> Result:
+    """A graph target: export, check against the source (``verify``), record."""
+    from .export import export
+
+    if dtype is not None and options.dtype is None:
+        options = dataclasses.replace(options, dtype=dtype)
+    done = export(src, dst, target.id, options=options, load=load.replace(format=None), force=force)
+    report = _verify_export(reference, Path(done.dst), target, load, verify) if verify else None
+    record = manifest_module.write_for_export(src, done, {"passed": True, **report.to_json()} if report else None) \
+        if manifest else None
+    return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"],
+                  manifest=record, parity=report, export=done)
+
+
+def _verify_reference(src: Path, load: LoadSpec):
     """The source as a runnable model, built before anything is written (a source that cannot run
     cannot be verified: that is an input error, found first)."""
     from ..models.runnable import load_runnable
 
-    return load_runnable(src, format=from_, arch=options.arch, config=options.config)
+    return load_runnable(src, load)
 
 
-def _verify(reference, written: Path, dst: Path, target: Format, options: Options, verify):
+def _verify(reference, written: Path, dst: Path, target: Format, load: LoadSpec, verify):
     """Parity of the written model (at its temporary path) against the source; raise when it fails."""
     from ..models.runnable import load_runnable
     from ..parity import parity
 
     config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
     if target.graph:
-        candidate = load_runnable(written, format=target.id)
+        candidate = load_runnable(written, LoadSpec(format=target.id))
     else:
-        candidate = load_runnable(written, format=target.id, arch=options.arch,
-                                  config=config() if config is not None else options.config)
+        candidate = load_runnable(written, LoadSpec(format=target.id, arch=load.arch,
+                                                    config=config() if config is not None else load.config))
     report = parity(reference, candidate, **(verify if isinstance(verify, dict) else {}))
     if not report:
         raise VerifyFailed(dst, report)
     return report
 
 
-def verify_export(src, dst, target: Format, *, from_: str | None = None, arch=None, config=None, verify=True):
-    """Parity of an exported graph at ``dst`` against ``src``; on a mismatch the graph is removed and
-    :class:`VerifyFailed` raised."""
-    options = Options(arch=arch, config=config)
-    return _verify_export(_verify_reference(Path(src), from_, options), Path(dst), target, options, verify)
-
-
-def _verify_export(reference, dst: Path, target: Format, options: Options, verify):
+def _verify_export(reference, dst: Path, target: Format, load: LoadSpec, verify):
     """The exporter writes atomically itself: the graph is verified where it was written, and removed
     (with its external data) when it does not match."""
     try:
-        return _verify(reference, dst, dst, target, options, verify)
+        return _verify(reference, dst, dst, target, load, verify)
     except BaseException:
         _remove_export(dst)
         raise
@@ -300,4 +325,5 @@ class _progress_bar:
             self.bar.stop()
 
 
-__all__ = ["Result", "VerifyFailed", "verify_export", "WriteOptions", "convert", "target_format"]
+__all__ = ["ExportOptions", "LoadSpec", "Result", "VerifyFailed", "WriteOptions", "convert",
+           "load_spec", "target_format"]

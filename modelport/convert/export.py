@@ -37,6 +37,7 @@ from ..formats._onnxproto import metadata_entry, top_level, varint
 from ..formats._untrusted import check_regular
 from ..errors import MissingDependencyError, ModelportError, UnsupportedError
 from ..models.runnable import TENSOR, run_example
+from ..models.spec import LoadSpec
 from .export_options import (DEFAULT_OPSET, LEGACY_MAX_OPSET, MAX_OPSET, MIN_OPSET, ExportOptions,  # noqa: F401
                              ExportResult, check_opset)
 from .export_options import modelport_version as _version
@@ -59,46 +60,38 @@ def _feeds(runnable, static: bool, second: bool):
     return example_feeds(runnable, batch=2, seq_len=7, seed=0, left_pad=2)
 
 
-def _compare(runnable, got: dict, want: dict, feeds: dict, fp16: bool) -> float:
-    """Largest |got - want| over the first output (padded positions of token models excluded)."""
-    import torch
+def _check(runnable, got: dict, want: dict, feeds: dict, fp16: bool, base: float):
+    """The first output of ``got`` against eager's ``want`` by :func:`modelport.parity.metrics.compare_tensors`
+    (padded positions of token models excluded), held to ``base`` (2e-2 in fp16) times the output's scale."""
+    from ..parity.metrics import Tolerance, compare_tensors
 
     name = runnable.outputs[0]
-    a, b = got[name].float().cpu(), want[name].float().cpu()
+    a, b = want[name].float().cpu(), got[name].float().cpu()
     if a.shape != b.shape:
-        raise ModelportError(f"the exported model returns {name} of shape {list(a.shape)}, eager {list(b.shape)}")
-    mask = feeds.get("attention_mask")
-    if mask is not None and a.dim() >= 2 and tuple(a.shape[:2]) == tuple(mask.shape):
-        real = mask.bool().cpu()
-        a, b = a[real], b[real]
-    if not torch.isfinite(b).all():
-        return 0.0 if torch.equal(torch.isnan(a), torch.isnan(b)) else float("inf")
-    return (a - b).abs().max().item() if a.numel() else 0.0
+        raise ModelportError(f"the exported model returns {name} of shape {list(b.shape)}, eager {list(a.shape)}")
+    scale = max(1.0, a.abs().max().item()) if a.numel() and bool(a.isfinite().all()) else 1.0
+    tol = Tolerance((2e-2 if fp16 else base) * scale, 0.0, "float16" if fp16 else "float32", given=True)
+    if not a.numel():
+        return 0.0, tol.atol
+    c = compare_tensors(a, b, tol, output=name, inputs="export check", mask=feeds.get("attention_mask"))
+    if c.problem is not None:            # nothing finite in eager to compare with
+        return 0.0, tol.atol
+    return (c.max_abs if c.max_abs is not None and not c.nonfinite else float("inf")), tol.atol
 
 
-def _tolerance(want: dict, name: str, fp16: bool, base: float) -> float:
-    scale = max(1.0, want[name].float().abs().max().item())
-    return (2e-2 if fp16 else base) * scale
-
-
-def _load(src, *, arch, config, input_shape, input_dtype, engine, options: ExportOptions):
+def _load(src, load: LoadSpec, options: ExportOptions):
+    """The runnable to export, as ``load`` describes it, on the export's device and in its dtype."""
     from ..models.runnable import load_runnable
 
     dtype = {"fp32": "float32", "fp16": "float16", None: None}.get(options.dtype, options.dtype)
-    runnable = load_runnable(src, arch=arch, config=config, device=options.device, dtype=dtype,
-                             input_shape=input_shape, input_dtype=input_dtype, engine=engine)
+    runnable = load_runnable(src, load.replace(device=options.device, dtype=dtype))
     if runnable.backend == "onnxruntime":
         raise UnsupportedError(f"{src}: already an ONNX graph; modelport exports torch models (eager or TorchScript)")
-    if (input_shape or input_dtype) and runnable.kind != TENSOR:    # said, not silently ignored
+    if (load.input_shape or load.input_dtype) and runnable.kind != TENSOR:    # said, not silently ignored
         raise UnsupportedError(f"{src}: --input-shape and --input-dtype are for tensor models; this is a {runnable.kind} "
                                f"model whose inputs ({', '.join(i.name for i in runnable.inputs)}) the export shapes "
                                "itself: drop them")
     return runnable
-
-
-def _strip_prefix(runnable) -> str:
-    """The wrapper's prefix on parameter names (transformers models are wrapped as ``model``)."""
-    return "model." if runnable.origin.startswith("transformers ") else ""
 
 
 def _max_positions(runnable) -> int | None:
@@ -120,7 +113,7 @@ def _metadata(runnable, src: Path, sha: str, exporter: str, opset: int | None) -
         meta["modelport.vocab_size"] = str(runnable.vocab_size)
     if _max_positions(runnable) is not None:
         meta["modelport.max_positions"] = str(_max_positions(runnable))
-    prefix = _strip_prefix(runnable)
+    prefix = runnable.prefix
     if prefix:
         meta["modelport.strip_prefix"] = prefix
     return meta
@@ -371,7 +364,7 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
 
                     gc.collect()
                 external = _finish_onnx(staged, data_name, options.external_data, opset, meta, tied,
-                                        _strip_prefix(runnable), kept, state_names)
+                                        runnable.prefix, kept, state_names)
                 diff = _check_onnx(runnable, staged, options, check_feeds, want)
                 size = staged.stat().st_size
                 with atomic_output(data_dst, force) if external else contextlib.nullcontext() as tmp_data:
@@ -390,8 +383,7 @@ def _check_onnx(runnable, path: Path, options: ExportOptions, feeds: dict, want:
 
     graph = onnx_runnable(path, device=options.device)
     got = graph.run(feeds)
-    diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
-    tol = _tolerance(want, runnable.outputs[0], options.dtype == "fp16", 1e-4)
+    diff, tol = _check(runnable, got, want, feeds, options.dtype == "fp16", 1e-4)
     if not diff <= tol:
         raise ModelportError(f"the exported ONNX graph differs from the eager model by {diff:.3g} (> {tol:.3g}) at "
                              "another batch size and sequence length; nothing was written")
@@ -399,17 +391,13 @@ def _check_onnx(runnable, path: Path, options: ExportOptions, feeds: dict, want:
 
 
 def export_onnx(src_path, dst_path, *, opset: int = DEFAULT_OPSET, dtype: str | None = None, static_shapes: bool = False,
-                external_data: bool = False, device: str = "cpu", arch: str | None = None, config=None,
-                input_shape=None, input_dtype=None, engine: str = "auto", force: bool = False) -> ExportResult:
-    """Export the model at ``src_path`` (any runnable source) to ONNX at ``dst_path``."""
+                external_data: bool = False, device: str = "cpu", load: LoadSpec | None = None, force: bool = False,
+                **load_kwargs) -> ExportResult:
+    """Export the model at ``src_path`` (any runnable source) to ONNX at ``dst_path`` through torch.onnx;
+    ``load`` (or its fields as keywords: ``arch``, ``config``, ``input_shape`` …) says how to load it."""
     options = ExportOptions(opset=check_opset(opset), dtype=dtype, static_shapes=static_shapes,
                             external_data=external_data, device=device)
-    check_regular(Path(src_path), "source")     # a missing source is named before the destination
-    check_overlap(Path(src_path), Path(dst_path))
-    check_destination(Path(dst_path), force)
-    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
-                     engine=engine, options=options)
-    return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path, release=True)
+    return _export_traced(src_path, dst_path, "onnx", options, LoadSpec.of(load, **load_kwargs), force)
 
 
 # -- TorchScript ------------------------------------------------------------------------------------
@@ -425,7 +413,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
     check_destination(dst, force)
     if runnable.backend != "torch":
         raise UnsupportedError(f"{runnable.path}: already {runnable.backend}; export a torch model to TorchScript")
-    method = options.method or ("script" if runnable.origin.startswith("modelport reference") else "trace")
+    method = options.method or ("script" if runnable.made_by == "reference" else "trace")
     if method not in METHODS:
         raise UnsupportedError(f"--method {method}: choose script or trace")
     src = Path(source_path or runnable.path or dst)
@@ -447,7 +435,7 @@ def export_torchscript_runnable(runnable, dst, *, options: ExportOptions = Expor
             "outputs": list(runnable.outputs), "vocab_size": runnable.vocab_size, "method": method,
             "max_positions": _max_positions(runnable),
             "source": str(src), "source_sha256": _sha256(src) if src.exists() else "", "version": _version(),
-            "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": _strip_prefix(runnable)}
+            "exporter": f"torch.jit.{method}, torch {torch.__version__}", "strip_prefix": runnable.prefix}
     with atomic_output(dst, force) as tmp, _quiet():
         save_module(ts, tmp, {METADATA_FILE: json.dumps(meta)})   # a full disk: OSError, not an abort
     return ExportResult(dst, "torchscript", meta["exporter"], runnable.origin, dst.stat().st_size, None, None, diff,
@@ -463,15 +451,15 @@ def _check_torchscript(runnable, ts, options: ExportOptions, method: str, src: P
     try:
         with _quiet(), torch.no_grad():
             out = ts(*args)
-        from ..models.runnable import _first_outputs
+        from ..models.runnable import first_outputs
 
-        got = dict(zip(runnable.outputs, _first_outputs(out, len(runnable.outputs))))
-        diff = _compare(runnable, got, want, feeds, options.dtype == "fp16")
+        got = dict(zip(runnable.outputs, first_outputs(out, len(runnable.outputs))))
+        diff, tol = _check(runnable, got, want, feeds, options.dtype == "fp16", 1e-5)
     except RuntimeError as exc:
         diff, detail = float("inf"), str(exc).splitlines()[0][:120]
+        tol = 0.0
     else:
         detail = None
-    tol = _tolerance(want, runnable.outputs[0], options.dtype == "fp16", 1e-5)
     if not diff <= tol:
         if method == "trace":
             why = f"fails ({detail})" if detail else f"differs from eager by {diff:.3g}"
@@ -483,40 +471,43 @@ def _check_torchscript(runnable, ts, options: ExportOptions, method: str, src: P
 
 
 def export_torchscript(src_path, dst_path, *, method: str | None = None, dtype: str | None = None, device: str = "cpu",
-                       arch: str | None = None, config=None, input_shape=None, input_dtype=None, engine: str = "auto",
-                       force: bool = False) -> ExportResult:
+                       load: LoadSpec | None = None, force: bool = False, **load_kwargs) -> ExportResult:
     """Export the model at ``src_path`` (any runnable source) to TorchScript at ``dst_path``."""
     options = ExportOptions(method=method, dtype=dtype, device=device)
-    check_regular(Path(src_path), "source")     # a missing source is named before the destination
-    check_overlap(Path(src_path), Path(dst_path))
-    check_destination(Path(dst_path), force)
-    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
-                     engine=engine, options=options)
-    return export_torchscript_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
+    return _export_traced(src_path, dst_path, "torchscript", options, LoadSpec.of(load, **load_kwargs), force)
 
 
-def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOptions(), arch: str | None = None,
-           config=None, input_shape=None, input_dtype=None, engine: str = "auto", force: bool = False) -> ExportResult:
-    """``convert`` to a graph format: ``to`` is onnx or torchscript."""
+def export(src_path, dst_path, to: str, *, options: ExportOptions = ExportOptions(), load: LoadSpec | None = None,
+           force: bool = False, **load_kwargs) -> ExportResult:
+    """``convert`` to a graph format: ``to`` is onnx or torchscript. ``load`` describes how to load the
+    source (its fields may also be given as keywords: ``arch=``, ``config=``, ``input_shape=``, ``engine=`` …);
+    the export's own device and dtype come from ``options``."""
+    load = LoadSpec.of(load, **load_kwargs)
     if options.dtype not in (None, "fp32", "fp16", "float32", "float16"):
         raise UnsupportedError(f"--dtype {options.dtype}: graph exports are fp32 or fp16")
     if to == "onnx":
         check_opset(options.opset)
         from .onnx_builder import build_onnx, use_builder
-        if use_builder(src_path, options, arch=arch, config=config, input_shape=input_shape, engine=engine):
-            return build_onnx(src_path, dst_path, options=options, force=force, arch=arch, config=config)
+        if use_builder(src_path, options, arch=load.arch, config=load.config, input_shape=load.input_shape,
+                       engine=load.engine):
+            return build_onnx(src_path, dst_path, options=options, force=force, arch=load.arch, config=load.config,
+                              assume_config=load.assume_config)
     elif to != "torchscript":
         raise UnsupportedError(f"format {to!r} is not a graph format")
+    return _export_traced(src_path, dst_path, to, options, load, force)
+
+
+def _export_traced(src_path, dst_path, to: str, options: ExportOptions, load: LoadSpec, force: bool) -> ExportResult:
+    """Load the runnable ``load`` describes and export it with torch (torch.onnx or torch.jit)."""
     check_regular(Path(src_path), "source")     # a missing source is named before the destination
     check_overlap(Path(src_path), Path(dst_path))
     check_destination(Path(dst_path), force)
-    runnable = _load(src_path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype,
-                     engine=engine, options=options)
+    runnable = _load(src_path, load, options)
     if to == "onnx":
         return export_onnx_runnable(runnable, dst_path, options=options, force=force, source_path=src_path,
                                     release=True)
     return export_torchscript_runnable(runnable, dst_path, options=options, force=force, source_path=src_path)
 
 
-__all__ = ["export", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "export_onnx",
-           "export_onnx_runnable", "export_torchscript", "export_torchscript_runnable"]
+__all__ = ["export", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "LoadSpec",
+           "export_onnx", "export_onnx_runnable", "export_torchscript", "export_torchscript_runnable"]

@@ -306,14 +306,16 @@ def _runnables(source: Path, output: Path, arch, config):
     guess, so a weights-only output needs no --config."""
     from .. import formats
     from ..models.runnable import load_runnable
+    from ..models.spec import LoadSpec
 
-    reference = load_runnable(source, arch=arch, config=config)
+    load = LoadSpec(arch=arch, config=config)
+    reference = load_runnable(source, load)
     output_format = formats.detect(output).id
-    if output_format in ("onnx", "torchscript"):
-        return reference, load_runnable(output, format=output_format)
+    if formats.get(output_format).graph:
+        return reference, load_runnable(output, LoadSpec(format=output_format))
     hf_config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
-    return reference, load_runnable(output, format=output_format, arch=arch,
-                                    config=hf_config() if hf_config is not None else config)
+    return reference, load_runnable(output, load.replace(format=output_format,
+                                                         config=hf_config() if hf_config is not None else config))
 
 
 def _within(path: Path, home: Path) -> bool:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import FormatError, UnsupportedError
 from ..formats.graphmeta import GraphMeta, from_onnx, from_torchscript
-from .runnable import (BATCH, CAUSAL_LM, ENCODER, SEQUENCE, TENSOR, InputSpec, OrtRunnable, TorchRunnable,
-                       tensor_input)
+from .runners import OrtRunnable, TorchRunnable, ort_session
+from .spec import BATCH, CAUSAL_LM, ENCODER, SEQUENCE, TENSOR, InputSpec, LoadSpec, tensor_input
 
 TOKEN_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 # onnxruntime's type strings -> canonical dtype names
@@ -74,13 +74,12 @@ def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_d
     return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs,
                          origin=meta.origin or f"TorchScript module {module.original_name}", path=path,
                          backend="torchscript", device=str(device), vocab_size=meta.vocab_size,
-                         max_positions=meta.max_positions, module=module)
+                         max_positions=meta.max_positions, module=module, made_by="torchscript")
 
 
 def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None) -> OrtRunnable:
     """The ONNX graph at ``path`` in an onnxruntime session; external data checked before it is read."""
     from ..formats.onnx import load_proto
-    from .runnable import ort_session
 
     path = Path(path)
     proto = load_proto(path)            # refuses external data outside the directory or past a file's end
@@ -127,7 +126,16 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
                        else f"ONNX graph ({meta.exporter or 'another producer'})", path=path,
                        device="cuda" if providers and providers[0].startswith("CUDA") else "cpu", vocab_size=vocab,
                        max_positions=meta.max_positions, module=session, providers=tuple(providers), cache=cache,
-                       positions=positions)
+                       positions=positions, made_by="onnx")
+
+
+def make_torchscript(path: Path, spec: LoadSpec) -> TorchRunnable:
+    return torchscript_runnable(path, device=spec.device, input_shape=spec.input_shape, input_dtype=spec.input_dtype,
+                                trust_torchscript=spec.trust_torchscript)
+
+
+def make_onnx(path: Path, spec: LoadSpec) -> OrtRunnable:
+    return onnx_runnable(path, device=spec.device, input_shape=spec.input_shape, input_dtype=spec.input_dtype)
 
 
 def _cache_inputs(inputs: list[InputSpec]) -> tuple[tuple, bool]:

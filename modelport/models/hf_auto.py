@@ -22,9 +22,8 @@ import re
 from pathlib import Path
 
 from ..errors import FormatError, MissingDependencyError, UnsafeContentError, UnsupportedError
-from .runnable import CAUSAL_LM, ENCODER, InputSpec, TorchRunnable, token_inputs
-
-ENGINES = ("auto", "reference", "transformers")
+from .runners import TorchRunnable
+from .spec import CAUSAL_LM, ENCODER, ENGINES, InputSpec, LoadSpec, token_inputs, torch_dtype
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -230,9 +229,7 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
     auto = transformers.AutoModelForCausalLM if kind == CAUSAL_LM else transformers.AutoModel
     kw = {"attn_implementation": "eager", "local_files_only": True}
     if dtype is not None:
-        from .loader import _torch_dtype
-
-        kw["dtype"] = _torch_dtype(dtype)
+        kw["dtype"] = torch_dtype(dtype)
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()       # its loading bar is noise in modelport's output
     try:
@@ -259,4 +256,15 @@ def transformers_runnable(path, *, device: str = "cpu", dtype=None) -> TorchRunn
         InputSpec(n, "int64", ("batch", "sequence")) for n in names)
     vocab = getattr(model.config, "vocab_size", None)
     return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs, origin=f"transformers {type(model).__name__}",
-                         path=path, device=str(device), vocab_size=vocab, module=_wrapper(model, kind, names))
+                         path=path, device=str(device), vocab_size=vocab, module=_wrapper(model, kind, names),
+                         made_by="transformers", prefix="model.")
+
+
+def make_hf(path: Path, spec: LoadSpec) -> TorchRunnable:
+    """A Hugging Face directory: run by transformers or by modelport's reference family (see
+    :func:`choose_engine`); a ``config`` or your own module (``arch``) always takes the reference path."""
+    if spec.config is None and not spec.user_module and choose_engine(path, spec.engine, spec.arch) == "transformers":
+        return transformers_runnable(path, device=spec.device, dtype=spec.dtype)
+    from .loader import make_weights
+
+    return make_weights(path, spec)

@@ -24,6 +24,8 @@ from ..formats.base import Options, TensorSource
 from . import detect, families
 from .strict import key_mismatch
 from .config import config_from_hf, normalize_arch
+from .spec import LoadSpec, random_tensor
+from .spec import torch_dtype as to_torch_dtype
 
 ModelConfig = Any     # the config dataclass of a family (see modelport.models.families)
 
@@ -150,19 +152,6 @@ def load_weights(model, source: TensorSource, cfg: ModelConfig, device="cpu", dt
     return model
 
 
-def _torch_dtype(dtype):
-    if dtype is None:
-        return None
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = dtypes.canonical(dtype)
-    if name not in dtypes.FLOATING:
-        raise UnsupportedError(f"dtype {dtype!r} cannot run a model; use one of {', '.join(sorted(dtypes.FLOATING))}")
-    return dtypes.to_torch(name)
-
-
 def _read_config_file(config) -> dict | None:
     if config is None or isinstance(config, dict):
         return config
@@ -175,7 +164,7 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
                       assume_config: bool = False, input_shape=None, input_dtype=None):
     """A runnable eval-mode model from an open source (see :func:`load_model`)."""
     config = _read_config_file(config)
-    torch_dtype = _torch_dtype(dtype)
+    torch_dtype = to_torch_dtype(dtype)
     if arch and ":" in arch:
         from .user import load_user_model
 
@@ -251,8 +240,6 @@ def example_inputs(model, batch: int = 1, seq_len: int = 8, seed: int = 0) -> tu
     device = next(iter(model.parameters()), torch.empty(0)).device
     spec = getattr(model, "modelport_input", None)
     if spec is not None:
-        from .runnable import random_tensor
-
         shape, dtype = spec
         return (random_tensor(shape, dtype, gen).to(device),)
     cfg = getattr(model, "config", None)
@@ -261,3 +248,26 @@ def example_inputs(model, batch: int = 1, seq_len: int = 8, seed: int = 0) -> tu
         raise UnsupportedError("no example inputs for this model: give its input shape (--input-shape 1,3,224,224)")
     ids = torch.randint(0, vocab, (batch, seq_len), generator=gen).to(device)
     return ids, torch.ones_like(ids)
+
+
+def make_weights(path: Path, spec: LoadSpec):
+    """The runnable of a weights checkpoint: a reference family (detected, or ``spec.arch``) or your own
+    module (``spec.arch`` = ``package.module:factory``)."""
+    from .runners import from_module
+    from .spec import CAUSAL_LM, TENSOR, InputSpec
+
+    if spec.engine == "transformers":
+        raise UnsupportedError(f"{path}: --engine transformers runs Hugging Face directories; this is {spec.format!r}")
+    model = load_model(path, spec.arch, spec.device, spec.dtype, config=spec.config, assume_config=spec.assume_config,
+                       input_shape=spec.input_shape, input_dtype=spec.input_dtype)
+    assumed = list(getattr(model, "modelport_assumed", []))
+    if spec.user_module:
+        shape_dtype = getattr(model, "modelport_input", None)
+        given = None
+        if shape_dtype is not None:
+            given = InputSpec("input", dtypes.canonical(shape_dtype[1]), tuple(shape_dtype[0]))
+        return from_module(model, kind=TENSOR, origin=f"user module {spec.arch} ({type(model).__name__})", path=path,
+                           input_spec=given, assumed=assumed, made_by="user")
+    family = getattr(model, "modelport_arch", None) or spec.arch
+    return from_module(model, kind=CAUSAL_LM, origin=f"modelport reference {family} ({type(model).__name__})",
+                       path=path, vocab_size=model.config.vocab_size, assumed=assumed, made_by="reference")

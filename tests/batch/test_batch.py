@@ -54,6 +54,34 @@ def test_yaml_and_json_jobs_mean_the_same(work):
     assert a[1].verify == {"seq_lens": [5], "atol": 1e-3}
 
 
+def test_a_job_is_the_request_the_command_builds(work):
+    """A job's options parse into the same ConvertRequest the convert command builds from the same words,
+    without the batch importing the command (kv-cache: false is --no-kv-cache)."""
+    from modelport.batch.jobs import check_job, request_for
+    from modelport.cli import convert as convert_cmd
+    from modelport.console import parse_size
+    from modelport.convert.request import ConvertRequest
+
+    job = check_job({"src": "m.pt", "dst": "out/m.onnx", "options": {
+        "config": "config.json", "opset": 18, "kv-cache": False, "exporter": "torch", "shard-size": "1GB",
+        "static_shapes": True, "t7-long-size": 8, "engine": "reference", "device": "cpu"}}, 0, work)
+    assert "--no-kv-cache" in job.argv()
+    with convert_cmd.make_context("convert", job.argv()) as ctx:
+        params = {("view" if k == "view_after" else k): v for k, v in ctx.params.items()}
+    params["shard_size"] = parse_size(params["shard_size"])
+    request = request_for(job)
+    assert request == ConvertRequest(**params)
+    assert request.kv_cache is False and request.opset == 18 and request.shard_size == 10**9
+    assert request.export_options().kv_cache is False and request.load_spec().engine == "reference"
+
+
+def test_the_batch_does_not_import_the_command():
+    from tests.test_layers import PACKAGE, _imports
+
+    for path in sorted((PACKAGE / "batch").glob("*.py")):
+        assert all(target != "modelport.cli" for _, target in _imports(path)), path
+
+
 @pytest.mark.parametrize("job, says", [
     ({"src": "m.pt"}, "job 2: field 'dst' must be a path"),
     ({"src": "m.pt", "dst": "o", "colour": 1}, "unknown field 'colour'"),

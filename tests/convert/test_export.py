@@ -44,7 +44,7 @@ def reference():
         if family not in cache:
             model = tiny.ours_from_hf(tiny.build(family, seed=21 + FAMILIES.index(family)))
             cache[family] = from_module(model, kind=CAUSAL_LM, origin=f"modelport reference {family}",
-                                        vocab_size=tiny.VOCAB)
+                                        vocab_size=tiny.VOCAB, made_by="reference")
         return cache[family]
     return get
 

@@ -79,3 +79,35 @@ def test_onnx_graph_runs_through_the_same_interface(tmp_path):
     got = r.run(feeds)["logits"]
     real = feeds["attention_mask"].bool()
     assert (got - want)[real].abs().max().item() <= 1e-5
+
+
+def test_one_maker_per_format_and_the_keyword_form_fills_the_spec(tmp_path):
+    from modelport.models.runnable import MAKERS, LoadSpec, load_runnable as load, register_maker
+
+    hf = tiny.llama(seed=4)
+    hf.save_pretrained(tmp_path / "hf")
+    by_spec = load(tmp_path / "hf", LoadSpec(engine="reference"))
+    by_words = load(tmp_path / "hf", engine="reference")
+    assert by_spec.made_by == by_words.made_by == "reference" and by_spec.origin == by_words.origin
+    assert load(tmp_path / "hf", LoadSpec(engine="reference"), engine="transformers").made_by == "transformers"
+    assert {"torchscript", "onnx", "hf", "t7"} <= set(MAKERS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_maker("onnx", MAKERS["onnx"])
+    with pytest.raises(TypeError, match="unexpected load option"):
+        load(tmp_path / "hf", enigne="reference")
+    with pytest.raises(UnsupportedError, match="--engine transformers runs Hugging Face directories"):
+        load(ROOT / "fixtures" / "t7nn" / "u1net.net", input_shape="1,3,32,32", engine="transformers")
+
+
+def test_capture_is_the_runnables_own(tmp_path):
+    """Per-layer outputs come from the runnable: hooks on an eager model, one per named block, in run order."""
+    hf = tiny.llama(seed=6)
+    hf.save_pretrained(tmp_path / "hf")
+    r = load_runnable(tmp_path / "hf", engine="reference")
+    names = ["model.layers.0", "model.layers.1", "model.nope"]
+    feeds = example_feeds(r, batch=2, seq_len=5)
+    outputs, method = r.capture(names, feeds)
+    assert method == "hooks" and list(outputs) == names[:2]
+    assert outputs["model.layers.0"].shape == (2, 5, hf.config.hidden_size)
+    _, inputs, order = r.capture_with_inputs(names, feeds)
+    assert order == names[:2] and inputs["model.layers.1"][0].shape == (2, 5, hf.config.hidden_size)

@@ -1,0 +1,46 @@
+"""Runnables from Torch7 files holding a Lua ``nn`` model, rebuilt as a ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import dtypes
+from ..errors import UnsupportedError
+from .runners import TorchRunnable, from_module
+from .spec import TENSOR, InputSpec, LoadSpec, tensor_input, torch_dtype
+
+
+def lua_input(model, spec: InputSpec, path, input_dtype=None) -> InputSpec:
+    """The example input of a rebuilt Lua model: ``spec``'s shape, the model's own floating type (or
+    int64 indices 1..n when its input feeds a ``LookupTable``) unless ``input_dtype`` was given."""
+    from ..t7.nn import example_input, input_count
+
+    n = input_count(model)
+    if n != 1:
+        raise UnsupportedError(f"{path}: this nngraph gModule takes {n} inputs; modelport runs and exports Lua models "
+                               "of one input (--input-shape gives one)")
+    own, values = example_input(model)
+    return InputSpec(spec.name, spec.dtype if input_dtype else dtypes.canonical(own), spec.shape, values)
+
+
+def make_t7(path: Path, spec: LoadSpec) -> TorchRunnable:
+    """A ``.t7`` file: its Lua ``nn`` model, or, with ``arch``, its weights in that architecture."""
+    if spec.arch is not None:
+        from .loader import make_weights
+
+        return make_weights(path, spec)
+    if spec.engine == "transformers":
+        raise UnsupportedError(f"{path}: --engine transformers runs Hugging Face directories; this is {spec.format!r}")
+    from ..t7.nn import load_lua_model
+
+    if spec.input_shape is None:
+        raise UnsupportedError(f"{path}: running a Lua nn model needs an example input: pass --input-shape, "
+                               "e.g. 1,3,32,32")
+    given = tensor_input(spec.input_shape, spec.input_dtype)
+    model = load_lua_model(path)
+    if spec.dtype is not None:
+        model.to(torch_dtype(spec.dtype))
+    model.to(spec.device)
+    given = lua_input(model, given, path, spec.input_dtype)
+    return from_module(model, kind=TENSOR, origin=f"Lua nn model rebuilt as {type(model).__name__}", path=path,
+                       input_spec=given, made_by="lua")

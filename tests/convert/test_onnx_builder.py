@@ -27,18 +27,24 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 # (id, model maker, opset): every family and its variants, opsets spread over the range so both the
-# decompositions (ReduceMean with axes as attribute / input, LayerNormalization from 17) and opset 23's
-# RMSNormalization are exercised
+# decompositions (ReduceMean with axes as attribute / input, LayerNormalization from 17) and, at 23 and 24,
+# the Attention, RotaryEmbedding and RMSNormalization nodes are exercised for every family
 CASES = [
     ("llama-gqa", lambda: tiny.llama(seed=31), 14),
     ("llama-tied-llama3-rope", lambda: tiny.llama(seed=32, tie_word_embeddings=True, rope_scaling=LLAMA3), 17),
     ("llama-opset23", lambda: tiny.llama(seed=33), 23),
+    ("llama-tied-llama3-rope-opset24", lambda: tiny.llama(seed=39, tie_word_embeddings=True, rope_scaling=LLAMA3), 24),
     ("qwen2-biases", lambda: qwen2(seed=34), 18),
+    ("qwen2-opset23", lambda: qwen2(seed=56), 23),
     ("gpt2", lambda: tiny.gpt2(seed=35), 16),
+    ("gpt2-opset23", lambda: tiny.gpt2(seed=57), 23),
     ("gpt2-opset24", lambda: tiny.gpt2(seed=36, scale_attn_by_inverse_layer_idx=True), 24),
     ("gptneox-parallel", lambda: tiny.gptneox(seed=37), 17),
     ("gptneox-sequential", lambda: tiny.gptneox(seed=38, use_parallel_residual=False), 21),
+    ("gptneox-partial-rotary-opset23", lambda: tiny.gptneox(seed=58), 23),
+    ("gptneox-sequential-opset24", lambda: tiny.gptneox(seed=59, use_parallel_residual=False), 24),
 ]
+FUSED = {"Attention", "RotaryEmbedding", "RMSNormalization"}
 
 
 def _save(model, path):
@@ -82,6 +88,13 @@ def test_built_graph_matches_transformers_with_and_without_cache(case, tmp_path)
         assert result.opset == opset and result.external_data == dst.with_name("model.onnx.data")
         proto = onnx.load(str(dst), load_external_data=False)
         assert [o.version for o in proto.opset_import if o.domain == ""] == [opset]
+        ops = {n.op_type for n in proto.graph.node}
+        if opset >= 23:       # the opset's own nodes, not the decomposition (no MatMul of scores, no Softmax)
+            assert "Attention" in ops and not ops & {"Softmax", "MatMul"}
+            assert ("RotaryEmbedding" in ops) == (model.config.model_type != "gpt2")
+            assert ("RMSNormalization" in ops) == (model.config.model_type in ("llama", "qwen2"))
+        else:
+            assert not ops & FUSED and "Softmax" in ops
         session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
@@ -99,14 +112,25 @@ def test_built_graph_matches_transformers_with_and_without_cache(case, tmp_path)
         assert got.shape == want.shape
         diff = np.abs(got - want)[real].max()
         assert diff <= 1e-4, f"max |onnx - transformers| = {diff}"
+        if kv:     # the first 6 tokens, then the last 3 with the first ones' present as past (left padding kept)
+            first = session.run(None, {"input_ids": feeds["input_ids"][:, :6], "attention_mask": feeds["attention_mask"][:, :6],
+                                       "position_ids": feeds["position_ids"][:, :6], **_past(session, 3)})
+            past = {n.replace("present.", "past_key_values."): v
+                    for n, v in zip([o.name for o in session.get_outputs()][1:], first[1:])}
+            assert all(v.shape[2] == 6 for v in past.values())
+            rest = session.run(["logits"], {"input_ids": feeds["input_ids"][:, 6:], "attention_mask": feeds["attention_mask"],
+                                            "position_ids": feeds["position_ids"][:, 6:], **past})[0]
+            diff = np.abs(rest - want[:, 6:])[real[:, 6:]].max()
+            assert diff <= 1e-4, f"with a past of 6 tokens: max |onnx - transformers| = {diff}"
 
 
+@pytest.mark.parametrize("opset", [17, 23])
 @pytest.mark.parametrize("make", [lambda: tiny.llama(seed=41), lambda: tiny.gpt2(seed=42, n_positions=40),
                                   lambda: tiny.gptneox(seed=43)], ids=["llama", "gpt2", "gptneox"])
-def test_greedy_with_the_cache_equals_transformers_greedy(make, tmp_path):
+def test_greedy_with_the_cache_equals_transformers_greedy(make, opset, tmp_path):
     model = make()
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions())
+    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions(opset=opset))
     ids, mask = tiny.batch(t=7)
     session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     got = greedy(session, ids.numpy(), mask.numpy(), 10)
@@ -170,11 +194,12 @@ def test_the_built_graph_runs_as_a_modelport_runnable(tmp_path):
     assert (got - want)[real].abs().max().item() <= 1e-4
 
 
-def test_fp16_graph_runs_on_cpu_and_stays_close(tmp_path):
+@pytest.mark.parametrize("opset", [17, 23])
+def test_fp16_graph_runs_on_cpu_and_stays_close(opset, tmp_path):
     model = tiny.llama(seed=48)
     src = _save(model, tmp_path / "hf")
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(src, dst, options=ExportOptions(dtype="fp16"))
+    build_onnx(src, dst, options=ExportOptions(dtype="fp16", opset=opset))
     proto = onnx.load(str(dst), load_external_data=False)
     assert {t.data_type for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} == \
         {onnx.TensorProto.FLOAT16}
@@ -205,12 +230,14 @@ def _genai_python() -> str | None:
 
 @pytest.mark.skipif(_genai_python() is None, reason="onnxruntime-genai is not installed here (pip install "
                     "onnxruntime-genai, or set MODELPORT_GENAI_PYTHON to a Python that has it)")
-@pytest.mark.parametrize("make", [lambda: tiny.llama(seed=49), lambda: qwen2(seed=51), lambda: tiny.gpt2(seed=52),
-                                  lambda: tiny.gptneox(seed=53)], ids=["llama", "qwen2", "gpt2", "gptneox"])
-def test_onnxruntime_genai_runs_a_built_graph(make, tmp_path):
+@pytest.mark.parametrize("make,opset", [(lambda: tiny.llama(seed=49), 17), (lambda: qwen2(seed=51), 17),
+                                        (lambda: tiny.gpt2(seed=52), 17), (lambda: tiny.gptneox(seed=53), 17),
+                                        (lambda: tiny.llama(seed=60), 23), (lambda: tiny.gptneox(seed=61), 24)],
+                         ids=["llama", "qwen2", "gpt2", "gptneox", "llama-opset23", "gptneox-opset24"])
+def test_onnxruntime_genai_runs_a_built_graph(make, opset, tmp_path):
     model = make()
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions())
+    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions(opset=opset))
     prompt = [3, 14, 15, 9, 26]
     script = ("import sys, numpy as np, onnxruntime_genai as og\n"
               "m = og.Model(sys.argv[1]); p = og.GeneratorParams(m)\n"

@@ -194,6 +194,7 @@ def _family(family_id: str):
 def _metadata(cfg, src: Path, sha: str, exporter: str, opset: int, dtype: str, kv: bool, plan) -> dict[str, str]:
     from .. import export_options as ex
     from .decoders import BATCH, SEQ
+    from .graph import FUSED_OPSET
 
     inputs = [{"name": "input_ids", "dtype": "int64", "shape": [BATCH, SEQ]},
               {"name": "attention_mask", "dtype": "int64", "shape": [BATCH, SEQ]}]
@@ -207,7 +208,11 @@ def _metadata(cfg, src: Path, sha: str, exporter: str, opset: int, dtype: str, k
                                               "head_dim": cfg.head_dim} if kv else None),
             "modelport.weights": "checkpoint names and orientation: no tensor transposed ([out, in] weights "
                                  "feed Gemm with transB=1)"}
-    if dtype != "float32":
+    if dtype != "float32" and opset >= FUSED_OPSET:
+        meta["modelport.float32"] = ("norm statistics (RMSNormalization / LayerNormalization stash_type 1), rotary "
+                                     "angles (Cast after) and the attention softmax (Attention softmax_precision 1) "
+                                     "run in float32; weights, activations and the cache are " + dtype)
+    elif dtype != "float32":
         meta["modelport.float32"] = ("norm statistics, rotary angles, attention scores and softmax run in float32 "
                                      "(Cast around them); weights, activations and the cache are " + dtype)
     aliases = {}

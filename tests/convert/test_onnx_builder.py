@@ -82,10 +82,11 @@ def test_built_graph_matches_transformers_with_and_without_cache(case, tmp_path)
     ids, mask = tiny.batch()
     want = tiny.hf_logits(model, ids, mask).numpy()
     real = mask.bool().numpy()
-    for kv in (True, False):
+    for kv in (True, False):            # the cache with external data, the logits-only graph with tensors inside
         dst = tmp_path / f"kv{kv}" / "model.onnx"
-        result = build_onnx(src, dst, options=ExportOptions(opset=opset, kv_cache=kv))
-        assert result.opset == opset and result.external_data == dst.with_name("model.onnx.data")
+        result = build_onnx(src, dst, options=ExportOptions(opset=opset, kv_cache=kv, external_data=kv))
+        assert result.opset == opset and result.external_data == (dst.with_name("model.onnx.data") if kv else None)
+        assert dst.with_name("model.onnx.data").is_file() == kv
         proto = onnx.load(str(dst), load_external_data=False)
         assert [o.version for o in proto.opset_import if o.domain == ""] == [opset]
         ops = {n.op_type for n in proto.graph.node}
@@ -141,7 +142,7 @@ def test_initializers_keep_checkpoint_names_and_a_tied_weight_is_stored_once(tmp
     model = tiny.llama(seed=44, tie_word_embeddings=True)
     src = _save(model, tmp_path / "hf")
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(src, dst, options=ExportOptions(kv_cache=False))
+    build_onnx(src, dst, options=ExportOptions(kv_cache=False, external_data=True))
     proto = onnx.load(str(dst), load_external_data=False)
     external = {t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     want = {k for k in model.state_dict() if k != "lm_head.weight"}
@@ -152,6 +153,40 @@ def test_initializers_keep_checkpoint_names_and_a_tied_weight_is_stored_once(tmp
     total = sum(t.numel() * 4 for k, t in model.state_dict().items() if k != "lm_head.weight")
     size = dst.with_name("model.onnx.data").stat().st_size
     assert total <= size < total + 64 * 1024
+
+
+def test_tensors_go_inside_the_file_unless_external_data_is_asked_or_it_is_past_2_gib(tmp_path, monkeypatch):
+    import importlib
+
+    builder = importlib.import_module("modelport.convert.onnx_builder")
+
+    model = tiny.llama(seed=62, tie_word_embeddings=True)
+    src = _save(model, tmp_path / "hf")
+    inline = build_onnx(src, tmp_path / "in" / "model.onnx", options=ExportOptions(dtype="fp16"))
+    ext = build_onnx(src, tmp_path / "ex" / "model.onnx", options=ExportOptions(dtype="fp16", external_data=True))
+    assert inline.external_data is None and sorted(p.name for p in (tmp_path / "in").iterdir()) == \
+        ["genai_config.json", "model.onnx"]
+    assert inline.bytes == (tmp_path / "in" / "model.onnx").stat().st_size
+    onnx.checker.check_model(str(tmp_path / "in" / "model.onnx"))
+    a, b = onnx.load(str(tmp_path / "in" / "model.onnx")), onnx.load(str(tmp_path / "ex" / "model.onnx"))
+    assert all(t.data_location == onnx.TensorProto.DEFAULT and t.raw_data for t in a.graph.initializer)
+    tensors = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert {t.name for t in a.graph.initializer} == set(tensors)
+    for t in a.graph.initializer:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(t), tensors[t.name])
+    assert a.graph.node == b.graph.node and a.graph.input == b.graph.input and a.opset_import == b.opset_import
+    assert {p.key: p.value for p in a.metadata_props} == {p.key: p.value for p in b.metadata_props}
+    ids, mask = (t.numpy() for t in tiny.batch(t=5))
+    got = [greedy(ort.InferenceSession(str(tmp_path / d / "model.onnx"), providers=["CPUExecutionProvider"]), ids, mask, 4)
+           for d in ("in", "ex")]
+    np.testing.assert_array_equal(*got)
+
+    monkeypatch.setattr(builder, "PROTOBUF_LIMIT", inline.bytes - 1)   # one byte too many for one file
+    big = build_onnx(src, tmp_path / "big" / "model.onnx", options=ExportOptions(dtype="fp16"))
+    assert big.external_data == tmp_path / "big" / "model.onnx.data" and big.external_data.is_file()
+    assert any("2 GiB" in n for n in big.notes)
+    monkeypatch.setattr(builder, "PROTOBUF_LIMIT", inline.bytes)
+    assert build_onnx(src, tmp_path / "fit" / "model.onnx", options=ExportOptions(dtype="fp16")).external_data is None
 
 
 def test_export_picks_the_builder_for_known_families_and_keeps_the_guarantees(tmp_path):
@@ -166,7 +201,7 @@ def test_export_picks_the_builder_for_known_families_and_keeps_the_guarantees(tm
     assert traced.exporter.startswith("torch.onnx.export")
     again = export(src, dst, "onnx", options=ExportOptions(opset=15, kv_cache=False), force=True)
     assert again.opset == 15 and dst.read_bytes() != before
-    assert sorted(p.name for p in dst.parent.iterdir()) == ["genai_config.json", "model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["genai_config.json", "model.onnx"]
 
 
 def test_builder_refuses_what_it_cannot_build(tmp_path):
@@ -201,8 +236,7 @@ def test_fp16_graph_runs_on_cpu_and_stays_close(opset, tmp_path):
     dst = tmp_path / "out" / "model.onnx"
     build_onnx(src, dst, options=ExportOptions(dtype="fp16", opset=opset))
     proto = onnx.load(str(dst), load_external_data=False)
-    assert {t.data_type for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} == \
-        {onnx.TensorProto.FLOAT16}
+    assert {t.data_type for t in proto.graph.initializer} == {onnx.TensorProto.FLOAT16}
     assert "float32" in {p.key: p.value for p in proto.metadata_props}["modelport.float32"]
     session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     ids, mask = tiny.batch()

@@ -289,6 +289,33 @@ def test_onnxruntime_genai_runs_a_built_graph(make, opset, tmp_path):
     assert got == want[:len(got)] and (len(got) == 8 or want[len(got)] == eos), (got, want)
 
 
+OPTIMUM_PYTHON = os.environ.get("MODELPORT_OPTIMUM_PYTHON")
+
+
+@pytest.mark.skipif(OPTIMUM_PYTHON is None, reason="set MODELPORT_OPTIMUM_PYTHON to a Python with optimum-onnx and "
+                    "onnxruntime (a side environment: optimum pins transformers 4)")
+def test_optimum_ort_model_for_causal_lm_runs_a_built_graph_with_its_cache(tmp_path):
+    model = tiny.llama(seed=63)
+    src = _save(model, tmp_path / "hf")
+    dst = tmp_path / "out" / "model.onnx"
+    build_onnx(src, dst, options=ExportOptions())
+    cfg = json.loads((src / "config.json").read_text())       # optimum reads config.json beside the graph;
+    cfg["rope_theta"] = cfg.get("rope_parameters", {}).get("rope_theta", 500.0)   # transformers 4 spells rope so
+    (dst.parent / "config.json").write_text(json.dumps(cfg))
+    ids, mask = tiny.batch(t=7)
+    script = ("import json, sys, torch\nfrom optimum.onnxruntime import ORTModelForCausalLM\n"
+              "m = ORTModelForCausalLM.from_pretrained(sys.argv[1], file_name='model.onnx', use_cache=True, "
+              "use_io_binding=False)\nassert m.can_use_cache\n"
+              "ids, mask = torch.tensor(json.loads(sys.argv[2])), torch.tensor(json.loads(sys.argv[3]))\n"
+              "out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0, "
+              "eos_token_id=None)\nprint(json.dumps(out[:, ids.shape[1]:].tolist()))\n")
+    out = subprocess.run([OPTIMUM_PYTHON, "-c", script, str(dst.parent), json.dumps(ids.tolist()), json.dumps(mask.tolist())],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-800:]
+    got = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
+    np.testing.assert_array_equal(got, _hf_greedy(model, ids, mask, 10))
+
+
 def test_cli_builds_by_default_and_traces_when_asked(tmp_path):
     from click.testing import CliRunner
 

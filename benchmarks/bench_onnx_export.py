@@ -22,7 +22,7 @@ with genai_config.json). ``--tokenizer DIR`` gives the 1B-shaped Llama DIR's tok
 onnxruntime-genai's builder insists on. A tool whose processes pass ``--rss-cap`` GB together (default 4: the machine is
 shared) is stopped and reported as not fitting, with how far it got; the torch path is not started when
 the checkpoint alone is past the cap (it holds the model and traces it). Graphs over 3 GB are not run in
-onnxruntime (they would pass the cap).
+onnxruntime or onnxruntime-genai (they would pass the cap).
 
 ``--greedy`` checks the builder's graph with its cache in three loaders against transformers' greedy (32
 tokens): onnxruntime directly on three left-padded seeded prompts; optimum's ORTModelForCausalLM
@@ -140,9 +140,11 @@ def runs_in_ort(path: Path, size: int) -> str:
         return f"no: {str(exc)[:60]}"
 
 
-def runs_in_genai(directory: Path, python: str | None) -> str:
+def runs_in_genai(directory: Path, python: str | None, size: int) -> str:
     if not (directory / "genai_config.json").exists():
         return "n/a (no genai_config.json)"
+    if size > 3e9:
+        return f"not run ({size / 1e9:.1f} GB: past this shared machine's memory budget)"
     if python is None:
         return "not tried (--genai-python)"
     script = ("import sys,numpy as np,onnxruntime_genai as og\nm=og.Model(sys.argv[1]);p=og.GeneratorParams(m)\n"
@@ -407,7 +409,7 @@ def compare_small(args, work: Path) -> None:
     for r in rows:
         if r["ok"]:
             print(f"{r['label']:8} {r['wall']:7.1f} {r['peak'] / 1e9:7.2f} GB {r['size'] / 1e6:6.0f} MB  "
-                  f"{runs_in_ort(r['out'], r['size'])} / {runs_in_genai(r['out'].parent, args.genai_python)}")
+                  f"{runs_in_ort(r['out'], r['size'])} / {runs_in_genai(r['out'].parent, args.genai_python, r['size'])}")
         else:
             print(f"{r['label']:8} {r['why']}")
     ok = {r["label"]: r for r in rows if r["ok"]}

@@ -158,6 +158,8 @@ def test_initializers_keep_checkpoint_names_and_a_tied_weight_is_stored_once(tmp
 def test_tensors_go_inside_the_file_unless_external_data_is_asked_or_it_is_past_2_gib(tmp_path, monkeypatch):
     import importlib
 
+    from modelport import formats
+
     builder = importlib.import_module("modelport.convert.onnx_builder")
 
     model = tiny.llama(seed=62, tie_word_embeddings=True)
@@ -168,6 +170,7 @@ def test_tensors_go_inside_the_file_unless_external_data_is_asked_or_it_is_past_
         ["genai_config.json", "model.onnx"]
     assert inline.bytes == (tmp_path / "in" / "model.onnx").stat().st_size
     onnx.checker.check_model(str(tmp_path / "in" / "model.onnx"))
+    assert formats.detect(tmp_path / "in" / "model.onnx").id == "onnx"          # sniffed: ir_version comes first
     a, b = onnx.load(str(tmp_path / "in" / "model.onnx")), onnx.load(str(tmp_path / "ex" / "model.onnx"))
     assert all(t.data_location == onnx.TensorProto.DEFAULT and t.raw_data for t in a.graph.initializer)
     tensors = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer}

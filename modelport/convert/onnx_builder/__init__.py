@@ -184,8 +184,8 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
                     onnx.save_model(model_proto(None, plan.tensor_protos(data_name, offsets)), str(stage / dst.name))
                     onnx.checker.check_model(str(stage / dst.name))
                     (stage / data_name).unlink()
-                    size = plan.write_inline(stage / dst.name, graph_bytes, headers,
-                                             lambda: model_proto(sha.result(), None).SerializeToString())
+                    size = plan.write_inline(stage / dst.name, _split(model_proto(None, None))[0], graph_bytes, headers,
+                                             lambda: _split(model_proto(sha.result(), None))[1])
                     notes.insert(0, f"{len(plan.order)} tensors streamed into {dst.name} ({dtype}; --external-data "
                                     f"puts them in {data_name})")
                 if kv and not genai:
@@ -205,6 +205,19 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
                 shutil.rmtree(stage, ignore_errors=True)
     origin = f"modelport {cfg.family} family record ({cfg.n_layers} layers)"
     return ex.ExportResult(dst, "onnx", exporter, origin, size, opset, data_dst if external else None, None, notes)
+
+
+def _split(model) -> tuple[bytes, bytes]:
+    """A graph-less ModelProto serialised as the fields before its graph (field 7: ir_version first, as
+    readers that sniff the file expect) and those after it (opsets, metadata)."""
+    from onnx import ModelProto
+
+    head, tail = ModelProto(), ModelProto()
+    head.CopyFrom(model)
+    tail.CopyFrom(model)
+    for field in head.DESCRIPTOR.fields:
+        (tail if field.number < 7 else head).ClearField(field.name)
+    return head.SerializeToString(), tail.SerializeToString()
 
 
 def genai_config_of(graph: Path) -> Path | None:

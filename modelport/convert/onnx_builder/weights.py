@@ -157,22 +157,22 @@ class WeightPlan:
         (to compare with protobuf's 2 GiB limit before anything is written)."""
         return head + _field_size(len(graph) + sum(_field_size(_tensor_size(h, self.nbytes(h.name))) for h in headers))
 
-    def write_inline(self, path, graph: bytes, headers: list, rest) -> int:
+    def write_inline(self, path, head: bytes, graph: bytes, headers: list, rest) -> int:
         """Write one ModelProto file with every tensor's bytes inside it, streamed as into external data.
 
-        ``graph`` is the serialised graph without initializers, ``headers`` the initializers without data
-        (:meth:`tensor_protos`), ``rest()`` the serialised model without its graph (called last: the
-        metadata may wait for the source's hash). Protobuf parsers take fields in any order, so the graph
-        (ModelProto field 7) comes first and its initializers (GraphProto field 5, their bytes in
-        ``raw_data``, field 9) after its other fields: only lengths are computed ahead, no tensor is held
-        whole. Returns the bytes written."""
+        ``head`` is the serialised model fields before the graph (ir_version first), ``graph`` the
+        serialised graph without initializers, ``headers`` the initializers without data
+        (:meth:`tensor_protos`), ``rest()`` the serialised fields after the graph (called last: the
+        metadata may wait for the source's hash). The graph's initializers (GraphProto field 5, their bytes
+        in ``raw_data``, field 9) follow its other fields, which protobuf parsers take in any order: only
+        lengths are computed ahead, no tensor is held whole. Returns the bytes written."""
         from ...formats._onnxproto import varint
 
         entries = [(h.SerializeToString(), self.nbytes(h.name)) for h in headers]
         body = len(graph) + sum(_field_size(len(raw) + _field_size(n)) for raw, n in entries)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, _GRAPH_TAG + varint(body) + graph)
+            _write_all(fd, head + _GRAPH_TAG + varint(body) + graph)
             for (raw, n), name in zip(entries, self.order):
                 _write_all(fd, _INIT_TAG + varint(len(raw) + _field_size(n)) + raw + _RAW_TAG + varint(n))
                 self._write_tensor(fd, name, self._span(name))

@@ -360,6 +360,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-onnx-"))
+    work.mkdir(parents=True, exist_ok=True)
     if not args.only_7b:
         compare_small(args, work)
     if args.llama7b:
@@ -440,6 +441,9 @@ def compare_7b(big: Path, work: Path) -> None:
     shutil.rmtree(out.parent, ignore_errors=True)
     b = measure("builder", [sys.executable, "-m", "modelport", "convert", str(big), str(out), "--dtype", "fp16",
                             "--exporter", "builder", "--no-manifest"], out, env)
+    if not (cp["ok"] and b["ok"]):
+        print(f"7B-shaped Llama fp16: cp {cp.get('why', 'ok')}; builder {b.get('why', 'ok')}")
+        return
     print(f"7B-shaped Llama fp16 ({size / 1e9:.1f} GB): cp -r {cp['wall']:.1f} s; builder {b.get('wall', 0):.1f} s, "
           f"peak RSS {b.get('peak', 0) / 1e9:.2f} GB, wrote {b.get('size', 0) / 1e9:.1f} GB; builder / cp wall "
           f"{b.get('wall', 0) / cp['wall']:.2f}x (targets: <= 2x, peak RSS <= 1 GB)")

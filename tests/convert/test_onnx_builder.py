@@ -27,18 +27,24 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 # (id, model maker, opset): every family and its variants, opsets spread over the range so both the
-# decompositions (ReduceMean with axes as attribute / input, LayerNormalization from 17) and opset 23's
-# RMSNormalization are exercised
+# decompositions (ReduceMean with axes as attribute / input, LayerNormalization from 17) and, at 23 and 24,
+# the Attention, RotaryEmbedding and RMSNormalization nodes are exercised for every family
 CASES = [
     ("llama-gqa", lambda: tiny.llama(seed=31), 14),
     ("llama-tied-llama3-rope", lambda: tiny.llama(seed=32, tie_word_embeddings=True, rope_scaling=LLAMA3), 17),
     ("llama-opset23", lambda: tiny.llama(seed=33), 23),
+    ("llama-tied-llama3-rope-opset24", lambda: tiny.llama(seed=39, tie_word_embeddings=True, rope_scaling=LLAMA3), 24),
     ("qwen2-biases", lambda: qwen2(seed=34), 18),
+    ("qwen2-opset23", lambda: qwen2(seed=56), 23),
     ("gpt2", lambda: tiny.gpt2(seed=35), 16),
+    ("gpt2-opset23", lambda: tiny.gpt2(seed=57), 23),
     ("gpt2-opset24", lambda: tiny.gpt2(seed=36, scale_attn_by_inverse_layer_idx=True), 24),
     ("gptneox-parallel", lambda: tiny.gptneox(seed=37), 17),
     ("gptneox-sequential", lambda: tiny.gptneox(seed=38, use_parallel_residual=False), 21),
+    ("gptneox-partial-rotary-opset23", lambda: tiny.gptneox(seed=58), 23),
+    ("gptneox-sequential-opset24", lambda: tiny.gptneox(seed=59, use_parallel_residual=False), 24),
 ]
+FUSED = {"Attention", "RotaryEmbedding", "RMSNormalization"}
 
 
 def _save(model, path):
@@ -76,12 +82,20 @@ def test_built_graph_matches_transformers_with_and_without_cache(case, tmp_path)
     ids, mask = tiny.batch()
     want = tiny.hf_logits(model, ids, mask).numpy()
     real = mask.bool().numpy()
-    for kv in (True, False):
+    for kv in (True, False):            # the cache with external data, the logits-only graph with tensors inside
         dst = tmp_path / f"kv{kv}" / "model.onnx"
-        result = build_onnx(src, dst, options=ExportOptions(opset=opset, kv_cache=kv))
-        assert result.opset == opset and result.external_data == dst.with_name("model.onnx.data")
+        result = build_onnx(src, dst, options=ExportOptions(opset=opset, kv_cache=kv, external_data=kv))
+        assert result.opset == opset and result.external_data == (dst.with_name("model.onnx.data") if kv else None)
+        assert dst.with_name("model.onnx.data").is_file() == kv
         proto = onnx.load(str(dst), load_external_data=False)
         assert [o.version for o in proto.opset_import if o.domain == ""] == [opset]
+        ops = {n.op_type for n in proto.graph.node}
+        if opset >= 23:       # the opset's own nodes, not the decomposition (no MatMul of scores, no Softmax)
+            assert "Attention" in ops and not ops & {"Softmax", "MatMul"}
+            assert ("RotaryEmbedding" in ops) == (model.config.model_type != "gpt2")
+            assert ("RMSNormalization" in ops) == (model.config.model_type in ("llama", "qwen2"))
+        else:
+            assert not ops & FUSED and "Softmax" in ops
         session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
@@ -99,14 +113,25 @@ def test_built_graph_matches_transformers_with_and_without_cache(case, tmp_path)
         assert got.shape == want.shape
         diff = np.abs(got - want)[real].max()
         assert diff <= 1e-4, f"max |onnx - transformers| = {diff}"
+        if kv:     # the first 6 tokens, then the last 3 with the first ones' present as past (left padding kept)
+            first = session.run(None, {"input_ids": feeds["input_ids"][:, :6], "attention_mask": feeds["attention_mask"][:, :6],
+                                       "position_ids": feeds["position_ids"][:, :6], **_past(session, 3)})
+            past = {n.replace("present.", "past_key_values."): v
+                    for n, v in zip([o.name for o in session.get_outputs()][1:], first[1:])}
+            assert all(v.shape[2] == 6 for v in past.values())
+            rest = session.run(["logits"], {"input_ids": feeds["input_ids"][:, 6:], "attention_mask": feeds["attention_mask"],
+                                            "position_ids": feeds["position_ids"][:, 6:], **past})[0]
+            diff = np.abs(rest - want[:, 6:])[real[:, 6:]].max()
+            assert diff <= 1e-4, f"with a past of 6 tokens: max |onnx - transformers| = {diff}"
 
 
+@pytest.mark.parametrize("opset", [17, 23])
 @pytest.mark.parametrize("make", [lambda: tiny.llama(seed=41), lambda: tiny.gpt2(seed=42, n_positions=40),
                                   lambda: tiny.gptneox(seed=43)], ids=["llama", "gpt2", "gptneox"])
-def test_greedy_with_the_cache_equals_transformers_greedy(make, tmp_path):
+def test_greedy_with_the_cache_equals_transformers_greedy(make, opset, tmp_path):
     model = make()
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions())
+    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions(opset=opset))
     ids, mask = tiny.batch(t=7)
     session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     got = greedy(session, ids.numpy(), mask.numpy(), 10)
@@ -117,7 +142,7 @@ def test_initializers_keep_checkpoint_names_and_a_tied_weight_is_stored_once(tmp
     model = tiny.llama(seed=44, tie_word_embeddings=True)
     src = _save(model, tmp_path / "hf")
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(src, dst, options=ExportOptions(kv_cache=False))
+    build_onnx(src, dst, options=ExportOptions(kv_cache=False, external_data=True))
     proto = onnx.load(str(dst), load_external_data=False)
     external = {t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     want = {k for k in model.state_dict() if k != "lm_head.weight"}
@@ -128,6 +153,43 @@ def test_initializers_keep_checkpoint_names_and_a_tied_weight_is_stored_once(tmp
     total = sum(t.numel() * 4 for k, t in model.state_dict().items() if k != "lm_head.weight")
     size = dst.with_name("model.onnx.data").stat().st_size
     assert total <= size < total + 64 * 1024
+
+
+def test_tensors_go_inside_the_file_unless_external_data_is_asked_or_it_is_past_2_gib(tmp_path, monkeypatch):
+    import importlib
+
+    from modelport import formats
+
+    builder = importlib.import_module("modelport.convert.onnx_builder")
+
+    model = tiny.llama(seed=62, tie_word_embeddings=True)
+    src = _save(model, tmp_path / "hf")
+    inline = build_onnx(src, tmp_path / "in" / "model.onnx", options=ExportOptions(dtype="fp16"))
+    ext = build_onnx(src, tmp_path / "ex" / "model.onnx", options=ExportOptions(dtype="fp16", external_data=True))
+    assert inline.external_data is None and sorted(p.name for p in (tmp_path / "in").iterdir()) == \
+        ["genai_config.json", "model.onnx"]
+    assert inline.bytes == (tmp_path / "in" / "model.onnx").stat().st_size
+    onnx.checker.check_model(str(tmp_path / "in" / "model.onnx"))
+    assert formats.detect(tmp_path / "in" / "model.onnx").id == "onnx"          # sniffed: ir_version comes first
+    a, b = onnx.load(str(tmp_path / "in" / "model.onnx")), onnx.load(str(tmp_path / "ex" / "model.onnx"))
+    assert all(t.data_location == onnx.TensorProto.DEFAULT and t.raw_data for t in a.graph.initializer)
+    tensors = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert {t.name for t in a.graph.initializer} == set(tensors)
+    for t in a.graph.initializer:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(t), tensors[t.name])
+    assert a.graph.node == b.graph.node and a.graph.input == b.graph.input and a.opset_import == b.opset_import
+    assert {p.key: p.value for p in a.metadata_props} == {p.key: p.value for p in b.metadata_props}
+    ids, mask = (t.numpy() for t in tiny.batch(t=5))
+    got = [greedy(ort.InferenceSession(str(tmp_path / d / "model.onnx"), providers=["CPUExecutionProvider"]), ids, mask, 4)
+           for d in ("in", "ex")]
+    np.testing.assert_array_equal(*got)
+
+    monkeypatch.setattr(builder, "PROTOBUF_LIMIT", inline.bytes - 1)   # one byte too many for one file
+    big = build_onnx(src, tmp_path / "big" / "model.onnx", options=ExportOptions(dtype="fp16"))
+    assert big.external_data == tmp_path / "big" / "model.onnx.data" and big.external_data.is_file()
+    assert any("2 GiB" in n for n in big.notes)
+    monkeypatch.setattr(builder, "PROTOBUF_LIMIT", inline.bytes)
+    assert build_onnx(src, tmp_path / "fit" / "model.onnx", options=ExportOptions(dtype="fp16")).external_data is None
 
 
 def test_export_picks_the_builder_for_known_families_and_keeps_the_guarantees(tmp_path):
@@ -142,7 +204,7 @@ def test_export_picks_the_builder_for_known_families_and_keeps_the_guarantees(tm
     assert traced.exporter.startswith("torch.onnx.export")
     again = export(src, dst, "onnx", options=ExportOptions(opset=15, kv_cache=False), force=True)
     assert again.opset == 15 and dst.read_bytes() != before
-    assert sorted(p.name for p in dst.parent.iterdir()) == ["genai_config.json", "model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["genai_config.json", "model.onnx"]
 
 
 def test_builder_refuses_what_it_cannot_build(tmp_path):
@@ -170,14 +232,14 @@ def test_the_built_graph_runs_as_a_modelport_runnable(tmp_path):
     assert (got - want)[real].abs().max().item() <= 1e-4
 
 
-def test_fp16_graph_runs_on_cpu_and_stays_close(tmp_path):
+@pytest.mark.parametrize("opset", [17, 23])
+def test_fp16_graph_runs_on_cpu_and_stays_close(opset, tmp_path):
     model = tiny.llama(seed=48)
     src = _save(model, tmp_path / "hf")
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(src, dst, options=ExportOptions(dtype="fp16"))
+    build_onnx(src, dst, options=ExportOptions(dtype="fp16", opset=opset))
     proto = onnx.load(str(dst), load_external_data=False)
-    assert {t.data_type for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} == \
-        {onnx.TensorProto.FLOAT16}
+    assert {t.data_type for t in proto.graph.initializer} == {onnx.TensorProto.FLOAT16}
     assert "float32" in {p.key: p.value for p in proto.metadata_props}["modelport.float32"]
     session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     ids, mask = tiny.batch()
@@ -205,12 +267,14 @@ def _genai_python() -> str | None:
 
 @pytest.mark.skipif(_genai_python() is None, reason="onnxruntime-genai is not installed here (pip install "
                     "onnxruntime-genai, or set MODELPORT_GENAI_PYTHON to a Python that has it)")
-@pytest.mark.parametrize("make", [lambda: tiny.llama(seed=49), lambda: qwen2(seed=51), lambda: tiny.gpt2(seed=52),
-                                  lambda: tiny.gptneox(seed=53)], ids=["llama", "qwen2", "gpt2", "gptneox"])
-def test_onnxruntime_genai_runs_a_built_graph(make, tmp_path):
+@pytest.mark.parametrize("make,opset", [(lambda: tiny.llama(seed=49), 17), (lambda: qwen2(seed=51), 17),
+                                        (lambda: tiny.gpt2(seed=52), 17), (lambda: tiny.gptneox(seed=53), 17),
+                                        (lambda: tiny.llama(seed=60), 23), (lambda: tiny.gptneox(seed=61), 24)],
+                         ids=["llama", "qwen2", "gpt2", "gptneox", "llama-opset23", "gptneox-opset24"])
+def test_onnxruntime_genai_runs_a_built_graph(make, opset, tmp_path):
     model = make()
     dst = tmp_path / "out" / "model.onnx"
-    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions())
+    build_onnx(_save(model, tmp_path / "hf"), dst, options=ExportOptions(opset=opset))
     prompt = [3, 14, 15, 9, 26]
     script = ("import sys, numpy as np, onnxruntime_genai as og\n"
               "m = og.Model(sys.argv[1]); p = og.GeneratorParams(m)\n"
@@ -226,6 +290,33 @@ def test_onnxruntime_genai_runs_a_built_graph(make, tmp_path):
     eos = json.loads((dst.parent / "genai_config.json").read_text())["model"]["eos_token_id"]
     got = tokens[len(prompt):]
     assert got == want[:len(got)] and (len(got) == 8 or want[len(got)] == eos), (got, want)
+
+
+OPTIMUM_PYTHON = os.environ.get("MODELPORT_OPTIMUM_PYTHON")
+
+
+@pytest.mark.skipif(OPTIMUM_PYTHON is None, reason="set MODELPORT_OPTIMUM_PYTHON to a Python with optimum-onnx and "
+                    "onnxruntime (a side environment: optimum pins transformers 4)")
+def test_optimum_ort_model_for_causal_lm_runs_a_built_graph_with_its_cache(tmp_path):
+    model = tiny.llama(seed=63)
+    src = _save(model, tmp_path / "hf")
+    dst = tmp_path / "out" / "model.onnx"
+    build_onnx(src, dst, options=ExportOptions())
+    cfg = json.loads((src / "config.json").read_text())       # optimum reads config.json beside the graph;
+    cfg["rope_theta"] = cfg.get("rope_parameters", {}).get("rope_theta", 500.0)   # transformers 4 spells rope so
+    (dst.parent / "config.json").write_text(json.dumps(cfg))
+    ids, mask = tiny.batch(t=7)
+    script = ("import json, sys, torch\nfrom optimum.onnxruntime import ORTModelForCausalLM\n"
+              "m = ORTModelForCausalLM.from_pretrained(sys.argv[1], file_name='model.onnx', use_cache=True, "
+              "use_io_binding=False)\nassert m.can_use_cache\n"
+              "ids, mask = torch.tensor(json.loads(sys.argv[2])), torch.tensor(json.loads(sys.argv[3]))\n"
+              "out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0, "
+              "eos_token_id=None)\nprint(json.dumps(out[:, ids.shape[1]:].tolist()))\n")
+    out = subprocess.run([OPTIMUM_PYTHON, "-c", script, str(dst.parent), json.dumps(ids.tolist()), json.dumps(mask.tolist())],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-800:]
+    got = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
+    np.testing.assert_array_equal(got, _hf_greedy(model, ids, mask, 10))
 
 
 def test_cli_builds_by_default_and_traces_when_asked(tmp_path):

@@ -4,8 +4,9 @@ Where :mod:`modelport.convert.export` traces a torch module through ``torch.onnx
 decoder of a GPT-2, Llama (GQA, tied embeddings, Llama 3 rope scaling), Qwen2 (q/k/v biases) or
 GPT-NeoX (partial rotary, fused q/k/v, parallel residual) checkpoint straight from its config
 dataclass with the ``onnx`` package's helpers (no torch): standard ops at the opset asked, initializers
-named after the checkpoint's tensors, their bytes streamed from the source into ``<name>.onnx.data``
-one tensor at a time (peak memory about one tensor plus the graph). Beside a graph with a cache it
+named after the checkpoint's tensors, their bytes streamed from the source one tensor at a time (peak
+memory about one tensor plus the graph): into the ``.onnx`` file itself, or into ``<name>.onnx.data``
+with ``external_data`` and past protobuf's 2 GiB limit, as the traced path lays them out. Beside a graph with a cache it
 writes ``genai_config.json`` for onnxruntime-genai.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from ...errors import UnsupportedError
 
 GENAI_CONFIG = "genai_config.json"
+PROTOBUF_LIMIT = 2**31 - 1        # bytes of one serialised ModelProto (tensors inside it)
 BUILDER = "modelport ONNX builder"
 
 
@@ -136,42 +138,86 @@ def build_onnx(src, dst, *, options, force: bool = False, arch=None, config=None
         data_name = dst.name + ".data"
         data_dst = dst.parent / data_name
         exporter = f"{BUILDER} {ex.modelport_version()} (onnx {onnx.__version__}), from the {cfg.family} family record"
-        with atomic_output(dst, force) as tmp, atomic_output(data_dst, force) as tmp_data:
+        ids = [helper.make_opsetid("", opset)]
+        graph_bytes = helper.make_graph(g.constants + g.nodes, f"{cfg.family} decoder", g.inputs,
+                                        g.outputs).SerializeToString()
+        headers = plan.tensor_protos()
+
+        def model_proto(sha256: str | None, initializers=()):
+            """The model: its graph with ``initializers`` (None: no graph), metadata with the source's sha256."""
+            model = helper.make_model(helper.make_graph([], "", [], []), opset_imports=ids, producer_name="modelport",
+                                      producer_version=ex.modelport_version(),
+                                      ir_version=helper.find_min_ir_version_for(ids))
+            if initializers is None:
+                model.ClearField("graph")
+            else:
+                model.graph.ParseFromString(graph_bytes)
+                model.graph.initializer.extend(initializers)
+            for k, v in _metadata(cfg, src, sha256 or "0" * 64, exporter, opset, dtype, kv, plan).items():
+                model.metadata_props.add(key=k, value=v)
+            return model
+
+        # as the torch path: tensors inside the file unless --external-data, or past protobuf's 2 GiB limit
+        inline_size = plan.inline_size(model_proto(None, None).ByteSize(), graph_bytes, headers)
+        external = options.external_data or inline_size > PROTOBUF_LIMIT
+        notes = []
+        if external and not options.external_data:
+            notes.append(f"{inline_size / 1e9:.1f} GB is past protobuf's 2 GiB limit for one file: tensors in {data_name}")
+        with atomic_output(dst, force) as tmp, \
+                (atomic_output(data_dst, force) if external else contextlib.nullcontext()) as tmp_data:
             stage = dst.parent / f".{dst.name}.modelport-{os.getpid()}.stage"
             shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir()
             try:
-                offsets = plan.write(stage / data_name)
-                graph = helper.make_graph(g.constants + g.nodes, f"{cfg.family} decoder", g.inputs, g.outputs,
-                                          initializer=plan.tensor_protos(data_name, offsets))
-                ids = [helper.make_opsetid("", opset)]
-                model = helper.make_model(graph, opset_imports=ids, producer_name="modelport",
-                                          producer_version=ex.modelport_version(),
-                                          ir_version=helper.find_min_ir_version_for(ids))
-                meta = _metadata(cfg, src, sha.result(), exporter, opset, dtype, kv, plan)
-                for k, v in meta.items():
-                    model.metadata_props.add(key=k, value=v)
-                onnx.save_model(model, str(stage / dst.name))
-                del model, graph
-                onnx.checker.check_model(str(stage / dst.name))
-                size = (stage / dst.name).stat().st_size + (stage / data_name).stat().st_size
-                notes = [f"{len(plan.order)} tensors streamed into {data_name} ({dtype})"]
+                if external:
+                    offsets = plan.write(stage / data_name)         # while the source is hashed
+                    onnx.save_model(model_proto(sha.result(), plan.tensor_protos(data_name, offsets)),
+                                    str(stage / dst.name))
+                    onnx.checker.check_model(str(stage / dst.name))
+                    size = (stage / dst.name).stat().st_size + (stage / data_name).stat().st_size
+                    notes.insert(0, f"{len(plan.order)} tensors streamed into {data_name} ({dtype})")
+                else:
+                    # the checker reads the same graph with its tensors pointing into a sparse file of their size
+                    offsets, total = plan.packed_offsets()
+                    with open(stage / data_name, "wb") as f:
+                        f.truncate(total)
+                    onnx.save_model(model_proto(None, plan.tensor_protos(data_name, offsets)), str(stage / dst.name))
+                    onnx.checker.check_model(str(stage / dst.name))
+                    (stage / data_name).unlink()
+                    size = plan.write_inline(stage / dst.name, _split(model_proto(None, None))[0], graph_bytes, headers,
+                                             lambda: _split(model_proto(sha.result(), None))[1])
+                    notes.insert(0, f"{len(plan.order)} tensors streamed into {dst.name} ({dtype}; --external-data "
+                                    f"puts them in {data_name})")
                 if kv and not genai:
                     notes.append(f"{genai_dst} exists (another export's?) and was kept; pass --force to replace it")
+                moves = [(stage / dst.name, tmp)] + ([(stage / data_name, tmp_data)] if external else [])
                 if genai:
                     text = json.dumps(genai_config(cfg, dst.name, source.config), indent=4) + "\n"
                     with atomic_output(genai_dst, force) as tmp_genai:
                         tmp_genai.write_text(text)
-                        os.rename(stage / data_name, tmp_data)
-                        os.rename(stage / dst.name, tmp)
+                        for a, b in moves:
+                            os.rename(a, b)
                     notes.append(f"wrote {GENAI_CONFIG} for onnxruntime-genai")
                 else:
-                    os.rename(stage / data_name, tmp_data)
-                    os.rename(stage / dst.name, tmp)
+                    for a, b in moves:
+                        os.rename(a, b)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
     origin = f"modelport {cfg.family} family record ({cfg.n_layers} layers)"
-    return ex.ExportResult(dst, "onnx", exporter, origin, size, opset, data_dst, None, notes)
+    return ex.ExportResult(dst, "onnx", exporter, origin, size, opset, data_dst if external else None, None, notes)
+
+
+def _split(model) -> tuple[bytes, bytes]:
+    """A graph-less ModelProto serialised as the fields before its graph (field 7: ir_version first, as
+    readers that sniff the file expect) and those after it (opsets, metadata)."""
+    from onnx import ModelProto
+
+    head, tail = ModelProto(), ModelProto()
+    head.CopyFrom(model)
+    tail.CopyFrom(model)
+    for field in head.DESCRIPTOR.fields:
+        (tail if field.number < 7 else head).ClearField(field.name)
+    return head.SerializeToString(), tail.SerializeToString()
 
 
 def genai_config_of(graph: Path) -> Path | None:
@@ -194,6 +240,7 @@ def _family(family_id: str):
 def _metadata(cfg, src: Path, sha: str, exporter: str, opset: int, dtype: str, kv: bool, plan) -> dict[str, str]:
     from .. import export_options as ex
     from .decoders import BATCH, SEQ
+    from .graph import FUSED_OPSET
 
     inputs = [{"name": "input_ids", "dtype": "int64", "shape": [BATCH, SEQ]},
               {"name": "attention_mask", "dtype": "int64", "shape": [BATCH, SEQ]}]
@@ -207,7 +254,11 @@ def _metadata(cfg, src: Path, sha: str, exporter: str, opset: int, dtype: str, k
                                               "head_dim": cfg.head_dim} if kv else None),
             "modelport.weights": "checkpoint names and orientation: no tensor transposed ([out, in] weights "
                                  "feed Gemm with transB=1)"}
-    if dtype != "float32":
+    if dtype != "float32" and opset >= FUSED_OPSET:
+        meta["modelport.float32"] = ("norm statistics (RMSNormalization / LayerNormalization stash_type 1), rotary "
+                                     "angles (Cast after) and the attention softmax (Attention softmax_precision 1) "
+                                     "run in float32; weights, activations and the cache are " + dtype)
+    elif dtype != "float32":
         meta["modelport.float32"] = ("norm statistics, rotary angles, attention scores and softmax run in float32 "
                                      "(Cast around them); weights, activations and the cache are " + dtype)
     aliases = {}

@@ -59,8 +59,9 @@ class Decoder:
                         f"past_key_values.{i}.{part}", g.dtype, [BATCH, cfg.n_kv_heads, PAST, cfg.head_dim]))
         g.bt = g.op("Shape", "input_ids")                                              # [B, T]
         self.btc = g.op("Concat", g.bt, g.const([cfg.dim]), axis=0)                    # [B, T, C]
+        self.bt_any = g.op("Concat", g.bt, g.const([-1]), axis=0)                      # [B, T, -1]
         self.positions = "position_ids" if kv_cache else g.positions_from_mask("attention_mask")
-        self.bias = g.attention_bias("input_ids", "attention_mask")                    # (B, 1, 1, T, S)
+        self.mask = g.attention_mask("input_ids", "attention_mask")      # (B, 1, T, S) bool | (B, 1, 1, T, S) bias
 
     def block(self, x: str, module: str) -> str:
         """Enter block ``module``: ``x`` leaves the previous block as (B, T, C), as the reference's blocks
@@ -70,6 +71,27 @@ class Decoder:
             x = g.op("Reshape", x, self.btc)                                            # (B, T, C)
         g.enter(module)
         return g.op("Reshape", x, g.const([-1, self.cfg.dim]))                        # (B*T, C)
+
+    def attention(self, i: int, q: str, k: str, v: str, n_kv: int, scale: float, rotary=None) -> str:
+        """Attention of layer ``i`` over the 2-D projections q (B*T, nh*hs), k and v (B*T, nkv*hs), the
+        past keys and values joined in (present out); ``rotary`` = (cos, sin, rotary_dims) rotates q and k.
+        Opset 23's Attention and RotaryEmbedding nodes where the graph uses them, else the decomposition.
+        Returns (B*T, nh*hs)."""
+        g, nh, hd = self.g, self.cfg.n_heads, self.cfg.head_dim
+        if g.fused:
+            q, k, v = (g.op("Reshape", t, self.bt_any) for t in (q, k, v))              # (B, T, n*hs)
+            if rotary is not None:
+                cos, sin, rd = rotary
+                q, k = g.rotary_op(q, cos, sin, nh, rd, hd), g.rotary_op(k, cos, sin, n_kv, rd, hd)
+            past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value") if self.kv else None
+            present = (f"present.{i}.key", f"present.{i}.value") if self.kv else None
+            return g.attention_op(q, k, v, self.mask, nh, n_kv, hd, scale, past, present)
+        q, k, v = g.heads(q, nh, hd), g.heads(k, n_kv, hd), g.heads(v, n_kv, hd)       # (B, n, T, hs)
+        if rotary is not None:
+            cos, sin, rd = rotary
+            q, k = g.rotate(q, cos, sin, rd, hd), g.rotate(k, cos, sin, rd, hd)
+        k, v = self.cache(i, k, v)                                                      # (B, nkv, S, hs)
+        return g.attend(q, k, v, self.mask, nh, n_kv, hd, scale)
 
     def cache(self, i: int, k: str, v: str) -> tuple[str, str]:
         """Keys and values (B, nkv, T, hs) joined to the past ones: (B, nkv, S, hs), returned as present."""
@@ -109,7 +131,7 @@ def llama(g: Graph, w, cfg, kv_cache: bool) -> None:
     """Llama 1/2/3 and Qwen2 (q/k/v biases): RMSNorm, SwiGLU, rotary with scaling, grouped-query attention."""
     d = Decoder(g, cfg, kv_cache)
     cos, sin = g.rotary_cos_sin(d.positions, inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
-    hd, scale = cfg.head_dim, cfg.head_dim ** -0.5
+    scale = cfg.head_dim ** -0.5
     x = d.embed(w("model.embed_tokens.weight"))
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
@@ -121,11 +143,7 @@ def llama(g: Graph, w, cfg, kv_cache: bool) -> None:
         for name in ("q", "k", "v"):
             bias = b(f"self_attn.{name}_proj.bias") if cfg.qkv_bias else None
             proj[name] = g.linear(h, b(f"self_attn.{name}_proj.weight"), bias)
-        q = g.rotate(g.heads(proj["q"], cfg.n_heads, hd), cos, sin, hd, hd)             # (B, nh, T, hs)
-        k = g.rotate(g.heads(proj["k"], cfg.n_kv_heads, hd), cos, sin, hd, hd)          # (B, nkv, T, hs)
-        v = g.heads(proj["v"], cfg.n_kv_heads, hd)
-        k, v = d.cache(i, k, v)
-        att = g.attend(q, k, v, d.bias, cfg.n_heads, cfg.n_kv_heads, hd, scale)
+        att = d.attention(i, proj["q"], proj["k"], proj["v"], cfg.n_kv_heads, scale, (cos, sin, cfg.head_dim))
         o_bias = b("self_attn.o_proj.bias") if cfg.o_bias else None
         x = g.op("Add", x, g.linear(att, b("self_attn.o_proj.weight"), o_bias))
         h = g.rms_norm(x, b("post_attention_layernorm.weight"), cfg.norm_eps)
@@ -149,12 +167,11 @@ def gpt2(g: Graph, w, cfg, kv_cache: bool) -> None:
         x = d.block(x, p[:-1])
         h = g.layer_norm(x, w(p + "ln_1.weight"), w(p + "ln_1.bias"), cfg.norm_eps)
         qkv = g.linear(h, w(p + "attn.c_attn.weight"), w(p + "attn.c_attn.bias"), transposed=False)   # (B*T, 3C)
-        q, k, v = (g.heads(g.slice(qkv, j * c, (j + 1) * c), cfg.n_heads, hd) for j in range(3))
-        k, v = d.cache(i, k, v)
+        q, k, v = (g.slice(qkv, j * c, (j + 1) * c) for j in range(3))                  # (B*T, C) each
         scale = hd ** -0.5 if cfg.scale_attn_weights else 1.0
         if cfg.scale_attn_by_inverse_layer_idx:
             scale = scale / float(i + 1)
-        att = g.attend(q, k, v, d.bias, cfg.n_heads, cfg.n_heads, hd, scale)
+        att = d.attention(i, q, k, v, cfg.n_heads, scale)
         x = g.op("Add", x, g.linear(att, w(p + "attn.c_proj.weight"), w(p + "attn.c_proj.bias"), transposed=False))
         h = g.layer_norm(x, w(p + "ln_2.weight"), w(p + "ln_2.bias"), cfg.norm_eps)
         h = g.activation(g.linear(h, w(p + "mlp.c_fc.weight"), w(p + "mlp.c_fc.bias"), transposed=False), cfg.activation)
@@ -176,11 +193,10 @@ def gptneox(g: Graph, w, cfg, kv_cache: bool) -> None:
         bias = (lambda n: w(p + n)) if cfg.attention_bias else (lambda n: None)
         h = g.layer_norm(x, w(p + "input_layernorm.weight"), w(p + "input_layernorm.bias"), cfg.norm_eps)
         qkv = g.linear(h, w(p + "attention.query_key_value.weight"), bias("attention.query_key_value.bias"))
-        qkv = g.heads(qkv, cfg.n_heads, 3 * hd)                                          # (B, nh, T, 3hs)
-        q, k, v = (g.slice(qkv, j * hd, (j + 1) * hd) for j in range(3))
-        q, k = g.rotate(q, cos, sin, rd, hd), g.rotate(k, cos, sin, rd, hd)
-        k, v = d.cache(i, k, v)
-        att = g.attend(q, k, v, d.bias, cfg.n_heads, cfg.n_heads, hd, hd ** -0.5)
+        qkv = g.op("Reshape", qkv, g.const([-1, cfg.n_heads, 3 * hd]))                   # (B*T, nh, 3hs)
+        q, k, v = (g.op("Reshape", g.slice(qkv, j * hd, (j + 1) * hd), g.const([-1, cfg.n_heads * hd]))
+                   for j in range(3))                                                    # (B*T, nh*hs) each
+        att = d.attention(i, q, k, v, cfg.n_heads, hd ** -0.5, (cos, sin, rd))
         attn = g.linear(att, w(p + "attention.dense.weight"), bias("attention.dense.bias"))
         ln2 = (lambda y: g.layer_norm(y, w(p + "post_attention_layernorm.weight"),
                                       w(p + "post_attention_layernorm.bias"), cfg.norm_eps))

@@ -1,6 +1,7 @@
 """A small ONNX graph builder: nodes with fresh names, constants kept in the graph, and the pieces
 a decoder is made of (norms, rotary embedding, attention over a key/value cache, activations) written
-as standard ops at any opset 14-24.
+as standard ops at any opset 14-24: from 23 on with that opset's RMSNormalization, RotaryEmbedding and
+Attention nodes, below it as decompositions into elementary ops.
 
 Shapes in comments follow the reference models: B batch, T new tokens, P past tokens, S = P + T,
 C hidden size, nh / nkv query / key-value heads, hs head size. Hidden states travel as 2-D
@@ -16,6 +17,15 @@ import numpy as np
 
 FLOAT32_MIN = float(np.finfo(np.float32).min)
 
+# From opset 23 on, attention is opset 23's Attention node and rotary its RotaryEmbedding node (below 23,
+# the decompositions further down). Checked against onnxruntime 1.32's CPU kernels, float32 and float16:
+# grouped-query heads (q_num_heads > kv_num_heads on 3-D inputs), partial rotary (rotary_embedding_dim,
+# GPT-NeoX), past_key/past_value in and present_key/present_value out, and a boolean mask of causality and
+# left padding whose fully masked rows (padding queries) come out finite; every family at 23 and 24 matches
+# transformers in tests/convert/test_onnx_builder.py. RMSNormalization (also 23) normalises in float32
+# (stash_type 1) for float16 graphs too.
+FUSED_OPSET = 23
+
 
 class Graph:
     """Nodes, inputs, outputs and small constants of one graph under construction."""
@@ -24,6 +34,7 @@ class Graph:
         from onnx import TensorProto
 
         self.opset = opset
+        self.fused = opset >= FUSED_OPSET     # Attention and RotaryEmbedding nodes, not their decompositions
         self.dtype = dtype                   # onnx TensorProto type of activations and weights
         self.float = TensorProto.FLOAT
         self.nodes: list = []
@@ -63,6 +74,16 @@ class Graph:
         self._n += 1
         self.nodes.append(helper.make_node(op_type, list(inputs), [to], name=f"{self.scope}/{to}", **attrs))
         return to
+
+    def named(self, op_type: str, inputs: list[str], outputs: list[str | None], **attrs) -> list[str]:
+        """A node whose outputs are named where ``outputs`` gives a name (graph outputs), fresh elsewhere."""
+        from onnx import helper
+
+        self._n += 1
+        base = f"{self.scope}/{op_type.lower()}_{self._n}"
+        outs = [o or f"{base}/out{j}" for j, o in enumerate(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=base, **attrs))
+        return outs
 
     def const(self, value, dtype=None) -> str:
         """A constant (int64 for ints, float32 for floats unless ``dtype``), shared by value: a ``Constant``
@@ -108,9 +129,9 @@ class Graph:
 
     def rms_norm(self, x: str, weight: str, eps: float) -> str:
         """``weight * (x / sqrt(mean(x²) + eps))``, the statistics in float32 as the reference computes them."""
+        if self.opset >= 23:             # normalised in float32 (stash_type 1) whatever the graph's dtype
+            return self.op("RMSNormalization", x, weight, axis=-1, epsilon=eps, stash_type=1)
         h = x if self.dtype == self.float else self.cast(x, self.float)
-        if self.opset >= 23 and self.dtype == self.float:
-            return self.op("RMSNormalization", h, weight, axis=-1, epsilon=eps)
         var = self.reduce_mean(self.op("Mul", h, h))
         h = self.op("Mul", h, self.op("Reciprocal", self.op("Sqrt", self.op("Add", var, self.const(eps)))))
         if self.dtype != self.float:
@@ -145,10 +166,11 @@ class Graph:
 
     # -- rotary ---------------------------------------------------------------------------------------
     def rotary_cos_sin(self, position_ids: str, inv_freq: np.ndarray) -> tuple[str, str]:
-        """cos and sin for (B, T) positions, each (B, 1, T, rd), in the activation dtype."""
+        """cos and sin for (B, T) positions, angles in float32, in the activation dtype: each (B, T, rd/2)
+        for RotaryEmbedding, (B, 1, T, rd) for the decomposition."""
         pos = self.unsqueeze(self.cast(position_ids, self.float), 2)              # (B, T, 1)
         freqs = self.op("Mul", pos, self.const(inv_freq.astype(np.float32)))       # (B, T, rd/2)
-        emb = self.unsqueeze(self.op("Concat", freqs, freqs, axis=-1), 1)          # (B, 1, T, rd)
+        emb = freqs if self.fused else self.unsqueeze(self.op("Concat", freqs, freqs, axis=-1), 1)   # (B, 1, T, rd)
         cos, sin = self.op("Cos", emb), self.op("Sin", emb)
         if self.dtype != self.float:
             cos, sin = self.cast(cos, self.dtype), self.cast(sin, self.dtype)
@@ -165,7 +187,23 @@ class Graph:
             return out
         return self.op("Concat", out, self.slice(x, rotary_dims, head_dim), axis=-1)
 
+    def rotary_op(self, x: str, cos: str, sin: str, n_heads: int, rotary_dims: int, head_dim: int) -> str:
+        """RotaryEmbedding of (B, T, n*hs): the first ``rotary_dims`` of each head, halves rotated."""
+        attrs = {"rotary_embedding_dim": rotary_dims} if rotary_dims != head_dim else {}
+        return self.op("RotaryEmbedding", x, cos, sin, num_heads=n_heads, interleaved=0, **attrs)
+
     # -- attention ------------------------------------------------------------------------------------
+    def attention_op(self, q: str, k: str, v: str, allowed: str, n_heads: int, n_kv: int, head_dim: int,
+                     scale: float, past: tuple[str, str] | None = None, present: tuple[str, str] | None = None) -> str:
+        """Attention of (B, T, nh*hs) queries over (B, T, nkv*hs) keys and values joined to ``past``
+        (B, nkv, P, hs) as ``present``; ``allowed`` is (B, 1, T, S) bool. The softmax runs in float32
+        (softmax_precision 1). Returns (B*T, nh*hs)."""
+        inputs = [q, k, v, allowed] + list(past or ())
+        outputs = [None] + list(present or ())
+        y = self.named("Attention", inputs, outputs, q_num_heads=n_heads, kv_num_heads=n_kv, scale=scale,
+                       is_causal=0, softmax_precision=self.float)[0]                    # (B, T, nh*hs)
+        return self.op("Reshape", y, self.const([-1, n_heads * head_dim]))         # (B*T, nh*hs)
+
     def heads(self, x2d: str, n: int, head_dim: int) -> str:
         """(B*T, n*hs) -> (B, n, T, hs), with B and T from ``self.bt``."""
         x = self.op("Reshape", x2d, self.op("Concat", self.bt, self.const([n, head_dim]), axis=0))   # (B, T, n, hs)
@@ -190,17 +228,21 @@ class Graph:
         out = self.op("Transpose", out, perm=[0, 2, 1, 3])                          # (B, T, nh, hs)
         return self.op("Reshape", out, self.const([-1, n_heads * head_dim]))        # (B*T, nh*hs)
 
-    def attention_bias(self, input_ids: str, attention_mask: str) -> str:
-        """Additive float32 bias (B, 1, 1, T, S): 0 where query i (absolute position P + i) may attend key j
-        (j <= P + i and the mask keeps j), float32's minimum elsewhere (a fully masked row stays finite)."""
+    def attention_mask(self, input_ids: str, attention_mask: str) -> str:
+        """Where query i (absolute position P + i) may attend key j: j <= P + i and the mask keeps j. For the
+        Attention node a (B, 1, T, S) bool; for the decomposition an additive float32 bias (B, 1, 1, T, S),
+        0 where allowed and float32's minimum elsewhere (a fully masked row stays finite)."""
         t = self.op("Gather", self.op("Shape", input_ids), self.const(1))            # T
         s = self.op("Gather", self.op("Shape", attention_mask), self.const(1))       # S
         past = self.op("Sub", s, t)
         q_pos = self.unsqueeze(self.op("Add", self.op("Range", self.const(0), t, self.const(1)), past), 1)  # (T, 1)
         k_pos = self.unsqueeze(self.op("Range", self.const(0), s, self.const(1)), 0)                      # (1, S)
         causal = self.op("Not", self.op("Greater", k_pos, q_pos))                    # (T, S)
-        keep = self.op("Cast", self.unsqueeze(attention_mask, 1, 2, 3), to=9)       # (B, 1, 1, 1, S) bool
-        allowed = self.op("And", causal, keep)                                      # (B, 1, 1, T, S)
+        axes = (1, 2) if self.fused else (1, 2, 3)
+        keep = self.op("Cast", self.unsqueeze(attention_mask, *axes), to=9)         # (B, 1, [1,] 1, S) bool
+        allowed = self.op("And", causal, keep)                                      # (B, 1, [1,] T, S)
+        if self.fused:
+            return allowed
         return self.op("Where", allowed, self.const(0.0), self.const(FLOAT32_MIN))
 
     def positions_from_mask(self, attention_mask: str) -> str:

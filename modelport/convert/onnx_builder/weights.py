@@ -96,8 +96,12 @@ class WeightPlan:
         src = self.source.info(name).dtype
         return self.dtype if src in dtypes.FLOATING else src
 
-    def tensor_protos(self, location: str, offsets: dict[str, int]) -> list:
-        """Initializers pointing into the external-data file ``location`` at ``offsets``."""
+    def nbytes(self, name: str) -> int:
+        return self.source.info(name).numel * dtypes.get(self.stored_dtype(name)).itemsize
+
+    def tensor_protos(self, location: str | None = None, offsets: dict[str, int] | None = None) -> list:
+        """Initializers pointing into the external-data file ``location`` at ``offsets``; without a location,
+        their headers only (name, dims, type), which :meth:`write_inline` completes with the bytes."""
         from onnx import TensorProto
 
         out = []
@@ -107,13 +111,21 @@ class WeightPlan:
             t.name = name
             t.dims.extend(info.shape)
             t.data_type = ONNX_TYPE[self.stored_dtype(name)]
-            t.data_location = TensorProto.EXTERNAL
-            nbytes = info.numel * dtypes.get(self.stored_dtype(name)).itemsize
-            for k, v in (("location", location), ("offset", str(offsets[name])), ("length", str(nbytes))):
-                entry = t.external_data.add()
-                entry.key, entry.value = k, v
+            if location is not None:
+                t.data_location = TensorProto.EXTERNAL
+                for k, v in (("location", location), ("offset", str(offsets[name])), ("length", str(self.nbytes(name)))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
             out.append(t)
         return out
+
+    def packed_offsets(self) -> tuple[dict[str, int], int]:
+        """Each tensor's offset when they lie back to back, and the total bytes."""
+        offsets, pos = {}, 0
+        for name in self.order:
+            offsets[name] = pos
+            pos += self.nbytes(name)
+        return offsets, pos
 
     def write(self, path, progress=None) -> dict[str, int]:
         """Stream every used tensor into ``path``; returns each tensor's offset."""
@@ -122,22 +134,15 @@ class WeightPlan:
         try:
             pos = 0
             for name in self.order:
-                info = self.source.info(name)
-                keep = self.stored_dtype(name) == info.dtype
-                span = self.source.span(name) if keep else None
-                nbytes = info.numel * dtypes.get(self.stored_dtype(name)).itemsize
+                span = self._span(name)
+                nbytes = self.nbytes(name)
                 if nbytes >= ALIGN_MIN:
                     # large tensors start at the source's offset modulo 64 KiB (fast kernel copies) or on 64 KiB
                     want = span.offset % ALIGN_MOD if span is not None else 0
                     pos += (want - pos) % ALIGN_MOD
                 offsets[name] = pos
                 os.lseek(fd, pos, os.SEEK_SET)
-                if span is not None:
-                    copy_span(span, fd)
-                elif keep:
-                    _write_all(fd, self.source.read_bytes(name))
-                else:
-                    self._write_cast(fd, name, info)
+                self._write_tensor(fd, name, span)
                 pos += nbytes
                 if progress:
                     progress(nbytes)
@@ -146,6 +151,52 @@ class WeightPlan:
         finally:
             os.close(fd)
         return offsets
+
+    def inline_size(self, head: int, graph: bytes, headers: list) -> int:
+        """Bytes of the file :meth:`write_inline` writes, ``head`` being the length of the rest of the model
+        (to compare with protobuf's 2 GiB limit before anything is written)."""
+        return head + _field_size(len(graph) + sum(_field_size(_tensor_size(h, self.nbytes(h.name))) for h in headers))
+
+    def write_inline(self, path, head: bytes, graph: bytes, headers: list, rest) -> int:
+        """Write one ModelProto file with every tensor's bytes inside it, streamed as into external data.
+
+        ``head`` is the serialised model fields before the graph (ir_version first), ``graph`` the
+        serialised graph without initializers, ``headers`` the initializers without data
+        (:meth:`tensor_protos`), ``rest()`` the serialised fields after the graph (called last: the
+        metadata may wait for the source's hash). The graph's initializers (GraphProto field 5, their bytes
+        in ``raw_data``, field 9) follow its other fields, which protobuf parsers take in any order: only
+        lengths are computed ahead, no tensor is held whole. Returns the bytes written."""
+        from ...formats._onnxproto import varint
+
+        entries = [(h.SerializeToString(), self.nbytes(h.name)) for h in headers]
+        body = len(graph) + sum(_field_size(len(raw) + _field_size(n)) for raw, n in entries)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, head + _GRAPH_TAG + varint(body) + graph)
+            for (raw, n), name in zip(entries, self.order):
+                _write_all(fd, _INIT_TAG + varint(len(raw) + _field_size(n)) + raw + _RAW_TAG + varint(n))
+                self._write_tensor(fd, name, self._span(name))
+            _write_all(fd, rest())
+            size = os.lseek(fd, 0, os.SEEK_CUR)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return size
+
+    def _span(self, name: str):
+        """Where the tensor's bytes lie in a file, when they are written as stored (a kernel copy)."""
+        info = self.source.info(name)
+        return self.source.span(name) if self.stored_dtype(name) == info.dtype else None
+
+    def _write_tensor(self, fd: int, name: str, span) -> None:
+        """The tensor's bytes at ``fd``'s position: copied, read whole when kept, or cast in chunks."""
+        info = self.source.info(name)
+        if span is not None:
+            copy_span(span, fd)
+        elif self.stored_dtype(name) == info.dtype:
+            _write_all(fd, self.source.read_bytes(name))
+        else:
+            self._write_cast(fd, name, info)
 
     def _write_cast(self, fd: int, name: str, info) -> None:
         data = memoryview(self.source.read_bytes(name)).cast("B")
@@ -163,6 +214,24 @@ class WeightPlan:
                     raise UnsupportedError(f"{self.source.path}: tensor {name!r} has values beyond {self.dtype}'s "
                                            f"range (±{limit:g}); export without --dtype {self.dtype}")
             _write_all(fd, part.astype(target).tobytes())
+
+
+# protobuf keys (field number << 3 | 2, length-delimited): ModelProto.graph, GraphProto.initializer,
+# TensorProto.raw_data
+_GRAPH_TAG, _INIT_TAG, _RAW_TAG = bytes([7 << 3 | 2]), bytes([5 << 3 | 2]), bytes([9 << 3 | 2])
+
+
+def _varint_size(n: int) -> int:
+    return max(1, -(-n.bit_length() // 7))
+
+
+def _field_size(length: int) -> int:
+    """Bytes of a one-byte-keyed length-delimited field whose payload is ``length`` bytes."""
+    return 1 + _varint_size(length) + length
+
+
+def _tensor_size(header, nbytes: int) -> int:
+    return header.ByteSize() + _field_size(nbytes)
 
 
 def _float32(part: np.ndarray, dtype: str) -> np.ndarray:

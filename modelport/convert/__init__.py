@@ -146,7 +146,10 @@ def convert(
             notes: list[str] = []
             try:
                 with atomic_output(dst, force, notes) as tmp:
-                    target.write(source, tmp, writing, advance)
+                    with record.following() if record is not None else contextlib.nullcontext() as followed:
+                        target.write(source, tmp, writing, advance)
+                    if record is not None:
+                        record.written = followed.digests()    # the output's digests, taken as it was written
                     if tmp.is_dir():
                         write_marker(tmp, format=target.id, version=__version__)
                     if verify:
@@ -238,15 +241,21 @@ class _Record:
                  config: dict | None = None):
         self.src, self.dst, self.source, self.target_id, self.options, self.dtype = src, dst, source, target_id, options, dtype
         self.config = config
-        self.hashing = manifest_module.BackgroundHash(src)
+        self.algorithm = manifest_module.hash_algorithm()
+        self.hashing = manifest_module.BackgroundHash(src, self.algorithm)
+        self.written: dict[str, tuple[int, str]] = {}
         self.final: Path | None = None
         self.pending: Path | None = None
+
+    def following(self):
+        """The block within which the writer hashes its output files as it writes them."""
+        return manifest_module.following(self.algorithm)
 
     def write(self, written: Path, report) -> None:
         parity = None
         if report is not None:
             parity = {"passed": bool(report), **report.to_json()}
-        output = manifest_module.BackgroundHash(written)    # beside the rest of the source's hashing
+        output = manifest_module.BackgroundHash(written, self.algorithm, self.written)  # what was not hashed while written
         m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
                            target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
                            output_files=output.get(), config=self.config, dtype=self.dtype, opset=getattr(self.options, "opset", None),

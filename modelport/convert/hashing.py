@@ -61,10 +61,23 @@ def sha256_file(path: Path) -> str:
     return hash_file(path, "sha256")
 
 
-def file_entry(rel: str, path: Path, algorithm: str) -> dict:
+def file_entry(rel: str, path: Path, algorithm: str, known: dict[str, tuple[int, str]] | None = None) -> dict:
     """One file of a manifest: ``{path, bytes, hash: <algorithm>, <algorithm>: <hex digest>}``. Manifests
-    written before ``hash`` was recorded hold ``sha256`` alone."""
-    return {"path": rel, "bytes": path.stat().st_size, "hash": algorithm, algorithm: hash_file(path, algorithm)}
+    written before ``hash`` was recorded hold ``sha256`` alone. ``known``: {real path: (size, digest)}
+    hashed while this process wrote the files (:func:`following`); used when the size still agrees."""
+    size = path.stat().st_size
+    got = (known or {}).get(os.path.realpath(path))
+    digest = got[1] if got is not None and got[0] == size else hash_file(path, algorithm)
+    return {"path": rel, "bytes": size, "hash": algorithm, algorithm: digest}
+
+
+def following(algorithm: str | None = None):
+    """A block within which the streaming writers hash each output file as they write it (see
+    :mod:`modelport.formats._follow`); ``.digests()`` afterwards gives ``known`` for :func:`hash_files`."""
+    from ..formats._follow import following as follow_writes
+
+    algorithm = algorithm or hash_algorithm()
+    return follow_writes(lambda: _hasher(algorithm))
 
 
 def recorded_digest(entry: dict) -> tuple[str, str]:
@@ -86,16 +99,16 @@ def files_of(path: Path, skip: tuple[str, ...] = (MARKER,)) -> list[tuple[str, P
     return out
 
 
-def hash_files(path: Path, algorithm: str | None = None) -> list[dict]:
+def hash_files(path: Path, algorithm: str | None = None, known: dict[str, tuple[int, str]] | None = None) -> list[dict]:
     """[:func:`file_entry`] for ``path`` (a file or a directory's files), hashed two at a time with
-    ``algorithm`` (default: :func:`hash_algorithm`)."""
+    ``algorithm`` (default: :func:`hash_algorithm`); ``known``: digests taken while writing them."""
     files = files_of(path)
     results: list[dict | None] = [None] * len(files)
     algorithm = algorithm or hash_algorithm()
 
     def work(i: int) -> None:
         rel, p = files[i]
-        results[i] = file_entry(rel, p, algorithm)
+        results[i] = file_entry(rel, p, algorithm, known)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -108,14 +121,15 @@ class BackgroundHash:
     """Hash a file's or directory's files in a thread (the source while the conversion writes; the
     output beside what is left of the source's)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, algorithm: str | None = None, known: dict[str, tuple[int, str]] | None = None):
         self.path, self.result, self.error = Path(path), None, None
+        self.algorithm, self.known = algorithm, known
         self._thread = threading.Thread(target=self._run, name="modelport-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self.result = hash_files(self.path)
+            self.result = hash_files(self.path, self.algorithm, self.known)
         except OSError as exc:   # reported when the manifest is written
             self.error = exc
 

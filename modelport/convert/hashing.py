@@ -43,13 +43,20 @@ def _hasher(algorithm: str):
     raise FormatError(f"unknown content hash {algorithm!r} (known: {', '.join(HASHES)})")
 
 
-def hash_file(path: Path, algorithm: str = "sha256") -> str:
-    """The hex digest of ``path``'s bytes under ``algorithm`` (see :data:`HASHES`)."""
+class Cancelled(Exception):
+    """Hashing was stopped (the conversion it was for failed)."""
+
+
+def hash_file(path: Path, algorithm: str = "sha256", stop: threading.Event | None = None) -> str:
+    """The hex digest of ``path``'s bytes under ``algorithm`` (see :data:`HASHES`); ``stop``, once set,
+    ends it with :class:`Cancelled`."""
     h = _hasher(algorithm)
     with open_regular(path) as f:          # a regular file only: a pipe or device would block or never end
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         while True:
+            if stop is not None and stop.is_set():
+                raise Cancelled(str(path))
             n = f.readinto(buf)
             if not n:
                 break
@@ -61,13 +68,14 @@ def sha256_file(path: Path) -> str:
     return hash_file(path, "sha256")
 
 
-def file_entry(rel: str, path: Path, algorithm: str, known: dict[str, tuple[int, str]] | None = None) -> dict:
+def file_entry(rel: str, path: Path, algorithm: str, known: dict[str, tuple[int, str]] | None = None,
+               stop: threading.Event | None = None) -> dict:
     """One file of a manifest: ``{path, bytes, hash: <algorithm>, <algorithm>: <hex digest>}``. Manifests
     written before ``hash`` was recorded hold ``sha256`` alone. ``known``: {real path: (size, digest)}
     hashed while this process wrote the files (:func:`following`); used when the size still agrees."""
     size = path.stat().st_size
     got = (known or {}).get(os.path.realpath(path))
-    digest = got[1] if got is not None and got[0] == size else hash_file(path, algorithm)
+    digest = got[1] if got is not None and got[0] == size else hash_file(path, algorithm, stop)
     return {"path": rel, "bytes": size, "hash": algorithm, algorithm: digest}
 
 
@@ -99,7 +107,8 @@ def files_of(path: Path, skip: tuple[str, ...] = (MARKER,)) -> list[tuple[str, P
     return out
 
 
-def hash_files(path: Path, algorithm: str | None = None, known: dict[str, tuple[int, str]] | None = None) -> list[dict]:
+def hash_files(path: Path, algorithm: str | None = None, known: dict[str, tuple[int, str]] | None = None,
+               stop: threading.Event | None = None) -> list[dict]:
     """[:func:`file_entry`] for ``path`` (a file or a directory's files), hashed two at a time with
     ``algorithm`` (default: :func:`hash_algorithm`); ``known``: digests taken while writing them."""
     files = files_of(path)
@@ -108,7 +117,7 @@ def hash_files(path: Path, algorithm: str | None = None, known: dict[str, tuple[
 
     def work(i: int) -> None:
         rel, p = files[i]
-        results[i] = file_entry(rel, p, algorithm, known)
+        results[i] = file_entry(rel, p, algorithm, known, stop)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -118,23 +127,29 @@ def hash_files(path: Path, algorithm: str | None = None, known: dict[str, tuple[
 
 
 class BackgroundHash:
-    """Hash a file's or directory's files in a thread (the source while the conversion writes; the
-    output beside what is left of the source's)."""
+    """Hash a file's or directory's files in a thread (the source while the conversion reads and writes
+    it); :meth:`cancel` stops it when the conversion fails."""
 
     def __init__(self, path: Path, algorithm: str | None = None, known: dict[str, tuple[int, str]] | None = None):
         self.path, self.result, self.error = Path(path), None, None
-        self.algorithm, self.known = algorithm, known
+        self.algorithm, self.known = algorithm or hash_algorithm(), known
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelport-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self.result = hash_files(self.path, self.algorithm, self.known)
-        except OSError as exc:   # reported when the manifest is written
+            self.result = hash_files(self.path, self.algorithm, self.known, self._stop)
+        except BaseException as exc:   # noqa: BLE001 - reported when the manifest is written
             self.error = exc
+
+    def cancel(self) -> None:
+        self._stop.set()
 
     def get(self) -> list[dict]:
         self._thread.join()
-        if self.error is not None:
+        if isinstance(self.error, (OSError, Cancelled)):
             raise FormatError(f"{self.path}: cannot hash it for the manifest ({self.error})")
+        if self.error is not None:
+            raise self.error
         return self.result or []

@@ -127,6 +127,9 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 
     from .convert import manifest as mf
 
+    if not run_model:       # options that shape the run: without --run they would do nothing, so they are refused
+        _refuse_without("--run", input_shape=input_shape, input_dtype=input_dtype, arch=arch, config=config,
+                        assume_config=assume_config)
     summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
     check = run_check(path, arch, config, input_shape, input_dtype, from_, assume_config) if run_model else None
     record, record_note = mf.read_with_note(path)
@@ -307,6 +310,14 @@ def _refuse_unused(target: str, **given) -> None:
             flag = "--" + name.replace("_", "-")
             raise click.UsageError(f"{flag} applies to {' and '.join(_TARGET_OPTIONS[name])} targets, and this one "
                                    f"is {target}: drop {flag}")
+
+
+def _refuse_without(needed: str, **given) -> None:
+    """A usage error naming the first option given that only works with ``needed``."""
+    for name, value in given.items():
+        if value:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} applies only with {needed}, which was not given: add {needed} or drop {flag}")
 
 
 def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=None) -> None:

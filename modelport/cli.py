@@ -99,6 +99,14 @@ trust_torchscript_option = click.option(
          "its code: trusted files only).")
 
 
+def _input_shapes(ctx, param, value):
+    """``--input-shape`` given once per input: None when absent, the shape when given once, else the
+    tuple of shapes in input order (a gModule of several inputs: ``--input-shape 2,1 --input-shape 2,2``)."""
+    if not value:
+        return None
+    return value[0] if len(value) == 1 else tuple(value)
+
+
 def _options(**kw):
     from .formats.base import Options
 
@@ -115,7 +123,8 @@ def _options(**kw):
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --run: config.json for the model (or the kwargs of your factory).")
 @click.option("--assume-config", is_flag=True, help="With --run on bare weights: accept guessed head counts, norm epsilon … .")
-@click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
+@click.option("--input-shape", metavar="DIMS", multiple=True, callback=_input_shapes,
+              help="With --run: example input shape for non-LM models, e.g. 1,3,224,224; once per input for several.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 @trust_torchscript_option
@@ -201,7 +210,8 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
                    "--no-kv-cache: input_ids and attention_mask to logits only.")
 @click.option("--static-shapes", is_flag=True, help="onnx target: fixed shapes instead of dynamic batch and sequence.")
 @click.option("--external-data", is_flag=True, help="onnx target: tensors in DST.data beside the file (always over 2 GB).")
-@click.option("--input-shape", metavar="DIMS", help="Graph targets: example input shape of non-LM models, e.g. 1,3,32,32.")
+@click.option("--input-shape", metavar="DIMS", multiple=True, callback=_input_shapes,
+              help="Graph targets: example input shape of non-LM models, e.g. 1,3,32,32; once per input for several.")
 @click.option("--input-dtype", metavar="DTYPE", help="Graph targets: example input dtype (default float32).")
 @click.option("--device", default="cpu", show_default=True, help="Graph targets: device to export and check on (cpu, cuda).")
 @click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
@@ -462,7 +472,8 @@ def _seq_lens(ctx, param, value):
 @click.option("--arch", help="Architecture of bare weights (gpt2, llama, gptneox) or package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json for models whose files carry none.")
-@click.option("--input-shape", metavar="DIMS", help="Input shape of non-language models, e.g. 1,3,224,224.")
+@click.option("--input-shape", metavar="DIMS", multiple=True, callback=_input_shapes,
+              help="Input shape of non-language models, e.g. 1,3,224,224; once per input for several.")
 @click.option("--input-dtype", metavar="DTYPE", help="Input dtype of non-language models (default float32).")
 @click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
               help="Who runs a Hugging Face directory (auto: modelport's reference family when it knows the "

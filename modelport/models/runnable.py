@@ -13,7 +13,9 @@ Three kinds of model:
 - ``encoder``: the inputs its tokenizer gives (``input_ids``, ``attention_mask``, maybe
   ``token_type_ids``) → its first output (``last_hidden_state``);
 - ``tensor``: anything else (Lua ``nn``, user modules): one input of a fixed shape and dtype
-  (``--input-shape`` / ``--input-dtype``) → ``output``.
+  (``--input-shape`` / ``--input-dtype``) → ``output``; an nngraph gModule of several inputs takes
+  ``input1`` … ``inputN`` (``--input-shape`` once per input, in Lua's order) and returns ``output1`` …
+  ``outputM`` when it has several outputs.
 """
 
 from __future__ import annotations
@@ -329,10 +331,28 @@ def tensor_input(input_shape, input_dtype=None) -> InputSpec:
     return InputSpec("input", dtypes.canonical(parse_input_dtype(input_dtype)), parse_input_shape(input_shape))
 
 
+def tensor_inputs(input_shape, input_dtype=None) -> tuple[InputSpec, ...]:
+    """The inputs of a ``tensor`` model: one per shape of ``input_shape`` (one shape, or a list of them:
+    ``--input-shape`` given once per input), named ``input`` when there is one, else ``input1`` …"""
+    from .. import dtypes
+    from .user import parse_input_dtype, parse_input_shapes
+
+    shapes = parse_input_shapes(input_shape)
+    dtype = dtypes.canonical(parse_input_dtype(input_dtype))
+    names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(1, len(shapes) + 1)]
+    return tuple(InputSpec(n, dtype, shape) for n, shape in zip(names, shapes))
+
+
+def output_names(n: int) -> tuple[str, ...]:
+    """``output`` for one output, ``output1`` … for several."""
+    return ("output",) if n == 1 else tuple(f"output{i}" for i in range(1, n + 1))
+
+
 def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, input_spec: InputSpec | None = None,
-                assumed=()) -> TorchRunnable:
+                assumed=(), input_specs: tuple[InputSpec, ...] | None = None,
+                outputs: tuple[str, ...] | None = None) -> TorchRunnable:
     """Wrap an eager module: a language model (``kind`` causal-lm / encoder) or a tensor model with
-    ``input_spec``."""
+    ``input_spec`` (or several ``input_specs``, and ``outputs`` named when it returns several)."""
     import torch
 
     device = str(next(iter(module.parameters()), torch.empty(0)).device)
@@ -341,10 +361,10 @@ def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, i
     elif kind == ENCODER:
         inputs, outputs = token_inputs(), ("last_hidden_state",)
     else:
-        if input_spec is None:
+        if input_spec is None and not input_specs:
             raise UnsupportedError(f"{path or origin}: running this model needs an example input: pass --input-shape, "
                                    "e.g. 1,3,32,32")
-        inputs, outputs = (input_spec,), ("output",)
+        inputs, outputs = tuple(input_specs or (input_spec,)), tuple(outputs or ("output",))
     return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs, origin=origin, path=Path(path) if path else None,
                          device=device, vocab_size=vocab_size, assumed=list(assumed), module=module)
 
@@ -361,6 +381,36 @@ def lua_input(model, spec: InputSpec, path, input_dtype=None) -> InputSpec:
                                "of one input (--input-shape gives one)")
     own, values = example_input(model)
     return InputSpec(spec.name, spec.dtype if input_dtype else dtypes.canonical(own), spec.shape, values)
+
+
+def lua_inputs(model, specs: tuple[InputSpec, ...], path, input_dtype=None) -> tuple[InputSpec, ...]:
+    """The example inputs of a rebuilt Lua model, one per input it takes (an nngraph gModule may take
+    several: ``--input-shape`` once per input, in Lua's order), each of the model's own floating type
+    unless ``input_dtype`` was given; a model of one input as :func:`lua_input` makes it."""
+    from .. import dtypes
+    from ..t7.nn import input_count
+
+    n = input_count(model)
+    if len(specs) != n:
+        given = f"{len(specs)} shape{'s' * (len(specs) != 1)}"
+        if n == 1:
+            raise UnsupportedError(f"{path}: this model takes one input and --input-shape gave {given}; give it once")
+        raise UnsupportedError(f"{path}: this nngraph gModule takes {n} inputs and --input-shape gave {given}; "
+                               f"give --input-shape once per input ({n} times), in the order of the gModule's inputs")
+    if n == 1:
+        return (lua_input(model, specs[0], path, input_dtype),)
+    own = _floating_type(model)
+    return tuple(InputSpec(s.name, s.dtype if input_dtype else dtypes.canonical(own), s.shape) for s in specs)
+
+
+def _floating_type(model):
+    """The floating type a model computes in: its first floating parameter's or buffer's, else float32."""
+    import torch
+
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
 
 
 def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", dtype=None, input_shape=None,
@@ -404,16 +454,16 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
         if input_shape is None:
             raise UnsupportedError(f"{path}: running a Lua nn model needs an example input: pass --input-shape, "
                                    "e.g. 1,3,32,32")
-        spec = tensor_input(input_shape, input_dtype)
+        specs = tensor_inputs(input_shape, input_dtype)
         model = load_lua_model(path)
         if dtype is not None:
             from .loader import _torch_dtype
 
             model.to(_torch_dtype(dtype))
         model.to(device)
-        spec = lua_input(model, spec, path, input_dtype)
+        specs = lua_inputs(model, specs, path, input_dtype)
         return from_module(model, kind=TENSOR, origin=f"Lua nn model rebuilt as {type(model).__name__}", path=path,
-                           input_spec=spec)
+                           input_specs=specs, outputs=output_names(int(getattr(model, "n_outputs", 1))))
     from .loader import load_model
 
     model = load_model(path, arch, device, dtype, config=config, assume_config=assume_config, input_shape=input_shape,
@@ -434,5 +484,5 @@ def load_runnable(path, *, arch: str | None = None, config=None, device="cpu", d
 
 
 __all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "SEQUENCE", "TENSOR", "InputSpec", "OrtRunnable", "Runnable", "TorchRunnable",
-           "check_memory", "example_feeds", "from_module", "load_runnable", "lua_input", "ort_session", "position_limit",
-           "run_example", "tensor_input", "token_inputs"]
+           "check_memory", "example_feeds", "from_module", "load_runnable", "lua_input", "lua_inputs", "ort_session",
+           "output_names", "position_limit", "run_example", "tensor_input", "tensor_inputs", "token_inputs"]

@@ -10,7 +10,8 @@ each in a fresh process with the file in the page cache:
   safetensors -> pt, no CRC  the same with Options(crc32=False) (--no-crc32)
   ..., no align            the same with Options(align=False): torch.save's layout, unpadded
   ..., no manifest         both directions with manifest=False (--no-manifest): the manifest's
-                           cost is the difference (it hashes source and output with sha256)
+                           cost is the difference (it hashes the source in a thread and the output
+                           as it is written; blake3 with the fast extra, else sha256)
   torch.load + save_file   the usual way, for reference
   load_file + torch.save   the usual way back, for reference
 

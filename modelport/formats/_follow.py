@@ -160,6 +160,9 @@ def follow(path: Path):
     followed = _FOLLOWING.get()
     if followed is None:
         return IDLE
-    f = Follower(path, followed.new_hasher())
+    try:
+        f = Follower(path, followed.new_hasher())
+    except OSError:         # cannot open it to read: the manifest hashes the finished file instead
+        return IDLE
     followed.followers[os.path.realpath(path)] = f
     return f

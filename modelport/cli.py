@@ -113,6 +113,14 @@ trust_torchscript_option = click.option(
          "its code: trusted files only).")
 
 
+def _input_shapes(ctx, param, value):
+    """``--input-shape`` given once per input: None when absent, the shape when given once, else the
+    tuple of shapes in input order (a gModule of several inputs: ``--input-shape 2,1 --input-shape 2,2``)."""
+    if not value:
+        return None
+    return value[0] if len(value) == 1 else tuple(value)
+
+
 def _options(**kw):
     from .formats.base import Options
 
@@ -129,7 +137,8 @@ def _options(**kw):
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --run: config.json for the model (or the kwargs of your factory).")
 @click.option("--assume-config", is_flag=True, help="With --run on bare weights: accept guessed head counts, norm epsilon … .")
-@click.option("--input-shape", metavar="DIMS", help="With --run: example input shape for non-LM models, e.g. 1,3,224,224.")
+@click.option("--input-shape", metavar="DIMS", multiple=True, callback=_input_shapes,
+              help="With --run: example input shape for non-LM models, e.g. 1,3,224,224; once per input for several.")
 @click.option("--input-dtype", metavar="DTYPE", help="With --run: example input dtype (default float32).")
 @click.option("--allow-expanded", is_flag=True, help="Accept views far larger than the bytes stored for them (trusted files only).")
 @trust_torchscript_option
@@ -141,6 +150,9 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
 
     from .convert import manifest as mf
 
+    if not run_model:       # options that shape the run: without --run they would do nothing, so they are refused
+        _refuse_without("--run", input_shape=input_shape, input_dtype=input_dtype, arch=arch, config=config,
+                        assume_config=assume_config)
     summary = run(path, from_, _options(allow_expanded=allow_expanded or None))
     check = run_check(path, arch=arch, config=config, input_shape=input_shape, input_dtype=input_dtype, format=from_,
                       assume_config=assume_config) if run_model else None
@@ -213,7 +225,8 @@ def inspect(path: Path, from_: str | None, as_json: bool, show_all: bool, run_mo
                    "--no-kv-cache: input_ids and attention_mask to logits only.")
 @click.option("--static-shapes", is_flag=True, help="onnx target: fixed shapes instead of dynamic batch and sequence.")
 @click.option("--external-data", is_flag=True, help="onnx target: tensors in DST.data beside the file (always over 2 GB).")
-@click.option("--input-shape", metavar="DIMS", help="Graph targets: example input shape of non-LM models, e.g. 1,3,32,32.")
+@click.option("--input-shape", metavar="DIMS", multiple=True, callback=_input_shapes,
+              help="Graph targets: example input shape of non-LM models, e.g. 1,3,32,32; once per input for several.")
 @click.option("--input-dtype", metavar="DTYPE", help="Graph targets: example input dtype (default float32).")
 @click.option("--device", default="cpu", show_default=True, help="Graph targets: device to export and check on (cpu, cuda).")
 @click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
@@ -262,6 +275,14 @@ def convert(src, dst, to, from_, dtype, allow_overflow, shard_size, force, confi
     print_convert(result, src)
     if view_after:
         _serve(result.dst, "127.0.0.1", None, True, False, False)
+
+
+def _refuse_without(needed: str, **given) -> None:
+    """A usage error naming the first option given that only works with ``needed``."""
+    for name, value in given.items():
+        if value:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} applies only with {needed}, which was not given: add {needed} or drop {flag}")
 
 
 def _serve(path, host, port, browser, graph_only, as_onnx, arch=None, config=None) -> None:
@@ -408,7 +429,8 @@ def _seq_lens(ctx, param, value):
 @click.option("--arch", cls=ArchOption, help="Architecture of bare weights ({archs}) or package.module:factory.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="config.json for models whose files carry none.")
-@click.option("--input-shape", metavar="DIMS", help="Input shape of non-language models, e.g. 1,3,224,224.")
+@click.option("--input-shape", metavar="DIMS", multiple=True, callback=_input_shapes,
+              help="Input shape of non-language models, e.g. 1,3,224,224; once per input for several.")
 @click.option("--input-dtype", metavar="DTYPE", help="Input dtype of non-language models (default float32).")
 @click.option("--engine", type=click.Choice(["auto", "reference", "transformers"]), default="auto", show_default=True,
               help="Who runs a Hugging Face directory (auto: modelport's reference family when it knows the "

@@ -143,6 +143,19 @@ def test_inspect_run_builds_and_runs_the_model(cli, tmp_path):
     assert json.loads(r.stdout)["run"]["output"] == [1, 12, 12, 12]
 
 
+@pytest.mark.parametrize("given", [["--input-shape", "1,3,32,32"], ["--input-dtype", "float64"], ["--arch", "gpt2"],
+                                   ["--assume-config"]])
+def test_inspect_refuses_run_options_without_run(cli, given):
+    """Options that shape the run do nothing without --run: refused in one line (exit 2), never ignored."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = cli("inspect", root / "fixtures" / "t7nn" / "u1net.net", *given)
+    assert r.returncode == 2 and r.stdout == ""
+    assert f"{given[0]} applies only with --run" in r.stderr and "add --run or drop" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_inspect_run_with_a_user_factory(cli, tmp_path):
     (tmp_path / "mynets.py").write_text(
         "from torch import nn\n"

@@ -93,6 +93,10 @@ def _face_net(d: Path) -> None:
     shutil.copy(ROOT / "fixtures" / "t7nn" / "face-detector-new_2013.net", d / "face.net")  # 1x32x32 grayscale input
 
 
+def _graph_t7(d: Path) -> None:     # gModule({a, b}, {CAddTable(){b, Linear(1, 2)(a)}}): inputs 2x1 and 2x2
+    shutil.copy(ROOT / "fixtures" / "t7nn" / "gmodule_with_linear_identity.t7", d / "graph.t7")
+
+
 def _hf_dirs(d: Path) -> None:
     from .models import tiny
 
@@ -108,7 +112,8 @@ def _hf_dirs(d: Path) -> None:
 # one block run in one directory, in the order written, as a reader would type them; each block starts
 # from a fresh directory holding only the placeholders it reads.
 SETUP = [("convert model.pt ", _tiny_gpt2_pt), ("convert out/tiny-gpt2 ", _examples_converted),
-         ("examples/tiny-gpt2.pt ", _examples), ("face.net", _face_net), ("llama-hf", _hf_dirs)]
+         ("examples/tiny-gpt2.pt ", _examples), ("face.net", _face_net), ("graph.t7", _graph_t7),
+         ("llama-hf", _hf_dirs)]
 
 
 def _bin(tmp: Path) -> Path:

@@ -140,7 +140,7 @@ def convert(
         return _export(src, dst, target, export or ExportOptions(), load, dtype, force, manifest, reference, verify)
     if dtype is not None:
         dtype = dtypes.canonical(dtype)
-    with open_source(src, from_, options.reading()) as source:
+    with _hashing_source(src, manifest) as source_hash, open_source(src, from_, options.reading()) as source:
         check_overlap(src, dst, [f.path for f in source.files()])
         given = read_config_file(options.config, source) if options.config is not None else None
         source = layouts.adapt(source, target, options, given)
@@ -150,13 +150,14 @@ def convert(
                                   shard_size)
         total = sum(source.info(n).nbytes for n in source.names())
         show = sys.stderr.isatty() if progress is None else progress
-        record = _Record(src, dst, source, target.id, options, dtype, given) if manifest else None
+        record = _Record(src, dst, source, target.id, options, dtype, given, source_hash) if manifest else None
         report = None
         with _progress_bar(show and total > 64 << 20, total, dst.name) as advance:
             notes: list[str] = []
             try:
                 with atomic_output(dst, force, notes) as tmp:
-                    wrote = target.write(source, tmp, writing, advance)
+                    with record.following() if record is not None else contextlib.nullcontext():
+                        wrote = target.write(source, tmp, writing, advance)
                     if tmp.is_dir():
                         write_marker(tmp, format=target.id, version=__version__)
                     if verify:
@@ -264,22 +265,34 @@ class _Record:
     that :meth:`commit` renames once the output is in place."""
 
     def __init__(self, src: Path, dst: Path, source, target_id: str, options: Options, dtype: str | None,
-                 config: dict | None = None):
+                 config: dict | None = None, hashing=None):
         self.src, self.dst, self.source, self.target_id, self.options, self.dtype = src, dst, source, target_id, options, dtype
         self.config = config
-        self.hashing = manifest_module.BackgroundHash(src)
+        self.hashing = hashing or manifest_module.BackgroundHash(src)
+        self.algorithm = self.hashing.algorithm
+        self.followed = None
         self.final: Path | None = None
         self.pending: Path | None = None
+
+    @contextlib.contextmanager
+    def following(self):
+        """The block within which the writer hashes its output files as it writes them."""
+        with manifest_module.following(self.algorithm) as followed:
+            self.followed = followed
+            yield followed
 
     def write(self, written: Path, report, wrote=None) -> None:
         parity = None
         if report is not None:
             parity = {"passed": bool(report), **report.to_json()}
-        output = manifest_module.BackgroundHash(written)    # beside the rest of the source's hashing
+        # the record first, while the threads still hash; then the digests
         m = manifest_module.build(src=self.src, dst=self.dst, written=written, source=self.source,
-                           target_format=self.target_id, options=self.options, source_files=self.hashing.get(),
-                           output_files=output.get(), config=self.config, dtype=self.dtype,
+                           target_format=self.target_id, options=self.options, source_files=[],
+                           output_files=[], config=self.config, dtype=self.dtype,
                            parity=parity, wrote=wrote)
+        known = self.followed.digests() if self.followed is not None else {}   # taken as the writer wrote
+        m.output["files"] = manifest_module.hash_files(written, self.algorithm, known)   # the rest (config.json …)
+        m.source["files"] = self.hashing.get()
         if written.is_dir():
             manifest_module.write(m, written / DIR_NAME)
             self.final = self.dst / DIR_NAME
@@ -300,6 +313,21 @@ class _Record:
             with contextlib.suppress(FileNotFoundError):
                 self.pending.unlink()
         self.final = None
+
+
+@contextlib.contextmanager
+def _hashing_source(src: Path, manifest: bool):
+    """The source hashed for the manifest in a thread from the start, beside reading and writing it;
+    stopped when the conversion fails."""
+    if not manifest:
+        yield None
+        return
+    hashing = manifest_module.BackgroundHash(src, manifest_module.hash_algorithm())
+    try:
+        yield hashing
+    except BaseException:
+        hashing.cancel()
+        raise
 
 
 class _progress_bar:

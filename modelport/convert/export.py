@@ -223,7 +223,8 @@ def exporter_is_legacy(opset: int) -> bool:
 
 def _export_graph(module, args: tuple, names: list[str], outputs: list[str], path: Path, opset: int,
                   static: bool) -> str:
-    """torch.onnx.export with the exporter the opset needs; returns its description."""
+    """torch.onnx.export with the exporter the opset needs; returns its description. ``outputs``: the names
+    of the graph's outputs (a language model's first only)."""
     import torch
 
     if exporter_is_legacy(opset):
@@ -232,7 +233,7 @@ def _export_graph(module, args: tuple, names: list[str], outputs: list[str], pat
         stream = sum(t.numel() * t.element_size() for t in tensors.values()) <= TWO_GB
         with _quiet():
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
-                              output_names=outputs[:1], dynamic_axes=axes, do_constant_folding=False,
+                              output_names=outputs, dynamic_axes=axes, do_constant_folding=False,
                               export_params=not stream)
         if stream:
             _add_weights(path, {n: t for n, t in tensors.items() if n not in names})
@@ -248,7 +249,7 @@ def _export_graph(module, args: tuple, names: list[str], outputs: list[str], pat
         shapes = _by_signature(module, tuple({0: dim, 1: dim} if a.dim() >= 2 else {} for a in args))
     with _quiet():
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, input_names=names,
-                          output_names=outputs[:1], dynamic_shapes=shapes, external_data=False, optimize=False)
+                          output_names=outputs, dynamic_shapes=shapes, external_data=False, optimize=False)
     return f"torch.onnx.export (torch.export-based, dynamo=True), torch {torch.__version__}"
 
 
@@ -341,7 +342,8 @@ def export_onnx_runnable(runnable, dst, *, options: ExportOptions = ExportOption
         feeds = _feeds(runnable, options.static_shapes, second=False)
         run_example(runnable, feeds, src)
         args = tuple(feeds[i.name].to(runnable.device) for i in runnable.inputs)
-        names, outputs = [i.name for i in runnable.inputs], list(runnable.outputs)
+        names = [i.name for i in runnable.inputs]
+        outputs = list(runnable.outputs) if runnable.kind == TENSOR else list(runnable.outputs[:1])   # every Lua output
         with atomic_output(dst, force) as tmp:
             stage = dst.parent / f".{dst.name}.modelport-{os.getpid()}.stage"
             shutil.rmtree(stage, ignore_errors=True)

@@ -43,13 +43,20 @@ def _hasher(algorithm: str):
     raise FormatError(f"unknown content hash {algorithm!r} (known: {', '.join(HASHES)})")
 
 
-def hash_file(path: Path, algorithm: str = "sha256") -> str:
-    """The hex digest of ``path``'s bytes under ``algorithm`` (see :data:`HASHES`)."""
+class Cancelled(Exception):
+    """Hashing was stopped (the conversion it was for failed)."""
+
+
+def hash_file(path: Path, algorithm: str = "sha256", stop: threading.Event | None = None) -> str:
+    """The hex digest of ``path``'s bytes under ``algorithm`` (see :data:`HASHES`); ``stop``, once set,
+    ends it with :class:`Cancelled`."""
     h = _hasher(algorithm)
     with open_regular(path) as f:          # a regular file only: a pipe or device would block or never end
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         while True:
+            if stop is not None and stop.is_set():
+                raise Cancelled(str(path))
             n = f.readinto(buf)
             if not n:
                 break
@@ -57,10 +64,24 @@ def hash_file(path: Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def file_entry(rel: str, path: Path, algorithm: str) -> dict:
+def file_entry(rel: str, path: Path, algorithm: str, known: dict[str, tuple[int, str]] | None = None,
+               stop: threading.Event | None = None) -> dict:
     """One file of a manifest: ``{path, bytes, hash: <algorithm>, <algorithm>: <hex digest>}``. Manifests
-    written before ``hash`` was recorded hold ``sha256`` alone."""
-    return {"path": rel, "bytes": path.stat().st_size, "hash": algorithm, algorithm: hash_file(path, algorithm)}
+    written before ``hash`` was recorded hold ``sha256`` alone. ``known``: {real path: (size, digest)}
+    hashed while this process wrote the files (:func:`following`); used when the size still agrees."""
+    size = path.stat().st_size
+    got = (known or {}).get(os.path.realpath(path))
+    digest = got[1] if got is not None and got[0] == size else hash_file(path, algorithm, stop)
+    return {"path": rel, "bytes": size, "hash": algorithm, algorithm: digest}
+
+
+def following(algorithm: str | None = None):
+    """A block within which the streaming writers hash each output file as they write it (see
+    :mod:`modelport.formats._follow`); ``.digests()`` afterwards gives ``known`` for :func:`hash_files`."""
+    from ..formats._follow import following as follow_writes
+
+    algorithm = algorithm or hash_algorithm()
+    return follow_writes(lambda: _hasher(algorithm))
 
 
 def recorded_digest(entry: dict) -> tuple[str, str]:
@@ -82,16 +103,17 @@ def files_of(path: Path, skip: tuple[str, ...] = (MARKER,)) -> list[tuple[str, P
     return out
 
 
-def hash_files(path: Path, algorithm: str | None = None) -> list[dict]:
+def hash_files(path: Path, algorithm: str | None = None, known: dict[str, tuple[int, str]] | None = None,
+               stop: threading.Event | None = None) -> list[dict]:
     """[:func:`file_entry`] for ``path`` (a file or a directory's files), hashed two at a time with
-    ``algorithm`` (default: :func:`hash_algorithm`)."""
+    ``algorithm`` (default: :func:`hash_algorithm`); ``known``: digests taken while writing them."""
     files = files_of(path)
     results: list[dict | None] = [None] * len(files)
     algorithm = algorithm or hash_algorithm()
 
     def work(i: int) -> None:
         rel, p = files[i]
-        results[i] = file_entry(rel, p, algorithm)
+        results[i] = file_entry(rel, p, algorithm, known, stop)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -101,22 +123,29 @@ def hash_files(path: Path, algorithm: str | None = None) -> list[dict]:
 
 
 class BackgroundHash:
-    """Hash a file's or directory's files in a thread (the source while the conversion writes; the
-    output beside what is left of the source's)."""
+    """Hash a file's or directory's files in a thread (the source while the conversion reads and writes
+    it); :meth:`cancel` stops it when the conversion fails."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, algorithm: str | None = None, known: dict[str, tuple[int, str]] | None = None):
         self.path, self.result, self.error = Path(path), None, None
+        self.algorithm, self.known = algorithm or hash_algorithm(), known
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelport-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self.result = hash_files(self.path)
-        except OSError as exc:   # reported when the manifest is written
+            self.result = hash_files(self.path, self.algorithm, self.known, self._stop)
+        except BaseException as exc:   # noqa: BLE001 - reported when the manifest is written
             self.error = exc
+
+    def cancel(self) -> None:
+        self._stop.set()
 
     def get(self) -> list[dict]:
         self._thread.join()
-        if self.error is not None:
+        if isinstance(self.error, (OSError, Cancelled)):
             raise FormatError(f"{self.path}: cannot hash it for the manifest ({self.error})")
+        if self.error is not None:
+            raise self.error
         return self.result or []

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..atomic import MARKER
 from ..errors import FormatError, ModelportError
 from ..formats._untrusted import is_regular_inside
-from .hashing import HASHES, BackgroundHash, file_entry, hash_algorithm, hash_file, hash_files, recorded_digest  # noqa: F401
+from .hashing import HASHES, BackgroundHash, file_entry, following, hash_algorithm, hash_file, hash_files, recorded_digest  # noqa: F401
 from .manifest_schema import SCHEMA, BareMarker, load_manifest
 
 DIR_NAME = MARKER                    # inside a directory output: the marker, holding the manifest

@@ -26,6 +26,7 @@ import hashlib
 import mmap
 import os
 import struct
+import threading
 import zipfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +36,7 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError
 from ._pickle import StateDictPickler
+from ._follow import IDLE, follow
 from ._stream import ALIGN_MIN, ALIGN_MOD, _write_all, copy_span, write_tensor
 from .base import TensorSource
 
@@ -138,18 +140,37 @@ class ZipWriter:
     With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
     modelport/formats/pt.py); with ``crc32=True`` each member is read back once from
     the output (the descriptor opened with read access) by a second thread while the next
-    member is copied, and its data descriptor is patched when the CRC is known.
+    member is copied, and its data descriptor is patched as soon as the CRC is known.
+
+    ``tap`` (see :mod:`._follow`) is told how far the file is final: everything written,
+    up to the first data descriptor whose CRC is not yet patched in.
     """
 
-    def __init__(self, fd: int, prefix: str, crc32: bool):
+    def __init__(self, fd: int, prefix: str, crc32: bool, tap=IDLE):
         self.fd = fd
         self.prefix = prefix
         self.crc32 = crc32
+        self.tap = tap
         self.pos = os.lseek(fd, 0, os.SEEK_CUR)
         self._central: list[list] = []   # [name, header offset, size, crc, flags]
-        self._pending: list[tuple[list, int, Future]] = []   # (central entry, descriptor offset, CRC)
+        self._pending: list[Future] = []  # CRC-32s being computed and patched in
+        self._unpatched: set[int] = set()   # offsets of data descriptors still waiting for their CRC
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="crc32") if crc32 else None
         self._crc32 = _crc32_function() if crc32 else None
+
+    def _final(self) -> None:
+        with self._lock:
+            upto = min(self._unpatched) if self._unpatched else self.pos
+        self.tap.final(upto)
+
+    def _patch_crc(self, entry: list, at: int, size: int, descriptor: int) -> None:
+        """(In the CRC thread) the member's CRC-32, into the central entry and its data descriptor."""
+        entry[3] = self._crc_of(at, size)
+        os.pwrite(self.fd, struct.pack("<I", entry[3]), descriptor + 4)
+        with self._lock:
+            self._unpatched.discard(descriptor)
+        self._final()
 
     def _crc_of(self, at: int, size: int) -> int:
         """CRC-32 of ``size`` output bytes from ``at``, read through short-lived maps (no copy)."""
@@ -173,6 +194,7 @@ class ZipWriter:
             n = os.write(self.fd, view)
             view = view[n:]
         self.pos += len(memoryview(data).cast("B"))
+        self._final()
 
     def begin(self, name: str, size: int, match: int | None = None) -> None:
         """Write the local header of member ``name`` (``size`` bytes follow).
@@ -210,12 +232,16 @@ class ZipWriter:
             raise RuntimeError(f"zip member {name}: wrote {written} bytes, announced {size}")
         if not size:
             return
+        descriptor = self.pos
         if self.crc32:
-            self._pending.append((entry, self.pos, self._pool.submit(self._crc_of, self._data_start, size)))
+            with self._lock:
+                self._unpatched.add(descriptor)     # not final until its CRC is in
         if size >= _MAX32 or header >= _MAX32:
             self._write(struct.pack("<4sIQQ", b"PK\x07\x08", 0, size, size))
         else:
             self._write(struct.pack("<4sIII", b"PK\x07\x08", 0, size, size))
+        if self.crc32:      # submitted once the descriptor is written, so the patch lands on it
+            self._pending.append(self._pool.submit(self._patch_crc, entry, self._data_start, size, descriptor))
 
     def add(self, name: str, data: bytes) -> None:
         self.begin(name, len(data))
@@ -225,11 +251,11 @@ class ZipWriter:
     def advance(self, n: int) -> None:
         """Account for ``n`` bytes appended to the descriptor by someone else (copy_file_range)."""
         self.pos += n
+        self._final()
 
     def close(self) -> None:
-        for entry, descriptor, crc in self._pending:
-            entry[3] = crc.result()
-            os.pwrite(self.fd, struct.pack("<I", entry[3]), descriptor + 4)
+        for patched in self._pending:
+            patched.result()
         self._pending = []
         cd_start = self.pos
         out = bytearray()
@@ -327,9 +353,10 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
     spans = [_storage_span(source, s[3], s[4]) for s in storages]
     matches = [_match(span, s[2] * dtypes.get(s[1]).itemsize) if align else None for span, s in zip(spans, storages)]
     fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o666)
-    zw = None
+    zw, tap = None, IDLE
     try:
-        zw = ZipWriter(fd, "archive", crc32)
+        tap = follow(dst)        # hashes what is final, beside the copy, when a manifest asks for it
+        zw = ZipWriter(fd, "archive", crc32, tap)
         zw.add("data.pkl", pkl)
         if all(m is None for m in matches):
             zw.add(".format_version", b"1")    # miniz's layout holds: torch may compute offsets
@@ -354,6 +381,12 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
         zw.add("version", b"3\n")
         zw.add(".data/serialization_id", _serialization_id(pkl, storages))
         zw.close()
+        tap.close(zw.pos)
+    except BaseException:
+        if zw is not None:
+            zw.shutdown()
+        tap.abandon()
+        raise
     finally:
         if zw is not None:
             zw.shutdown()

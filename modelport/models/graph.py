@@ -15,6 +15,7 @@ from ..errors import FormatError, UnsupportedError
 from ..formats.graphmeta import GraphMeta, from_onnx, from_torchscript
 from .runners import OrtRunnable, TorchRunnable, ort_session
 from .spec import BATCH, CAUSAL_LM, ENCODER, SEQUENCE, TENSOR, InputSpec, LoadSpec, tensor_input
+from .user import parse_input_shapes
 
 TOKEN_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 # onnxruntime's type strings -> canonical dtype names
@@ -45,6 +46,19 @@ def _fill_tensor_spec(path: Path, spec: InputSpec, input_shape, input_dtype) -> 
     return spec
 
 
+def _fill_tensor_specs(path: Path, specs, input_shape, input_dtype) -> tuple[InputSpec, ...]:
+    """Each input's spec, its shape from ``input_shape`` when given (once per input, in order)."""
+    specs = tuple(specs)
+    if input_shape is None:
+        return tuple(_fill_tensor_spec(path, s, None, input_dtype) for s in specs)
+    shapes = parse_input_shapes(input_shape)
+    if len(shapes) != len(specs):
+        raise UnsupportedError(f"{path}: the graph takes {len(specs)} input{'s' * (len(specs) != 1)} "
+                               f"({', '.join(s.name for s in specs)}) and --input-shape gave {len(shapes)}; give it "
+                               "once per input, in that order")
+    return tuple(_fill_tensor_spec(path, s, shape, input_dtype) for s, shape in zip(specs, shapes))
+
+
 def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=None,
                          trust_torchscript: bool | None = None) -> TorchRunnable:
     """The TorchScript module at ``path`` (its pickles allow-listed and its code checked first, see
@@ -64,13 +78,10 @@ def torchscript_runnable(path, *, device: str = "cpu", input_shape=None, input_d
             kind, outputs = CAUSAL_LM, ("logits",)
             inputs = tuple(InputSpec(n, "int64", (BATCH, SEQUENCE)) for n in names)
         else:
-            if len(args) != 1:
-                raise UnsupportedError(f"{path}: forward takes {args}; modelport runs TorchScript modules that take "
-                                       "token ids or one tensor")
             kind, outputs = TENSOR, ("output",)
-            inputs = (InputSpec(args[0], "float32", (None,)),)
+            inputs = tuple(InputSpec(a, "float32", (None,)) for a in args)
     if kind == TENSOR:
-        inputs = (_fill_tensor_spec(path, inputs[0], input_shape, input_dtype),)
+        inputs = _fill_tensor_specs(path, inputs, input_shape, input_dtype)
     return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs,
                          origin=meta.origin or f"TorchScript module {module.original_name}", path=path,
                          backend="torchscript", device=str(device), vocab_size=meta.vocab_size,
@@ -108,10 +119,7 @@ def onnx_runnable(path, *, device: str = "cpu", input_shape=None, input_dtype=No
     if kind == TENSOR and meta.inputs:
         inputs = list(_specs_from_meta(meta))
     if kind == TENSOR:
-        if len(inputs) != 1:
-            raise UnsupportedError(f"{path}: the graph takes {len(inputs)} inputs; modelport runs graphs that take "
-                                   "token ids or one tensor")
-        inputs = [_fill_tensor_spec(path, inputs[0], input_shape, input_dtype)]
+        inputs = list(_fill_tensor_specs(path, inputs, input_shape, input_dtype))
     else:
         inputs = [InputSpec(i.name, i.dtype, tuple(d if isinstance(d, (int, str)) else (BATCH, SEQUENCE)[min(k, 1)]
                                                    for k, d in enumerate(i.shape))) for i in inputs]

@@ -13,7 +13,9 @@ Three kinds of model:
 - ``encoder``: the inputs its tokenizer gives (``input_ids``, ``attention_mask``, maybe
   ``token_type_ids``) → its first output (``last_hidden_state``);
 - ``tensor``: anything else (Lua ``nn``, user modules): one input of a fixed shape and dtype
-  (``--input-shape`` / ``--input-dtype``) → ``output``.
+  (``--input-shape`` / ``--input-dtype``) → ``output``; an nngraph gModule of several inputs takes
+  ``input1`` … ``inputN`` (``--input-shape`` once per input, in Lua's order) and returns ``output1`` …
+  ``outputM`` when it has several outputs.
 
 Which runnable a file makes is decided by its format: one maker per format id, registered in
 :data:`MAKERS` (:func:`register_maker`); formats without one (the weight formats) are loaded into a

@@ -310,9 +310,10 @@ def feed_bytes(runnable: Runnable, batch: int, seq_len: int) -> int:
 
 
 def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, input_spec: InputSpec | None = None,
-                assumed=(), made_by: str = "") -> TorchRunnable:
+                assumed=(), made_by: str = "", input_specs: tuple[InputSpec, ...] | None = None,
+                outputs: tuple[str, ...] | None = None) -> TorchRunnable:
     """Wrap an eager module: a language model (``kind`` causal-lm / encoder) or a tensor model with
-    ``input_spec``."""
+    ``input_spec`` (or several ``input_specs``, and ``outputs`` named when it returns several)."""
     import torch
 
     device = str(next(iter(module.parameters()), torch.empty(0)).device)
@@ -321,9 +322,9 @@ def from_module(module, *, kind: str, origin: str, path=None, vocab_size=None, i
     elif kind == ENCODER:
         inputs, outputs = token_inputs(), ("last_hidden_state",)
     else:
-        if input_spec is None:
+        if input_spec is None and not input_specs:
             raise UnsupportedError(f"{path or origin}: running this model needs an example input: pass --input-shape, "
                                    "e.g. 1,3,32,32")
-        inputs, outputs = (input_spec,), ("output",)
+        inputs, outputs = tuple(input_specs or (input_spec,)), tuple(outputs or ("output",))
     return TorchRunnable(kind=kind, inputs=inputs, outputs=outputs, origin=origin, path=Path(path) if path else None,
                          device=device, vocab_size=vocab_size, assumed=list(assumed), module=module, made_by=made_by)

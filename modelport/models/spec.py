@@ -87,6 +87,22 @@ def tensor_input(input_shape, input_dtype=None) -> InputSpec:
     return InputSpec("input", dtypes.canonical(parse_input_dtype(input_dtype)), parse_input_shape(input_shape))
 
 
+def tensor_inputs(input_shape, input_dtype=None) -> tuple[InputSpec, ...]:
+    """The inputs of a ``tensor`` model: one per shape of ``input_shape`` (one shape, or a list of them:
+    ``--input-shape`` given once per input), named ``input`` when there is one, else ``input1`` …"""
+    from .user import parse_input_dtype, parse_input_shapes
+
+    shapes = parse_input_shapes(input_shape)
+    dtype = dtypes.canonical(parse_input_dtype(input_dtype))
+    names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(1, len(shapes) + 1)]
+    return tuple(InputSpec(n, dtype, shape) for n, shape in zip(names, shapes))
+
+
+def output_names(n: int) -> tuple[str, ...]:
+    """``output`` for one output, ``output1`` … for several."""
+    return ("output",) if n == 1 else tuple(f"output{i}" for i in range(1, n + 1))
+
+
 def torch_dtype(dtype):
     """The torch dtype to run a model in (None: as stored); a non-floating one is refused."""
     if dtype is None:
@@ -116,4 +132,4 @@ def random_tensor(shape, dtype, gen, values: tuple[int, int] | None = None):
 
 
 __all__ = ["BATCH", "CAUSAL_LM", "ENCODER", "ENGINES", "SEQUENCE", "TENSOR", "InputSpec", "LoadSpec", "random_tensor",
-           "tensor_input", "token_inputs", "torch_dtype"]
+           "output_names", "tensor_input", "tensor_inputs", "token_inputs", "torch_dtype"]

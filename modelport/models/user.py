@@ -70,7 +70,18 @@ def build_user_module(spec: str, config: dict | None = None):
     return module
 
 
+def parse_input_shapes(value) -> list[tuple[int, ...]]:
+    """The shape of each input: ``value`` is one shape (``"1,3,224,224"``, ``"1x3x224x224"`` or a tuple of
+    ints) or a list of them, one per input in the model's order (``--input-shape`` given once per input)."""
+    if isinstance(value, (tuple, list)) and value and not all(isinstance(d, int) for d in value):
+        return [parse_input_shape(v) for v in value]
+    return [parse_input_shape(value)]
+
+
 def parse_input_shape(text) -> tuple[int, ...]:
+    if isinstance(text, (tuple, list)) and text and not all(isinstance(d, int) for d in text):
+        raise UnsupportedError(f"--input-shape is given {len(text)} times, and this model takes one input: give it "
+                               "once")
     if isinstance(text, (tuple, list)):
         dims = list(text)
     else:
@@ -132,4 +143,5 @@ def load_user_model(spec: str, source: TensorSource, config: dict | None, device
     return module
 
 
-__all__ = ["build_user_module", "import_factory", "load_user_model", "parse_input_dtype", "parse_input_shape"]
+__all__ = ["build_user_module", "import_factory", "load_user_model", "parse_input_dtype", "parse_input_shape",
+           "parse_input_shapes"]

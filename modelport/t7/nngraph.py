@@ -40,6 +40,8 @@ class GModule(nn.Module):
         self.steps = steps              # (kind, module index, input step indices, select index)
         self.n_inputs = n_inputs
         self.output_step = output_step
+        kind, _, sources, _ = steps[output_step]
+        self.n_outputs = len(sources) if kind == _PASS and len(sources) > 1 else 1   # a list of them when several
 
     def forward(self, *inputs: Any):
         if self.n_inputs != 1 and len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
@@ -60,7 +62,7 @@ class GModule(nn.Module):
         return values[self.output_step]
 
     def extra_repr(self) -> str:
-        return f"inputs={self.n_inputs}, nodes={len(self.steps)}"
+        return f"inputs={self.n_inputs}, outputs={self.n_outputs}, nodes={len(self.steps)}"
 
 
 @register("nn.gModule")

@@ -135,14 +135,64 @@ def test_float_weights_with_double_buffers_take_float32():
     assert load_runnable(T7NN / "face-detector-new_2013.net", input_shape="1,1,32,32").inputs[0].dtype == "float32"
 
 
-def test_gmodule_of_several_inputs_is_refused_by_name():
-    with pytest.raises(UnsupportedError, match="takes 2 inputs"):
-        load_runnable(T7NN / "gmodule_with_linear_identity.t7", input_shape="1,1")
+# -- nngraph gModules of several inputs: --input-shape once per input, in the gModule's order -----------
+
+GMODULE = T7NN / "gmodule_with_linear_identity.t7"     # gModule({a, b}, {CAddTable(){b, Linear(1, 2)(a)}}), Double
+CHAR_RNN = T7NN / "as_exam_model.t7"                   # char-rnn unrolled: h0 and x1..x10 in, 10 log-probs out
+
+
+def test_gmodule_of_several_inputs_runs_with_one_shape_per_input():
+    r = load_runnable(GMODULE, input_shape=["2,1", "2,2"])
+    assert [(i.name, i.dtype, i.shape) for i in r.inputs] == [("input1", "float64", (2, 1)), ("input2", "float64", (2, 2))]
+    assert r.outputs == ("output",)
+    with pytest.raises(UnsupportedError, match=r"takes 2 inputs and --input-shape gave 1 shape; give --input-shape once "
+                                               r"per input \(2 times\)"):
+        load_runnable(GMODULE, input_shape="1,1")
+    with pytest.raises(UnsupportedError, match="takes one input and --input-shape gave 2 shapes"):
+        load_runnable(T7NN / "u1net.net", input_shape=["1,3,32,32", "1,3,32,32"])
+
+
+@pytest.mark.parametrize("fmt,name", [("torchscript", "m.pt"), ("onnx", "m.onnx")])
+def test_exported_gmodule_of_two_inputs_computes_what_its_readme_states(tmp_path, fmt, name):
+    # python-torchfile's README gives the Linear's weight and bias as Lua loads them; the gModule adds b
+    export(GMODULE, tmp_path / name, fmt, input_shape=["2,1", "2,2"])
+    graph = graph_of(fmt, tmp_path / name)
+    assert [i.name for i in graph.inputs] == ["input1", "input2"]
+    a = torch.tensor([[2.0], [-1.0]], dtype=torch.float64)
+    b = torch.tensor([[10.0, 20.0], [30.0, 40.0]], dtype=torch.float64)
+    expect = b + a * torch.tensor([-0.0248373, 0.17503954], dtype=torch.float64) + \
+        torch.tensor([0.05159848, -0.25367146], dtype=torch.float64)
+    torch.testing.assert_close(graph.run({"input1": a, "input2": b})["output"], expect, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fmt,name", [("torchscript", "m.pt"), ("onnx", "m.onnx")])
+def test_exported_char_rnn_reproduces_luas_stored_outputs(tmp_path, fmt, name):
+    # the file holds nngraph's buffers of Lua's last forward pass: the 11 inputs (h0 of 100, ten one-hot
+    # characters of 5) and the 10 log-probability outputs; the exported graph, fed them, gives Lua's outputs
+    root = read_t7(CHAR_RNN).root
+    ins = [as_torch(t) for t in lua_array(root.fields[b"innode"].fields[b"data"][b"input"])]
+    outs = [as_torch(t) for t in lua_array(root.fields[b"outnode"].fields[b"data"][b"input"])]
+    assert len(ins) == 11 and len(outs) == 10
+    export(CHAR_RNN, tmp_path / name, fmt, input_shape=[",".join(map(str, x.shape)) for x in ins])
+    graph = graph_of(fmt, tmp_path / name)
+    assert graph.outputs == tuple(f"output{k}" for k in range(1, 11))
+    got = graph.run({f"input{k}": x for k, x in enumerate(ins, 1)})
+    for k, want in enumerate(outs, 1):
+        # Lua's LogSoftMax of 2015 used an approximate exp (tests/t7/test_nn_corpus.py): within 2e-4
+        torch.testing.assert_close(got[f"output{k}"], want, rtol=0, atol=2e-4)
+
+
+def test_cli_takes_input_shape_once_per_input(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "modelport", "convert", GMODULE, tmp_path / "m.onnx",
+                             "--input-shape", "2,1", "--input-shape", "2,2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    graph = onnx_runnable(tmp_path / "m.onnx")
+    assert [(i.name, i.shape) for i in graph.inputs] == [("input1", (2, 1)), ("input2", (2, 2))]
 
 
 @pytest.mark.parametrize("src,shape,expect", [
     (T7NN / "unsup-cl-30.net", "1,17", "fails on the example input (input [1, 17] float32)"),
-    (T7NN / "gmodule_with_linear_identity.t7", "1,1", "takes 2 inputs"),
+    (GMODULE, "1,1", "takes 2 inputs and --input-shape gave 1 shape"),
 ])
 def test_failed_lua_export_is_exit_2_with_one_line(tmp_path, src, shape, expect):
     result = subprocess.run([sys.executable, "-m", "modelport", "convert", src, tmp_path / "m.pt", "--to",

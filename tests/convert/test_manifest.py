@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -51,6 +52,37 @@ def test_file_output_gets_a_manifest_beside_it(tmp_path, monkeypatch):
     assert data["versions"]["modelport"] and data["versions"]["torch"] == torch.__version__
     assert data["opset"] is None and data["parity"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.safetensors", "m.safetensors.modelport.json"]
+
+
+@pytest.mark.parametrize("to", ["pt", "safetensors", "hf"])
+def test_the_outputs_weights_are_hashed_as_written_not_read_again(tmp_path, monkeypatch, to):
+    """The streaming writers hash their files beside the copy; after the write only what they did not
+    write (a directory's config.json) is read again, and every digest is the finished file's."""
+    monkeypatch.setenv("MODELPORT_HASH", "sha256")
+    m = tiny.llama(seed=4)
+    src = tmp_path / "src"
+    src.mkdir()
+    from safetensors.torch import save_file
+
+    save_file(m.state_dict(), src / "model.safetensors")
+    (src / "config.json").write_text(json.dumps(m.config.to_dict()))
+    hashing = importlib.import_module("modelport.convert.hashing")
+    real, read_again = hashing.hash_file, []
+
+    def counting(path, *args):
+        read_again.append(Path(path).resolve())
+        return real(path, *args)
+
+    monkeypatch.setattr(hashing, "hash_file", counting)
+    dst = tmp_path / {"pt": "out.pt", "safetensors": "out.safetensors", "hf": "out"}[to]
+    convert(src, dst, to=to)
+    data = mf.load(mf.find(dst))
+    root = dst if dst.is_dir() else dst.parent
+    for f in data["output"]["files"]:
+        assert f["sha256"] == _sha(root / f["path"]), f["path"]
+    read_from_output = [p.name for p in read_again if not p.is_relative_to(src.resolve())]
+    assert all(name.endswith(".json") for name in read_from_output), read_from_output
+    assert (src / "model.safetensors").resolve() in read_again     # the source is hashed as it is read
 
 
 def test_layout_mapping_records_renames_permutes_and_merges(tmp_path, llama_pt):

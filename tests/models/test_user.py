@@ -145,3 +145,17 @@ def test_errors_are_specific_and_sys_path_is_restored(tmp_path, monkeypatch):
         build_user_module("mp_cwd_nets:build", {"width": 3})
     assert sys.path == before
     sys.modules.pop("mp_cwd_nets", None)
+
+
+def test_input_shapes_one_or_one_per_input():
+    from modelport.models.user import parse_input_shape, parse_input_shapes
+
+    assert parse_input_shapes("1,3,8,8") == [(1, 3, 8, 8)]
+    assert parse_input_shapes("1x3x8x8") == [(1, 3, 8, 8)]
+    assert parse_input_shapes((2, 5)) == [(2, 5)]
+    assert parse_input_shapes(["2,1", "2x2"]) == [(2, 1), (2, 2)]
+    assert parse_input_shapes([(2, 1), (2, 2)]) == [(2, 1), (2, 2)]
+    with pytest.raises(UnsupportedError, match="given 2 times, and this model takes one input"):
+        parse_input_shape(("2,1", "2,2"))          # a model of one input given two shapes
+    with pytest.raises(UnsupportedError, match="positive integers"):
+        parse_input_shapes(["2,1", "2,0"])

@@ -17,8 +17,8 @@ HASHES = ("blake3", "sha256")        # content hashes a manifest may record, the
 
 
 def hash_algorithm() -> str:
-    """The content hash new manifests record: blake3 when the ``blake3`` package is installed (the ``fast``
-    extra; several times sha256's speed, so hashing keeps pace with the copy), sha256 otherwise.
+    """The content hash new manifests record: blake3 (a dependency of modelport; several times sha256's
+    speed, so hashing keeps pace with the copy), sha256 where the ``blake3`` package is missing.
     ``MODELPORT_HASH=sha256`` chooses sha256 (digests to compare with published sha256 sums)."""
     chosen = os.environ.get("MODELPORT_HASH", "").strip().lower()
     if chosen in HASHES:
@@ -37,8 +37,8 @@ def _hasher(algorithm: str):
         try:
             import blake3
         except ImportError as exc:
-            raise MissingDependencyError("this manifest records blake3 digests; pip install blake3 (or "
-                                         "modelport[fast]) to check them") from exc
+            raise MissingDependencyError("this manifest records blake3 digests; pip install blake3 "
+                                         "to check them") from exc
         return blake3.blake3()
     raise FormatError(f"unknown content hash {algorithm!r} (known: {', '.join(HASHES)})")
 

@@ -13,6 +13,7 @@ import torch
 
 from modelport.convert import convert
 from modelport.convert import manifest as mf
+from modelport.convert.hashing import hash_file
 from modelport.errors import FormatError, MissingDependencyError, UnsupportedError
 
 from ..conftest import tied_state_dict
@@ -246,7 +247,8 @@ def test_a_graph_export_through_the_api_gets_a_manifest(tmp_path):
     result = convert(tmp_path / "src", tmp_path / "m.onnx")
     assert result.manifest == tmp_path / "m.onnx.modelport.json"
     data = mf.load(result.manifest)
-    assert data["output"]["files"][0]["sha256"] == _sha(tmp_path / "m.onnx") and data["opset"] == 17
+    entry = data["output"]["files"][0]
+    assert entry[entry["hash"]] == hash_file(tmp_path / "m.onnx", entry["hash"]) and data["opset"] == 17
     assert (data["source"]["format"], data["source"]["layout"], data["output"]["architecture"]) == ("hf", "gpt2-hf", "gpt2")
     assert any(line.startswith(f"converted from {tmp_path / 'src'} (hf, gpt2-hf)") for line in mf.summary(data))
     assert convert(tmp_path / "src", tmp_path / "n.onnx", manifest=False).manifest is None

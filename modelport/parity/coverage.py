@@ -118,16 +118,29 @@ def _cut(model, value: str):
     return out
 
 
-def check(ref, cand, seed: int = 0) -> Coverage | None:
-    """Every id's embedding row in ``cand`` against ``ref``; None when either has no embedding to look up."""
+def reference_rows(ref, seed: int = 0):
+    """The reference's input-embedding rows of every token id, in a seeded order: ``(module name, ids, rows)``,
+    kept so that the reference model can be released before the candidates are checked; None when it has no
+    embedding to look up."""
     import torch
 
     name = embedding_name(ref)
     if name is None:
         return None
     ids = torch.randperm(ref.vocab_size, generator=torch.Generator().manual_seed(seed)).unsqueeze(0)
-    a, b = lookup(ref, name, ids), lookup(cand, name, ids)
-    if a is None or b is None or a.shape != b.shape:
+    rows = lookup(ref, name, ids)
+    return None if rows is None else (name, ids, rows)
+
+
+def check_rows(recorded, cand) -> Coverage | None:
+    """The candidate's rows of the ids in ``recorded`` (see :func:`reference_rows`) against the reference's."""
+    import torch
+
+    if recorded is None:
+        return None
+    name, ids, a = recorded
+    b = lookup(cand, name, ids)
+    if b is None or a.shape != b.shape:
         return None
     low = max((str(t.dtype).replace("torch.", "") for t in (a, b)), key=lambda d: _EPS.get(d, 0.0))
     a, b = a[0].double(), b[0].double()
@@ -138,3 +151,8 @@ def check(ref, cand, seed: int = 0) -> Coverage | None:
     finite = err[torch.isfinite(err)]
     return Coverage(name, int(ids.numel()), len(wrong), wrong[:10], float(finite.max()) if finite.numel() else None,
                     passed=not wrong)
+
+
+def check(ref, cand, seed: int = 0) -> Coverage | None:
+    """Every id's embedding row in ``cand`` against ``ref``; None when either has no embedding to look up."""
+    return check_rows(reference_rows(ref, seed), cand)

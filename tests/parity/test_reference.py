@@ -124,3 +124,18 @@ def test_streamed_precision_equals_a_whole_model_cast(dtype):
             assert (got.float() - whole["logits"].float()).abs().max() < 0.1
         after = model.state_dict()
         assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+
+
+def test_a_float16_reference_in_transformers_calibrates(tmp_path):
+    """transformers keeps a float16 model's rotary frequencies in float32: the model is still float16 throughout,
+    so it is run in float64 (one module at a time) for the floor, as a 13.5 GB float16 7B reference would be."""
+    hf = tiny.llama(seed=63).half()
+    hf.save_pretrained(tmp_path / "ref")
+    from safetensors.torch import save_file
+
+    save_file(tiny.hf_state_dict(hf), tmp_path / "bare.safetensors", metadata={"format": "pt"})
+    report = parity(tmp_path / "ref", tmp_path / "bare.safetensors", seq_lens=(1, 6), new_tokens=2)
+    tol = report.candidates[0].tolerance
+    assert report.reference["origin"] == "transformers LlamaForCausalLM"
+    assert tol.calibrated and tol.dtype == "float16" and tol.floor > 0, tol
+    assert report, report.to_text()

@@ -139,3 +139,24 @@ def test_a_float16_reference_in_transformers_calibrates(tmp_path):
     assert report.reference["origin"] == "transformers LlamaForCausalLM"
     assert tol.calibrated and tol.dtype == "float16" and tol.floor > 0, tol
     assert report, report.to_text()
+
+
+def test_the_big_pair_builder_streams_a_float16_pair_that_passes(tmp_path):
+    """benchmarks/bench_parity_big.py at its tiny shape: the streamed safetensors file reads back, the pair passes."""
+    import importlib.util
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_parity_big.py"
+    spec = importlib.util.spec_from_file_location("bench_parity_big", path)
+    big = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(big)
+    ref, cand = big.build_pair(tmp_path / "pair", "tiny", seed=3)
+    with safe_open(str(cand), "pt") as f:
+        shapes = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
+        assert f.get_tensor("model.norm.weight").dtype == torch.float16
+    assert shapes == dict(big.tensors(big.SHAPES["tiny"]))
+    report = parity(ref, cand, seq_lens=(1, 5), new_tokens=2)
+    tol = report.candidates[0].tolerance
+    assert report and tol.calibrated and tol.dtype == "float16", report.to_text()

@@ -69,6 +69,9 @@ def _eager(r: Runnable) -> bool:
             and not isinstance(r.module, torch.jit.ScriptModule))
 
 
+_TRIM_EVERY = 64 << 20      # bytes of cast copies freed between two trims of the heap
+
+
 @contextlib.contextmanager
 def streamed(r: Runnable, dtype: str):
     """``r`` running at ``dtype``, one module at a time (see the module's doc); exact both ways: the originals
@@ -92,13 +95,17 @@ def streamed(r: Runnable, dtype: str):
                     t.data = t.data.to(target)
         held.append(saved)
 
+    freed = [0]
+
     def after(module, args, out):
         for t, data in held.pop():
+            freed[0] += t.data.nbytes
             t.data = data
-        if module is r.module:
+        if freed[0] > _TRIM_EVERY:           # the cast copies' heap back (else it grows over a forward)
             trim()
+            freed[0] = 0
 
-    handles = []
+    handles = [r.module.register_forward_hook(lambda *_: trim(), always_call=True)]   # after each whole forward
     for m in r.module.modules():
         if any(t is not None and t.is_floating_point() for t in (*m._parameters.values(), *m._buffers.values())):
             handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after, always_call=True)]

@@ -92,7 +92,6 @@ def make_candidates(model: Path, wanted: list[str], work: Path) -> dict[str, Pat
                        capture_output=True)
         out["ONNX export (builder, KV cache)"] = dst
     if "fp16" in wanted:
-        import torch
         from safetensors.torch import load_file, save_file
 
         dst = work / "fp16"
@@ -104,7 +103,6 @@ def make_candidates(model: Path, wanted: list[str], work: Path) -> dict[str, Pat
         cfg["torch_dtype"] = cfg["dtype"] = "float16"
         (dst / "config.json").write_text(json.dumps(cfg))
         out["fp16 cast (HF directory)"] = dst
-        del torch
     return out
 
 

@@ -18,7 +18,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models.runnable import CAUSAL_LM, Runnable
+from ..models.runnable import CAUSAL_LM, ENCODER, Runnable
 
 
 def trim() -> None:
@@ -285,7 +285,7 @@ def record(r: Runnable, sets, *, gen_set, new_tokens: int, calibrating: bool, lo
                 r.run(feeds)
             rec.layers.append(Recorded(named[0], named[1], feeds, outs, ins, order,
                                        {own: outs} if own else {}))
-    if r.kind in ("causal-lm", "encoder"):
+    if r.kind in (CAUSAL_LM, ENCODER):
         rec.coverage = reference_rows(r, seed)
     if own:
         rec.at[own] = rec.outputs

@@ -79,7 +79,7 @@ def load(path: Path):
         session, providers = ort_session(path)
         return OrtRunnable(kind="causal-lm", inputs=token_inputs(), outputs=("logits",), origin="ONNX export",
                            path=path, device=",".join(providers), vocab_size=50257, module=session)
-    return load_runnable(path)
+    return load_runnable(path, config=path.parent / "gpt2-small" / "config.json")   # bare weights: the reference's
 
 
 def bare(ref_path: Path, cand_path: Path, new_tokens: int) -> float:
@@ -87,8 +87,10 @@ def bare(ref_path: Path, cand_path: Path, new_tokens: int) -> float:
     from modelport.parity.inputs import input_sets
     from modelport.parity.metrics import greedy
 
+    from modelport.models.runnable import load_runnable
+
     start = time.perf_counter()
-    models = [load(ref_path), load(cand_path)]
+    models = [load_runnable(ref_path, engine="transformers"), load(cand_path)]   # the reference as parity runs it
     sets = input_sets(models[0], reserve=new_tokens)
     gen = next(s for s in sets if s.seq_len > 1)
     for m in models:
@@ -99,12 +101,11 @@ def bare(ref_path: Path, cand_path: Path, new_tokens: int) -> float:
 
 
 def with_parity(ref_path: Path, cand_path: Path, new_tokens: int) -> tuple[float, bool]:
+    """parity on the paths, as the command runs it: the reference released before the candidate loads."""
     from modelport.parity import parity
 
     start = time.perf_counter()
-    ref = load(ref_path)
-    cand = load(cand_path)
-    report = parity(ref, cand, new_tokens=new_tokens)
+    report = parity(ref_path, cand_path, new_tokens=new_tokens)     # the bare copy borrows the config
     return time.perf_counter() - start, report.passed
 
 

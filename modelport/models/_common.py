@@ -37,6 +37,27 @@ def attention_bias(input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tenso
     return zero.masked_fill(allowed.logical_not(), -3.4028234663852886e38)   # a literal: torch.jit.script needs one
 
 
+def step_positions_bias(attention_mask: Tensor, new: int) -> tuple[Tensor, Tensor]:
+    """Positions (B, new) and attention bias (B, 1, new, S) of the last ``new`` tokens of a sequence whose
+    mask (B, S) covers every token so far, cached ones included: the rows :func:`position_ids` and
+    :func:`attention_bias` give those queries over the whole sequence."""
+    pos = position_ids(attention_mask, attention_mask)[:, -new:]                  # (B, new)
+    bias = attention_bias(attention_mask, attention_mask)[:, :, -new:]            # (B, 1, new, S)
+    return pos, bias
+
+
+def past_length(past: Optional[list[tuple[Tensor, Tensor]]]) -> int:
+    """Tokens already in a key/value cache (a list per layer of (B, heads, S, hs) keys and values)."""
+    return 0 if past is None else int(past[0][0].shape[2])
+
+
+def join_past(k: Tensor, v: Tensor, past: Optional[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """New keys and values (B, h, T, hs) after the cached ones: (B, h, S + T, hs)."""
+    if past is None:
+        return k, v
+    return torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
     """Softmax attention over (B, nh, T, hs) tensors; scores and softmax in float32."""
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale + bias          # (B, nh, T, T)

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._common import activation, attend, attention_bias, merge_heads, position_ids
+from ._common import (activation, attend, attention_bias, join_past, merge_heads, past_length, position_ids,
+                      step_positions_bias)
 from .families.gpt2 import GPT2Config
 
 
@@ -45,6 +46,16 @@ class GPT2Attention(nn.Module):
         v = v.reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         return self.c_proj(merge_heads(attend(q, k, v, bias, self.scale)))
 
+    def forward_cached(self, x: Tensor, bias: Tensor, past: Optional[tuple[Tensor, Tensor]]):
+        """``forward`` for new tokens after cached keys and values: (output, (keys, values) so far)."""
+        b, t, c = x.shape
+        q, k, v = self.c_attn(x).split(c, dim=2)                                  # 3 x (B, T, C)
+        q = q.reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)          # (B, nh, T, hs)
+        k = k.reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = join_past(k, v, past)                                              # (B, nh, S, hs)
+        return self.c_proj(merge_heads(attend(q, k, v, bias, self.scale))), (k, v)
+
 
 class GPT2MLP(nn.Module):
     def __init__(self, cfg: GPT2Config):
@@ -69,6 +80,11 @@ class GPT2Block(nn.Module):
         x = x + self.attn(self.ln_1(x), bias)
         return x + self.mlp(self.ln_2(x))
 
+    def forward_cached(self, x: Tensor, bias: Tensor, past: Optional[tuple[Tensor, Tensor]]):
+        a, kv = self.attn.forward_cached(self.ln_1(x), bias, past)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
+
 
 class GPT2Body(nn.Module):
     def __init__(self, cfg: GPT2Config):
@@ -86,6 +102,17 @@ class GPT2Body(nn.Module):
             x = block(x, bias)
         return self.ln_f(x)
 
+    def forward_cached(self, input_ids: Tensor, attention_mask: Tensor, past):
+        """The last ``input_ids.shape[1]`` tokens of a sequence whose ``attention_mask`` covers it all, after the
+        cached ``past`` (a (keys, values) pair per block, or None): (hidden states, the cache so far)."""
+        pos, bias = step_positions_bias(attention_mask, input_ids.shape[1])
+        x = self.wte(input_ids) + self.wpe(pos)                                   # (B, T, C)
+        cache = []
+        for i, block in enumerate(self.h):
+            x, kv = block.forward_cached(x, bias, None if past is None else past[i])
+            cache.append(kv)
+        return self.ln_f(x), cache
+
 
 class GPT2LMHeadModel(nn.Module):
     """``forward(input_ids, attention_mask=None) -> logits (B, T, vocab)``."""
@@ -100,4 +127,9 @@ class GPT2LMHeadModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.lm_head(self.transformer(input_ids, attention_mask))
+
+    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None):
+        """One greedy step with a key/value cache (see ``LlamaForCausalLM.step``)."""
+        h, cache = self.transformer.forward_cached(input_ids[:, past_length(past):], attention_mask, past)
+        return self.lm_head(h[:, -1]), cache
 

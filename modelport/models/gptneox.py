@@ -15,7 +15,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from ._common import Rotary, activation, apply_rotary, attend, attention_bias, merge_heads, position_ids
+from ._common import (Rotary, activation, apply_rotary, attend, attention_bias, join_past, merge_heads, past_length,
+                      position_ids, step_positions_bias)
 from .families.gptneox import NeoXConfig
 
 
@@ -36,6 +37,15 @@ class NeoXAttention(nn.Module):
         q = apply_rotary(q, cos, sin, self.rotary_dims, self.head_dim)
         k = apply_rotary(k, cos, sin, self.rotary_dims, self.head_dim)
         return self.dense(merge_heads(attend(q, k, v, bias, self.scale)))
+
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, past: Optional[tuple[Tensor, Tensor]]):
+        """``forward`` for new tokens after cached keys and values: (output, (keys, values) so far)."""
+        b, t, _ = x.shape
+        qkv = self.query_key_value(x).reshape(b, t, self.n_heads, 3 * self.head_dim).transpose(1, 2)  # (B, nh, T, 3hs)
+        q, k, v = qkv.split(self.head_dim, dim=-1)                                 # 3 x (B, nh, T, hs)
+        q = apply_rotary(q, cos, sin, self.rotary_dims, self.head_dim)
+        k, v = join_past(apply_rotary(k, cos, sin, self.rotary_dims, self.head_dim), v, past)   # (B, nh, S, hs)
+        return self.dense(merge_heads(attend(q, k, v, bias, self.scale))), (k, v)
 
 
 class NeoXMLP(nn.Module):
@@ -65,6 +75,13 @@ class NeoXLayer(nn.Module):
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, past: Optional[tuple[Tensor, Tensor]]):
+        attn, kv = self.attention.forward_cached(self.input_layernorm(x), cos, sin, bias, past)
+        if self.use_parallel_residual:
+            return x + attn + self.mlp(self.post_attention_layernorm(x)), kv
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
 
 class NeoXBody(nn.Module):
     def __init__(self, cfg: NeoXConfig):
@@ -82,6 +99,18 @@ class NeoXBody(nn.Module):
             x = layer(x, cos, sin, bias)
         return self.final_layer_norm(x)
 
+    def forward_cached(self, input_ids: Tensor, attention_mask: Tensor, past):
+        """The last ``input_ids.shape[1]`` tokens of a sequence whose ``attention_mask`` covers it all, after the
+        cached ``past`` (a (keys, values) pair per layer, or None): (hidden states, the cache so far)."""
+        x = self.embed_in(input_ids)                                               # (B, T, C)
+        pos, bias = step_positions_bias(attention_mask, input_ids.shape[1])
+        cos, sin = self.rotary.cos_sin(pos, x.dtype)
+        cache = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer.forward_cached(x, cos, sin, bias, None if past is None else past[i])
+            cache.append(kv)
+        return self.final_layer_norm(x), cache
+
 
 class GPTNeoXForCausalLM(nn.Module):
     """``forward(input_ids, attention_mask=None) -> logits (B, T, vocab)``."""
@@ -96,4 +125,9 @@ class GPTNeoXForCausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.embed_out(self.gpt_neox(input_ids, attention_mask))
+
+    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None):
+        """One greedy step with a key/value cache (see ``LlamaForCausalLM.step``)."""
+        h, cache = self.gpt_neox.forward_cached(input_ids[:, past_length(past):], attention_mask, past)
+        return self.embed_out(h[:, -1]), cache
 

@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._common import Rotary, activation, apply_rotary, attend, attention_bias, merge_heads, position_ids, repeat_kv
+from ._common import (Rotary, activation, apply_rotary, attend, attention_bias, join_past, merge_heads, past_length,
+                      position_ids, repeat_kv, step_positions_bias)
 from .families.llama import LlamaConfig
 
 
@@ -51,6 +52,18 @@ class LlamaAttention(nn.Module):
         out = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), bias, self.scale)
         return self.o_proj(merge_heads(out))
 
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, past: Optional[tuple[Tensor, Tensor]]):
+        """``forward`` for new tokens after cached keys and values: (output, (keys, values) so far)."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)      # (B, nh, T, hs)
+        k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, nkv, T, hs)
+        v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rotary(q, cos, sin, self.head_dim, self.head_dim)
+        k, v = join_past(apply_rotary(k, cos, sin, self.head_dim, self.head_dim), v, past)  # (B, nkv, S, hs)
+        rep = self.n_heads // self.n_kv_heads
+        out = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), bias, self.scale)
+        return self.o_proj(merge_heads(out)), (k, v)
+
 
 class LlamaMLP(nn.Module):
     """SwiGLU: down(act(gate(x)) * up(x))."""
@@ -78,6 +91,11 @@ class LlamaDecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, past: Optional[tuple[Tensor, Tensor]]):
+        a, kv = self.self_attn.forward_cached(self.input_layernorm(x), cos, sin, bias, past)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
 
 class LlamaBody(nn.Module):
     def __init__(self, cfg: LlamaConfig):
@@ -95,6 +113,18 @@ class LlamaBody(nn.Module):
             x = layer(x, cos, sin, bias)
         return self.norm(x)
 
+    def forward_cached(self, input_ids: Tensor, attention_mask: Tensor, past):
+        """The last ``input_ids.shape[1]`` tokens of a sequence whose ``attention_mask`` covers it all, after the
+        cached ``past`` (a (keys, values) pair per layer, or None): (hidden states, the cache so far)."""
+        x = self.embed_tokens(input_ids)                                           # (B, T, C)
+        pos, bias = step_positions_bias(attention_mask, input_ids.shape[1])
+        cos, sin = self.rotary.cos_sin(pos, x.dtype)
+        cache = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer.forward_cached(x, cos, sin, bias, None if past is None else past[i])
+            cache.append(kv)
+        return self.norm(x), cache
+
 
 class LlamaForCausalLM(nn.Module):
     """``forward(input_ids, attention_mask=None) -> logits (B, T, vocab)``."""
@@ -109,4 +139,11 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.lm_head(self.model(input_ids, attention_mask))
+
+    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None):
+        """One greedy step with a key/value cache: ``input_ids`` / ``attention_mask`` (B, S) are the whole
+        sequence so far, of which the tokens after the cached ones run; returns the last position's logits
+        (B, vocab) and the cache to pass next time."""
+        h, cache = self.model.forward_cached(input_ids[:, past_length(past):], attention_mask, past)
+        return self.lm_head(h[:, -1]), cache
 

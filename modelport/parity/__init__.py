@@ -8,17 +8,20 @@ candidate that fails, names the first block whose output differs (see :mod:`.lay
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 from ..errors import ModelportError, UnsupportedError
-from ..models.runnable import CAUSAL_LM, ENCODER, Runnable
-from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors, run_at
-from .coverage import check as embedding_coverage
+from ..models.runnable import CAUSAL_LM, Runnable
+from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors
+from .coverage import check_rows
+from .generate import greedy
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, check_sizes, input_sets, max_positions
 from .layers import first_divergence, script_prefix
-from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, greedy, least_precise,
-                      token_agreement, tolerance)
+from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, least_precise, token_agreement,
+                      tolerance)
+from .reference import describe, record, release
 from .report import CandidateResult, Check, ParityReport
 
 DEFAULT_NEW_TOKENS = 16
@@ -39,17 +42,6 @@ def resolve_device(device: str = "auto") -> str:
     if device != "cpu":
         raise UnsupportedError(f"--device {device}: choose auto, cpu or cuda")
     return device
-
-
-def describe(r: Runnable) -> dict:
-    out = r.describe()
-    if r.backend == "onnxruntime" and hasattr(r.module, "get_providers"):
-        out["providers"] = list(r.module.get_providers())
-    if r.assumed:
-        out["assumed"] = list(r.assumed)
-    if getattr(r, "config_from", None):
-        out["config_from"] = r.config_from
-    return out
 
 
 def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype, engine,
@@ -127,6 +119,10 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     ``rtol``, or a reference that cannot run in float64, use fixed tolerances instead. ``engine`` chooses
     who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
     ``progress``, if given, is called with a line per stage (the command shows them on a terminal).
+
+    One model is in memory at a time: the reference runs first (see :mod:`.reference`) and, when it was given
+    as a path, is released before the first candidate loads; each candidate is loaded, judged and released in
+    turn. A reference given as a :class:`Runnable` stays the caller's.
     """
     import torch
 
@@ -148,10 +144,13 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
                 input_dtype=input_dtype, engine=engine, assume_config=assume_config)
-    say(f"reference: loading {ref}" if not isinstance(ref, Runnable) else "reference: ready")
     ref_engine = _reference_engine(ref, engine, arch)
-    ref_r, ref_load = _load(ref, **{**load, "dtype": ref_dtype, "engine": ref_engine,
-                                    "config": None if ref_engine == "transformers" else config})
+    ref_load = {**load, "dtype": ref_dtype, "engine": ref_engine,
+                "config": None if ref_engine == "transformers" else config}
+    given = atol is not None or rtol is not None
+    expected = candidate_precisions(candidates, dtype)     # read from the files before the reference loads
+    say(f"reference: loading {ref}" if not isinstance(ref, Runnable) else "reference: ready")
+    ref_r, ref_load_s = _load(ref, **ref_load)
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
     check_sizes(ref_r, batch=batch, seq_lens=seq_lens if prompts is None else (), new_tokens=n_new,
@@ -160,75 +159,136 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     if longest is not None and n_new > longest // 2:     # a short position table: room for prompts too
         n_new = longest // 2
     sets = input_sets(ref_r, batch=batch, seq_lens=seq_lens, seed=seed, prompts=prompts, reserve=n_new)
-    start = time.perf_counter()
-    say(f"reference: running {len(sets)} input sets" + (f" and {n_new} greedy tokens" if n_new else ""))
-    ref_outs = [ref_r.run(s.feeds) for s in sets]
     gen_set = next((s for s in sets if s.seq_len > 1), sets[0])
-    ref_gen = greedy(ref_r, gen_set.feeds, n_new) if n_new else None
-    calibrating = can_calibrate(ref_r)
-    given = atol is not None or rtol is not None
-    if calibrating and not given:
-        say("reference: running again in float64 (the noise floor)")
-    ref_hi = run_at(ref_r, [s.feeds for s in sets], "float64") if calibrating and not given else None
-    own_dtype = float_dtype_of(ref_r.module) if calibrating else None
-    at_dtype = {own_dtype: [{k: v.detach().cpu() for k, v in o.items()} for o in ref_outs]} if own_dtype else {}
-    ref_seconds = {"load": ref_load, "run": time.perf_counter() - start}
+    calibrating = can_calibrate(ref_r) and not given
+    own = float_dtype_of(ref_r.module) if calibrating else None
+    lower = [d for d in expected if own and least_precise(d, own) == d and d != own]
+    rec, recorder = record(ref_r, sets, gen_set=gen_set, new_tokens=n_new, calibrating=calibrating, lower=lower,
+                           locate=locate, seed=seed, say=say)
+    rec.seconds["load"] = ref_load_s
+    caller_ref = ref_r if isinstance(ref, Runnable) else None      # the caller's to keep; ours are released
+    del ref_r
+    if caller_ref is None:
+        release()
+        say("reference: released (its outputs are kept)")
+    again = _Again(ref, caller_ref, ref_load, say)
     results = []
     for i, cand in enumerate(candidates, 1):
         tag = f"candidate {i}/{len(candidates)}"
         say(f"{tag}: loading {cand if not isinstance(cand, Runnable) else cand.origin}")
         cand_r, cand_load = _load_candidate(cand, _reference_config(ref), load)
-        if cand_r.kind != ref_r.kind:
+        if cand_r.kind != rec.kind:
             raise UnsupportedError(f"{cand_r.path or cand_r.origin}: a {cand_r.kind} model cannot be compared with the "
-                                   f"reference, a {ref_r.kind} model")
-        start = time.perf_counter()
-        say(f"{tag}: running {len(sets)} input sets" + (f" and {n_new} greedy tokens" if n_new else ""))
-        cand_outs = [cand_r.run(s.feeds) for s in sets]
-        float_dtypes = [dtype_name(t) for o in (ref_outs[0], cand_outs[0]) for t in o.values() if t.is_floating_point()]
-        tol = tolerance(least_precise(*float_dtypes), atol, rtol)
-        tols, against = {}, ref_outs
-        if ref_hi is not None:
-            low = least_precise(*float_dtypes)
-            if low not in at_dtype:
-                say(f"{tag}: running the reference in {low} (the candidate's precision)")
-                at_dtype[low] = run_at(ref_r, [s.feeds for s in sets], low)
-            fl = floors(ref_hi, at_dtype[low], [s.mask for s in sets], low, factor)
-            tols = {n: Tolerance(f.allowed, 0.0, low, floor=f.floor, factor=factor) for n, f in fl.items()}
-            if tols:
-                against = ref_hi
-                tol = tols.get("logits") or next(iter(tols.values()))
-        result = CandidateResult(describe(cand_r), tol)
-        for s, ref_out, cand_out in zip(sets, against, cand_outs):
-            pairs = _pairs(ref_out, cand_out)
-            if len(pairs) < len(ref_out):
-                result.comparisons.append(_missing_output(ref_out, cand_out, s.label))
-            for name, a, b in pairs:
-                t = tols.get(name, tol)
-                result.comparisons.append(compare_tensors(a, b, t, output=name, inputs=s.label, mask=s.mask))
-                if is_lm and name == "logits" and a.shape == b.shape:
-                    result.tokens.append(token_agreement(a, b, t, inputs=s.label, mask=s.mask))
-        if ref_gen is not None:
-            result.generation = compare_generation(ref_gen, greedy(cand_r, gen_set.feeds, n_new), tol,
-                                                   inputs=gen_set.label)
-        if is_lm or ref_r.kind == ENCODER:
-            say(f"{tag}: looking up every token id's embedding")
-            result.coverage = embedding_coverage(ref_r, cand_r, seed)
-        result.seconds = {"load": cand_load, "run": time.perf_counter() - start}
+                                   f"reference, a {rec.kind} model")
+        result = _judge(rec, recorder, again, cand_r, sets, gen_set, n_new, is_lm, atol, rtol, factor, seed, tag, say)
+        result.seconds["load"] = cand_load
         if locate and not result.passed:
             say(f"{tag}: differs; locating the first divergent layer")
             start = time.perf_counter()
-            failing = next((s for s in sets for c in result.comparisons if c.inputs == s.label and not c.passed),
-                           gen_set)
-            _locate(result, ref_r, cand_r, failing.feeds, tol, factor if calibrating else None)
+            index = next((k for k, s in enumerate(sets) for c in result.comparisons
+                          if c.inputs == s.label and not c.passed), sets.index(gen_set))
+            _locate(result, rec, again, cand_r, sets[index].feeds, index, factor if calibrating else None)
             result.seconds["locate"] = time.perf_counter() - start
         results.append(result)
         say(f"{tag}: {'pass' if result.passed else 'FAIL'}")
-        del cand_r, cand_outs
+        del cand_r
+        if not isinstance(cand, Runnable):
+            release()
     peak = torch.cuda.max_memory_allocated() if on_gpu else None
-    return ParityReport(describe(ref_r), results, device, torch_device, seed, [s.describe() for s in sets], n_new,
-                        peak, ref_seconds)
+    return ParityReport(rec.describe, results, device, torch_device, seed, [s.describe() for s in sets], n_new,
+                        peak, rec.seconds)
 
 
+def candidate_precisions(candidates, dtype: str | None) -> list[str]:
+    """The floating precisions the candidates are expected to run at, read cheaply (a lazy look at the files'
+    tensors, a ready model's parameters or session outputs), so the reference runs at each before it is released.
+    A guess that turns out wrong costs one more load of the reference (see :class:`_Again`), never a wrong verdict."""
+    from .. import formats
+    from .metrics import _PRECISION
+
+    if dtype is not None:
+        return [dtype]
+    found: list[str] = []
+    for cand in candidates:
+        seen: set[str] = set()
+        try:
+            if isinstance(cand, Runnable):
+                if cand.backend == "onnxruntime" and hasattr(cand.module, "get_outputs"):
+                    from ..models.graph import ORT_TYPES
+
+                    seen = {ORT_TYPES.get(o.type, "") for o in cand.module.get_outputs()}
+                elif cand.module is not None and hasattr(cand.module, "parameters"):
+                    seen = {dtype_name(t) for t in cand.module.parameters() if t.is_floating_point()}
+            else:
+                with formats.open(Path(cand)) as source:
+                    seen = {source.info(n).dtype for n in source.names()}
+        except (ModelportError, OSError, ImportError, ValueError):
+            continue
+        low = [d for d in seen if d in _PRECISION]
+        if low:
+            found.append(least_precise(*low))
+    return list(dict.fromkeys(found))
+
+
+class _Again:
+    """The reference once more, for what was not kept (a precision no candidate was expected at, the layer search
+    against a reference that is not an eager torch module): the caller's model as given, or loaded again from its
+    path and released after use."""
+
+    def __init__(self, ref, caller_ref, load: dict, say):
+        self.ref, self.caller_ref, self.load, self.say = ref, caller_ref, load, say
+
+    @contextlib.contextmanager
+    def __call__(self, why: str):
+        if self.caller_ref is not None:
+            yield self.caller_ref
+            return
+        self.say(f"reference: loading again ({why})")
+        r, _ = _load(self.ref, **self.load)
+        try:
+            yield r
+        finally:
+            del r
+            release()
+
+
+def _judge(rec, recorder, again, cand_r, sets, gen_set, n_new, is_lm, atol, rtol, factor, seed, tag, say):
+    """One candidate's outputs, tokens, generation and embedding rows against the reference's record."""
+    start = time.perf_counter()
+    say(f"{tag}: running {len(sets)} input sets" + (f" and {n_new} greedy tokens" if n_new else ""))
+    cand_outs = [cand_r.run(s.feeds) for s in sets]
+    float_dtypes = [dtype_name(t) for o in (rec.outputs[0], cand_outs[0]) for t in o.values() if t.is_floating_point()]
+    low = least_precise(*float_dtypes)
+    tol = tolerance(low, atol, rtol)
+    tols, against = {}, rec.outputs
+    if rec.hi is not None:
+        if low not in rec.at:
+            with again(f"to run it in {low}, {tag}'s precision") as r:
+                recorder.add_precision(r, rec, low)
+        fl = floors(rec.hi, rec.at[low], [s.mask for s in sets], low, factor)
+        tols = {n: Tolerance(f.allowed, 0.0, low, floor=f.floor, factor=factor) for n, f in fl.items()}
+        if tols:
+            against = rec.hi
+            tol = tols.get("logits") or next(iter(tols.values()))
+    result = CandidateResult(describe(cand_r), tol)
+    for s, ref_out, cand_out in zip(sets, against, cand_outs):
+        pairs = _pairs(ref_out, cand_out)
+        if len(pairs) < len(ref_out):
+            result.comparisons.append(_missing_output(ref_out, cand_out, s.label))
+        for name, a, b in pairs:
+            t = tols.get(name, tol)
+            result.comparisons.append(compare_tensors(a, b, t, output=name, inputs=s.label, mask=s.mask))
+            if is_lm and name == "logits" and a.shape == b.shape:
+                result.tokens.append(token_agreement(a, b, t, inputs=s.label, mask=s.mask))
+    del cand_outs
+    if rec.generation is not None:
+        result.generation = compare_generation(rec.generation, greedy(cand_r, gen_set.feeds, n_new), tol,
+                                               inputs=gen_set.label)
+    if rec.coverage is not None:
+        say(f"{tag}: looking up every token id's embedding")
+        result.coverage = check_rows(rec.coverage, cand_r)
+    result.seconds = {"run": time.perf_counter() - start}
+    return result
 def _missing_output(ref_out, cand_out, label):
     from .metrics import TensorComparison
 
@@ -237,18 +297,25 @@ def _missing_output(ref_out, cand_out, label):
     return c
 
 
-def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, tol, factor=None) -> None:
+def _locate(result: CandidateResult, rec, again, cand_r: Runnable, feeds, index: int, factor=None) -> None:
+    """The first divergent block of a failing candidate: against the per-module outputs the reference recorded on
+    input set ``index`` when it was an eager torch model, else against the reference loaded again."""
+    tol = result.tolerance
     replay_from = None
-    if (cand_r.backend == "torchscript" and ref_r.origin.startswith("transformers") and ref_r.path is not None
-            and not script_prefix(cand_r)):
+    origin, path = rec.describe.get("origin", ""), rec.describe.get("path")
+    if cand_r.backend == "torchscript" and origin.startswith("transformers") and path and not script_prefix(cand_r):
         from ..models.runnable import load_runnable     # the script's blocks take modelport's calling convention
 
         try:
-            replay_from = load_runnable(ref_r.path, engine="reference", device=ref_r.device)
+            replay_from = load_runnable(Path(path), engine="reference", device=rec.describe.get("device", "cpu"))
         except ModelportError:
             replay_from = None
     try:
-        div = first_divergence(ref_r, cand_r, feeds, tol, factor, replay_from)
+        if rec.layers is not None:
+            div = first_divergence(None, cand_r, feeds, tol, factor, replay_from, recorded=rec.layers[index])
+        else:
+            with again("for the layer search") as ref_r:
+                div = first_divergence(ref_r, cand_r, feeds, tol, factor, replay_from)
     except ImportError as exc:       # onnx needed to read the graph's scopes
         result.divergence_note = f"reading the candidate's layers needs {exc.name}"
         return
@@ -259,6 +326,8 @@ def _locate(result: CandidateResult, ref_r: Runnable, cand_r: Runnable, feeds, t
             raise
         result.divergence_note = f"per-layer outputs unavailable: running the layers failed ({ort_message(exc)})"
         return
+    finally:
+        del replay_from
     if div is None:
         result.divergence_note = "no block names match between the two models (per-layer outputs unavailable)"
     result.first_divergence = div

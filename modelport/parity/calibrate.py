@@ -30,9 +30,10 @@ _EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23, "float16": 2.0 ** -10, "bf
 
 
 def float_dtype_of(module) -> str | None:
-    """The one floating dtype of a module's parameters and buffers; None when mixed or none."""
-    seen = {str(t.dtype).replace("torch.", "") for t in list(module.parameters()) + list(module.buffers())
-            if t.is_floating_point()}
+    """The one floating dtype of a module's parameters (of its buffers when it has none); None when mixed or none.
+    Buffers do not count beside parameters: a float16 model keeps its rotary frequencies in float32 by design."""
+    params = [t for t in module.parameters() if t.is_floating_point()]
+    seen = {str(t.dtype).replace("torch.", "") for t in params or [t for t in module.buffers() if t.is_floating_point()]}
     return next(iter(seen)) if len(seen) == 1 else None
 
 

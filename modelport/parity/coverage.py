@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from .layers import _is_script, _prefixed_scope_values, _session_beside, _submodule, named_root, script_prefix
 
 _ULPS = 4
+_CHUNK = 4096          # rows compared at a time
 _EPS = {"float64": 2.0 ** -52, "float32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
 
 
@@ -118,23 +119,50 @@ def _cut(model, value: str):
     return out
 
 
-def check(ref, cand, seed: int = 0) -> Coverage | None:
-    """Every id's embedding row in ``cand`` against ``ref``; None when either has no embedding to look up."""
+def reference_rows(ref, seed: int = 0):
+    """The reference's input-embedding rows of every token id, in a seeded order: ``(module name, ids, rows)``,
+    kept so that the reference model can be released before the candidates are checked; None when it has no
+    embedding to look up."""
     import torch
 
     name = embedding_name(ref)
     if name is None:
         return None
     ids = torch.randperm(ref.vocab_size, generator=torch.Generator().manual_seed(seed)).unsqueeze(0)
-    a, b = lookup(ref, name, ids), lookup(cand, name, ids)
-    if a is None or b is None or a.shape != b.shape:
+    rows = lookup(ref, name, ids)
+    return None if rows is None else (name, ids, rows)
+
+
+def check_rows(recorded, cand) -> Coverage | None:
+    """The candidate's rows of the ids in ``recorded`` (see :func:`reference_rows`) against the reference's."""
+    import torch
+
+    if recorded is None:
+        return None
+    name, ids, a = recorded
+    b = lookup(cand, name, ids)
+    if b is None or a.shape != b.shape:
         return None
     low = max((str(t.dtype).replace("torch.", "") for t in (a, b)), key=lambda d: _EPS.get(d, 0.0))
-    a, b = a[0].double(), b[0].double()
-    err = (a - b).abs()
-    err = torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))
-    bad = (err > _ULPS * _EPS.get(low, _EPS["float32"]) * a.abs().amax(-1, keepdim=True)).any(-1)
-    wrong = ids[0][bad].sort().values.tolist()
-    finite = err[torch.isfinite(err)]
-    return Coverage(name, int(ids.numel()), len(wrong), wrong[:10], float(finite.max()) if finite.numel() else None,
+    ulps = _ULPS * _EPS.get(low, _EPS["float32"])
+    wrong, worst = [], None
+    for start in range(0, a.shape[1], _CHUNK):           # in pieces: a whole vocabulary in float64 is large
+        x, y = a[0, start:start + _CHUNK], b[0, start:start + _CHUNK]
+        if x.dtype == y.dtype and torch.equal(x, y):      # a copy: every row equal, nothing to measure
+            continue
+        x, y = x.double(), y.double()
+        err = (x - y).abs()
+        err = torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))
+        bad = (err > ulps * x.abs().amax(-1, keepdim=True)).any(-1)
+        wrong += ids[0, start:start + _CHUNK][bad].tolist()
+        finite = err[torch.isfinite(err)]
+        if finite.numel():
+            worst = max(worst or 0.0, float(finite.max()))
+    wrong.sort()
+    return Coverage(name, int(ids.numel()), len(wrong), wrong[:10], 0.0 if worst is None and not wrong else worst,
                     passed=not wrong)
+
+
+def check(ref, cand, seed: int = 0) -> Coverage | None:
+    """Every id's embedding row in ``cand`` against ``ref``; None when either has no embedding to look up."""
+    return check_rows(reference_rows(ref, seed), cand)

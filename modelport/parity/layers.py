@@ -95,18 +95,25 @@ def _row_feeds(feeds: dict) -> dict:
     return {k: (v[:1, keep] if keep is not None and v.dim() >= 2 else v[:1]) for k, v in feeds.items()}
 
 
-def _calibrated_judge(ref, names, feeds, dtype: str, factor: float):
-    """The float64 reference's per-module outputs and a judge that holds a candidate's module to ``factor``
-    times the reference's own error at ``dtype`` there."""
-    from .calibrate import Floor, _cast, _cast_feeds, max_error, peak
+def _calibrated_runs(ref, names, feeds, dtype: str) -> dict[str, dict]:
+    """The reference's per-module outputs on ``feeds`` at float64 and at ``dtype``."""
+    from .. import dtypes
+    from .calibrate import _cast, _cast_feeds
 
     runs = {}
     for d in dict.fromkeys(("float64", dtype)):
         with _cast(ref, d) as rr:
-            from .. import dtypes
-
             runs[d] = capture_hooks(rr, names, _cast_feeds(feeds, dtypes.to_torch(d)))[0]
-    hi, lo = runs["float64"], runs[dtype]
+    return runs
+
+
+def _calibrated_judge(hi: dict | None, lo: dict | None, dtype: str, factor: float):
+    """A judge that holds a candidate's module to ``factor`` times the reference's own error at ``dtype`` there
+    (``lo``: the reference's per-module outputs at ``dtype``, ``hi``: at float64); None without both."""
+    from .calibrate import Floor, max_error, peak
+
+    if hi is None or lo is None:
+        return None
 
     def judge(name, cand_t):
         if name not in hi or name not in lo:
@@ -123,31 +130,71 @@ def _calibrated_judge(ref, names, feeds, dtype: str, factor: float):
     return judge
 
 
+@dataclass
+class Recorded:
+    """The reference's side of the layer search: its per-module outputs on ``feeds`` (and the positional inputs
+    each received, which a TorchScript candidate's blocks are called with), in call order, and, for the calibrated
+    judge, at float64 and at each precision checked (``at``). Recorded while the reference runs, so the reference
+    model can be released before any candidate is loaded."""
+
+    blocks: list[str]
+    children: dict[str, list[str]]
+    feeds: dict
+    outputs: dict
+    inputs: dict
+    order: list[str]
+    at: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return self.blocks + [c for b in self.blocks for c in self.children[b]]
+
+
+def module_names(namer) -> tuple[list[str], dict[str, list[str]]]:
+    """The blocks of ``namer``'s model and each block's children (empty when it has none)."""
+    blocks = block_names(named_root(namer.module))
+    return blocks, {b: child_names(named_root(namer.module), b) for b in blocks}
+
+
+def _record_live(ref, cand, feeds: dict, dtype: str, factor: float | None) -> Recorded | None:
+    """The reference's side of the search from the live reference model (names from whichever side is eager torch)."""
+    namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
+    if namer is None:
+        return None
+    blocks, children = module_names(namer)
+    if not blocks:
+        return None
+    names = blocks + [c for b in blocks for c in children[b]]
+    at = {}
+    if factor is not None and _torch_eager(ref):
+        feeds = _row_feeds(feeds)
+        at = _calibrated_runs(ref, names, feeds, dtype)
+    if _torch_eager(ref):
+        ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
+    else:
+        ref_out, ref_in, order = _capture(ref, names, feeds, {})[0], {}, names
+    return Recorded(blocks, children, feeds, ref_out, ref_in, order, at)
+
+
 def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | None = None,
-                     replay_from=None) -> Divergence | None:
+                     replay_from=None, recorded: Recorded | None = None) -> Divergence | None:
     """Compare per-block outputs of ``ref`` and ``cand`` on ``feeds``; None when no block names could be
     matched on both sides (the report then says the layer was not located). With ``factor`` (a torch
     reference), each block is held to ``factor`` times the reference's own error there (see
     :mod:`.calibrate`), on the first row of ``feeds`` without padding; otherwise to ``tol``. A TorchScript
     candidate's blocks are called with the inputs ``replay_from``'s blocks received (default: the
-    reference's), a model with the calling convention the script was made from."""
-    namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
-    if namer is None:
-        return None
-    blocks = block_names(named_root(namer.module))
-    if not blocks:
-        return None
-    children = {b: child_names(named_root(namer.module), b) for b in blocks}
-    names = blocks + [c for b in blocks for c in children[b]]
+    reference's), a model with the calling convention the script was made from. ``recorded`` is the
+    reference's side recorded earlier (``ref`` and ``feeds`` are then not used)."""
+    if recorded is None:
+        recorded = _record_live(ref, cand, feeds, tol.dtype, factor)
+        if recorded is None:
+            return None
+    blocks, children, names, feeds = recorded.blocks, recorded.children, recorded.names, recorded.feeds
     judge = None
-    if factor is not None and _torch_eager(ref):
-        feeds = _row_feeds(feeds)
-        judge = _calibrated_judge(ref, names, feeds, tol.dtype, factor)
+    if factor is not None and recorded.at:
+        judge = _calibrated_judge(recorded.at.get("float64"), recorded.at.get(tol.dtype), tol.dtype, factor)
     mask = feeds.get("attention_mask")
-    if _torch_eager(ref):
-        ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
-    else:
-        ref_out, ref_in, order = _capture(ref, names, feeds, {})[0], {}, names
+    ref_out, ref_in, order = recorded.outputs, recorded.inputs, recorded.order
     if replay_from is not None and _is_script(cand.module):
         ref_in = capture_hooks(replay_from, names, feeds, keep_inputs=True)[1]
     cand_out, method = _capture(cand, names, feeds, ref_in)

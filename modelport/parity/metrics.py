@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .generate import greedy  # noqa: F401  (greedy generation lives in .generate; kept importable here)
+
 # Default tolerances per compute dtype. fp32 catches a logit moved by 1e-3 wherever |logit| < 90
 # (atol + rtol * 90 = 1e-3) while torch and onnxruntime, whose kernels sum in different orders, agree
 # (tests/parity, benchmarks/bench_parity.py); fp16 / bf16 allow for their 11 / 8 significant bits.
@@ -223,36 +225,6 @@ class Generation:
         out = asdict(self)
         out.pop("steps_run")
         return out
-
-
-def greedy(runnable, feeds: dict, new_tokens: int, output: str = "logits"):
-    """``new_tokens`` greedy tokens per row and the last-position logits of every step: through the model's
-    KV cache where it has one (a transformers causal LM's ``step``), else re-running the growing sequence."""
-    import torch
-
-    ids, mask = feeds["input_ids"], feeds.get("attention_mask")
-    if mask is None:
-        mask = torch.ones_like(ids)
-    cached = getattr(runnable.module, "step", None) if runnable.backend == "torch" else None
-    past = None
-    tokens, steps = [], []
-    for _ in range(new_tokens):
-        if cached is not None:
-            with torch.no_grad():
-                logits, past = cached(ids.to(runnable.device), mask.to(runnable.device), past)
-            last = logits.detach().cpu().float()
-        else:
-            step_feeds = {spec.name: {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
-                          for spec in runnable.inputs}
-            last = runnable.run(step_feeds)[output][:, -1].detach().cpu().float()
-        steps.append(last)
-        nxt = torch.nan_to_num(last, nan=float("-inf")).argmax(-1, keepdim=True)
-        tokens.append(nxt)
-        ids = torch.cat([ids, nxt.to(ids.dtype)], dim=1)
-        mask = torch.cat([mask, torch.ones_like(nxt, dtype=mask.dtype)], dim=1)
-    if not tokens:
-        return torch.empty(ids.shape[0], 0, dtype=torch.int64), []
-    return torch.cat(tokens, dim=1), steps
 
 
 def compare_generation(ref_out, cand_out, tol: Tolerance, *, inputs: str) -> Generation:

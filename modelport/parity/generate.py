@@ -1,0 +1,103 @@
+"""Greedy generation for parity, through each side's key/value cache where it has one.
+
+- torch modules with a ``step(input_ids, attention_mask, past)`` method: a transformers causal LM
+  (its wrapper, see :mod:`modelport.models.hf_auto`) and modelport's own Llama, GPT-2 and GPT-NeoX;
+- ONNX graphs with ``past_key_values.N.key/value`` inputs and ``present.N.key/value`` outputs: each
+  step feeds the new token, the whole mask, its position and the previous step's ``present``;
+- anything else (a graph without a cache, TorchScript, user modules) re-runs the growing sequence.
+
+Each step returns the last position's logits, which parity keeps to tell a near-tie from a fault.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..models.runnable import Runnable
+
+Stepper = Callable[[Any, Any, Any], tuple[Any, Any]]    # (ids so far, mask so far, past) -> (last logits, past)
+
+
+def _torch_stepper(r: Runnable) -> Stepper | None:
+    step = getattr(r.module, "step", None) if r.backend == "torch" else None
+    if step is None:
+        return None
+
+    def run(ids, mask, past):
+        logits, past = step(ids.to(r.device), mask.to(r.device), past)
+        return logits.detach().cpu().float(), past
+
+    return run
+
+
+def _ort_stepper(r: Runnable, output: str) -> Stepper | None:
+    """A step of an onnxruntime graph with a cache; None when the graph has none (or returns no ``present``)."""
+    cache = getattr(r, "cache", ())
+    session = r.module
+    if not cache or not hasattr(session, "get_outputs"):
+        return None
+    past_names = [c[0] for c in cache]
+    present = [n.replace("past_key_values.", "present.", 1) for n in past_names]
+    if not set(present) <= {o.name for o in session.get_outputs()}:
+        return None
+    import numpy as np
+    import torch
+
+    def run(ids, mask, past):
+        if past is None:                       # the prompt: an empty cache, positions from the mask
+            feeds = r.arrays({"input_ids": ids, "attention_mask": mask})
+        else:
+            done = past[0].shape[2]
+            m = mask.cpu().numpy()
+            feeds = {"input_ids": ids[:, done:].cpu().numpy(), "attention_mask": m, **dict(zip(past_names, past))}
+            if getattr(r, "positions", False):
+                feeds["position_ids"] = np.maximum(m.astype(np.int64).cumsum(-1) - 1, 0)[:, done:]
+        from ..errors import FormatError
+        from ..models.runnable import is_ort_error, ort_message
+
+        try:
+            values = session.run([output, *present], feeds)
+        except Exception as exc:  # noqa: BLE001 - see is_ort_error
+            if not is_ort_error(exc):
+                raise
+            raise FormatError(f"{r.path or r.origin}: onnxruntime failed running a cached generation step "
+                              f"({ort_message(exc)})") from exc
+        return torch.from_numpy(values[0][:, -1]).float(), values[1:]
+
+    return run
+
+
+def stepper(r: Runnable, output: str = "logits") -> Stepper | None:
+    """How ``r`` takes one cached step, or None when it has no cache."""
+    if r.backend == "onnxruntime":
+        return _ort_stepper(r, output)
+    return _torch_stepper(r)
+
+
+def greedy(runnable: Runnable, feeds: dict, new_tokens: int, output: str = "logits", cache: bool = True):
+    """``new_tokens`` greedy tokens per row and the last-position logits of every step: through the model's
+    KV cache where it has one (``cache=False`` re-runs the growing sequence even then)."""
+    import torch
+
+    ids, mask = feeds["input_ids"], feeds.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    step = stepper(runnable, output) if cache else None
+    past = None
+    tokens, steps = [], []
+    for _ in range(new_tokens):
+        if step is not None:
+            with torch.no_grad():
+                last, past = step(ids, mask, past)
+        else:
+            step_feeds = {spec.name: {"input_ids": ids, "attention_mask": mask}.get(spec.name, torch.zeros_like(ids))
+                          for spec in runnable.inputs}
+            last = runnable.run(step_feeds)[output][:, -1].detach().cpu().float()
+        steps.append(last)
+        nxt = torch.nan_to_num(last, nan=float("-inf")).argmax(-1, keepdim=True)
+        tokens.append(nxt)
+        ids = torch.cat([ids, nxt.to(ids.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt, dtype=mask.dtype)], dim=1)
+    if not tokens:
+        return torch.empty(ids.shape[0], 0, dtype=torch.int64), []
+    return torch.cat(tokens, dim=1), steps

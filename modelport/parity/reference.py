@@ -1,0 +1,300 @@
+"""The reference's side of a parity check, computed once and kept, so the reference model is released
+before any candidate is loaded: peak memory is the larger model plus activations, not the sum.
+
+:func:`record` runs the reference on every input set and keeps what the candidates are judged by: its
+outputs at its own precision, its greedy tokens, its float64 run (the calibration's exact side) and its
+run at each lower precision a candidate will be checked at, every token id's embedding row, and the
+per-module outputs the layer search compares (first row of each input set, see :class:`.layers.Recorded`).
+
+Precision changes never copy the model: :func:`streamed` casts each module's own parameters and buffers
+just before that module runs and puts the originals back right after, so beside the model there is at
+most one module's cast copy (a float64 run of a 13.5 GB float16 model needs the largest module in float64,
+not 54 GB). TorchScript modules, whose submodules run without Python hooks, are cast whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..models.runnable import CAUSAL_LM, ENCODER, Runnable
+
+
+def trim() -> None:
+    """glibc's free heap given back to the system. Casting a module at a time allocates and frees its copies at
+    every call; between them, long-lived tensors (recorded activations) pin the heap, which then only grows
+    (SmolLM2-135M: 980 MB more at the peak of its float64 run without this, none with it)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def release() -> None:
+    """Return freed memory: Python's cycles collected, CUDA's cache emptied, and the free heap given back to the
+    system (so a released model does not stay in the process's resident size)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    trim()
+
+
+def describe(r: Runnable) -> dict:
+    """What ran, for reports: :meth:`Runnable.describe` plus the providers a session really uses, the config
+    values that were assumed, and where a borrowed config came from."""
+    out = r.describe()
+    if r.backend == "onnxruntime" and hasattr(r.module, "get_providers"):
+        out["providers"] = list(r.module.get_providers())
+    if r.assumed:
+        out["assumed"] = list(r.assumed)
+    if getattr(r, "config_from", None):
+        out["config_from"] = r.config_from
+    return out
+
+
+def _eager(r: Runnable) -> bool:
+    import torch
+
+    return (r.backend in ("torch", "torchscript") and isinstance(r.module, torch.nn.Module)
+            and not isinstance(r.module, torch.jit.ScriptModule))
+
+
+_TRIM_EVERY = 64 << 20      # bytes of cast copies freed between two trims of the heap
+
+
+@contextlib.contextmanager
+def streamed(r: Runnable, dtype: str):
+    """``r`` running at ``dtype``, one module at a time (see the module's doc); exact both ways: the originals
+    are put back, never cast back. A TorchScript module is cast whole (see :func:`.calibrate._cast`)."""
+    from .. import dtypes
+    from .calibrate import _cast
+
+    if not _eager(r):
+        with _cast(r, dtype) as rr:
+            yield rr
+        return
+    target = dtypes.to_torch(dtype)
+    held: list[list] = []
+
+    def before(module, args):
+        saved = []
+        for table in (module._parameters, module._buffers):
+            for t in table.values():
+                if t is not None and t.is_floating_point() and t.dtype != target:
+                    saved.append((t, t.data))
+                    t.data = t.data.to(target)
+        held.append(saved)
+
+    freed = [0]
+
+    def after(module, args, out):
+        for t, data in held.pop():
+            freed[0] += t.data.nbytes
+            t.data = data
+        if freed[0] > _TRIM_EVERY:           # the cast copies' heap back (else it grows over a forward)
+            trim()
+            freed[0] = 0
+
+    handles = [r.module.register_forward_hook(lambda *_: trim(), always_call=True)]   # after each whole forward
+    for m in r.module.modules():
+        if any(t is not None and t.is_floating_point() for t in (*m._parameters.values(), *m._buffers.values())):
+            handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after, always_call=True)]
+    try:
+        yield r
+    finally:
+        for h in handles:
+            h.remove()
+        while held:                                  # a forward that raised half-way: originals back
+            for t, data in held.pop():
+                t.data = data
+
+
+@contextlib.contextmanager
+def recording(r: Runnable, names: list[str], inputs: bool = False):
+    """Per-module outputs (and, if asked, positional inputs) of the first call of each named module while the
+    block runs; yields ``(outputs, inputs, order)``, filled as modules run."""
+    from .layers import _first_tensor, named_root
+
+    outputs: dict[str, Any] = {}
+    ins: dict[str, tuple] = {}
+    order: list[str] = []
+    modules = dict(named_root(r.module).named_modules())
+    handles = []
+    for name in names:
+        if name not in modules:
+            continue
+
+        def hook(mod, args, out, name=name):
+            t = _first_tensor(out)
+            if t is not None and name not in outputs:
+                outputs[name] = t.detach().cpu()
+                order.append(name)
+                if inputs:
+                    ins[name] = tuple(a.detach() if hasattr(a, "detach") else a for a in args)
+
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        yield outputs, ins, order
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _cpu(out: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def _cast_feeds(feeds: dict, dtype: str) -> dict:
+    from .. import dtypes
+
+    t = dtypes.to_torch(dtype)
+    return {k: v.to(t) if v.is_floating_point() else v for k, v in feeds.items()}
+
+
+def _row_feeds(feeds: dict) -> dict:
+    from .layers import _row_feeds as rows
+
+    return rows(feeds)
+
+
+@dataclass
+class ReferenceRecord:
+    """Everything the candidates are judged by, kept after the reference model is released."""
+
+    describe: dict
+    kind: str
+    vocab_size: int | None
+    own_dtype: str | None                   # the reference's one floating dtype (None: mixed, or not torch)
+    outputs: list[dict]                     # per input set, at its own precision (CPU tensors)
+    generation: Any = None                  # greedy (tokens, steps) or None
+    hi: list[dict] | None = None            # per input set, in float64 (calibration), or None
+    at: dict[str, list[dict]] = field(default_factory=dict)       # per precision: outputs per input set
+    layers: list | None = None              # per input set: layers.Recorded, or None (not recordable)
+    coverage: Any = None                    # coverage.reference_rows(...)
+    seconds: dict = field(default_factory=dict)
+
+
+class Recorder:
+    """Runs the reference for :func:`record` and for a later precision (:meth:`add_precision`)."""
+
+    def __init__(self, sets, *, calibrating: bool, locate: bool):
+        self.sets, self.calibrating, self.locate = sets, calibrating, locate
+
+    def names(self, r: Runnable):
+        from .layers import module_names
+
+        if not (self.locate and _eager(r)):
+            return None
+        blocks, children = module_names(r)
+        return (blocks, children) if blocks else None
+
+    def layer_feeds(self, s) -> dict:
+        return _row_feeds(s.feeds) if self.calibrating else s.feeds
+
+    def float64(self, r: Runnable, rec: ReferenceRecord) -> None:
+        """The float64 run of every input set (a causal LM's rows one at a time on their real tokens, see
+        :func:`.calibrate.run_rows`), recording the per-module float64 outputs of each set's first row."""
+        import torch
+
+        named = self.names(r)
+        names = _flat(named)
+        hi = []
+        with streamed(r, "float64") as rr:
+            for i, s in enumerate(self.sets):
+                feeds = _cast_feeds(s.feeds, "float64")
+                mask = feeds.get("attention_mask")
+                if r.kind == CAUSAL_LM and mask is not None:
+                    out: dict = {}
+                    for row in range(mask.shape[0]):
+                        keep = mask[row].bool()
+                        cm = recording(rr, names) if row == 0 and names else contextlib.nullcontext(None)
+                        with cm as acts:
+                            got = rr.run({k: v[row:row + 1, keep] for k, v in feeds.items()})
+                        if acts is not None:
+                            rec.layers[i].at["float64"] = acts[0]
+                        for name, t in got.items():
+                            if name not in out:
+                                out[name] = torch.full((mask.shape[0], mask.shape[1], *t.shape[2:]), float("nan"),
+                                                       dtype=t.dtype)
+                            out[name][row, keep] = t[0].detach().cpu()
+                    hi.append(out)
+                else:
+                    hi.append(_cpu(rr.run(feeds)))
+                    if names:
+                        with recording(rr, names) as acts:
+                            rr.run(_cast_feeds(self.layer_feeds(s), "float64"))
+                        rec.layers[i].at["float64"] = acts[0]
+        rec.hi = hi
+
+    def add_precision(self, r: Runnable, rec: ReferenceRecord, dtype: str) -> None:
+        """The reference's outputs (and per-module outputs) at a lower precision a candidate is checked at."""
+        names = _flat(self.names(r)) if rec.layers else None
+        outs = []
+        with streamed(r, dtype) as rr:
+            for i, s in enumerate(self.sets):
+                outs.append(_cpu(rr.run(_cast_feeds(s.feeds, dtype))))
+                if names:
+                    with recording(rr, names) as acts:
+                        rr.run(_cast_feeds(self.layer_feeds(s), dtype))
+                    rec.layers[i].at[dtype] = acts[0]
+        rec.at[dtype] = outs
+
+
+def _flat(named) -> list[str] | None:
+    if not named:
+        return None
+    blocks, children = named
+    return blocks + [c for b in blocks for c in children[b]]
+
+
+def record(r: Runnable, sets, *, gen_set, new_tokens: int, calibrating: bool, lower: list[str], locate: bool,
+           seed: int, say=lambda line: None) -> tuple[ReferenceRecord, Recorder]:
+    """Run the reference ``r`` on everything the candidates will be judged by (see the module's doc).
+    ``lower``: the lower precisions candidates are expected at (each one more run of the reference)."""
+    import time
+
+    from .calibrate import float_dtype_of
+    from .coverage import reference_rows
+    from .generate import greedy
+    from .layers import Recorded
+
+    start = time.perf_counter()
+    own = float_dtype_of(r.module) if calibrating else None
+    rec = ReferenceRecord(describe(r), r.kind, r.vocab_size, own, [])
+    recorder = Recorder(sets, calibrating=calibrating, locate=locate)
+    say(f"reference: running {len(sets)} input sets" + (f" and {new_tokens} greedy tokens" if new_tokens else ""))
+    rec.outputs = [_cpu(r.run(s.feeds)) for s in sets]
+    if new_tokens:
+        rec.generation = greedy(r, gen_set.feeds, new_tokens)
+    named = recorder.names(r)
+    if named:
+        rec.layers = []
+        for s in sets:
+            feeds = recorder.layer_feeds(s)
+            with recording(r, _flat(named), inputs=True) as (outs, ins, order):
+                r.run(feeds)
+            rec.layers.append(Recorded(named[0], named[1], feeds, outs, ins, order,
+                                       {own: outs} if own else {}))
+    if r.kind in (CAUSAL_LM, ENCODER):
+        rec.coverage = reference_rows(r, seed)
+    if own:
+        rec.at[own] = rec.outputs
+    if calibrating:
+        say("reference: running again in float64 (the noise floor)")
+        recorder.float64(r, rec)
+        for d in lower:
+            if d not in rec.at:
+                say(f"reference: running in {d} (a candidate's precision)")
+                recorder.add_precision(r, rec, d)
+    rec.seconds = {"run": time.perf_counter() - start}
+    return rec, recorder

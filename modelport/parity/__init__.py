@@ -302,8 +302,8 @@ def _locate(result: CandidateResult, rec, again, cand_r: Runnable, feeds, index:
     input set ``index`` when it was an eager torch model, else against the reference loaded again."""
     tol = result.tolerance
     replay_from = None
-    origin, path = rec.describe.get("origin", ""), rec.describe.get("path")
-    if cand_r.backend == "torchscript" and origin.startswith("transformers") and path and not script_prefix(cand_r):
+    path = rec.describe.get("path")
+    if cand_r.backend == "torchscript" and rec.describe.get("made_by") == "transformers" and path and not script_prefix(cand_r):
         from ..models.runnable import load_runnable     # the script's blocks take modelport's calling convention
 
         try:

@@ -34,18 +34,26 @@ class Divergence:
     matched: list[int] = field(default_factory=list)
     method: str = ""                 # hooks | onnx-outputs | torchscript-replay
     layers: int = 0                  # blocks compared
+    fed: int = 0                     # blocks fed the float64 reference's input (judged in isolation)
+    floors: float | None = None      # the named module's error in floors (its own rounding), when calibrated
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         err = "non-finite" if self.max_abs is None else f"max abs {self.max_abs:.3g}"
+        if self.floors is not None:
+            err += f" = {self.floors:.3g} x its floor"
+        if self.layer is None and self.name is not None:
+            return f"first divergence: {self.name}, before the first block ({err})"
         if self.layer is None:
             return (f"first divergence: after the last block (all {self.layers} blocks match; "
                     "the final norm or the output head differs)")
         before = ("no layer before it" if not self.matched else
                   f"layer {self.matched[0]} matches" if len(self.matched) == 1 else
                   f"layers {self.matched[0]}–{self.matched[-1]} match")
+        if self.fed:
+            before += ", each block fed the reference's input"
         return f"first divergence: layer {self.layer} ({self.name}, {err}); {before}"
 
 
@@ -191,16 +199,23 @@ def _node_scopes(node) -> set[str] | None:
     return None
 
 
-def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
-    """Module name -> the last value computed inside its scope and used outside it. A node's scopes
-    are read from the dynamo exporter's ``name_scopes`` metadata, else from the TorchScript-based
-    exporter's node name (``/model/layers.3/…``)."""
+def _membership(graph):
+    """``inside(i, name)``: whether node ``i`` of ``graph`` lies in module ``name``'s scope. A node's scopes
+    are read from the dynamo exporter's ``name_scopes`` metadata, else from the TorchScript-based exporter's
+    node name (``/model/layers.3/…``)."""
     nodes = list(graph.node)
     scopes = [_node_scopes(n) for n in nodes]
 
     def inside(i: int, name: str) -> bool:
         return name in scopes[i] if scopes[i] is not None else nodes[i].name.startswith(onnx_scope(name))
 
+    return inside
+
+
+def onnx_scope_values(graph, names: list[str], inside=None) -> dict[str, str]:
+    """Module name -> the last value computed inside its scope and used outside it."""
+    nodes = list(graph.node)
+    inside = inside or _membership(graph)
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for v in node.input:
@@ -220,17 +235,25 @@ def onnx_scope_values(graph, names: list[str]) -> dict[str, str]:
     return found
 
 
-def _prefixed_scope_values(model, names: list[str]) -> dict[str, str]:
-    """Scope values by the reference's names. An export of a wrapped model (a transformers model behind
-    modelport's calling convention) scopes every module under the wrapper's attribute, which the file's
-    ``modelport.strip_prefix`` metadata records (``model.``): those names are looked up with it first."""
+def scope_values_and_membership(model, names: list[str]):
+    """Scope values by the reference's names, and ``inside(i, name)`` by the same names. An export of a
+    wrapped model (a transformers model behind modelport's calling convention) scopes every module under
+    the wrapper's attribute, which the file's ``modelport.strip_prefix`` metadata records (``model.``):
+    those names are looked up with it first."""
     meta = {p.key: p.value for p in model.metadata_props}
     prefix = meta.get("modelport.strip_prefix") or ""
+    member = _membership(model.graph)
     if prefix:
-        found = onnx_scope_values(model.graph, [prefix + n for n in names])
+        found = onnx_scope_values(model.graph, [prefix + n for n in names], member)
         if found:
-            return {n: found[prefix + n] for n in names if prefix + n in found}
-    return onnx_scope_values(model.graph, names)
+            return ({n: found[prefix + n] for n in names if prefix + n in found},
+                    lambda i, name: member(i, prefix + name))
+    return onnx_scope_values(model.graph, names, member), member
+
+
+def _prefixed_scope_values(model, names: list[str]) -> dict[str, str]:
+    """Scope values by the reference's names (see :func:`scope_values_and_membership`)."""
+    return scope_values_and_membership(model, names)[0]
 
 
 def capture_onnx(runnable, names: list[str], feeds: dict):
@@ -294,32 +317,103 @@ def _row_feeds(feeds: dict) -> dict:
     return {k: (v[:1, keep] if keep is not None and v.dim() >= 2 else v[:1]) for k, v in feeds.items()}
 
 
-def _calibrated_judge(ref, names, feeds, dtype: str, factor: float):
-    """The float64 reference's per-module outputs and a judge that holds a candidate's module to ``factor``
-    times the reference's own error at ``dtype`` there."""
-    from .calibrate import Floor, _cast, _cast_feeds, max_error, peak
+def _judge(hi, lo, cand_t, dtype: str, factor: float):
+    """(passed, max abs, floors) of one module's candidate output against the float64 reference ``hi`` with the
+    reference at ``dtype`` (``lo``) as the floor; None when it cannot be judged (a shape that does not fit)."""
+    from .calibrate import Floor, max_error, peak
 
-    runs = {}
-    for d in dict.fromkeys(("float64", dtype)):
-        with _cast(ref, d) as rr:
-            from .. import dtypes
-
-            runs[d] = capture_hooks(rr, names, _cast_feeds(feeds, dtypes.to_torch(d)))[0]
-    hi, lo = runs["float64"], runs[dtype]
-
-    def judge(name, cand_t):
-        if name not in hi or name not in lo:
+    if cand_t.shape != hi.shape:
+        if cand_t.numel() != hi.numel():
             return None
-        floor = max_error(lo[name], hi[name])
-        if floor is None:
-            return None
-        allowed = Floor(floor, peak(hi[name]), dtype, factor).allowed
-        err = max_error(cand_t, hi[name])
-        if err is None or not bool(cand_t.isfinite().all()):
-            return False, None
-        return err <= allowed, err
+        cand_t = cand_t.reshape(hi.shape)
+    if not bool(cand_t.isfinite().all()) and bool(hi.isfinite().all()):
+        return False, None, None           # the candidate overflows where exact arithmetic does not
+    floor = max_error(lo, hi)
+    if floor is None:
+        return None
+    err = max_error(cand_t, hi)
+    if err is None:
+        return None
+    allowed = Floor(floor, peak(hi), dtype, factor).allowed
+    return err <= allowed, err, (err / floor if floor else None)
 
-    return judge
+
+def _isolated_divergence(ref, cand, feeds: dict, dtype: str, factor: float, replay_from=None) -> Divergence | None:
+    """The calibrated layer search with every block fed the float64 reference's input (see :mod:`.isolate`)."""
+    import torch
+
+    from .. import dtypes
+    from .calibrate import _cast, _cast_feeds
+    from .isolate import capture_onnx_fed, entry_module, replay_fed, run_hooked
+
+    root = named_root(ref.module)
+    blocks = block_names(root)
+    if not blocks:
+        return None
+    children = {b: child_names(root, b) for b in blocks}
+    names = blocks + [c for b in blocks for c in children[b]]
+    feeds = _row_feeds(feeds)
+    target = dtypes.to_torch(dtype)
+    with _cast(ref, "float64") as r64:
+        f64 = _cast_feeds(feeds, torch.float64)
+        nat64 = run_hooked(r64, blocks, names, f64, all_modules=True)
+        entry = entry_module(nat64, blocks)
+        watched = names + ([entry] if entry else [])
+        fed = {b: nat64.hidden[b].to(target) for b in blocks if b in nat64.hidden}
+        iso64 = run_hooked(r64, blocks, watched, f64, fed=fed)
+    with _cast(ref, dtype) as rd:
+        fd = _cast_feeds(feeds, target)
+        natd = run_hooked(rd, blocks, watched, fd)
+        isod = run_hooked(rd, blocks, watched, fd, fed=fed, keep_args=True)
+    if cand.backend == "onnxruntime":
+        cand_out, done = capture_onnx_fed(cand, blocks, names, entry, feeds, fed)
+        method = "onnx-outputs"
+    elif _is_script(cand.module):
+        args = isod.args
+        if replay_from is not None:
+            with _cast(replay_from, dtype) as conv:
+                args = run_hooked(conv, blocks, watched, fd, fed=fed, keep_args=True).args
+        own = next((p.dtype for p in cand.module.parameters() if p.is_floating_point()), target)
+        cand_out = replay_fed(cand, args, watched, own)
+        done, method = {b for b in blocks if b in cand_out}, "torchscript-replay"
+    else:
+        cap = run_hooked(cand, blocks, watched, feeds, fed=fed)
+        cand_out, done, method = cap.outputs, {b for b in fed if b in cap.hidden}, "hooks"
+    compared = [b for b in blocks if b in cand_out and b in iso64.outputs]
+    if not compared:
+        return None
+
+    def check(name, block):
+        if name not in cand_out:
+            return None
+        hi, lo = (iso64, isod) if block in done else (nat64, natd)
+        if name not in hi.outputs or name not in lo.outputs:
+            return None
+        return _judge(hi.outputs[name], lo.outputs[name], cand_out[name], dtype, factor)
+
+    fed_count = len(done & set(compared))
+    if entry and entry in cand_out:
+        v = check(entry, None)
+        if v is not None and not v[0]:
+            return Divergence(None, entry, None, v[1], [], method, len(compared), fed_count, v[2])
+    matched = []
+    for i, block in enumerate(blocks):
+        if block not in compared:
+            continue
+        ran = [n for n in iso64.order if n in children[block]]
+        ran += [c for c in children[block] if c not in ran]
+        failing = None
+        for name in ran + [block]:
+            v = check(name, block)
+            if v is not None and not v[0]:
+                failing = (name, v)
+                break
+        if failing is None:
+            matched.append(i)
+            continue
+        name, v = failing
+        return Divergence(i, name, block, v[1], matched, method, len(compared), fed_count, v[2])
+    return Divergence(None, None, None, None, matched, method, len(compared), fed_count)
 
 
 def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | None = None,
@@ -336,12 +430,10 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | Non
     blocks = block_names(named_root(namer.module))
     if not blocks:
         return None
+    if factor is not None and _torch_eager(ref):
+        return _isolated_divergence(ref, cand, feeds, tol.dtype, factor, replay_from)
     children = {b: child_names(named_root(namer.module), b) for b in blocks}
     names = blocks + [c for b in blocks for c in children[b]]
-    judge = None
-    if factor is not None and _torch_eager(ref):
-        feeds = _row_feeds(feeds)
-        judge = _calibrated_judge(ref, names, feeds, tol.dtype, factor)
     mask = feeds.get("attention_mask")
     if _torch_eager(ref):
         ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
@@ -358,10 +450,6 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | Non
         """(passed, max abs) of one module, or None when it cannot be judged."""
         if name not in ref_out or name not in cand_out:
             return None
-        if judge is not None:
-            verdict = judge(name, cand_out[name])
-            if verdict is not None:
-                return verdict
         c = compare_tensors(ref_out[name], cand_out[name], tol, output=name, inputs="", mask=mask)
         return c.passed, c.max_abs
 

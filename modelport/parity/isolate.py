@@ -181,19 +181,19 @@ def capture_onnx_fed(runnable, blocks: list[str], names: list[str], entry: str |
     if not values:
         return {}, set()
     graph = model.graph
-    redirect: dict[str, str] = {}               # block -> the value it reads from the block before
+    redirect: dict[str, tuple[str, str]] = {}     # block -> (the module before it, the value leaving that module)
     for i, block in enumerate(blocks):
         before = blocks[i - 1] if i else entry
         if block in fed and before in values:
-            redirect[block] = values[before]
-    types = _elem_types(model, list(redirect.values()))
+            redirect[block] = before, values[before]
+    types = _elem_types(model, [v for _, v in redirect.values()])
     out_type = next((o.type.tensor_type.elem_type for o in graph.output), onnx.TensorProto.FLOAT)
     fed_arrays, done = {}, set()
-    for i, (block, value) in enumerate(redirect.items()):
+    for i, (block, (before, value)) in enumerate(redirect.items()):
         new = f"{FED_INPUT}{i}"
         hits = 0
-        for j, node in enumerate(graph.node):
-            if inside(j, block) and value in node.input:
+        for j, node in enumerate(graph.node):      # every reader outside the module that made it (a reshape
+            if not inside(j, before) and value in node.input:   # between two scopes reads the fed value too)
                 for k, v in enumerate(node.input):
                     if v == value:
                         node.input[k] = new

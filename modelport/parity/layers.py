@@ -11,6 +11,9 @@ reference families use Hugging Face names, and an export keeps them as module sc
 
 The first block whose output exceeds tolerance is the divergence; within it, the first child (in
 the order they ran) that does names the part (``model.layers.3.self_attn``).
+
+With a torch reference and calibrated tolerances, every block is instead fed the float64 reference's
+input and judged per element against its own rounding (:func:`_isolated_divergence`, :mod:`.isolate`).
 """
 
 from __future__ import annotations
@@ -441,8 +444,9 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | Non
                      replay_from=None) -> Divergence | None:
     """Compare per-block outputs of ``ref`` and ``cand`` on ``feeds``; None when no block names could be
     matched on both sides (the report then says the layer was not located). With ``factor`` (a torch
-    reference), each block is held to ``factor`` times the reference's own error there (see
-    :mod:`.calibrate`), on the first row of ``feeds`` without padding; otherwise to ``tol``. A TorchScript
+    reference), every block is fed the float64 reference's input and held to ``factor`` times the
+    reference's own error there (see :mod:`.isolate`), on the first row of ``feeds`` without padding;
+    otherwise the blocks' outputs after a whole run are held to ``tol``. A TorchScript
     candidate's blocks are called with the inputs ``replay_from``'s blocks received (default: the
     reference's), a model with the calling convention the script was made from."""
     namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None

@@ -236,11 +236,31 @@ def replay_fed(runnable, args: dict, names: list[str], dtype) -> dict:
         call = [a.to(device=runnable.device, dtype=dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
                 else a.to(runnable.device) if isinstance(a, torch.Tensor) else a for a in args[name]]
         try:
+            sub = _submodule(runnable.module, prefix + name)
             with torch.no_grad():
-                out = _submodule(runnable.module, prefix + name)(*call)
+                try:
+                    out = sub(*call)
+                except RuntimeError:            # a traced block takes its arguments as tensors (a mask, not None)
+                    out = sub(*_traced_args(sub, call))
         except (AttributeError, RuntimeError, TypeError):
             continue
         t = _first_tensor(out)
         if t is not None:
             outputs[name] = t.detach()
     return outputs
+
+
+def _traced_args(sub, call: list) -> list:
+    """``call`` fitted to a traced submodule's declared arguments: a traced transformers layer takes the
+    attention mask as a tensor where the eager call passed None (no padding), so None becomes an additive
+    mask of zeros over the hidden state's positions (1, 1, 1, T), and arguments beyond the declared ones go."""
+    import torch
+
+    n = len(sub.forward.schema.arguments) - 1
+    hidden = next((a for a in call if isinstance(a, torch.Tensor) and a.dim() == 3), None)
+    if hidden is None:
+        raise TypeError("no hidden state among the arguments")
+    zeros = torch.zeros(hidden.shape[0], 1, 1, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+    fitted = [zeros if a is None else a for a in call[:n]]
+    return fitted + [zeros] * (n - len(fitted))
+

@@ -81,3 +81,33 @@ def test_a_block_overflowing_in_float16_is_non_finite_at_that_block(massive):
     div = first_divergence(r, cand, example_feeds(r, batch=1, seq_len=8, seed=0, left_pad=0),
                            tolerance("float16", None, None), factor=10.0)
     assert div.layer == 3 and div.max_abs is None and "non-finite" in div.describe()
+
+
+def test_a_traced_bert_is_fed_block_by_block(cli, tmp_path):
+    """A BERT (no modelport family: run by transformers, TorchScript by tracing) whose traced layers take the
+    attention mask as a tensor: each is replayed with the fed input; a shifted bias is named at its layer."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from tests.models.tiny import randomize
+
+    cfg = transformers.BertConfig(vocab_size=37, hidden_size=24, num_hidden_layers=3, num_attention_heads=4,
+                                  intermediate_size=40, max_position_embeddings=64)
+    src = tmp_path / "bert"
+    randomize(transformers.BertModel(cfg), 5).save_pretrained(src)
+    state = load_file(src / "model.safetensors")
+    bias = state["encoder.layer.1.output.dense.bias"].clone()
+    bias[:12] += 0.01
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((src / "config.json").read_text())
+    save_file({**state, "encoder.layer.1.output.dense.bias": bias}, bad / "model.safetensors")
+    for d, name in ((src, "ok.ts"), (bad, "bad.ts")):
+        assert cli("convert", str(d), str(tmp_path / name), "--to", "torchscript", "--no-manifest").returncode == 0
+    ref = load_runnable(src, engine="transformers")
+    feeds = example_feeds(ref, batch=1, seq_len=8, seed=0, left_pad=0)
+    tol = tolerance("float32", None, None)
+    ok = first_divergence(ref, load_runnable(tmp_path / "ok.ts"), feeds, tol, factor=10.0)
+    assert (ok.layer, ok.name, ok.fed, ok.method) == (None, None, 3, "torchscript-replay"), ok
+    div = first_divergence(ref, load_runnable(tmp_path / "bad.ts"), feeds, tol, factor=10.0)
+    assert (div.layer, div.name, div.fed) == (1, "encoder.layer.1.output", 3), div

@@ -216,6 +216,8 @@ def _line(model, cand, fmt, seed, c, expect, seconds) -> bool:
         want = "pass"
     else:
         layer, name = expect
+        if fmt.startswith("builder") and layer is not None:
+            name = name.rsplit(".", 1)[0]      # the builder's graph scopes blocks, not their children
         div = c.first_divergence
         named = (div is not None and div.layer == layer and (div.name or "").startswith(name))
         ok = not c.passed and named
@@ -246,7 +248,7 @@ def main() -> None:
     from modelport.models.runnable import example_feeds, load_runnable
     from modelport.parity import parity
     from modelport.parity.calibrate import DEFAULT_FACTOR
-    from modelport.parity.layers import first_divergence
+    from modelport.parity.layers import first_divergence, script_prefix
     from modelport.parity.metrics import tolerance
 
     torch.set_num_threads(2)
@@ -272,7 +274,11 @@ def main() -> None:
             for f, path in cands.items():    # the layer search itself, run on an honest candidate: no block blamed
                 dtype = "float16" if f == "fp16" else "bfloat16" if f == "bf16" else "float32"
                 r = load_runnable(path)
-                div = first_divergence(ref, r, feeds, tolerance(dtype, None, None), factor=DEFAULT_FACTOR)
+                replay_from = None           # as parity does: a script of modelport's model replays its blocks
+                if r.backend == "torchscript" and not script_prefix(r):
+                    replay_from = load_runnable(args.model, engine="reference")
+                div = first_divergence(ref, r, feeds, tolerance(dtype, None, None), factor=DEFAULT_FACTOR,
+                                       replay_from=replay_from)
                 ok = div is not None and div.layer is None and div.name is None
                 wrong += not ok
                 print(f"# layer search on honest {f}: {'no layer blamed' if ok else div}"

@@ -164,7 +164,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     own = float_dtype_of(ref_r.module) if calibrating else None
     lower = [d for d in expected if own and least_precise(d, own) == d and d != own]
     rec, recorder = record(ref_r, sets, gen_set=gen_set, new_tokens=n_new, calibrating=calibrating, lower=lower,
-                           locate=locate, seed=seed, say=say)
+                           locate=locate and not calibrating, seed=seed, say=say)   # calibrated: see _locate
     rec.seconds["load"] = ref_load_s
     caller_ref = ref_r if isinstance(ref, Runnable) else None      # the caller's to keep; ours are released
     del ref_r
@@ -298,9 +298,17 @@ def _missing_output(ref_out, cand_out, label):
 
 
 def _locate(result: CandidateResult, rec, again, cand_r: Runnable, feeds, index: int, factor=None) -> None:
-    """The first divergent block of a failing candidate: against the per-module outputs the reference recorded on
+    """The first divergent block of a failing candidate. Calibrated, every block is fed the float64 reference's
+    input (see :mod:`.isolate`), which needs the reference model: it is loaded again, beside the candidate,
+    only for a candidate that failed. Otherwise against the per-module outputs the reference recorded on
     input set ``index`` when it was an eager torch model, else against the reference loaded again."""
     tol = result.tolerance
+    cov = result.coverage
+    if cov is not None and not cov.passed and all(c.passed for c in result.comparisons):
+        from .layers import Divergence     # only the every-id lookup differs: the embedding is the place
+
+        result.first_divergence = Divergence(None, cov.module, None, cov.max_abs, method="every-id lookup")
+        return
     replay_from = None
     path = rec.describe.get("path")
     if cand_r.backend == "torchscript" and rec.describe.get("made_by") == "transformers" and path and not script_prefix(cand_r):

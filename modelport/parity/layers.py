@@ -12,6 +12,9 @@ captures its own (``Runnable.capture``, :mod:`modelport.models.capture`):
 
 The first block whose output exceeds tolerance is the divergence; within it, the first child (in
 the order they ran) that does names the part (``model.layers.3.self_attn``).
+
+With a torch reference and calibrated tolerances, every block is instead fed the float64 reference's
+input and judged per element against its own rounding (:func:`_isolated_divergence`, :mod:`.isolate`).
 """
 
 from __future__ import annotations
@@ -36,18 +39,26 @@ class Divergence:
     matched: list[int] = field(default_factory=list)
     method: str = ""                 # hooks | onnx-outputs | torchscript-replay
     layers: int = 0                  # blocks compared
+    fed: int = 0                     # blocks fed the float64 reference's input (judged in isolation)
+    floors: float | None = None      # the named module's error in floors (its own rounding), when calibrated
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         err = "non-finite" if self.max_abs is None else f"max abs {self.max_abs:.3g}"
+        if self.floors is not None:
+            err += f" = {self.floors:.3g} x its floor"
+        if self.layer is None and self.name is not None:
+            return f"first divergence: {self.name}, before the first block ({err})"
         if self.layer is None:
             return (f"first divergence: after the last block (all {self.layers} blocks match; "
                     "the final norm or the output head differs)")
         before = ("no layer before it" if not self.matched else
                   f"layer {self.matched[0]} matches" if len(self.matched) == 1 else
                   f"layers {self.matched[0]}–{self.matched[-1]} match")
+        if self.fed:
+            before += ", each block fed the reference's input"
         return f"first divergence: layer {self.layer} ({self.name}, {err}); {before}"
 
 
@@ -95,39 +106,124 @@ def _row_feeds(feeds: dict) -> dict:
     return {k: (v[:1, keep] if keep is not None and v.dim() >= 2 else v[:1]) for k, v in feeds.items()}
 
 
-def _calibrated_runs(ref, names, feeds, dtype: str) -> dict[str, dict]:
-    """The reference's per-module outputs on ``feeds`` at float64 and at ``dtype``."""
+def _judge(hi, lo, cand_t, dtype: str, factor: float):
+    """(passed, max abs, floors) of one module's candidate output against the float64 reference ``hi``, the
+    reference at ``dtype`` (``lo``) giving the floor; None when it cannot be judged (a shape that does not fit).
+
+    Judged **per channel** (the last dimension): a residual stream carries a few channels hundreds of times
+    larger than the rest, whose rounding would otherwise set one floor for all of them and hide a fault in
+    the others. Each channel's floor is its own ``max |lo - hi|`` over the positions, raised to the 90th
+    percentile of the channels' floors: channels with ordinary values share one floor, and only the few
+    with unusually large values keep a larger one of their own. A single element's rounding is a noisy
+    draw (the float32 run may round a large value luckily well), so each element is also allowed 4 ulps
+    of its own magnitude: an element passes up to ``factor * max(channel floor, 4 ulps of itself)``.
+    A systematic fault (a weight scaled by 1.001 is about 8000 float32 ulps) stays far beyond both."""
+    import torch
+
+    from .calibrate import _EPS, _ULPS
+
+    if cand_t.shape != hi.shape:
+        if cand_t.numel() != hi.numel():
+            return None
+        cand_t = cand_t.reshape(hi.shape)
+    if lo.shape != hi.shape:
+        return None
+    hi, lo, cand_t = (t.detach().cpu().double() for t in (hi, lo, cand_t))
+    if not bool(cand_t.isfinite().all()) and bool(hi.isfinite().all()):
+        return False, None, None           # the candidate overflows where exact arithmetic does not
+    channels = hi.shape[-1] if hi.dim() else 1
+    hi, lo, cand_t = (t.reshape(-1, channels) for t in (hi, lo, cand_t))
+    keep = hi.isfinite() & lo.isfinite() & cand_t.isfinite()
+    if not bool(keep.any()):
+        return None
+    zero = torch.zeros((), dtype=torch.float64)
+    floor = torch.where(keep, (lo - hi).abs(), zero).amax(0)
+    floor = torch.maximum(floor, floor.quantile(0.9))
+    own = _ULPS * _EPS.get(dtype, _EPS["float32"]) * hi.abs()
+    unit = torch.maximum(floor.expand_as(hi), own)                 # the element's floor
+    err = torch.where(keep, (cand_t - hi).abs(), zero)
+    ratio = torch.where(unit > 0, err / unit.clamp_min(torch.finfo(torch.float64).tiny),
+                        torch.where(err > 0, torch.full_like(err, float("inf")), zero))
+    worst = float(ratio.max())
+    return worst <= factor, float(err.max()), worst
+
+
+def _isolated_divergence(ref, cand, feeds: dict, dtype: str, factor: float, replay_from=None) -> Divergence | None:
+    """The calibrated layer search with every block fed the float64 reference's input (see :mod:`.isolate`)."""
+    import torch
+
     from .. import dtypes
     from .calibrate import _cast, _cast_feeds
+    from .isolate import capture_onnx_fed, entry_module, replay_fed, run_hooked
 
-    runs = {}
-    for d in dict.fromkeys(("float64", dtype)):
-        with _cast(ref, d) as rr:
-            runs[d] = capture_hooks(rr, names, _cast_feeds(feeds, dtypes.to_torch(d)))[0]
-    return runs
-
-
-def _calibrated_judge(hi: dict | None, lo: dict | None, dtype: str, factor: float):
-    """A judge that holds a candidate's module to ``factor`` times the reference's own error at ``dtype`` there
-    (``lo``: the reference's per-module outputs at ``dtype``, ``hi``: at float64); None without both."""
-    from .calibrate import Floor, max_error, peak
-
-    if hi is None or lo is None:
+    root = named_root(ref.module)
+    blocks = block_names(root)
+    if not blocks:
+        return None
+    children = {b: child_names(root, b) for b in blocks}
+    names = blocks + [c for b in blocks for c in children[b]]
+    feeds = _row_feeds(feeds)
+    target = dtypes.to_torch(dtype)
+    with _cast(ref, "float64") as r64:
+        f64 = _cast_feeds(feeds, torch.float64)
+        nat64 = run_hooked(r64, blocks, names, f64, all_modules=True)
+        entry = entry_module(nat64, blocks)
+        watched = names + ([entry] if entry else [])
+        fed = {b: nat64.hidden[b].to(target) for b in blocks if b in nat64.hidden}
+        iso64 = run_hooked(r64, blocks, watched, f64, fed=fed)
+    with _cast(ref, dtype) as rd:
+        fd = _cast_feeds(feeds, target)
+        natd = run_hooked(rd, blocks, watched, fd)
+        isod = run_hooked(rd, blocks, watched, fd, fed=fed, keep_args=True)
+    if cand.backend == "onnxruntime":
+        cand_out, done = capture_onnx_fed(cand, blocks, names, entry, feeds, fed)
+        method = "onnx-outputs"
+    elif _is_script(cand.module):
+        args = isod.args
+        if replay_from is not None:
+            with _cast(replay_from, dtype) as conv:
+                args = run_hooked(conv, blocks, watched, fd, fed=fed, keep_args=True).args
+        own = next((p.dtype for p in cand.module.parameters() if p.is_floating_point()), target)
+        cand_out = replay_fed(cand, args, watched, own)
+        done, method = {b for b in blocks if b in cand_out}, "torchscript-replay"
+    else:
+        cap = run_hooked(cand, blocks, watched, feeds, fed=fed)
+        cand_out, done, method = cap.outputs, {b for b in fed if b in cap.hidden}, "hooks"
+    compared = [b for b in blocks if b in cand_out and b in iso64.outputs]
+    if not compared:
         return None
 
-    def judge(name, cand_t):
-        if name not in hi or name not in lo:
+    def check(name, block):
+        if name not in cand_out:
             return None
-        floor = max_error(lo[name], hi[name])
-        if floor is None:
+        hi, lo = (iso64, isod) if block in done else (nat64, natd)
+        if name not in hi.outputs or name not in lo.outputs:
             return None
-        allowed = Floor(floor, peak(hi[name]), dtype, factor).allowed
-        err = max_error(cand_t, hi[name])
-        if err is None or not bool(cand_t.isfinite().all()):
-            return False, None
-        return err <= allowed, err
+        return _judge(hi.outputs[name], lo.outputs[name], cand_out[name], dtype, factor)
 
-    return judge
+    fed_count = len(done & set(compared))
+    if entry and entry in cand_out:
+        v = check(entry, None)
+        if v is not None and not v[0]:
+            return Divergence(None, entry, None, v[1], [], method, len(compared), fed_count, v[2])
+    matched = []
+    for i, block in enumerate(blocks):
+        if block not in compared:
+            continue
+        ran = [n for n in iso64.order if n in children[block]]
+        ran += [c for c in children[block] if c not in ran]
+        failing = None
+        for name in ran + [block]:
+            v = check(name, block)
+            if v is not None and not v[0]:
+                failing = (name, v)
+                break
+        if failing is None:
+            matched.append(i)
+            continue
+        name, v = failing
+        return Divergence(i, name, block, v[1], matched, method, len(compared), fed_count, v[2])
+    return Divergence(None, None, None, None, matched, method, len(compared), fed_count)
 
 
 @dataclass
@@ -156,8 +252,9 @@ def module_names(namer) -> tuple[list[str], dict[str, list[str]]]:
     return blocks, {b: child_names(named_root(namer.module), b) for b in blocks}
 
 
-def _record_live(ref, cand, feeds: dict, dtype: str, factor: float | None) -> Recorded | None:
-    """The reference's side of the search from the live reference model (names from whichever side is eager torch)."""
+def _record_live(ref, cand, feeds: dict) -> Recorded | None:
+    """The reference's side of the uncalibrated search from the live reference model (names from whichever
+    side is eager torch)."""
     namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
     if namer is None:
         return None
@@ -165,34 +262,33 @@ def _record_live(ref, cand, feeds: dict, dtype: str, factor: float | None) -> Re
     if not blocks:
         return None
     names = blocks + [c for b in blocks for c in children[b]]
-    at = {}
-    if factor is not None and _torch_eager(ref):
-        feeds = _row_feeds(feeds)
-        at = _calibrated_runs(ref, names, feeds, dtype)
     if _torch_eager(ref):
         ref_out, ref_in, order = capture_hooks(ref, names, feeds, keep_inputs=True)
     else:
         ref_out, ref_in, order = _capture(ref, names, feeds, {})[0], {}, names
-    return Recorded(blocks, children, feeds, ref_out, ref_in, order, at)
+    return Recorded(blocks, children, feeds, ref_out, ref_in, order)
 
 
 def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | None = None,
                      replay_from=None, recorded: Recorded | None = None) -> Divergence | None:
     """Compare per-block outputs of ``ref`` and ``cand`` on ``feeds``; None when no block names could be
     matched on both sides (the report then says the layer was not located). With ``factor`` (a torch
-    reference), each block is held to ``factor`` times the reference's own error there (see
-    :mod:`.calibrate`), on the first row of ``feeds`` without padding; otherwise to ``tol``. A TorchScript
+    reference), every block is fed the float64 reference's input and held to ``factor`` times the
+    reference's own error there (see :mod:`.isolate`), on the first row of ``feeds`` without padding;
+    otherwise the blocks' outputs after a whole run are held to ``tol``. A TorchScript
     candidate's blocks are called with the inputs ``replay_from``'s blocks received (default: the
     reference's), a model with the calling convention the script was made from. ``recorded`` is the
-    reference's side recorded earlier (``ref`` and ``feeds`` are then not used)."""
+    reference's side recorded earlier, for the uncalibrated search (``ref`` and ``feeds`` are then not used)."""
     if recorded is None:
-        recorded = _record_live(ref, cand, feeds, tol.dtype, factor)
+        namer = ref if _torch_eager(ref) else cand if _torch_eager(cand) else None
+        if namer is None or not block_names(named_root(namer.module)):
+            return None
+        if factor is not None and _torch_eager(ref):
+            return _isolated_divergence(ref, cand, feeds, tol.dtype, factor, replay_from)
+        recorded = _record_live(ref, cand, feeds)
         if recorded is None:
             return None
     blocks, children, names, feeds = recorded.blocks, recorded.children, recorded.names, recorded.feeds
-    judge = None
-    if factor is not None and recorded.at:
-        judge = _calibrated_judge(recorded.at.get("float64"), recorded.at.get(tol.dtype), tol.dtype, factor)
     mask = feeds.get("attention_mask")
     ref_out, ref_in, order = recorded.outputs, recorded.inputs, recorded.order
     if replay_from is not None and _is_script(cand.module):
@@ -206,10 +302,6 @@ def first_divergence(ref, cand, feeds: dict, tol: Tolerance, factor: float | Non
         """(passed, max abs) of one module, or None when it cannot be judged."""
         if name not in ref_out or name not in cand_out:
             return None
-        if judge is not None:
-            verdict = judge(name, cand_out[name])
-            if verdict is not None:
-                return verdict
         c = compare_tensors(ref_out[name], cand_out[name], tol, output=name, inputs="", mask=mask)
         return c.passed, c.max_abs
 

@@ -358,6 +358,8 @@ def main() -> None:
     ap.add_argument("--llama7b", type=Path)
     ap.add_argument("--only-7b", action="store_true", help="with --llama7b: skip the small model's comparison")
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--tools", default="builder,torch,genai,optimum",
+                    help="which tools to run, comma-separated (default: every one)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-onnx-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -382,7 +384,10 @@ def compare_small(args, work: Path) -> None:
           f"fp32, opset 17, RSS cap {args.rss_cap:g} GB per tool")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rows = []
+    tools = set(args.tools.split(","))
     for label in ("builder", "torch"):
+        if label not in tools:
+            continue
         out = work / label / "model.onnx"
         shutil.rmtree(out.parent, ignore_errors=True)
         if label == "torch" and ckpt > args.rss_cap * 1e9:
@@ -391,7 +396,7 @@ def compare_small(args, work: Path) -> None:
             continue
         rows.append(measure(label, [sys.executable, "-m", "modelport", "convert", str(src), str(out), "--opset", "17",
                                     "--exporter", label, "--no-manifest"], out, env, args.rss_cap))
-    if args.genai_site:
+    if args.genai_site and "genai" in tools:
         gdir = work / "genai"
         shutil.rmtree(gdir, ignore_errors=True)
         code = (f"import sys,runpy;sys.path.append({args.genai_site!r});sys.argv=['builder']+sys.argv[1:];"
@@ -399,7 +404,7 @@ def compare_small(args, work: Path) -> None:
         rows.append(measure("genai", [sys.executable, "-c", code, "-i", str(src), "-o", str(gdir), "-p", "fp32",
                                       "-e", "cpu", "-c", str(work / "genai-cache")], gdir / "model.onnx",
                             cap_gb=args.rss_cap))
-    if Path(args.optimum).exists():
+    if Path(args.optimum).exists() and "optimum" in tools:
         odir = work / "optimum"
         shutil.rmtree(odir, ignore_errors=True)
         view = legacy_view(src, work / "optimum-src")

@@ -108,7 +108,8 @@ def measure(label: str, cmd: list[str], out: Path, env=None, cap_gb: float = 4.0
     if rc != 0:
         print(f"{label} FAILED (exit {rc}):\n{err}", file=sys.stderr)
         return {"label": label, "ok": False, "why": f"failed (exit {rc})"}
-    size = sum(p.stat().st_size for p in out.parent.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data"))
+    size = sum(p.stat().st_size for p in out.parent.iterdir()       # the graph and its external data, by either name
+               if p.suffix in (".onnx", ".data") or p.name.endswith((".onnx.data", ".onnx_data")))
     return {"label": label, "ok": True, "wall": wall, "peak": peak, "tree": tree, "size": size, "out": out}
 
 

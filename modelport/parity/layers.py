@@ -229,9 +229,9 @@ def _isolated_divergence(ref, cand, feeds: dict, dtype: str, factor: float, repl
 @dataclass
 class Recorded:
     """The reference's side of the layer search: its per-module outputs on ``feeds`` (and the positional inputs
-    each received, which a TorchScript candidate's blocks are called with), in call order, and, for the calibrated
-    judge, at float64 and at each precision checked (``at``). Recorded while the reference runs, so the reference
-    model can be released before any candidate is loaded."""
+    each received, which a TorchScript candidate's blocks are called with), in call order, for the search with
+    fixed tolerances. Recorded while the reference runs, so the reference model can be released before any
+    candidate is loaded (the calibrated search feeds every block itself and loads the reference again)."""
 
     blocks: list[str]
     children: dict[str, list[str]]
@@ -239,7 +239,6 @@ class Recorded:
     outputs: dict
     inputs: dict
     order: list[str]
-    at: dict[str, dict] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:

@@ -4,7 +4,7 @@ before any candidate is loaded: peak memory is the larger model plus activations
 :func:`record` runs the reference on every input set and keeps what the candidates are judged by: its
 outputs at its own precision, its greedy tokens, its float64 run (the calibration's exact side) and its
 run at each lower precision a candidate will be checked at, every token id's embedding row, and the
-per-module outputs the layer search compares (first row of each input set, see :class:`.layers.Recorded`).
+per-module outputs the layer search with fixed tolerances compares (see :class:`.layers.Recorded`).
 
 Precision changes never copy the model: :func:`streamed` casts each module's own parameters and buffers
 just before that module runs and puts the originals back right after, so beside the model there is at
@@ -161,12 +161,6 @@ def _cast_feeds(feeds: dict, dtype: str) -> dict:
     return {k: v.to(t) if v.is_floating_point() else v for k, v in feeds.items()}
 
 
-def _row_feeds(feeds: dict) -> dict:
-    from .layers import _row_feeds as rows
-
-    return rows(feeds)
-
-
 @dataclass
 class ReferenceRecord:
     """Everything the candidates are judged by, kept after the reference model is released."""
@@ -187,8 +181,8 @@ class ReferenceRecord:
 class Recorder:
     """Runs the reference for :func:`record` and for a later precision (:meth:`add_precision`)."""
 
-    def __init__(self, sets, *, calibrating: bool, locate: bool):
-        self.sets, self.calibrating, self.locate = sets, calibrating, locate
+    def __init__(self, sets, *, locate: bool):
+        self.sets, self.locate = sets, locate
 
     def names(self, r: Runnable):
         from .layers import module_names
@@ -198,30 +192,21 @@ class Recorder:
         blocks, children = module_names(r)
         return (blocks, children) if blocks else None
 
-    def layer_feeds(self, s) -> dict:
-        return _row_feeds(s.feeds) if self.calibrating else s.feeds
-
     def float64(self, r: Runnable, rec: ReferenceRecord) -> None:
         """The float64 run of every input set (a causal LM's rows one at a time on their real tokens, see
-        :func:`.calibrate.run_rows`), recording the per-module float64 outputs of each set's first row."""
+        :func:`.calibrate.run_rows`)."""
         import torch
 
-        named = self.names(r)
-        names = _flat(named)
         hi = []
         with streamed(r, "float64") as rr:
-            for i, s in enumerate(self.sets):
+            for s in self.sets:
                 feeds = _cast_feeds(s.feeds, "float64")
                 mask = feeds.get("attention_mask")
                 if r.kind == CAUSAL_LM and mask is not None:
                     out: dict = {}
                     for row in range(mask.shape[0]):
                         keep = mask[row].bool()
-                        cm = recording(rr, names) if row == 0 and names else contextlib.nullcontext(None)
-                        with cm as acts:
-                            got = rr.run({k: v[row:row + 1, keep] for k, v in feeds.items()})
-                        if acts is not None:
-                            rec.layers[i].at["float64"] = acts[0]
+                        got = rr.run({k: v[row:row + 1, keep] for k, v in feeds.items()})
                         for name, t in got.items():
                             if name not in out:
                                 out[name] = torch.full((mask.shape[0], mask.shape[1], *t.shape[2:]), float("nan"),
@@ -230,24 +215,12 @@ class Recorder:
                     hi.append(out)
                 else:
                     hi.append(_cpu(rr.run(feeds)))
-                    if names:
-                        with recording(rr, names) as acts:
-                            rr.run(_cast_feeds(self.layer_feeds(s), "float64"))
-                        rec.layers[i].at["float64"] = acts[0]
         rec.hi = hi
 
     def add_precision(self, r: Runnable, rec: ReferenceRecord, dtype: str) -> None:
-        """The reference's outputs (and per-module outputs) at a lower precision a candidate is checked at."""
-        names = _flat(self.names(r)) if rec.layers else None
-        outs = []
+        """The reference's outputs at a lower precision a candidate is checked at."""
         with streamed(r, dtype) as rr:
-            for i, s in enumerate(self.sets):
-                outs.append(_cpu(rr.run(_cast_feeds(s.feeds, dtype))))
-                if names:
-                    with recording(rr, names) as acts:
-                        rr.run(_cast_feeds(self.layer_feeds(s), dtype))
-                    rec.layers[i].at[dtype] = acts[0]
-        rec.at[dtype] = outs
+            rec.at[dtype] = [_cpu(rr.run(_cast_feeds(s.feeds, dtype))) for s in self.sets]
 
 
 def _flat(named) -> list[str] | None:
@@ -271,7 +244,7 @@ def record(r: Runnable, sets, *, gen_set, new_tokens: int, calibrating: bool, lo
     start = time.perf_counter()
     own = float_dtype_of(r.module) if calibrating else None
     rec = ReferenceRecord(describe(r), r.kind, r.vocab_size, own, [])
-    recorder = Recorder(sets, calibrating=calibrating, locate=locate)
+    recorder = Recorder(sets, locate=locate)
     say(f"reference: running {len(sets)} input sets" + (f" and {new_tokens} greedy tokens" if new_tokens else ""))
     rec.outputs = [_cpu(r.run(s.feeds)) for s in sets]
     if new_tokens:
@@ -280,11 +253,10 @@ def record(r: Runnable, sets, *, gen_set, new_tokens: int, calibrating: bool, lo
     if named:
         rec.layers = []
         for s in sets:
-            feeds = recorder.layer_feeds(s)
+            feeds = s.feeds
             with recording(r, _flat(named), inputs=True) as (outs, ins, order):
                 r.run(feeds)
-            rec.layers.append(Recorded(named[0], named[1], feeds, outs, ins, order,
-                                       {own: outs} if own else {}))
+            rec.layers.append(Recorded(named[0], named[1], feeds, outs, ins, order))
     if r.kind in (CAUSAL_LM, ENCODER):
         rec.coverage = reference_rows(r, seed)
     if own:

@@ -1,7 +1,9 @@
 """onnx: ONNX model files; initializers read as tensors, graphs run in onnxruntime.
 
-Reading. The model is parsed without its external data (``onnx.load(load_external_data=False)``), so
-only the graph is in memory. Every tensor that keeps its bytes in an external file is checked before
+Reading. The model is parsed without its weights' bytes: the file is walked at byte level and re-encoded
+without the ``raw_data`` of its graph's initializers (:func:`._onnxproto.skeleton`), which are read from
+their place in the file when asked for, and external data is not loaded; so only the graph is in memory,
+however large the file. Every tensor that keeps its bytes in an external file is checked before
 anything is read: the location must be a relative path that stays inside the model's directory
 (symlinks resolved), and ``offset + length`` must lie within that file; otherwise the file is refused.
 Initializers become tensors under their names (modelport's exporter keeps the source's parameter
@@ -13,12 +15,14 @@ Writing goes through the exporter (``modelport convert SRC out.onnx``), which ex
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
 
 from ..errors import FormatError, UnsupportedError, one_line
 from . import graphmeta
+from ._onnxproto import skeleton
 from ._registry import register
 from .base import Format, Options, SourceFile, Span, TensorInfo, TensorSource, WriteResult, read_head
 
@@ -26,6 +30,8 @@ from .base import Format, Options, SourceFile, Span, TensorInfo, TensorSource, W
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                11: "float64", 14: "complex64", 15: "complex128", 16: "bfloat16"}
 ALIASES_KEY = "modelport.aliases"
+# an edited graph run in onnxruntime reads initializers of at least this many bytes from the model file itself
+_SESSION_INLINE_BELOW = 4096
 # protobuf tags that may follow ModelProto's ir_version (field 1): fields 2-8, 14, 20, 21, 25
 _MODEL_TAGS = {0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42, 0x72, 0xa2, 0xaa, 0xca}
 
@@ -65,18 +71,63 @@ def check_external_data(path: Path, model) -> None:
                               f"{size}-byte file; the data file is truncated or does not belong to this model")
 
 
-def load_proto(path: Path):
-    """The ModelProto without external data, its external references checked."""
+def _parse(path: Path):
+    """The ModelProto without its graph's initializers' ``raw_data``, checked, and the left-out spans
+    ``(offset, length)`` per initializer (None for one without)."""
     import onnx
 
+    raw, spans = skeleton(path)
+    model = onnx.ModelProto()
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model.ParseFromString(raw)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors have no common base
         raise FormatError(f"{path}: not a readable ONNX model ({one_line(exc)})") from exc
+    del raw
     if model.ir_version <= 0 or not model.HasField("graph"):       # what an empty or cut file parses as
         raise FormatError(f"{path}: not an ONNX model (no IR version or no graph); the file is empty or truncated")
+    if len(spans) != len(model.graph.initializer):
+        raise FormatError(f"{path}: the graph's initializers do not parse as they are laid out; the file is corrupt")
     _check_text(path, model)
     check_external_data(path, model)
+    return model, spans
+
+
+def load_skeleton(path: Path):
+    """The ModelProto without its weights' bytes (the graph's initializers have no ``raw_data``, external data
+    is not loaded), its external references checked, and where each left-out ``raw_data`` lies in the file:
+    ``{initializer name: (offset, length)}`` (for a repeated name, the last one, as the tensors are read)."""
+    model, spans = _parse(path)
+    inline = {}
+    for t, span in zip(model.graph.initializer, spans):
+        inline[t.name] = span
+    return model, {name: span for name, span in inline.items() if span is not None}
+
+
+def load_proto(path: Path):
+    """The ModelProto without its weights' bytes (see :func:`load_skeleton`): its graph, metadata, dims
+    and dtypes, never the weights themselves."""
+    return load_skeleton(path)[0]
+
+
+def load_for_session(path: Path):
+    """The ModelProto for an edited copy of the graph run in onnxruntime, without a copy of its weights here:
+    every inline initializer of at least ``_SESSION_INLINE_BELOW`` bytes becomes external data of the file
+    itself (its own name, the offset and length of its bytes there), read by onnxruntime alone; smaller ones
+    (shapes and axes, which graph-level shape inference must read) get their bytes back. The copy must be
+    loaded with the model's directory as its external data directory (``models.capture._session_beside``)."""
+    model, spans = _parse(path)
+    with open(path, "rb") as f:
+        for t, span in zip(model.graph.initializer, spans):
+            if span is None or t.data_location == 1:     # onnx.TensorProto.EXTERNAL wins over raw_data, as in a reader
+                continue
+            offset, length = span
+            if length < _SESSION_INLINE_BELOW:
+                t.raw_data = _pread(Span(path, offset, length), f"{path}: initializer {t.name!r} ends past the end "
+                                    "of the file; it was truncated", f)
+                continue
+            t.data_location = 1
+            for key, value in (("location", path.name), ("offset", str(offset)), ("length", str(length))):
+                t.external_data.add(key=key, value=value)
     return model
 
 
@@ -106,7 +157,7 @@ class OnnxSource(TensorSource):
 
     def __init__(self, path: Path, options: Options):
         super().__init__(path)
-        self.model = load_proto(path)
+        self.model, self._inline = load_skeleton(path)      # inline bytes: {name: (offset, length)} in the file
         self.metadata = {p.key: p.value for p in self.model.metadata_props}
         meta = graphmeta.from_onnx(self.metadata, path)
         prefix = meta.strip_prefix                      # a wrapper's attribute name (transformers)
@@ -181,16 +232,15 @@ class OnnxSource(TensorSource):
         info = self.info(name)
         span = self.span(name)
         if span is not None:
-            with open(span.path, "rb") as f:
-                data = os.pread(f.fileno(), span.nbytes, span.offset)
-            if len(data) != span.nbytes:
-                raise FormatError(f"{self.path}: tensor {name!r}: external data ends early; the data file is truncated")
-            return data
-        if t.raw_data:
-            if len(t.raw_data) != info.nbytes:
-                raise FormatError(f"{self.path}: initializer {name!r} holds {len(t.raw_data)} bytes for shape "
+            return _pread(span, f"{self.path}: tensor {name!r}: external data ends early; the data file is truncated")
+        inline = self._inline.get(t.name)
+        if inline is not None:                      # raw_data, left in the file when the graph was read
+            offset, length = inline
+            if length != info.nbytes:
+                raise FormatError(f"{self.path}: initializer {name!r} holds {length} bytes for shape "
                                   f"{list(info.shape)} of {info.dtype} ({info.nbytes} bytes); the file is corrupt")
-            return t.raw_data
+            return _pread(Span(self.path, offset, length),
+                          f"{self.path}: initializer {name!r} ends past the end of the file; it was truncated")
         from onnx import numpy_helper
 
         held = _held_values(t)
@@ -205,6 +255,14 @@ class OnnxSource(TensorSource):
         if info.dtype == "bfloat16":
             arr = arr.view("<u2")
         return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _pread(span: Span, truncated: str, opened=None) -> bytes:
+    with open(span.path, "rb") if opened is None else contextlib.nullcontext(opened) as f:
+        data = os.pread(f.fileno(), span.nbytes, span.offset)
+    if len(data) != span.nbytes:
+        raise FormatError(truncated)
+    return data
 
 
 # data type -> the typed field holding its values when raw_data is empty, and how many entries one value takes

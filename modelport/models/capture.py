@@ -193,9 +193,11 @@ def capture_onnx(runnable, names: list[str], feeds: dict):
 
     from ..runtime import import_onnxruntime
 
+    from ..formats.onnx import load_for_session
+
     if runnable.path is None:
         return {}
-    model = onnx.load(str(runnable.path), load_external_data=False)
+    model = load_for_session(Path(runnable.path))       # the weights stay in the file, read by onnxruntime
     values = _prefixed_scope_values(model, names)
     if not values:
         return {}
@@ -214,15 +216,28 @@ def capture_onnx(runnable, names: list[str], feeds: dict):
 
 
 def _session_beside(ort, model, original: Path, providers):
-    """A session for the edited graph. Weights stored as external data are found relative to the graph,
-    so such a graph is written for a moment beside the original (hidden name, removed at once)."""
+    """A session for the edited graph. Weights stored as external data (the model's own inline weights too,
+    read in place: ``formats.onnx.load_for_session``) are found relative to the original's directory:
+    onnxruntime 1.21 and later is told that directory, an older one reads the graph from a file written for
+    a moment beside the original (hidden name, removed at once)."""
     from onnx.external_data_helper import uses_external_data
 
     if not any(uses_external_data(t) for t in model.graph.initializer):
         return ort.InferenceSession(model.SerializeToString(), providers=providers)
+    if _version(ort.__version__) >= (1, 21):
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(original.parent))
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     tmp = original.parent / f".{original.name}.modelport-{os.getpid()}.layers.onnx"
     try:
         tmp.write_bytes(model.SerializeToString())
         return ort.InferenceSession(str(tmp), providers=providers)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version string such as ``1.21.0`` or ``1.22.0.dev20250301``."""
+    import re
+
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:2])

@@ -11,6 +11,7 @@ largest value at the less precise of the two dtypes (a lookup is exact; a cast r
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .layers import _is_script, _prefixed_scope_values, _session_beside, _submodule, named_root, script_prefix
 
@@ -63,14 +64,14 @@ def lookup(runnable, name: str, ids):
 
 
 def _lookup_onnx(runnable, name: str, ids):
-    import onnx
     import torch
 
+    from ..formats.onnx import load_for_session
     from ..runtime import import_onnxruntime
 
     if runnable.path is None or "input_ids" not in [s.name for s in runnable.inputs]:
         return None
-    model = onnx.load(str(runnable.path), load_external_data=False)
+    model = load_for_session(Path(runnable.path))     # the graph alone: the cut's weights are read from the file
     values = _prefixed_scope_values(model, [name])
     if name not in values:
         return None
@@ -79,8 +80,6 @@ def _lookup_onnx(runnable, name: str, ids):
         return None
     ort = import_onnxruntime()
     providers = runnable.module.get_providers() if hasattr(runnable.module, "get_providers") else ["CPUExecutionProvider"]
-    from pathlib import Path
-
     session = _session_beside(ort, cut, Path(runnable.path), providers)
     (out,) = session.run([values[name]], {"input_ids": ids.cpu().numpy()})
     return torch.from_numpy(out)

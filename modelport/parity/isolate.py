@@ -175,7 +175,9 @@ def capture_onnx_fed(runnable, blocks: list[str], names: list[str], entry: str |
 
     if runnable.path is None:
         return {}, set()
-    model = onnx.load(str(runnable.path), load_external_data=False)
+    from ..formats.onnx import load_for_session
+
+    model = load_for_session(Path(runnable.path))       # the weights stay in the file, read by onnxruntime
     wanted = names + ([entry] if entry else [])
     values, inside = scope_values_and_membership(model, wanted)
     if not values:

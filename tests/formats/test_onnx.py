@@ -103,3 +103,82 @@ def test_parameters_the_exporter_stored_once_for_equal_values_are_read_as_aliase
         assert names == set(model.state_dict())
         for name, want in model.state_dict().items():
             assert torch.equal(src.read(name), want), name
+
+
+# ---------------------------------------------------------------- inline bytes read from the file, not held
+
+def model_of_every_storage(tmp_path):
+    """Initializers as raw_data (float32, float16, int64), as float_data, and as external data."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .test_onnxproto import tiny_model
+
+    path = tiny_model(tmp_path)
+    model = onnx.load(str(path), load_external_data=False)
+    half = numpy_helper.from_array(np.linspace(-2, 2, 6, dtype=np.float16).reshape(2, 3), "half")
+    model.graph.initializer.append(half)
+    model.graph.initializer.append(helper.make_tensor("ints", TensorProto.INT64, [3], [7, -1, 2 ** 40]))
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_source_reads_the_tensors_onnx_load_reads(tmp_path):
+    from onnx import numpy_helper
+
+    path = model_of_every_storage(tmp_path)
+    full = onnx.load(str(path))                                     # external data loaded too
+    want = {t.name: numpy_helper.to_array(t) for t in full.graph.initializer}
+    with formats.open(path) as src:
+        assert sorted(src.names()) == sorted(want)
+        assert not any(t.raw_data for t in src.model.graph.initializer)     # the graph alone is held
+        for name, arr in want.items():
+            assert src.info(name).shape == arr.shape
+            assert bytes(src.read_bytes(name)) == arr.astype(arr.dtype.newbyteorder("<")).tobytes(), name
+
+
+def test_inline_bytes_that_do_not_fit_the_dims_are_refused_when_read(tmp_path):
+    from onnx import TensorProto, helper
+
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[3], raw_data=b"\0" * 8)    # 8 bytes for 3 floats
+    graph = helper.make_graph([], "g", [], [helper.make_tensor_value_info("w", TensorProto.FLOAT, [3])], [t])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    with formats.open(tmp_path / "m.onnx") as src:
+        with pytest.raises(FormatError, match="holds 8 bytes for shape"):
+            src.read_bytes("w")
+
+
+def test_a_file_cut_inside_an_initializer_is_refused_on_open(tmp_path):
+    path = model_of_every_storage(tmp_path)
+    data = path.read_bytes()
+    at = data.index(onnx.load(str(path), load_external_data=False).graph.initializer[0].raw_data)
+    path.write_bytes(data[:at + 10])
+    with pytest.raises(FormatError, match="past the end of the file"):
+        formats.open(path)
+
+
+@pytest.mark.parametrize("inline_below", [0, 4096])
+@pytest.mark.parametrize("ort_version", ["1.32.0", "1.17.3"])
+def test_the_graph_for_a_session_reads_its_weights_from_the_file(tmp_path, monkeypatch, inline_below, ort_version):
+    """Inline initializers become external data of the model file itself (the small ones get their bytes
+    back); onnxruntime runs the copy to the same outputs, and nothing is left beside the model."""
+    import types
+
+    from modelport.formats import onnx as onnx_format
+    from modelport.models.capture import _session_beside
+    from modelport.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
+    path = model_of_every_storage(tmp_path)
+    monkeypatch.setattr(onnx_format, "_SESSION_INLINE_BELOW", inline_below)
+    model = onnx_format.load_for_session(path)
+    by_name = {t.name: t for t in model.graph.initializer}
+    assert by_name["w"].data_location == (1 if inline_below == 0 else 0)
+    assert by_name["typed"].float_data and by_name["ext"].external_data[0].value == "m.data"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    fake = types.SimpleNamespace(__version__=ort_version, InferenceSession=ort.InferenceSession,
+                                 SessionOptions=ort.SessionOptions)
+    session = _session_beside(fake, model, path, ["CPUExecutionProvider"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.array_equal(session.run(None, {"x": x})[0], want[0])

@@ -77,9 +77,15 @@ def is_onnx(path: Path) -> bool:
 
 
 def _load_graph(path: Path):
+    """The graph without its initializers' inline bytes (what is shown of them is their shapes and locations)."""
+    from .formats._onnxproto import skeleton
+
     onnx = require("onnx", extra="cpu")
+    raw, _ = skeleton(path)
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.ModelProto()
+        model.ParseFromString(raw)
+        return model
     except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds on a corrupt file
         raise FormatError(f"{path}: not a readable ONNX model ({exc})") from exc
 

@@ -129,7 +129,64 @@ def reference_rows(ref, seed: int = 0):
         return None
     ids = torch.randperm(ref.vocab_size, generator=torch.Generator().manual_seed(seed)).unsqueeze(0)
     rows = lookup(ref, name, ids)
-    return None if rows is None else (name, ids, rows)
+    return None if rows is None else (name, ids, _spill(rows))
+
+
+class SpilledRows:
+    """Rows ``(1, n, dim)`` kept in an unnamed temporary file (gone when closed or when the process ends) and
+    read back a chunk at a time: the reference's whole embedding table is not held while the candidates load
+    and run."""
+
+    def __init__(self, rows, file):
+        import weakref
+
+        self.shape, self.dtype, self._file = tuple(rows.shape), rows.dtype, file
+        weakref.finalize(self, file.close)
+        self._row_bytes = rows.shape[-1] * rows.element_size()
+        for start in range(0, rows.shape[1], _CHUNK):
+            file.write(memoryview(_as_bytes(rows[0, start:start + _CHUNK]).numpy()))
+        file.flush()
+
+    def rows(self, start: int, stop: int):
+        """Rows ``start:stop`` as a ``(stop - start, dim)`` tensor."""
+        import os
+
+        import torch
+
+        stop = min(stop, self.shape[1])
+        n = self._row_bytes * (stop - start)
+        data = bytearray(os.pread(self._file.fileno(), n, self._row_bytes * start)) if n else bytearray()
+        if len(data) != n:
+            raise OSError(f"the temporary file of embedding rows ends early ({len(data)} of {n} bytes)")
+        return torch.frombuffer(data, dtype=torch.uint8).view(self.dtype).reshape(stop - start, self.shape[-1]) \
+            if n else torch.empty(0, self.shape[-1], dtype=self.dtype)
+
+
+def _as_bytes(t):
+    """A contiguous CPU tensor's bytes as a uint8 tensor (any dtype, bfloat16 included)."""
+    import torch
+
+    return t.contiguous().view(torch.uint8).reshape(-1)
+
+
+def _spill(rows):
+    """``rows`` in a temporary file (:class:`SpilledRows`); kept in memory where no temporary file can be
+    written (the comparison is the same either way)."""
+    import tempfile
+
+    try:
+        file = tempfile.TemporaryFile(prefix="modelport-rows-")
+    except OSError:
+        return rows
+    try:
+        return SpilledRows(rows, file)
+    except OSError:                     # a full disk: keep them in memory instead
+        file.close()
+        return rows
+
+
+def _chunk(rows, start: int, stop: int):
+    return rows.rows(start, stop) if isinstance(rows, SpilledRows) else rows[0, start:stop]
 
 
 def check_rows(recorded, cand) -> Coverage | None:
@@ -140,13 +197,13 @@ def check_rows(recorded, cand) -> Coverage | None:
         return None
     name, ids, a = recorded
     b = lookup(cand, name, ids)
-    if b is None or a.shape != b.shape:
+    if b is None or tuple(a.shape) != tuple(b.shape):
         return None
     low = max((str(t.dtype).replace("torch.", "") for t in (a, b)), key=lambda d: _EPS.get(d, 0.0))
     ulps = _ULPS * _EPS.get(low, _EPS["float32"])
     wrong, worst = [], None
     for start in range(0, a.shape[1], _CHUNK):           # in pieces: a whole vocabulary in float64 is large
-        x, y = a[0, start:start + _CHUNK], b[0, start:start + _CHUNK]
+        x, y = _chunk(a, start, start + _CHUNK), b[0, start:start + _CHUNK]
         if x.dtype == y.dtype and torch.equal(x, y):      # a copy: every row equal, nothing to measure
             continue
         x, y = x.double(), y.double()

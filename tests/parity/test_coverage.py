@@ -43,3 +43,33 @@ def test_every_id_of_an_onnx_candidate_is_looked_up_with_its_weights_left_in_the
     assert got.first_ids == [5, 30] and got.differing == 2 and not got.passed
     assert coverage.check_rows(recorded, load_runnable(tmp_path / "good.onnx")).passed
     assert sorted(p.name for p in tmp_path.iterdir()) == before                    # nothing written beside
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_reference_rows_wait_in_a_temporary_file_and_read_back_exactly(dtype):
+    import torch
+
+    rows = torch.randn(1, 9000, 5, generator=torch.Generator().manual_seed(3)).to(getattr(torch, dtype))
+    spilled = coverage._spill(rows)
+    assert isinstance(spilled, coverage.SpilledRows) and spilled.shape == (1, 9000, 5)
+    back = torch.cat([coverage._chunk(spilled, at, at + coverage._CHUNK) for at in range(0, 9000, coverage._CHUNK)])
+    assert back.dtype == rows.dtype and torch.equal(back, rows[0])
+
+
+def test_rows_read_back_from_the_file_find_a_changed_row():
+    import torch
+
+    from modelport.models.runners import TorchRunnable
+    from modelport.models.spec import token_inputs
+
+    emb = torch.nn.Embedding(50, 6)
+    wrapper = torch.nn.Module()
+    wrapper.embed = emb
+    ids = torch.arange(50).unsqueeze(0)
+    recorded = ("embed", ids, coverage._spill(emb(ids).detach()))
+    with torch.no_grad():
+        emb.weight[17] *= 1.001
+    cand = TorchRunnable(kind="causal-lm", inputs=token_inputs(), outputs=("logits",), origin="test", module=wrapper,
+                         vocab_size=50)
+    got = coverage.check_rows(recorded, cand)
+    assert got.first_ids == [17] and not got.passed

@@ -6,6 +6,8 @@ every position's logits use all of its rows. This pass looks up every id in the 
 embedding alone, not through the model: a torch module's embedding is called directly, an ONNX graph
 is cut down to the values leaving the embedding's scope. Each row is held to a few ulps of its own
 largest value at the less precise of the two dtypes (a lookup is exact; a cast rounds each value once).
+The reference's rows wait in an unnamed temporary file while the candidates load and run (a whole
+vocabulary's rows are the size of the embedding table), read back a chunk at a time.
 """
 
 from __future__ import annotations

@@ -128,8 +128,8 @@ class GPT2LMHeadModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.lm_head(self.transformer(input_ids, attention_mask))
 
-    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None):
+    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None, every: bool = False):
         """One greedy step with a key/value cache (see ``LlamaForCausalLM.step``)."""
         h, cache = self.transformer.forward_cached(input_ids[:, past_length(past):], attention_mask, past)
-        return self.lm_head(h[:, -1]), cache
+        return self.lm_head(h if every else h[:, -1]), cache
 

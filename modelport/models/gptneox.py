@@ -126,8 +126,8 @@ class GPTNeoXForCausalLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.embed_out(self.gpt_neox(input_ids, attention_mask))
 
-    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None):
+    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None, every: bool = False):
         """One greedy step with a key/value cache (see ``LlamaForCausalLM.step``)."""
         h, cache = self.gpt_neox.forward_cached(input_ids[:, past_length(past):], attention_mask, past)
-        return self.embed_out(h[:, -1]), cache
+        return self.embed_out(h if every else h[:, -1]), cache
 

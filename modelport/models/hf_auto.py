@@ -119,16 +119,19 @@ def _wrapper(model, kind: str, names: list[str]):
             kw = {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
 
-        def step(self, input_ids, attention_mask, past=None):
-            """One greedy step with the KV cache: the last position's logits and the cache to pass next time
-            (``input_ids`` / ``attention_mask`` are the whole sequence so far)."""
+        def step(self, input_ids, attention_mask, past=None, every: bool = False):
+            """One greedy step with the KV cache: the last position's logits (with ``every``, those of every
+            position that ran) and the cache to pass next time (``input_ids`` / ``attention_mask`` are the whole
+            sequence so far, of which the tokens after the cached ones run)."""
             kw = {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
             if past is not None:
-                input_ids = input_ids[:, -1:]
-                kw = {k: v[:, -1:] for k, v in kw.items()}
+                done = int(past.get_seq_length()) if hasattr(past, "get_seq_length") else past[0][0].shape[-2]
+                input_ids = input_ids[:, done:]
+                kw = {k: v[:, done:] for k, v in kw.items()}
             name = "cache" if "cache" in params else "past_key_values"      # renamed in transformers 5
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **{name: past}, **kw)
-            return out.logits[:, -1], getattr(out, name, None) if hasattr(out, name) else out.past_key_values
+            logits = out.logits if every else out.logits[:, -1]
+            return logits, getattr(out, name, None) if hasattr(out, name) else out.past_key_values
 
     class Encoder(Wrapper):
         """``forward(*tokenizer inputs) -> last hidden state``."""

@@ -140,10 +140,11 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.lm_head(self.model(input_ids, attention_mask))
 
-    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None):
+    def step(self, input_ids: Tensor, attention_mask: Tensor, past=None, every: bool = False):
         """One greedy step with a key/value cache: ``input_ids`` / ``attention_mask`` (B, S) are the whole
         sequence so far, of which the tokens after the cached ones run; returns the last position's logits
-        (B, vocab) and the cache to pass next time."""
+        (B, vocab), or with ``every`` those of every position that ran (B, T, vocab), and the cache to pass
+        next time."""
         h, cache = self.model.forward_cached(input_ids[:, past_length(past):], attention_mask, past)
-        return self.lm_head(h[:, -1]), cache
+        return self.lm_head(h if every else h[:, -1]), cache
 

@@ -16,7 +16,7 @@ from ..errors import ModelportError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, Runnable
 from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors
 from .coverage import check_rows
-from .generate import greedy
+from .generate import follow
 from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, check_sizes, input_sets, max_positions
 from .layers import first_divergence, script_prefix
 from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, least_precise, token_agreement,
@@ -282,7 +282,7 @@ def _judge(rec, recorder, again, cand_r, sets, gen_set, n_new, is_lm, atol, rtol
                 result.tokens.append(token_agreement(a, b, t, inputs=s.label, mask=s.mask))
     del cand_outs
     if rec.generation is not None:
-        result.generation = compare_generation(rec.generation, greedy(cand_r, gen_set.feeds, n_new), tol,
+        result.generation = compare_generation(rec.generation, follow(cand_r, gen_set.feeds, rec.generation[0]), tol,
                                                inputs=gen_set.label)
     if rec.coverage is not None:
         say(f"{tag}: looking up every token id's embedding")

@@ -7,15 +7,24 @@
 - anything else (a graph without a cache, TorchScript, user modules) re-runs the growing sequence.
 
 Each step returns the last position's logits, which parity keeps to tell a near-tie from a fault.
+
+A candidate is checked against the reference's tokens by :func:`follow` instead: it is fed the reference's
+generated tokens (through its cache in one piece after the prompt, where it has one) and its choice at each
+step is read off. Its own greedy output equals the reference's exactly when every choice does (each step
+then sees the same prefix), so two forwards stand for ``new_tokens`` sequential steps; where a choice
+differs, the candidate generates on its own (see :func:`follow`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..errors import ModelportError
 from ..models.runnable import Runnable
 
-Stepper = Callable[[Any, Any, Any], tuple[Any, Any]]    # (ids so far, mask so far, past) -> (last logits, past)
+# (ids so far, mask so far, past, every) -> (the last position's logits (B, vocab), or with every those of each
+# position that ran (B, T, vocab); past)
+Stepper = Callable[[Any, Any, Any, bool], tuple[Any, Any]]
 
 
 def _torch_stepper(r: Runnable) -> Stepper | None:
@@ -23,8 +32,8 @@ def _torch_stepper(r: Runnable) -> Stepper | None:
     if step is None:
         return None
 
-    def run(ids, mask, past):
-        logits, past = step(ids.to(r.device), mask.to(r.device), past)
+    def run(ids, mask, past, every=False):
+        logits, past = step(ids.to(r.device), mask.to(r.device), past, every=every)
         return logits.detach().cpu().float(), past
 
     return run
@@ -43,7 +52,7 @@ def _ort_stepper(r: Runnable, output: str) -> Stepper | None:
     import numpy as np
     import torch
 
-    def run(ids, mask, past):
+    def run(ids, mask, past, every=False):
         if past is None:                       # the prompt: an empty cache, positions from the mask
             feeds = r.arrays({"input_ids": ids, "attention_mask": mask})
         else:
@@ -62,7 +71,8 @@ def _ort_stepper(r: Runnable, output: str) -> Stepper | None:
                 raise
             raise FormatError(f"{r.path or r.origin}: onnxruntime failed running a cached generation step "
                               f"({ort_message(exc)})") from exc
-        return torch.from_numpy(values[0][:, -1]).float(), values[1:]
+        logits = values[0] if every else values[0][:, -1]
+        return torch.from_numpy(logits).float(), values[1:]
 
     return run
 
@@ -101,3 +111,41 @@ def greedy(runnable: Runnable, feeds: dict, new_tokens: int, output: str = "logi
     if not tokens:
         return torch.empty(ids.shape[0], 0, dtype=torch.int64), []
     return torch.cat(tokens, dim=1), steps
+
+
+def follow(runnable: Runnable, feeds: dict, tokens, output: str = "logits", cache: bool = True):
+    """The candidate's greedy choice at each step, fed the reference's ``tokens`` (B, n) after the prompt: the
+    prompt and then every generated token but the last in one piece, through the model's cache where it has one
+    (so the cache is exercised), else in one forward over the whole sequence. Returns ``(choices, steps)`` like
+    :func:`greedy`. Where every choice equals ``tokens`` the model's own greedy output is ``tokens`` (step by
+    step each choice sees the same prefix); where one differs, the model's own output is not known past it, so
+    the model generates on its own (:func:`greedy`) and that is returned."""
+    import torch
+
+    ids, mask = feeds["input_ids"], feeds.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    n = tokens.shape[1]
+    if n == 0:
+        return greedy(runnable, feeds, 0, output, cache)
+    fed = torch.cat([ids, tokens[:, :-1].to(ids.dtype)], dim=1)
+    fed_mask = torch.cat([mask, torch.ones_like(tokens[:, :-1], dtype=mask.dtype)], dim=1)
+    step = stepper(runnable, output) if cache else None
+    try:
+        with torch.no_grad():
+            if step is not None:
+                first, past = step(ids, mask, None)
+                logits = first.unsqueeze(1)
+                if n > 1:
+                    logits = torch.cat([logits, step(fed, fed_mask, past, True)[0]], dim=1)
+            else:
+                step_feeds = {spec.name: {"input_ids": fed, "attention_mask": fed_mask}.get(spec.name,
+                                                                                            torch.zeros_like(fed))
+                              for spec in runnable.inputs}
+                logits = runnable.run(step_feeds)[output][:, ids.shape[1] - 1:].detach().cpu().float()
+    except (ModelportError, RuntimeError):    # e.g. a graph whose cache takes one token at a time
+        return greedy(runnable, feeds, n, output, cache)
+    choices = torch.nan_to_num(logits, nan=float("-inf")).argmax(-1)
+    if not torch.equal(choices, tokens.to(choices.dtype)):
+        return greedy(runnable, feeds, n, output, cache)
+    return choices, list(logits.unbind(1))

@@ -193,34 +193,69 @@ class Recorder:
         return (blocks, children) if blocks else None
 
     def float64(self, r: Runnable, rec: ReferenceRecord) -> None:
-        """The float64 run of every input set (a causal LM's rows one at a time on their real tokens, see
-        :func:`.calibrate.run_rows`)."""
-        import torch
-
-        hi = []
+        """The float64 run of every input set. A causal LM's rows run on their real tokens only (padding kept out
+        of exact runs: transformers' float64 masks turn a left-padded row into NaN), packed right-padded into
+        as few forwards as :func:`packed` allows: each forward casts the whole model module by module, which
+        costs more than the tokens."""
         with streamed(r, "float64") as rr:
-            for s in self.sets:
-                feeds = _cast_feeds(s.feeds, "float64")
-                mask = feeds.get("attention_mask")
-                if r.kind == CAUSAL_LM and mask is not None:
-                    out: dict = {}
-                    for row in range(mask.shape[0]):
-                        keep = mask[row].bool()
-                        got = rr.run({k: v[row:row + 1, keep] for k, v in feeds.items()})
-                        for name, t in got.items():
-                            if name not in out:
-                                out[name] = torch.full((mask.shape[0], mask.shape[1], *t.shape[2:]), float("nan"),
-                                                       dtype=t.dtype)
-                            out[name][row, keep] = t[0].detach().cpu()
-                    hi.append(out)
-                else:
-                    hi.append(_cpu(rr.run(feeds)))
-        rec.hi = hi
+            feeds = [_cast_feeds(s.feeds, "float64") for s in self.sets]
+            if r.kind == CAUSAL_LM and all(_token_rows(f) for f in feeds):
+                rec.hi = packed(rr, feeds)
+            else:
+                rec.hi = [_cpu(rr.run(f)) for f in feeds]
 
     def add_precision(self, r: Runnable, rec: ReferenceRecord, dtype: str) -> None:
         """The reference's outputs at a lower precision a candidate is checked at."""
         with streamed(r, dtype) as rr:
             rec.at[dtype] = [_cpu(rr.run(_cast_feeds(s.feeds, dtype))) for s in self.sets]
+
+
+def _token_rows(feeds: dict) -> bool:
+    """Feeds of a causal LM that can be cut into rows of real tokens: every feed (batch, seq) like the mask."""
+    mask = feeds.get("attention_mask")
+    return mask is not None and mask.dim() == 2 and all(tuple(v.shape) == tuple(mask.shape) for v in feeds.values())
+
+
+_WASTE = 0.5        # at most this share of a packed forward's positions is padding
+
+
+def packed(r: Runnable, feeds_list: list[dict]) -> list[dict]:
+    """``r``'s outputs on each feeds, each row computed on its real tokens alone: the rows of every set, longest
+    first, are packed right-padded into batches (so padding comes after the real tokens, which a causal model
+    never attends to, and their positions start at 0 as in a row of their own) of at most :data:`_WASTE` padding;
+    the outputs go back to each row's real positions, NaN at padded ones."""
+    import torch
+
+    rows = [(i, b, f["attention_mask"][b].bool()) for i, f in enumerate(feeds_list)
+            for b in range(f["attention_mask"].shape[0]) if bool(f["attention_mask"][b].any())]
+    rows.sort(key=lambda row: -int(row[2].sum()))
+    groups: list[list] = []
+    for row in rows:
+        n = int(row[2].sum())
+        g = groups[-1] if groups else None
+        if g is not None and sum(int(k.sum()) for *_, k in g) + n >= (1 - _WASTE) * int(g[0][2].sum()) * (len(g) + 1):
+            g.append(row)
+        else:
+            groups.append([row])
+    outs: list[dict] = [{} for _ in feeds_list]
+    for g in groups:
+        width = int(g[0][2].sum())
+        batch = {}
+        for name in feeds_list[g[0][0]]:
+            pieces = []
+            for i, b, keep in g:
+                t = feeds_list[i][name][b, keep]
+                pieces.append(torch.cat([t, t.new_zeros(width - t.shape[0])]))
+            batch[name] = torch.stack(pieces)
+        got = r.run(batch)
+        for j, (i, b, keep) in enumerate(g):
+            shape = feeds_list[i]["attention_mask"].shape
+            for name, t in got.items():
+                if name not in outs[i]:
+                    outs[i][name] = torch.full((*shape, *t.shape[2:]), float("nan"), dtype=t.dtype)
+                outs[i][name][b, keep] = t[j, :int(keep.sum())].detach().cpu()
+        del got
+    return outs
 
 
 def _flat(named) -> list[str] | None:

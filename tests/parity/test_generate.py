@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelport.models.runnable import CAUSAL_LM, from_module
-from modelport.parity.generate import greedy, stepper
+from modelport.parity.generate import follow, greedy, stepper
 
 from ..models import tiny
 
@@ -97,3 +97,84 @@ def test_transformers_side_uses_its_cache(tmp_path):
     ids, mask = tiny.batch(seed=7, t=6)
     feeds = {"input_ids": ids, "attention_mask": mask}
     assert torch.equal(greedy(r, feeds, 6)[0], greedy(r, feeds, 6, cache=False)[0])
+
+
+def _faulty(hf, scale=1.5):
+    """modelport's model of ``hf`` with one projection scaled: its own greedy output differs from ``hf``'s."""
+    model = tiny.ours_from_hf(hf)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "o_proj" in n or "c_proj" in n or "dense" in n).mul_(scale)
+    return from_module(model, kind=CAUSAL_LM, origin="faulty", vocab_size=tiny.VOCAB)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2", "gptneox-parallel"])
+def test_follow_gives_the_candidates_own_greedy_output(name, cache):
+    """Fed the reference's tokens, an honest candidate's choices are those tokens; a faulty one's differ, and then
+    it generates on its own: either way ``follow`` returns exactly what ``greedy`` would."""
+    hf = FAMILIES[name]()
+    ids, mask = tiny.batch(seed=8, t=6)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    ref_tokens, ref_steps = greedy(_ours(hf), feeds, 8)
+    honest, steps = follow(_ours(hf), feeds, ref_tokens, cache=cache)
+    assert torch.equal(honest, ref_tokens) and len(steps) == 8
+    assert max(float((a - b).abs().max()) for a, b in zip(steps, ref_steps)) < 1e-4
+    bad = _faulty(hf)
+    own, _ = greedy(bad, feeds, 8, cache=cache)
+    assert not torch.equal(own, ref_tokens)                 # the fault shows in the tokens
+    assert torch.equal(follow(bad, feeds, ref_tokens, cache=cache)[0], own)
+
+
+def test_follow_runs_two_forwards_through_the_cache():
+    """The prompt, then every generated token but the last in one piece after the cache; not a step per token."""
+    hf = FAMILIES["llama-gqa"]()
+    model = tiny.ours_from_hf(hf)
+    calls = []
+    real = model.step
+    model.step = lambda ids, mask, past=None, every=False: calls.append(ids.shape[1]) or real(ids, mask, past, every)
+    r = from_module(model, kind=CAUSAL_LM, origin="ours", vocab_size=tiny.VOCAB)
+    ids, mask = tiny.batch(seed=9, t=5)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    tokens, _ = greedy(_ours(hf), feeds, 6)
+    assert torch.equal(follow(r, feeds, tokens)[0], tokens)
+    assert calls == [5, 10]                                 # whole sequences: 5 prompt tokens, then 5 more
+
+
+def test_follow_catches_a_cache_that_only_the_generated_tokens_use():
+    """A candidate whose cached path is wrong but whose full forward is right: the prompt's logits agree, the
+    generated tokens fed through its cache do not, and its own greedy output (through that cache) is returned."""
+    hf = FAMILIES["llama-gqa"]()
+    model = tiny.ours_from_hf(hf)
+    real = model.step
+
+    def broken(ids, mask, past=None, every=False):
+        if past is not None:
+            past = [(k * 0.5, v) for k, v in past]          # keys halved on the way back in
+        return real(ids, mask, past, every)
+
+    model.step = broken
+    r = from_module(model, kind=CAUSAL_LM, origin="broken cache", vocab_size=tiny.VOCAB)
+    ids, mask = tiny.batch(seed=10, t=6)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    tokens, _ = greedy(_ours(hf), feeds, 8)
+    got, _ = follow(r, feeds, tokens)
+    assert not torch.equal(got, tokens)
+    assert torch.equal(got, greedy(r, feeds, 8)[0])
+
+
+def test_follow_through_an_onnx_cache(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from modelport.convert.export import ExportOptions
+    from modelport.convert.onnx_builder import build_onnx
+    from modelport.models.graph import onnx_runnable
+
+    hf = FAMILIES["llama-gqa"]()
+    hf.save_pretrained(tmp_path / "hf")
+    ids, mask = tiny.batch(seed=11, t=6)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    tokens, ref_steps = greedy(_ours(hf), feeds, 7)
+    build_onnx(tmp_path / "hf", tmp_path / "m.onnx", options=ExportOptions(kv_cache=True))
+    r = onnx_runnable(tmp_path / "m.onnx")
+    got, steps = follow(r, feeds, tokens)
+    assert torch.equal(got, tokens)
+    assert max(float((a - b).abs().max()) for a, b in zip(steps, ref_steps)) < 1e-4

@@ -160,3 +160,30 @@ def test_the_big_pair_builder_streams_a_float16_pair_that_passes(tmp_path):
     report = parity(ref, cand, seq_lens=(1, 5), new_tokens=2)
     tol = report.candidates[0].tolerance
     assert report and tol.calibrated and tol.dtype == "float16", report.to_text()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_float64_rows_equal_each_row_on_its_own(family):
+    """The float64 run packs the rows of every input set, right-padded, into few forwards: each row's outputs
+    equal that row run alone on its real tokens; padded positions are NaN."""
+    from modelport.parity.reference import packed
+
+    hf = tiny.llama(seed=63) if family == "llama" else tiny.gpt2(seed=63, n_positions=40)
+    r = from_module(tiny.ours_from_hf(hf).double(), kind=CAUSAL_LM, origin="tiny", vocab_size=tiny.VOCAB)
+    sets = []
+    for seed, t in ((12, 1), (13, 5), (14, 9)):
+        ids, mask = tiny.batch(seed=seed, t=t)
+        sets.append({"input_ids": ids, "attention_mask": mask})
+    sets.append({"input_ids": sets[2]["input_ids"], "attention_mask": torch.ones_like(sets[2]["attention_mask"])})
+    got = packed(r, sets)
+    for feeds, out in zip(sets, got):
+        mask = feeds["attention_mask"]
+        assert out["logits"].shape == (*mask.shape, tiny.VOCAB)
+        for row in range(mask.shape[0]):
+            keep = mask[row].bool()
+            if not keep.any():                            # a row without a token has no outputs of its own
+                assert bool(out["logits"][row].isnan().all())
+                continue
+            alone = r.run({k: v[row:row + 1, keep] for k, v in feeds.items()})["logits"][0]
+            assert (out["logits"][row, keep] - alone).abs().max() < 1e-12
+            assert bool(out["logits"][row, ~keep].isnan().all())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import queue
+import threading
 
 from ..errors import FormatError
 from .base import Span, TensorSource
@@ -86,13 +89,211 @@ def _write_all(fd: int, data) -> None:
         view = view[n:]
 
 
-def write_tensor(source: TensorSource, name: str, out_fd: int) -> None:
-    """Append tensor ``name`` of ``source`` to ``out_fd``: a kernel copy when its bytes lie in a file."""
+# -- writing an output file front to back, hashing the bytes as they go ---------------------------
+
+_PIECE = 512 << 10      # bytes copied through user space per read/write: fits the L2 cache
+_SLOTS = 4              # buffers in flight between the writer and its hashing thread
+
+
+class _Worker:
+    """One thread that runs ``fn(view)`` for submitted pieces in order; ``wait(ticket)`` returns once the
+    piece ``ticket`` (and every earlier one) is done."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._sent = self._done = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="modelport-hash-output", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, view) -> int:
+        self._sent += 1
+        self._queue.put((fn, view))
+        return self._sent
+
+    def wait(self, ticket: int) -> None:
+        if ticket <= self._done and self.error is None:
+            return
+        with self._cond:
+            while self._done < ticket and self.error is None:
+                self._cond.wait()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Finish what was submitted and end the thread (errors stay in ``error``)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    item[0](item[1])     # hashlib, blake3 and zlib release the GIL on large pieces
+                except BaseException as exc:   # noqa: BLE001 - raised in the writer by wait()
+                    self.error = exc
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()
+
+
+class Sink:
+    """An output file written front to back through :meth:`write` and :meth:`copy`.
+
+    With a ``hasher`` (the manifest's, see :mod:`._follow`), or while a CRC-32 is being taken
+    (:meth:`crc_begin` … :meth:`crc_end`, the zip writer's members), every byte reaches the file by
+    ``os.write`` from a buffer that a second thread also feeds to the hasher and the CRC, in file
+    order, while the writer reads the next piece: the digest is that of the bytes that landed, with no
+    second pass over the output. Otherwise tensor bytes move by ``copy_file_range`` where the source
+    and output offsets agree modulo a page (the kernel's fast case), else through a buffer (as fast
+    as the aligned kernel copy, faster than the unaligned one: bench_streaming.py).
+    """
+
+    def __init__(self, fd: int, hasher=None):
+        self.fd, self.pos = fd, os.lseek(fd, 0, os.SEEK_CUR)
+        self._hasher = hasher
+        self._crc32 = None           # the CRC-32 function of the member being written
+        self._crc: int | None = None  # the running CRC-32 of the member being written (worker-owned)
+        self._worker: _Worker | None = None
+        self._bufs: list[bytearray] = []
+        self._tickets: list[int] = []
+        self._slot = 0
+
+    # the hasher and the CRC are fed by the worker, in order; ``crc`` says whether a piece counts for it
+    def _feed(self, view) -> None:
+        self._hasher.update(view)
+
+    def _feed_crc(self, view) -> None:
+        if self._hasher is not None:
+            self._hasher.update(view)
+        self._crc = self._crc32(view, self._crc)
+
+    def _tapped(self) -> bool:
+        return self._hasher is not None or self._crc is not None
+
+    def _submit(self, view) -> int:
+        if self._worker is None:
+            self._worker = _Worker()
+        return self._worker.submit(self._feed_crc if self._crc is not None else self._feed, view)
+
+    def write(self, data) -> None:
+        """Append ``data`` (bytes-like; not changed by the caller afterwards)."""
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self._tapped():
+            at = 0
+            while at < size:      # in pieces, so the thread hashes one while the next is written
+                piece = view[at:at + _PIECE]
+                ticket = self._submit(piece)
+                _write_all(self.fd, piece)
+                if ticket > _SLOTS:
+                    self._worker.wait(ticket - _SLOTS)    # a bounded number of pieces in flight
+                at += len(piece)
+        else:
+            _write_all(self.fd, view)
+        self.pos += size
+
+    def copy(self, span: Span) -> None:
+        """Append ``span``'s bytes from its file."""
+        with open(span.path, "rb", buffering=0) as f:
+            if not self._tapped() and (span.offset - self.pos) % _PAGE == 0 and _kernel_copy(f.fileno(), self.fd, span):
+                self.pos += span.nbytes
+                return
+            if not self._bufs:
+                self._bufs = [bytearray(_PIECE) for _ in range(_SLOTS)]
+                self._tickets = [0] * _SLOTS
+            tapped, in_fd = self._tapped(), f.fileno()
+            offset, left = span.offset, span.nbytes
+            while left:
+                slot = self._slot
+                self._slot = (slot + 1) % _SLOTS
+                if tapped and self._worker is not None:
+                    self._worker.wait(self._tickets[slot])      # the thread is done with this buffer
+                piece = memoryview(self._bufs[slot])[:min(left, _PIECE)]
+                n = os.preadv(in_fd, [piece], offset)
+                if n == 0:
+                    raise _truncated(span)
+                piece = piece[:n]
+                if tapped:
+                    self._tickets[slot] = self._submit(piece)
+                _write_all(self.fd, piece)
+                offset += n
+                left -= n
+                self.pos += n
+
+    def crc_begin(self, crc32) -> None:
+        """What is written from now on counts for a CRC-32 (a zip member's data), computed by
+        ``crc32(data, value)`` (zlib's signature)."""
+        self._crc32, self._crc = crc32, 0
+
+    def crc_end(self) -> int:
+        """The CRC-32 of what was written since :meth:`crc_begin` (waits for the thread)."""
+        self._drain()
+        crc, self._crc = self._crc, None
+        return crc
+
+    def _drain(self) -> None:
+        if self._worker is not None:
+            self._worker.wait(self._worker._sent)
+
+    def close(self) -> tuple[int, str | None]:
+        """Wait for the hashing, check that the file is the bytes written: (size, hex digest or None)."""
+        self._drain()
+        self._stop()
+        size = os.fstat(self.fd).st_size
+        if size != self.pos:
+            raise RuntimeError(f"output holds {size} bytes where {self.pos} were written")
+        return size, self._hasher.hexdigest() if self._hasher is not None else None
+
+    def _stop(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+            if worker.error is not None:
+                raise worker.error
+        self._bufs, self._tickets = [], []
+
+    def abandon(self) -> None:
+        """The write failed: stop the thread (what it met is dropped)."""
+        try:
+            self._stop()
+        except BaseException:   # noqa: BLE001 - the write's own error is the one to report
+            pass
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _kernel_copy(in_fd: int, out_fd: int, span: Span) -> bool:
+    """copy_file_range of the whole span; False (nothing copied) where the kernel cannot."""
+    offset, left = span.offset, span.nbytes
+    try:
+        while left:
+            n = os.copy_file_range(in_fd, out_fd, min(left, 1 << 30), offset)
+            if n == 0:
+                raise _truncated(span)
+            offset += n
+            left -= n
+        return True
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (18, 22, 38, 95):  # EXDEV EINVAL ENOSYS EOPNOTSUPP
+            raise
+        if left != span.nbytes:
+            raise
+        return False
+
+
+def write_tensor(source: TensorSource, name: str, sink: Sink) -> None:
+    """Append tensor ``name`` of ``source`` to ``sink``: copied from its file when its bytes lie in one."""
     span = source.span(name)
     if span is not None:
-        copy_span(span, out_fd)
+        sink.copy(span)
     else:
         data = source.read_bytes(name)
         if len(memoryview(data).cast("B")) != source.info(name).nbytes:
             raise RuntimeError(f"{source.path}: {name}: reader returned a wrong number of bytes")
-        _write_all(out_fd, data)
+        sink.write(data)

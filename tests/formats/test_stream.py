@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import modelport.formats as formats
-from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD
+from modelport.formats import _stream
+from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD, Sink
 from modelport.formats._torchzip import ZipReader, ZipWriter
 from modelport.formats.base import WriteOptions
 from tests.conftest import bitwise_equal
@@ -181,7 +182,7 @@ def test_zip_member_lands_at_any_residue_even_past_4gib(tmp_path, shift):
     path = tmp_path / "big.zip"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     os.lseek(fd, (4 << 30) + 123, os.SEEK_SET)      # a sparse start: the header offset needs zip64
-    zw = ZipWriter(fd, "archive", crc32=True)
+    zw = ZipWriter(Sink(fd), "archive", crc32=True)
     payload = bytes(range(256)) * 40
     zw.begin("data/0", len(payload), match=7 * ALIGN_MOD + shift)
     zw._write(payload)
@@ -197,7 +198,7 @@ def test_zip_member_lands_at_any_residue_even_past_4gib(tmp_path, shift):
 def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
     path = tmp_path / "a.zip"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    zw = ZipWriter(fd, "archive", crc32=True)
+    zw = ZipWriter(Sink(fd), "archive", crc32=True)
     base = 30 + len("archive/x") + 4
     zw.begin("x", 100, match=base - 8)      # would need 64 KiB - 8 of padding: more than a field holds
     zw._write(b"\1" * 100)
@@ -211,15 +212,13 @@ def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
 
 
 @pytest.mark.parametrize("use_zlib_ng", [True, False])
-def test_crc32s_right_with_or_without_zlib_ng_and_across_map_chunks(tmp_path, monkeypatch, use_zlib_ng):
-    """CRC-32s are computed through short maps of the output: every chunk boundary and start counts."""
-    from modelport.formats import _torchzip
-
+def test_crc32s_right_with_or_without_zlib_ng_and_across_pieces(tmp_path, monkeypatch, use_zlib_ng):
+    """CRC-32s are taken from the bytes in flight, piece by piece: every piece boundary and start counts."""
     if use_zlib_ng:
         pytest.importorskip("zlib_ng")
     else:
         monkeypatch.setitem(sys.modules, "zlib_ng", None)       # the import fails: zlib's crc32
-    monkeypatch.setattr(_torchzip, "_CRC_CHUNK", 3 * 4096)
+    monkeypatch.setattr(_stream, "_PIECE", 3 * 4096 + 8)          # pieces that cut tensors at odd bounds
     sd = _model(7)
     _, out = _pt_from_safetensors(tmp_path, sd)
     with zipfile.ZipFile(out) as zf:

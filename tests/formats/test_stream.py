@@ -8,12 +8,14 @@ and that the padding stays bounded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,8 @@ import modelport.formats as formats
 from modelport.formats import _stream
 from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD, Sink
 from modelport.formats._torchzip import ZipReader, ZipWriter
-from modelport.formats.base import WriteOptions
+from modelport.errors import FormatError
+from modelport.formats.base import Span, WriteOptions
 from tests.conftest import bitwise_equal
 
 PT = formats.get("pt")
@@ -224,3 +227,80 @@ def test_crc32s_right_with_or_without_zlib_ng_and_across_pieces(tmp_path, monkey
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None
         assert all(i.CRC != 0 for i in zf.infolist() if i.file_size)
+
+
+def _sink_file(tmp_path: Path, data: bytes) -> Path:
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    return src
+
+
+@pytest.mark.parametrize("start", [0, 4096, 100])
+def test_sink_copies_spans_in_the_kernel_only_where_pages_line_up(tmp_path, monkeypatch, start):
+    """No hash, no CRC: copy_file_range where the source and output offsets agree modulo a page, else
+    through the buffer; the bytes are the same either way."""
+    data = bytes(range(256)) * 3000
+    src = _sink_file(tmp_path, data)
+    calls = []
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(a) or real(*a))
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd)
+        sink.write(b"h" * start)
+        sink.copy(Span(src, 4096, 300_000))
+        sink.copy(Span(src, 5, 70_000))          # never page-aligned with the output here
+        assert sink.close() == (start + 370_000, None)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == b"h" * start + data[4096:304096] + data[5:70005]
+    assert len(calls) == (start % 4096 == 0)
+
+
+def test_sink_hashes_every_byte_it_writes_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(_stream, "_PIECE", 10_000)
+    data = bytes(range(256)) * 3000
+    src = _sink_file(tmp_path, data)
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256())
+        sink.write(b"head")
+        sink.copy(Span(src, 7, 123_457))
+        sink.write(bytearray(b"x" * 25_001))
+        sink.crc_begin(zlib.crc32)
+        sink.copy(Span(src, 4096, 50_000))
+        assert sink.crc_end() == zlib.crc32(data[4096:54096])
+        size, digest = sink.close()
+    finally:
+        os.close(fd)
+    assert size == out.stat().st_size == 4 + 123_457 + 25_001 + 50_000
+    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_sink_refuses_a_file_that_grew_behind_its_back(tmp_path):
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256())
+        sink.write(b"abc")
+        os.pwrite(fd, b"zz", 10)
+        with pytest.raises(RuntimeError, match="holds 12 bytes where 3 were written"):
+            sink.close()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_sink_names_a_source_that_ends_early(tmp_path, hashed):
+    src = _sink_file(tmp_path, b"\1" * 10_000)
+    fd = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256() if hashed else None)
+        sink.write(b"x" * 3)                      # offsets disagree: the buffered copy finds the end
+        with pytest.raises(FormatError, match="src.bin: ends before byte 20000"):
+            sink.copy(Span(src, 0, 20_000))
+        sink.abandon()
+    finally:
+        os.close(fd)

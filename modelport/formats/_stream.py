@@ -1,4 +1,5 @@
-"""Moving tensor bytes from a source into an open output file, in the kernel when possible."""
+"""Moving tensor bytes from a source into an open output file: in the kernel, or through a small buffer
+where that is as fast or the bytes must be seen (hashed for the manifest, CRC-32s of a zip)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ _CHUNK = 64 << 20
 # (ALIGN_MIN bytes or more, so the padding, under 64 KiB, stays under 1/64 of the span) to agree with
 # the source modulo 64 KiB; a pt file written from a safetensors file needs close to 64 KiB per such
 # span (its headers run ahead). Per-tensor calls at the formats' own offsets stay the bound.
+# Through user space, pread/write in 512 KiB pieces (the buffer stays in the L2 cache) copies the same
+# 1.42 GB in 0.33-0.35 s at any offsets (0.43 s in 128 KiB pieces, erratic at 1 MiB and above): the
+# :class:`Sink` copies unaligned spans that way, and every span whose bytes it hashes.
 ALIGN_MOD = 64 << 10
 ALIGN_MIN = 4 << 20
 

@@ -8,6 +8,7 @@ and that the padding stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 import modelport.formats as formats
 from modelport.formats import _stream
+from modelport.formats._follow import following
 from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD, Sink
 from modelport.formats._torchzip import ZipReader, ZipWriter
 from modelport.errors import FormatError
@@ -214,16 +216,21 @@ def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
         assert zf.read("archive/x") == b"\1" * 100
 
 
+@pytest.mark.parametrize("hashed", [False, True])
 @pytest.mark.parametrize("use_zlib_ng", [True, False])
-def test_crc32s_right_with_or_without_zlib_ng_and_across_pieces(tmp_path, monkeypatch, use_zlib_ng):
-    """CRC-32s are taken from the bytes in flight, piece by piece: every piece boundary and start counts."""
+def test_crc32s_right_with_or_without_zlib_ng_and_across_pieces(tmp_path, monkeypatch, use_zlib_ng, hashed):
+    """CRC-32s are taken from the bytes in flight, piece by piece, whether or not the output is hashed
+    too: every piece boundary and start counts."""
     if use_zlib_ng:
         pytest.importorskip("zlib_ng")
     else:
         monkeypatch.setitem(sys.modules, "zlib_ng", None)       # the import fails: zlib's crc32
     monkeypatch.setattr(_stream, "_PIECE", 3 * 4096 + 8)          # pieces that cut tensors at odd bounds
     sd = _model(7)
-    _, out = _pt_from_safetensors(tmp_path, sd)
+    with following(hashlib.sha256) if hashed else contextlib.nullcontext() as followed:
+        _, out = _pt_from_safetensors(tmp_path, sd)
+    if hashed:
+        assert followed.digests()[str(out.resolve())] == (out.stat().st_size, hashlib.sha256(out.read_bytes()).hexdigest())
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None
         assert all(i.CRC != 0 for i in zf.infolist() if i.file_size)

@@ -185,45 +185,59 @@ class Sink:
         return self._worker.submit(self._feed_crc if self._crc is not None else self._feed, view)
 
     def write(self, data) -> None:
-        """Append ``data`` (bytes-like; not changed by the caller afterwards)."""
+        """Append ``data`` (bytes-like)."""
         view = memoryview(data).cast("B")
         size = len(view)
-        if self._tapped():
+        if not self._tapped():
+            _write_all(self.fd, view)
+        elif isinstance(data, bytes):      # immutable: the thread hashes the very bytes written
             at = 0
-            while at < size:      # in pieces, so the thread hashes one while the next is written
+            while at < size:               # in pieces, so the thread hashes one while the next is written
                 piece = view[at:at + _PIECE]
                 ticket = self._submit(piece)
                 _write_all(self.fd, piece)
                 if ticket > _SLOTS:
                     self._worker.wait(ticket - _SLOTS)    # a bounded number of pieces in flight
                 at += len(piece)
-        else:
-            _write_all(self.fd, view)
+        else:   # a buffer someone else may change (or a map of a file): through private buffers
+            at = 0
+            while at < size:
+                piece = self._buffer()
+                n = min(size - at, len(piece))
+                piece = piece[:n]
+                piece[:] = view[at:at + n]
+                self._tickets[self._slot - 1] = self._submit(piece)
+                _write_all(self.fd, piece)
+                at += n
         self.pos += size
+
+    def _buffer(self) -> memoryview:
+        """The next of the buffers in flight, once the thread is done with it."""
+        if not self._bufs:
+            self._bufs = [bytearray(_PIECE) for _ in range(_SLOTS)]
+            self._tickets = [0] * _SLOTS
+        slot = self._slot
+        self._slot = (slot + 1) % _SLOTS
+        if self._worker is not None:
+            self._worker.wait(self._tickets[slot])
+        return memoryview(self._bufs[slot])
 
     def copy(self, span: Span) -> None:
         """Append ``span``'s bytes from its file."""
         with open(span.path, "rb", buffering=0) as f:
-            if not self._tapped() and (span.offset - self.pos) % _PAGE == 0 and _kernel_copy(f.fileno(), self.fd, span):
+            tapped, in_fd = self._tapped(), f.fileno()
+            if not tapped and (span.offset - self.pos) % _PAGE == 0 and _kernel_copy(in_fd, self.fd, span):
                 self.pos += span.nbytes
                 return
-            if not self._bufs:
-                self._bufs = [bytearray(_PIECE) for _ in range(_SLOTS)]
-                self._tickets = [0] * _SLOTS
-            tapped, in_fd = self._tapped(), f.fileno()
             offset, left = span.offset, span.nbytes
             while left:
-                slot = self._slot
-                self._slot = (slot + 1) % _SLOTS
-                if tapped and self._worker is not None:
-                    self._worker.wait(self._tickets[slot])      # the thread is done with this buffer
-                piece = memoryview(self._bufs[slot])[:min(left, _PIECE)]
+                piece = self._buffer()[:min(left, _PIECE)]
                 n = os.preadv(in_fd, [piece], offset)
                 if n == 0:
                     raise _truncated(span)
                 piece = piece[:n]
                 if tapped:
-                    self._tickets[slot] = self._submit(piece)
+                    self._tickets[self._slot - 1] = self._submit(piece)
                 _write_all(self.fd, piece)
                 offset += n
                 left -= n

@@ -311,3 +311,23 @@ def test_sink_names_a_source_that_ends_early(tmp_path, hashed):
         sink.abandon()
     finally:
         os.close(fd)
+
+
+def test_sink_hashes_what_it_wrote_even_when_the_callers_buffer_changes_afterwards(tmp_path, monkeypatch):
+    """A mutable buffer goes through the sink's own buffers: the digest is the file's, not what the
+    caller's buffer holds by the time the thread gets to it."""
+    monkeypatch.setattr(_stream, "_PIECE", 4096)
+    buf = bytearray(b"a" * 50_000)
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256())
+        sink.write(buf)
+        buf[:] = b"b" * 50_000
+        sink.write(memoryview(buf))
+        buf[:] = b"c" * 50_000
+        size, digest = sink.close()
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == b"a" * 50_000 + b"b" * 50_000
+    assert (size, digest) == (100_000, hashlib.sha256(out.read_bytes()).hexdigest())

@@ -3,6 +3,7 @@ where that is as fast or the bytes must be seen (hashed for the manifest, CRC-32
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import queue
@@ -162,20 +163,21 @@ class Sink:
         self.fd, self.pos = fd, os.lseek(fd, 0, os.SEEK_CUR)
         self._hasher = hasher
         self._crc32 = None           # the CRC-32 function of the member being written
-        self._crc: int | None = None  # the running CRC-32 of the member being written (worker-owned)
+        self._crc: list | None = None  # [running CRC-32] of the member being written (the thread's alone)
         self._worker: _Worker | None = None
         self._bufs: list[bytearray] = []
         self._tickets: list[int] = []
         self._slot = 0
 
-    # the hasher and the CRC are fed by the worker, in order; ``crc`` says whether a piece counts for it
+    # the hasher and the CRC are fed by the worker, in order; a piece counts for the CRC of the member
+    # being written when it was handed over
     def _feed(self, view) -> None:
         self._hasher.update(view)
 
-    def _feed_crc(self, view) -> None:
+    def _feed_crc(self, crc: list, crc32, view) -> None:
         if self._hasher is not None:
             self._hasher.update(view)
-        self._crc = self._crc32(view, self._crc)
+        crc[0] = crc32(view, crc[0])
 
     def _tapped(self) -> bool:
         return self._hasher is not None or self._crc is not None
@@ -183,7 +185,9 @@ class Sink:
     def _submit(self, view) -> int:
         if self._worker is None:
             self._worker = _Worker()
-        return self._worker.submit(self._feed_crc if self._crc is not None else self._feed, view)
+        if self._crc is not None:
+            return self._worker.submit(functools.partial(self._feed_crc, self._crc, self._crc32), view)
+        return self._worker.submit(self._feed, view)
 
     def write(self, data) -> None:
         """Append ``data`` (bytes-like)."""
@@ -252,21 +256,37 @@ class Sink:
     def crc_begin(self, crc32) -> None:
         """What is written from now on counts for a CRC-32 (a zip member's data), computed by
         ``crc32(data, value)`` (zlib's signature)."""
-        self._crc32, self._crc = crc32, 0
+        self._crc32, self._crc = crc32, [0]
 
-    def crc_end(self) -> int:
-        """The CRC-32 of what was written since :meth:`crc_begin` (waits for the thread)."""
-        self._drain()
-        crc, self._crc = self._crc, None
-        return crc
+    def crc_end(self, record) -> None:
+        """End the CRC-32 begun last and append ``record(crc)`` (bytes whose length does not depend on
+        ``crc``: a zip data descriptor). Nothing waits: the bytes are written now with a CRC of 0,
+        and the thread, once it has the CRC, writes ``record(crc)`` over them and hashes it in their
+        place, so the file and the digest both hold the final bytes."""
+        crc = self._crc
+        self._crc = None
+        at = self.pos
+        placeholder = record(0)
+        _write_all(self.fd, placeholder)
+        self.pos += len(placeholder)
 
-    def _drain(self) -> None:
+        def patch(_) -> None:
+            final = record(crc[0])
+            if len(final) != len(placeholder) or os.pwrite(self.fd, final, at) != len(final):
+                raise RuntimeError(f"could not write the {len(final)} bytes at {at} of the output")
+            if self._hasher is not None:
+                self._hasher.update(final)
+
+        self._worker.submit(patch, None) if self._worker is not None else patch(None)
+
+    def drain(self) -> None:
+        """Wait until the thread has done everything handed to it (CRC-32s included)."""
         if self._worker is not None:
             self._worker.wait(self._worker._sent)
 
     def close(self) -> tuple[int, str | None]:
         """Wait for the hashing, check that the file is the bytes written: (size, hex digest or None)."""
-        self._drain()
+        self.drain()
         self._stop()
         size = os.fstat(self.fd).st_size
         if size != self.pos:

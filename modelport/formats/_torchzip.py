@@ -192,11 +192,12 @@ class ZipWriter:
         if not size:
             return
         if self.crc32:
-            entry[3] = self.sink.crc_end()
-        if size >= _MAX32 or header >= _MAX32:
-            self._write(struct.pack("<4sIQQ", b"PK\x07\x08", entry[3], size, size))
+            def descriptor(crc: int, entry: list = entry) -> bytes:
+                entry[3] = crc
+                return _descriptor(crc, size, header)
+            self.sink.crc_end(descriptor)        # patched in by the sink's thread: nothing waits here
         else:
-            self._write(struct.pack("<4sIII", b"PK\x07\x08", entry[3], size, size))
+            self._write(_descriptor(0, size, header))
 
     def add(self, name: str, data: bytes) -> None:
         self.begin(name, len(data))
@@ -204,6 +205,7 @@ class ZipWriter:
         self.end()
 
     def close(self) -> None:
+        self.sink.drain()        # every CRC-32 known and patched in
         cd_start = self.pos
         out = bytearray()
         for name, header, size, crc, flags in self._central:
@@ -229,6 +231,13 @@ class ZipWriter:
         else:
             out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, cd_size, cd_start, 0)
         self._write(out)
+
+
+def _descriptor(crc: int, size: int, header: int) -> bytes:
+    """A member's data descriptor: zip64 sizes where the size or the header offset passes 4 GiB."""
+    if size >= _MAX32 or header >= _MAX32:
+        return struct.pack("<4sIQQ", b"PK\x07\x08", crc, size, size)
+    return struct.pack("<4sIII", b"PK\x07\x08", crc, size, size)
 
 
 def _crc32_function():

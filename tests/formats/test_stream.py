@@ -278,12 +278,15 @@ def test_sink_hashes_every_byte_it_writes_in_order(tmp_path, monkeypatch):
         sink.write(bytearray(b"x" * 25_001))
         sink.crc_begin(zlib.crc32)
         sink.copy(Span(src, 4096, 50_000))
-        assert sink.crc_end() == zlib.crc32(data[4096:54096])
+        sink.crc_end(lambda crc: struct.pack("<4sI", b"CRC:", crc))     # written now, patched by the thread
+        sink.write(b"tail")
         size, digest = sink.close()
     finally:
         os.close(fd)
-    assert size == out.stat().st_size == 4 + 123_457 + 25_001 + 50_000
-    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert size == out.stat().st_size == 4 + 123_457 + 25_001 + 50_000 + 8 + 4
+    raw = out.read_bytes()
+    assert raw[-12:] == b"CRC:" + struct.pack("<I", zlib.crc32(data[4096:54096])) + b"tail"
+    assert digest == hashlib.sha256(raw).hexdigest()       # the hash holds the patched bytes, not the zeros
 
 
 def test_sink_refuses_a_file_that_grew_behind_its_back(tmp_path):

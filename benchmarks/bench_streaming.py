@@ -35,12 +35,16 @@ kernel copy): see modelport/formats/_stream.py.
     python benchmarks/bench_streaming.py --pieces   # only copy_file_range in one call against in pieces
     python benchmarks/bench_streaming.py --phases   # where one conversion's time goes (wall and CPU per phase)
 
-Where the time goes (--phases, 1.42 GB, blake3, on the 2-core machine): the copy on the main thread
-(0.45-0.55 s of CPU, as cp's 0.35-0.45 s), the source hashed in a thread (0.3-0.45 s), the output
-hashed by the Sink's thread from the buffers it writes (0.3 s; with the zip CRC-32s 0.35 s with
-zlib-ng, 0.7 s with zlib's crc32), imports 0.07-0.09 s, the rest of convert() 0.03 s. Before the
-Sink, the output was hashed again through maps of the page cache (0.45 s) and the CRC-32s read it a
-third time (0.5 s with zlib), and unaligned copy_file_range calls ran 40 % slower than aligned ones.
+Where the time goes (--phases, 1.42 GB, blake3, zlib-ng, on the shared 2-core machine; the copy's
+system time varies by half from run to run with how fast the virtual machine gets fresh pages):
+the copy on the main thread 0.45-0.7 s of CPU (cp: 0.34-0.45 s), the source hashed in a thread
+0.42-0.52 s, the output hashed by the Sink's thread from the buffers it writes 0.26-0.30 s (0.30-0.38 s
+with the zip CRC-32s; 0.06-0.09 s for the CRC-32s alone), imports 0.06-0.09 s, building the manifest
+0.03-0.05 s (package versions, the source's layout). Before the Sink, the output was hashed a second
+time through maps of the page cache (0.45 s), the CRC-32s read it a third time (0.5 s with zlib's
+crc32, the default install then), and copy_file_range between offsets that differ modulo a page (most
+of a pt -> safetensors conversion) ran 40 % slower than aligned; through a 512 KiB buffer it is as fast
+as the aligned kernel copy. Three threads on two cores: the default conversion is bound by its CPU time.
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ wrap(hashing, 'hash_file', 'source hashed (thread)')
 wrap(stream._Worker, '_run', 'output hashed, CRC-32s (Sink thread)')
 wrap(stream.Sink, 'copy', 'tensor bytes copied (main)')
 wrap(stream.Sink, 'write', 'headers written (main)')
-wrap(stream.Sink, 'crc_end', 'waits for a CRC-32 (main)')
+wrap(stream.Sink, 'crc_end', 'data descriptors, CRC-32 patched later (main)')
 wrap(stream.Sink, 'close', 'waits for the output hash (main)')
 wrap(hashing.BackgroundHash, 'get', 'waits for the source hash (main)')
 wrap(conv._Record, 'write', 'manifest built and written (main)')

@@ -152,11 +152,14 @@ class Sink:
 
     With a ``hasher`` (the manifest's, see :mod:`._follow`), or while a CRC-32 is being taken
     (:meth:`crc_begin` … :meth:`crc_end`, the zip writer's members), every byte reaches the file by
-    ``os.write`` from a buffer that a second thread also feeds to the hasher and the CRC, in file
-    order, while the writer reads the next piece: the digest is that of the bytes that landed, with no
-    second pass over the output. Otherwise tensor bytes move by ``copy_file_range`` where the source
-    and output offsets agree modulo a page (the kernel's fast case), else through a buffer (as fast
-    as the aligned kernel copy, faster than the unaligned one: bench_streaming.py).
+    ``os.write`` from a buffer of the sink's own (or immutable ``bytes``) that a second thread also
+    feeds to the hasher and the CRC, in file order, while the writer reads the next piece: the digest
+    is that of the bytes that landed, with no second pass over the output. The one exception, a
+    record that holds a CRC-32 (:meth:`crc_end`), is written with a placeholder and overwritten by
+    the thread, which hashes the final bytes in its place. Otherwise tensor bytes move by
+    ``copy_file_range`` where the source and output offsets agree modulo a page (the kernel's fast
+    case), else through a buffer (as fast as the aligned kernel copy, faster than the unaligned one:
+    bench_streaming.py).
     """
 
     def __init__(self, fd: int, hasher=None):

@@ -135,8 +135,10 @@ class ZipWriter:
 
     With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
     modelport/formats/pt.py); with ``crc32=True`` the sink takes each member's CRC-32 from the
-    bytes as they are written (in its thread, beside the copy), and the member's data descriptor
-    is written with it: the file is written once, front to back, never patched.
+    bytes as they are written (in its thread, beside the copy). The member's data descriptor is
+    written at once with a CRC of 0; the sink's thread writes the real one over it as soon as it has
+    it (hashing the final bytes in their place when the output is hashed), so the writer never
+    waits; :meth:`close` waits for the last before the central directory repeats them.
     """
 
     def __init__(self, sink: Sink, prefix: str, crc32: bool):

@@ -205,8 +205,8 @@ class Sink:
                 ticket = self._submit(part)
                 for i in range(0, len(part), _PIECE):
                     _write_all(self.fd, part[i:i + _PIECE])
-                if ticket > _SLOTS:
-                    self._worker.wait(ticket - _SLOTS)    # a bounded number of parts in flight
+                if size > step and ticket > _SLOTS:     # a large write: a bounded number of its parts in flight
+                    self._worker.wait(ticket - _SLOTS)    # (a small one never waits for the copy's hashing)
                 at += len(part)
         else:   # a buffer someone else may change (or a map of a file): through private buffers
             at = 0

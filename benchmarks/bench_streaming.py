@@ -23,15 +23,28 @@ alignment padding costs in file size. Then it builds a checkpoint about 4x large
 with the same largest tensor (more layers) and prints how much more peak RSS each
 modelport direction takes (target < 100 MB).
 
-copy_file_range (what cp and the writers use) is fastest on ext4 when each call starts
-page-aligned on both sides (--offsets and --pieces show it); the writers pad large tensors
-to agree with the source modulo 64 KiB where the layout is free, which gains part of it:
-see modelport/formats/_stream.py.
+copy_file_range (what cp uses, and the writers where offsets agree modulo a page and no byte
+needs hashing) is fastest on ext4 when each call starts page-aligned on both sides (--offsets
+and --pieces show it); the writers pad large tensors to agree with the source modulo 64 KiB
+where the layout is free, and copy the rest through a 512 KiB buffer (as fast as an aligned
+kernel copy): see modelport/formats/_stream.py.
 
     python benchmarks/bench_streaming.py            # the full run (about 2 x 6 GB of disk)
     python benchmarks/bench_streaming.py --small    # a quick run on a 4-layer model
     python benchmarks/bench_streaming.py --offsets  # only copy_file_range at equal and shifted offsets
     python benchmarks/bench_streaming.py --pieces   # only copy_file_range in one call against in pieces
+    python benchmarks/bench_streaming.py --phases   # where one conversion's time goes (wall and CPU per phase)
+
+Where the time goes (--phases, 1.42 GB, blake3, zlib-ng, on the shared 2-core machine; the copy's
+system time varies by half from run to run with how fast the virtual machine gets fresh pages):
+the copy on the main thread 0.45-0.7 s of CPU (cp: 0.34-0.45 s), the source hashed in a thread
+0.42-0.52 s, the output hashed by the Sink's thread from the buffers it writes 0.26-0.30 s (0.30-0.38 s
+with the zip CRC-32s; 0.06-0.09 s for the CRC-32s alone), imports 0.06-0.09 s, building the manifest
+0.03-0.05 s (package versions, the source's layout). Before the Sink, the output was hashed a second
+time through maps of the page cache (0.45 s), the CRC-32s read it a third time (0.5 s with zlib's
+crc32, the default install then), and copy_file_range between offsets that differ modulo a page (most
+of a pt -> safetensors conversion) ran 40 % slower than aligned; through a 512 KiB buffer it is as fast
+as the aligned kernel copy. Three threads on two cores: the default conversion is bound by its CPU time.
 """
 
 from __future__ import annotations
@@ -105,6 +118,66 @@ STEPS = {
     ),
     "load_file + torch.save": "import sys, torch; from safetensors.torch import load_file; torch.save(load_file(sys.argv[1]), sys.argv[2])",
 }
+
+
+# --phases: one conversion with its working functions wrapped; each prints wall and thread CPU seconds
+PHASES = """
+import sys, time, threading, importlib, collections
+t_start, c_start = time.perf_counter(), time.process_time()
+from modelport.convert import convert
+hashing, stream, conv = (importlib.import_module(m) for m in ('modelport.convert.hashing', 'modelport.formats._stream', 'modelport.convert'))
+t_imp, c_imp = time.perf_counter(), time.process_time()
+acc, lock = collections.defaultdict(lambda: [0.0, 0.0, 0]), threading.Lock()
+def wrap(owner, name, label):
+    f = getattr(owner, name)
+    def timed(*a, **k):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return f(*a, **k)
+        finally:
+            with lock:
+                e = acc[label]; e[0] += time.perf_counter() - t0; e[1] += time.thread_time() - c0; e[2] += 1
+    setattr(owner, name, timed)
+wrap(hashing, 'hash_file', 'source hashed (thread)')
+wrap(stream._Worker, '_run', 'output hashed, CRC-32s (Sink thread)')
+wrap(stream.Sink, 'copy', 'tensor bytes copied (main)')
+wrap(stream.Sink, 'write', 'headers written (main)')
+wrap(stream.Sink, 'crc_end', 'data descriptors, CRC-32 patched later (main)')
+wrap(stream.Sink, 'close', 'waits for the output hash (main)')
+wrap(hashing.BackgroundHash, 'get', 'waits for the source hash (main)')
+wrap(conv._Record, 'write', 'manifest built and written (main)')
+t0, c0 = time.perf_counter(), time.process_time()
+convert(sys.argv[1], sys.argv[2], to=sys.argv[3], progress=False, manifest=sys.argv[4] == '1')
+t1, c1 = time.perf_counter(), time.process_time()
+print(f"PHASE imports|{t_imp - t_start:.3f}|{c_imp - c_start:.3f}|1")
+print(f"PHASE convert() in all|{t1 - t0:.3f}|{c1 - c0:.3f}|1")
+for k, (w, c, n) in acc.items():
+    print(f"PHASE   {k}|{w:.3f}|{c:.3f}|{n}")
+"""
+
+
+def phases(src: Path, st: Path, back: Path) -> None:
+    """One conversion each way, with and without the manifest: wall and CPU seconds per phase."""
+    print(f"\nwhere the time goes (one run each; load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    for a, b, to in ((src, st, "safetensors"), (st, back, "pt")):
+        for manifest in (True, False):
+            b.unlink(missing_ok=True)
+            b.with_name(b.name + ".modelport.json").unlink(missing_ok=True)
+            os.sync()
+            t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            out = subprocess.run([sys.executable, "-c", PHASES, str(a), str(b), to, "1" if manifest else "0"],
+                                 capture_output=True, text=True, cwd=ROOT)
+            wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+            cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+            print(f"\n{a.suffix[1:]} -> {to}{'' if manifest else ', no manifest'}: process {wall:.3f} s wall, "
+                  f"{cpu:.3f} s CPU (user {r1.ru_utime - r0.ru_utime:.3f}, sys {r1.ru_stime - r0.ru_stime:.3f})")
+            print(f"  {'phase':<44}{'wall s':>8}{'cpu s':>8}{'calls':>7}")
+            for line in out.stdout.splitlines():
+                if line.startswith("PHASE "):
+                    name, w, c, n = line[6:].split("|")
+                    print(f"  {name:<44}{float(w):8.3f}{float(c):8.3f}{int(n):>7}")
 
 
 def params_per_layer() -> int:
@@ -283,6 +356,7 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="skip the torch.load reference steps")
     ap.add_argument("--offsets", action="store_true", help="only time copy_file_range at equal and shifted offsets")
     ap.add_argument("--pieces", action="store_true", help="only time copy_file_range of the file in pieces")
+    ap.add_argument("--phases", action="store_true", help="only where one conversion's time goes, phase by phase")
     ap.add_argument("--manifest", action="store_true",
                     help="only cp and both directions with and without the manifest (what the manifest costs)")
     args = ap.parse_args()
@@ -303,6 +377,8 @@ def main() -> None:
         plain_st, plain_pt = work / "plain.safetensors", work / "plain.pt"
         if args.manifest:
             return manifest_cost(src, st, back, copy, size, args.repeat)
+        if args.phases:
+            return phases(src, st, back)
         timed = rounds({
             "cp": (["cp", str(src), str(copy)], copy),
             "pt -> safetensors": (step("pt -> safetensors", src, st), st),

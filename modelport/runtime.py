@@ -9,8 +9,6 @@ reports from ``get_providers()`` after it is created.
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from .atomic.interrupt import deferred
 from .errors import MissingDependencyError
 
@@ -18,6 +16,8 @@ PACKAGES = ("onnxruntime", "onnxruntime-gpu")
 
 
 def installed_packages() -> list[str]:
+    from importlib import metadata      # 20-30 ms to import: only when asked (a conversion needs none of it)
+
     found = []
     for name in PACKAGES:
         try:

@@ -11,7 +11,7 @@ from ..atomic import MARKER
 from ..errors import FormatError, MissingDependencyError
 from ..formats._untrusted import open_regular
 
-_CHUNK = 4 << 20
+_CHUNK = 1 << 20          # read and hashed at a time: stays in the L2 cache between the two (a little less CPU than 4 MiB)
 
 HASHES = ("blake3", "sha256")        # content hashes a manifest may record, the preferred first
 

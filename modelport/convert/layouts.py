@@ -35,6 +35,9 @@ def adapt(source: TensorSource, target_format: Format | str, options: Options | 
     itself when no change is needed, else a lazy :class:`LayoutSource`. The model dimensions come
     from the source's config, else ``config`` (already read), else the file ``options.config``."""
     options = options or Options()
+    tid = getattr(target_format, "id", target_format)
+    if not options.layout and tid not in FORMAT_LAYOUTS and tid not in HUB_FORMATS:
+        return source     # the target keeps the source's layout: nothing to detect (50 ms of name matching)
     want = target_layout(detect_layout(source), target_format, options.layout)
     if want is None:
         return source

@@ -23,21 +23,18 @@ from its header, which works with any extra-field length.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import struct
-import threading
 import zipfile
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import dtypes
 from ..errors import FormatError
 from ._pickle import StateDictPickler
-from ._follow import IDLE, follow
-from ._stream import ALIGN_MIN, ALIGN_MOD, _write_all, copy_span, write_tensor
+from ._follow import follow
+from ._stream import ALIGN_MIN, ALIGN_MOD, Sink, write_tensor
 from .base import TensorSource
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
@@ -45,7 +42,6 @@ _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _ALIGN = 64
 _MAX_PAD = 0xFFFF - 4 - 28    # an extra field is at most 64 KiB - 1, zip64 (up to 28) and the FB header included
 _MAX32 = 0xFFFFFFFF
-_CRC_CHUNK = 16 << 20         # output bytes mapped at a time to compute CRC-32s
 _UTF8, _DESCRIPTOR = 0x0800, 0x0008      # general-purpose flag bits
 MAX_INFLATE = 100                         # a compressed member may inflate to this many times its size
 
@@ -135,66 +131,29 @@ class ZipReader:
 
 
 class ZipWriter:
-    """Appends stored members to an open file descriptor, then the central directory.
+    """Appends stored members to a :class:`~._stream.Sink`, then the central directory.
 
     With ``crc32=False`` every CRC field is 0 (torch.load does not check them, see
-    modelport/formats/pt.py); with ``crc32=True`` each member is read back once from
-    the output (the descriptor opened with read access) by a second thread while the next
-    member is copied, and its data descriptor is patched as soon as the CRC is known.
-
-    ``tap`` (see :mod:`._follow`) is told how far the file is final: everything written,
-    up to the first data descriptor whose CRC is not yet patched in.
+    modelport/formats/pt.py); with ``crc32=True`` the sink takes each member's CRC-32 from the
+    bytes as they are written (in its thread, beside the copy). The member's data descriptor is
+    written at once with a CRC of 0; the sink's thread writes the real one over it as soon as it has
+    it (hashing the final bytes in their place when the output is hashed), so the writer never
+    waits; :meth:`close` waits for the last before the central directory repeats them.
     """
 
-    def __init__(self, fd: int, prefix: str, crc32: bool, tap=IDLE):
-        self.fd = fd
+    def __init__(self, sink: Sink, prefix: str, crc32: bool):
+        self.sink = sink
         self.prefix = prefix
         self.crc32 = crc32
-        self.tap = tap
-        self.pos = os.lseek(fd, 0, os.SEEK_CUR)
-        self._central: list[list] = []   # [name, header offset, size, crc, flags]
-        self._pending: list[Future] = []  # CRC-32s being computed and patched in
-        self._unpatched: set[int] = set()   # offsets of data descriptors still waiting for their CRC
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="crc32") if crc32 else None
         self._crc32 = _crc32_function() if crc32 else None
+        self._central: list[list] = []   # [name, header offset, size, crc, flags]
 
-    def _final(self) -> None:
-        with self._lock:
-            upto = min(self._unpatched) if self._unpatched else self.pos
-        self.tap.final(upto)
-
-    def _patch_crc(self, entry: list, at: int, size: int, descriptor: int) -> None:
-        """(In the CRC thread) the member's CRC-32, into the central entry and its data descriptor."""
-        entry[3] = self._crc_of(at, size)
-        os.pwrite(self.fd, struct.pack("<I", entry[3]), descriptor + 4)
-        with self._lock:
-            self._unpatched.discard(descriptor)
-        self._final()
-
-    def _crc_of(self, at: int, size: int) -> int:
-        """CRC-32 of ``size`` output bytes from ``at``, read through short-lived maps (no copy)."""
-        crc, end = 0, at + size
-        while at < end:
-            start = at - at % mmap.ALLOCATIONGRANULARITY
-            n = min(end - start, _CRC_CHUNK)
-            with mmap.mmap(self.fd, n, access=mmap.ACCESS_READ, offset=start) as m, memoryview(m) as view, view[at - start:] as part:
-                crc = self._crc32(part, crc)   # releases the GIL: runs beside the next copy
-            at = start + n
-        return crc
-
-    def shutdown(self) -> None:
-        """Wait for CRC work still running (before the descriptor is closed)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    @property
+    def pos(self) -> int:
+        return self.sink.pos
 
     def _write(self, data) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.pos += len(memoryview(data).cast("B"))
-        self._final()
+        self.sink.write(data)
 
     def begin(self, name: str, size: int, match: int | None = None) -> None:
         """Write the local header of member ``name`` (``size`` bytes follow).
@@ -222,9 +181,11 @@ class ZipWriter:
         self._central.append([full.decode(), self.pos, size, 0, flags])
         self._write(_LOCAL.pack(b"PK\x03\x04", 45 if fields else 20, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)) + full + extra)
         self._data_start = self.pos
+        if self.crc32 and size:
+            self.sink.crc_begin(self._crc32)
 
     def end(self) -> None:
-        """Check the member's length; write its data descriptor (CRC-32 computed when asked)."""
+        """Check the member's length; write its data descriptor (with its CRC-32 when asked)."""
         entry = self._central[-1]
         name, header, size = entry[:3]
         written = self.pos - self._data_start
@@ -232,31 +193,21 @@ class ZipWriter:
             raise RuntimeError(f"zip member {name}: wrote {written} bytes, announced {size}")
         if not size:
             return
-        descriptor = self.pos
         if self.crc32:
-            with self._lock:
-                self._unpatched.add(descriptor)     # not final until its CRC is in
-        if size >= _MAX32 or header >= _MAX32:
-            self._write(struct.pack("<4sIQQ", b"PK\x07\x08", 0, size, size))
+            def descriptor(crc: int, entry: list = entry) -> bytes:
+                entry[3] = crc
+                return _descriptor(crc, size, header)
+            self.sink.crc_end(descriptor)        # patched in by the sink's thread: nothing waits here
         else:
-            self._write(struct.pack("<4sIII", b"PK\x07\x08", 0, size, size))
-        if self.crc32:      # submitted once the descriptor is written, so the patch lands on it
-            self._pending.append(self._pool.submit(self._patch_crc, entry, self._data_start, size, descriptor))
+            self._write(_descriptor(0, size, header))
 
     def add(self, name: str, data: bytes) -> None:
         self.begin(name, len(data))
         self._write(data)
         self.end()
 
-    def advance(self, n: int) -> None:
-        """Account for ``n`` bytes appended to the descriptor by someone else (copy_file_range)."""
-        self.pos += n
-        self._final()
-
     def close(self) -> None:
-        for patched in self._pending:
-            patched.result()
-        self._pending = []
+        self.sink.drain()        # every CRC-32 known and patched in
         cd_start = self.pos
         out = bytearray()
         for name, header, size, crc, flags in self._central:
@@ -282,6 +233,13 @@ class ZipWriter:
         else:
             out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, cd_size, cd_start, 0)
         self._write(out)
+
+
+def _descriptor(crc: int, size: int, header: int) -> bytes:
+    """A member's data descriptor: zip64 sizes where the size or the header offset passes 4 GiB."""
+    if size >= _MAX32 or header >= _MAX32:
+        return struct.pack("<4sIQQ", b"PK\x07\x08", crc, size, size)
+    return struct.pack("<4sIII", b"PK\x07\x08", crc, size, size)
 
 
 def _crc32_function():
@@ -352,11 +310,12 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
     pkl = StateDictPickler().state_dict(entries)
     spans = [_storage_span(source, s[3], s[4]) for s in storages]
     matches = [_match(span, s[2] * dtypes.get(s[1]).itemsize) if align else None for span, s in zip(spans, storages)]
-    fd = os.open(dst, (os.O_RDWR if crc32 else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o666)
-    zw, tap = None, IDLE
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    sink = None
     try:
-        tap = follow(dst)        # hashes what is final, beside the copy, when a manifest asks for it
-        zw = ZipWriter(fd, "archive", crc32, tap)
+        hashed = follow(dst)        # the manifest's hash of the file, taken from the bytes as they are written
+        sink = Sink(fd, hashed.hasher)
+        zw = ZipWriter(sink, "archive", crc32)
         zw.add("data.pkl", pkl)
         if all(m is None for m in matches):
             zw.add(".format_version", b"1")    # miniz's layout holds: torch may compute offsets
@@ -366,28 +325,24 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
             nbytes = numel * dtypes.get(dt).itemsize
             zw.begin(f"data/{zkey}", nbytes, match)
             if span is not None:
-                copy_span(span, fd)
+                sink.copy(span)
             elif shared:
                 data = source.read_storage_bytes(src_key)
                 if len(memoryview(data).cast("B")) != nbytes:
                     raise RuntimeError(f"{source.path}: storage {src_key}: reader returned a wrong number of bytes")
-                _write_all(fd, data)
+                sink.write(data)
             else:
-                write_tensor(source, src_key, fd)
-            zw.advance(nbytes)
+                write_tensor(source, src_key, sink)
             zw.end()
             if progress:
                 progress(nbytes)
         zw.add("version", b"3\n")
         zw.add(".data/serialization_id", _serialization_id(pkl, storages))
         zw.close()
-        tap.close(zw.pos)
+        hashed.done(*sink.close())
     except BaseException:
-        if zw is not None:
-            zw.shutdown()
-        tap.abandon()
+        if sink is not None:
+            sink.abandon()
         raise
     finally:
-        if zw is not None:
-            zw.shutdown()
         os.close(fd)

@@ -22,8 +22,8 @@ from pathlib import Path
 from .. import dtypes
 from ..errors import FormatError, UnsupportedError
 from ._registry import register
-from ._follow import IDLE, follow
-from ._stream import ALIGN_MIN, ALIGN_MOD, _write_all, write_tensor
+from ._follow import follow
+from ._stream import ALIGN_MIN, ALIGN_MOD, Sink, write_tensor
 from ._untrusted import MAX_RANK, load_json, open_regular, still_whole
 from .base import Format, ReadOptions, Span, TensorInfo, TensorSource, WriteOptions, WriteResult, file_size, read_head, release_map
 
@@ -159,20 +159,19 @@ def write_file(source: TensorSource, dst: Path, names: list[str] | None = None, 
             meta[alias] = kept
     head, _ = header_for(source, names, meta, align)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    tap = IDLE
+    sink = None
     try:
-        tap = follow(dst)        # hashes what is written, beside the copy, when a manifest asks for it
-        _write_all(fd, head)
-        pos = len(head)
+        hashed = follow(dst)        # the manifest's hash of the file, taken from the bytes as they are written
+        sink = Sink(fd, hashed.hasher)
+        sink.write(head)
         for name in names:
-            write_tensor(source, name, fd)
-            pos += source.info(name).nbytes
-            tap.final(pos)
+            write_tensor(source, name, sink)
             if progress:
                 progress(source.info(name).nbytes)
-        tap.close(pos)
+        hashed.done(*sink.close())
     except BaseException:
-        tap.abandon()
+        if sink is not None:
+            sink.abandon()
         raise
     finally:
         os.close(fd)

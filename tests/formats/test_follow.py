@@ -1,13 +1,14 @@
-"""Output files hashed while the streaming writers write them (modelport/formats/_follow.py).
+"""Output files hashed as the streaming writers write them (modelport/formats/_follow.py).
 
-The digest the follower takes beside the copy must be the digest of the finished file, byte for byte:
-the zip writer patches each member's CRC-32 into its data descriptor after the member is written, so
-the follower must never hash a descriptor before its CRC is in.
+The digest taken from the bytes in flight must be the digest of the finished file, byte for byte, and
+of every byte of it: headers, padding, tensor data copied from a file or handed over in memory, the
+zip members' data descriptors with their CRC-32s, the central directory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import zipfile
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import pytest
 import torch
 
 import modelport.formats as formats
-from modelport.formats import _follow
-from modelport.formats._follow import Follower, follow, following
+from modelport.formats import _follow, _stream
+from modelport.formats._follow import follow, following
 from modelport.formats.base import ReadOptions, WriteOptions
 from modelport.formats.memory import StateDictSource
 
@@ -32,19 +33,27 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(params=["safetensors", "pt", "pt-no-crc"])
+KINDS = ["safetensors", "pt", "pt-no-crc"]
+
+
+def _write(kind: str, source, dst: Path, new_hasher=hashlib.sha256):
+    fmt = "safetensors" if kind == "safetensors" else "pt"
+    with following(new_hasher) as followed:
+        formats.get(fmt).write(source, dst, WriteOptions(crc32=kind != "pt-no-crc"))
+    return followed.digests()
+
+
+@pytest.fixture(params=KINDS)
 def written(request, tmp_path, monkeypatch):
-    """A file written from a file source (kernel copies) inside a following block, with small batches and
-    windows so the thread hashes many pieces while the writer is still going."""
-    monkeypatch.setattr(_follow, "_BATCH", 4096)
-    monkeypatch.setattr(_follow, "_WINDOW", 3 * 65536)
+    """A file written from a file source (tensor bytes copied from its spans) inside a following block,
+    in small pieces so the thread hashes many of them while the writer is still going."""
+    monkeypatch.setattr(_stream, "_PIECE", 3 * 4096 + 24)       # pieces cut tensors at odd bounds
     src = tmp_path / "src.safetensors"
     formats.get("safetensors").write(StateDictSource(_sd(), src), src, WriteOptions())
-    fmt = "safetensors" if request.param == "safetensors" else "pt"
-    dst = tmp_path / f"out.{fmt}"
-    with formats.get("safetensors").open(src, ReadOptions()) as source, following(hashlib.sha256) as followed:
-        formats.get(fmt).write(source, dst, WriteOptions(crc32=request.param != "pt-no-crc"))
-    return dst, followed.digests(), request.param
+    dst = tmp_path / f"out.{'safetensors' if request.param == 'safetensors' else 'pt'}"
+    with formats.get("safetensors").open(src, ReadOptions()) as source:
+        digests = _write(request.param, source, dst)
+    return dst, digests, request.param
 
 
 def test_the_digest_taken_while_writing_is_the_finished_files(written):
@@ -54,41 +63,80 @@ def test_the_digest_taken_while_writing_is_the_finished_files(written):
     assert digest == _sha(dst)
 
 
-def test_crc32s_patched_beside_the_follower_are_right(written):
+def test_crc32s_taken_in_flight_are_right(written):
     dst, _, kind = written
     if kind == "pt":
         with zipfile.ZipFile(dst) as z:
             assert z.testzip() is None        # every member's CRC-32 checked against its bytes
+            assert all(i.CRC != 0 for i in z.infolist() if i.file_size)
+    elif kind == "pt-no-crc":
+        with zipfile.ZipFile(dst) as z:
+            assert all(i.CRC == 0 for i in z.infolist())
 
 
-def test_outside_a_following_block_nothing_follows(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_bytes_handed_over_in_memory_are_hashed_too(tmp_path, kind):
+    """A source without file spans (tensors in memory, or cast): every byte goes through Sink.write."""
+    dst = tmp_path / "out.bin"
+    digests = _write(kind, StateDictSource(_sd(5), tmp_path / "mem.pt"), dst)
+    assert digests[str(dst.resolve())] == (dst.stat().st_size, _sha(dst))
+
+
+def test_blake3_digest_taken_in_flight_equals_an_independent_one(tmp_path):
+    blake3 = pytest.importorskip("blake3")
+    src = tmp_path / "src.pt"
+    torch.save(_sd(6), src)
+    dst = tmp_path / "out.safetensors"
+    with formats.get("pt").open(src, ReadOptions()) as source:
+        digests = _write("safetensors", source, dst, blake3.blake3)
+    assert digests[str(dst.resolve())] == (dst.stat().st_size, blake3.blake3(dst.read_bytes()).hexdigest())
+
+
+def test_outside_a_following_block_nothing_is_hashed(tmp_path):
     p = tmp_path / "x"
-    p.write_bytes(b"abc")
-    assert follow(p) is _follow.IDLE
+    h = follow(p)
+    assert h is _follow.IDLE and h.hasher is None
+    h.done(3, "abc")
+    assert h.result is None
 
 
-def test_a_failed_write_abandons_its_follower_and_reports_nothing(tmp_path):
+def _hash_threads() -> set:
+    return {t for t in threading.enumerate() if t.name == "modelport-hash-output"}
+
+
+def test_a_failed_write_reports_no_digest_and_stops_its_thread(tmp_path):
     src = tmp_path / "src.safetensors"
     formats.get("safetensors").write(StateDictSource(_sd(), src), src, WriteOptions())
 
     class Broken(StateDictSource):
-        def span(self, name):
-            raise OSError(5, "disk on fire")
+        def read_bytes(self, name):
+            if name == "layer.3.weight":      # mid-write, after other tensors went through the thread
+                raise OSError(5, "disk on fire")
+            return super().read_bytes(name)
 
-    with pytest.raises(OSError):
-        with following(hashlib.sha256) as followed:
-            formats.get("safetensors").write(Broken(_sd(), src), tmp_path / "out.safetensors", WriteOptions())
-    assert followed.digests() == {}
+    before = _hash_threads()
+    for fmt in ("safetensors", "pt"):
+        with pytest.raises(OSError, match="disk on fire"):
+            with following(hashlib.sha256) as followed:
+                formats.get(fmt).write(Broken(_sd(), src), tmp_path / f"out.{fmt}", WriteOptions())
+        assert followed.digests() == {}
+        assert _hash_threads() <= before
 
 
-def test_a_follower_hashes_in_pieces_and_at_unaligned_bounds(tmp_path, monkeypatch):
-    monkeypatch.setattr(_follow, "_BATCH", 1)
-    monkeypatch.setattr(_follow, "_WINDOW", 70000)     # windows start at page multiples, pieces do not
-    data = bytes(range(256)) * 2000
-    p = tmp_path / "f"
-    p.write_bytes(data)
-    f = Follower(p, hashlib.sha256())
-    for pos in (1, 4097, 65537, 200001, 200001, 300000):
-        f.final(pos)
-    f.close(len(data))
-    assert f.digest() == (len(data), hashlib.sha256(data).hexdigest())
+def test_an_error_of_the_hasher_fails_the_write(tmp_path):
+    class Failing:
+        def __init__(self):
+            self.n = 0
+
+        def update(self, data):
+            self.n += 1
+            if self.n == 3:
+                raise ValueError("hasher broke")
+
+        def hexdigest(self):
+            return "x"
+
+    before = _hash_threads()
+    with pytest.raises(ValueError, match="hasher broke"):
+        _write("pt", StateDictSource(_sd(), tmp_path / "mem.pt"), tmp_path / "out.pt", Failing)
+    assert _hash_threads() <= before

@@ -17,6 +17,7 @@ import torch
 
 import modelport.formats as formats
 from modelport.errors import FormatError, UnsafeContentError
+from modelport.formats._stream import Sink
 from modelport.formats._torchzip import ZipReader, ZipWriter
 from modelport.formats.base import Options
 
@@ -383,7 +384,7 @@ def test_zip64_end_records_are_read(tmp_path):
     """Past 65535 members the writer switches to zip64 end records; zipfile and modelport read them."""
     path = tmp_path / "many.zip"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    zw = ZipWriter(fd, "archive", crc32=True)
+    zw = ZipWriter(Sink(fd), "archive", crc32=True)
     for i in range(0xFFFF + 2):
         zw.add(f"m{i}", struct.pack("<I", i))
     zw.close()

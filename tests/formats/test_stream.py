@@ -8,12 +8,15 @@ and that the padding stays bounded.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -22,9 +25,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import modelport.formats as formats
-from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD
+from modelport.formats import _stream
+from modelport.formats._follow import following
+from modelport.formats._stream import ALIGN_MIN, ALIGN_MOD, Sink
 from modelport.formats._torchzip import ZipReader, ZipWriter
-from modelport.formats.base import WriteOptions
+from modelport.errors import FormatError
+from modelport.formats.base import Span, WriteOptions
 from tests.conftest import bitwise_equal
 
 PT = formats.get("pt")
@@ -181,7 +187,7 @@ def test_zip_member_lands_at_any_residue_even_past_4gib(tmp_path, shift):
     path = tmp_path / "big.zip"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     os.lseek(fd, (4 << 30) + 123, os.SEEK_SET)      # a sparse start: the header offset needs zip64
-    zw = ZipWriter(fd, "archive", crc32=True)
+    zw = ZipWriter(Sink(fd), "archive", crc32=True)
     payload = bytes(range(256)) * 40
     zw.begin("data/0", len(payload), match=7 * ALIGN_MOD + shift)
     zw._write(payload)
@@ -197,7 +203,7 @@ def test_zip_member_lands_at_any_residue_even_past_4gib(tmp_path, shift):
 def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
     path = tmp_path / "a.zip"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    zw = ZipWriter(fd, "archive", crc32=True)
+    zw = ZipWriter(Sink(fd), "archive", crc32=True)
     base = 30 + len("archive/x") + 4
     zw.begin("x", 100, match=base - 8)      # would need 64 KiB - 8 of padding: more than a field holds
     zw._write(b"\1" * 100)
@@ -210,18 +216,121 @@ def test_out_of_reach_residue_falls_back_to_64_byte_alignment(tmp_path):
         assert zf.read("archive/x") == b"\1" * 100
 
 
+@pytest.mark.parametrize("hashed", [False, True])
 @pytest.mark.parametrize("use_zlib_ng", [True, False])
-def test_crc32s_right_with_or_without_zlib_ng_and_across_map_chunks(tmp_path, monkeypatch, use_zlib_ng):
-    """CRC-32s are computed through short maps of the output: every chunk boundary and start counts."""
-    from modelport.formats import _torchzip
-
+def test_crc32s_right_with_or_without_zlib_ng_and_across_pieces(tmp_path, monkeypatch, use_zlib_ng, hashed):
+    """CRC-32s are taken from the bytes in flight, piece by piece, whether or not the output is hashed
+    too: every piece boundary and start counts."""
     if use_zlib_ng:
         pytest.importorskip("zlib_ng")
     else:
         monkeypatch.setitem(sys.modules, "zlib_ng", None)       # the import fails: zlib's crc32
-    monkeypatch.setattr(_torchzip, "_CRC_CHUNK", 3 * 4096)
+    monkeypatch.setattr(_stream, "_PIECE", 3 * 4096 + 8)          # pieces that cut tensors at odd bounds
     sd = _model(7)
-    _, out = _pt_from_safetensors(tmp_path, sd)
+    with following(hashlib.sha256) if hashed else contextlib.nullcontext() as followed:
+        _, out = _pt_from_safetensors(tmp_path, sd)
+    if hashed:
+        assert followed.digests()[str(out.resolve())] == (out.stat().st_size, hashlib.sha256(out.read_bytes()).hexdigest())
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None
         assert all(i.CRC != 0 for i in zf.infolist() if i.file_size)
+
+
+def _sink_file(tmp_path: Path, data: bytes) -> Path:
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    return src
+
+
+@pytest.mark.parametrize("start", [0, 4096, 100])
+def test_sink_copies_spans_in_the_kernel_only_where_pages_line_up(tmp_path, monkeypatch, start):
+    """No hash, no CRC: copy_file_range where the source and output offsets agree modulo a page, else
+    through the buffer; the bytes are the same either way."""
+    data = bytes(range(256)) * 3000
+    src = _sink_file(tmp_path, data)
+    calls = []
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(a) or real(*a))
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd)
+        sink.write(b"h" * start)
+        sink.copy(Span(src, 4096, 300_000))
+        sink.copy(Span(src, 5, 70_000))          # never page-aligned with the output here
+        assert sink.close() == (start + 370_000, None)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == b"h" * start + data[4096:304096] + data[5:70005]
+    assert len(calls) == (start % 4096 == 0)
+
+
+def test_sink_hashes_every_byte_it_writes_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(_stream, "_PIECE", 10_000)
+    data = bytes(range(256)) * 3000
+    src = _sink_file(tmp_path, data)
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256())
+        sink.write(b"head")
+        sink.copy(Span(src, 7, 123_457))
+        sink.write(bytearray(b"x" * 25_001))
+        sink.crc_begin(zlib.crc32)
+        sink.copy(Span(src, 4096, 50_000))
+        sink.crc_end(lambda crc: struct.pack("<4sI", b"CRC:", crc))     # written now, patched by the thread
+        sink.write(b"tail")
+        size, digest = sink.close()
+    finally:
+        os.close(fd)
+    assert size == out.stat().st_size == 4 + 123_457 + 25_001 + 50_000 + 8 + 4
+    raw = out.read_bytes()
+    assert raw[-12:] == b"CRC:" + struct.pack("<I", zlib.crc32(data[4096:54096])) + b"tail"
+    assert digest == hashlib.sha256(raw).hexdigest()       # the hash holds the patched bytes, not the zeros
+
+
+def test_sink_refuses_a_file_that_grew_behind_its_back(tmp_path):
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256())
+        sink.write(b"abc")
+        os.pwrite(fd, b"zz", 10)
+        with pytest.raises(RuntimeError, match="holds 12 bytes where 3 were written"):
+            sink.close()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_sink_names_a_source_that_ends_early(tmp_path, hashed):
+    src = _sink_file(tmp_path, b"\1" * 10_000)
+    fd = os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256() if hashed else None)
+        sink.write(b"x" * 3)                      # offsets disagree: the buffered copy finds the end
+        with pytest.raises(FormatError, match="src.bin: ends before byte 20000"):
+            sink.copy(Span(src, 0, 20_000))
+        sink.abandon()
+    finally:
+        os.close(fd)
+
+
+def test_sink_hashes_what_it_wrote_even_when_the_callers_buffer_changes_afterwards(tmp_path, monkeypatch):
+    """A mutable buffer goes through the sink's own buffers: the digest is the file's, not what the
+    caller's buffer holds by the time the thread gets to it."""
+    monkeypatch.setattr(_stream, "_PIECE", 4096)
+    buf = bytearray(b"a" * 50_000)
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256())
+        sink.write(buf)
+        buf[:] = b"b" * 50_000
+        sink.write(memoryview(buf))
+        buf[:] = b"c" * 50_000
+        size, digest = sink.close()
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == b"a" * 50_000 + b"b" * 50_000
+    assert (size, digest) == (100_000, hashlib.sha256(out.read_bytes()).hexdigest())

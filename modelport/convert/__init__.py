@@ -135,7 +135,7 @@ def convert(
     check_overlap(src, dst)
     check_destination(dst, force)
     load = load_spec(load, options, from_)
-    reference = _verify_reference(src, load) if verify else None
+    reference = verify_source(src, load, loaded=not target.graph) if verify else None
     if target.graph:       # a program, not weights: export the runnable model (defaults: opset 17, script/trace)
         return _export(src, dst, target, export or ExportOptions(), load, dtype, force, manifest, reference, verify)
     if dtype is not None:
@@ -161,7 +161,7 @@ def convert(
                     if tmp.is_dir():
                         write_marker(tmp, format=target.id, version=__version__)
                     if verify:
-                        report = _verify(reference, tmp, dst, target, load, verify)
+                        report = _verify(reference, tmp, dst, target, verify)
                     if record is not None:
                         record.write(tmp, report, wrote)     # in a directory: the marker, with the manifest in it
                 if record is not None:
@@ -208,43 +208,70 @@ def _export(src: Path, dst: Path, target: Format, options: ExportOptions, load: 
     if dtype is not None and options.dtype is None:
         options = dataclasses.replace(options, dtype=dtype)
     done = export(src, dst, target.id, options=options, load=load.replace(format=None), force=force)
-    report = _verify_export(reference, Path(done.dst), target, load, verify) if verify else None
+    report = _verify_export(reference, Path(done.dst), target, verify) if verify else None
     record = manifest_module.write_for_export(src, done, {"passed": True, **report.to_json()} if report else None) \
         if manifest else None
     return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"],
                   manifest=record, parity=report, export=done)
 
 
-def _verify_reference(src: Path, load: LoadSpec):
-    """The source as a runnable model, built before anything is written (a source that cannot run
-    cannot be verified: that is an input error, found first)."""
+@dataclass(frozen=True)
+class VerifySource:
+    """The source of a checked conversion, as the parity check loads it (``deferred``: when needed, released
+    after) and the config that weights written without one run with (``config``)."""
+    deferred: Any
+    config: Any
+
+    def candidate(self, written: Path, fmt: str):
+        """The written model as parity loads it: a graph as it is; weights with the source's architecture and
+        config (its config.json or params.json, not a guess, so a weights-only output needs no --config)."""
+        from ..parity import Deferred
+
+        if formats.get(fmt).graph:
+            return Deferred(written, LoadSpec(format=fmt))
+        return Deferred(written, LoadSpec(format=fmt, arch=self.deferred.spec.arch, config=self.config))
+
+
+def verify_source(src: Path, load: LoadSpec, loaded: bool = True) -> VerifySource:
+    """How ``convert --verify`` and ``modelport verify`` run the source: as ``modelport parity`` would (a Hugging
+    Face directory in transformers when it is installed, with its config.json for bare weights written from it).
+    Otherwise, with ``loaded``, it is built once now and released: a source that cannot run cannot be verified (an
+    input error, found before anything is written), and its config is kept for the output. The models are then
+    loaded one at a time by the check itself, never held side by side."""
+    from ..parity import Deferred, reference_engine
+
+    load = load.replace(engine=reference_engine(src, load.engine, load.arch))
+    if load.engine == "transformers":       # a Hugging Face directory: its config.json says it all
+        return VerifySource(Deferred(src, load.replace(config=None)), src / "config.json")
+    if not loaded:
+        return VerifySource(Deferred(src, load), load.config)
     from ..models.runnable import load_runnable
+    from ..parity.reference import release
 
-    return load_runnable(src, load)
+    r = load_runnable(src, load)
+    to_hf = getattr(getattr(r.module, "config", None), "to_hf_config", None)
+    config = to_hf() if to_hf is not None else load.config
+    del r, to_hf
+    release()
+    return VerifySource(Deferred(src, load), config)
 
 
-def _verify(reference, written: Path, dst: Path, target: Format, load: LoadSpec, verify):
+def _verify(reference: VerifySource, written: Path, dst: Path, target: Format, verify):
     """Parity of the written model (at its temporary path) against the source; raise when it fails."""
-    from ..models.runnable import load_runnable
     from ..parity import parity
 
-    config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
-    if target.graph:
-        candidate = load_runnable(written, LoadSpec(format=target.id))
-    else:
-        candidate = load_runnable(written, LoadSpec(format=target.id, arch=load.arch,
-                                                    config=config() if config is not None else load.config))
-    report = parity(reference, candidate, **(verify if isinstance(verify, dict) else {}))
+    report = parity(reference.deferred, reference.candidate(written, target.id),
+                    **(verify if isinstance(verify, dict) else {}))
     if not report:
         raise VerifyFailed(dst, report)
     return report
 
 
-def _verify_export(reference, dst: Path, target: Format, load: LoadSpec, verify):
+def _verify_export(reference: VerifySource, dst: Path, target: Format, verify):
     """The exporter writes atomically itself: the graph is verified where it was written, and removed
     (with its external data) when it does not match."""
     try:
-        return _verify(reference, dst, dst, target, load, verify)
+        return _verify(reference, dst, dst, target, verify)
     except BaseException:
         _remove_export(dst)
         raise

@@ -292,30 +292,18 @@ class VerifyReport:
 
 def rerun_parity(plan: Rerun) -> dict:
     """The parity check a manifest records, run again on the same seed and input shapes."""
+    from .. import formats
+    from ..models.spec import LoadSpec
     from ..parity import parity
+    from . import verify_source
 
     kwargs = dict(plan.kwargs)
-    reference, candidate = _runnables(plan.reference, plan.candidate, kwargs.pop("arch", None), kwargs.pop("config", None))
-    report = parity(reference, candidate, **kwargs)
+    fmt = formats.detect(plan.candidate).id          # a graph needs nothing of the source: it is not loaded here
+    source = verify_source(plan.reference, LoadSpec(arch=kwargs.pop("arch", None), config=kwargs.pop("config", None)),
+                           loaded=not formats.get(fmt).graph)
+    candidate = source.candidate(plan.candidate, fmt)
+    report = parity(source.deferred, candidate, **kwargs)
     return {"passed": bool(report), **report.to_json()}
-
-
-def _runnables(source: Path, output: Path, arch, config):
-    """The source and the output as runnable models, built as ``convert --verify`` built them: weights
-    written without a config run with the config of the source (its config.json or params.json), not a
-    guess, so a weights-only output needs no --config."""
-    from .. import formats
-    from ..models.runnable import load_runnable
-    from ..models.spec import LoadSpec
-
-    load = LoadSpec(arch=arch, config=config)
-    reference = load_runnable(source, load)
-    output_format = formats.detect(output).id
-    if formats.get(output_format).graph:
-        return reference, load_runnable(output, LoadSpec(format=output_format))
-    hf_config = getattr(getattr(reference.module, "config", None), "to_hf_config", None)
-    return reference, load_runnable(output, load.replace(format=output_format,
-                                                         config=hf_config() if hf_config is not None else config))
 
 
 def _within(path: Path, home: Path) -> bool:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelportError, UnsupportedError
 from ..models.runnable import CAUSAL_LM, Runnable
+from ..models.spec import LoadSpec
 from .calibrate import DEFAULT_FACTOR, can_calibrate, float_dtype_of, floors
 from .coverage import check_rows
 from .generate import follow
@@ -25,6 +27,22 @@ from .reference import describe, record, release
 from .report import CandidateResult, Check, ParityReport
 
 DEFAULT_NEW_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A model parity loads when it needs it and releases after: ``path`` opened as ``spec`` says (its format,
+    architecture, config, engine …), on parity's device and at its dtype. Callers that would otherwise hold a
+    loaded :class:`Runnable` (``convert --verify``) pass this, so only one model is in memory at a time."""
+    path: Path
+    spec: LoadSpec
+
+
+def _path_of(model) -> Path | None:
+    """The file a model is read from, before it is loaded (None for a ready :class:`Runnable`)."""
+    if isinstance(model, Runnable):
+        return None
+    return Path(model.path) if isinstance(model, Deferred) else Path(model)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -51,16 +69,19 @@ def _load(model, *, torch_device, dtype, arch, config, input_shape, input_dtype,
     from ..models.runnable import load_runnable
 
     start = time.perf_counter()
-    r = load_runnable(Path(model), arch=arch, config=config, device=torch_device, dtype=dtype, input_shape=input_shape,
-                      input_dtype=input_dtype, engine=engine, assume_config=assume_config)
+    if isinstance(model, Deferred):
+        r = load_runnable(model.path, model.spec.replace(device=torch_device, dtype=dtype))
+    else:
+        r = load_runnable(Path(model), arch=arch, config=config, device=torch_device, dtype=dtype,
+                          input_shape=input_shape, input_dtype=input_dtype, engine=engine, assume_config=assume_config)
     return r, time.perf_counter() - start
 
 
-def _reference_engine(ref, engine: str, arch) -> str:
+def reference_engine(ref, engine: str, arch) -> str:
     """Who runs the reference: for a Hugging Face directory with ``engine="auto"``, transformers when it is
     installed (the reference of truth, whatever ``--config`` says about the candidates), modelport's reference
     family otherwise. The report's origin says."""
-    if engine != "auto" or isinstance(ref, Runnable) or (arch and ":" in arch):
+    if engine != "auto" or not isinstance(ref, (str, Path)) or (arch and ":" in arch):
         return engine
     import importlib.util
 
@@ -77,7 +98,7 @@ def _reference_engine(ref, engine: str, arch) -> str:
 
 def _reference_config(ref) -> Path | None:
     """The reference directory's ``config.json``, which bare candidates (weights with no config) borrow."""
-    if isinstance(ref, Runnable) or not Path(ref).is_dir():
+    if not isinstance(ref, (str, Path)) or not Path(ref).is_dir():
         return None
     found = Path(ref) / "config.json"
     return found if found.is_file() else None
@@ -113,16 +134,17 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     """Check every candidate against ``ref``; the :class:`ParityReport` is true when all pass.
 
     ``ref`` and each candidate: a path (anything :func:`load_runnable` opens; ``arch`` / ``config`` /
-    ``input_shape`` apply to each) or a :class:`Runnable`. ``dtype`` casts the candidates (fp32/fp16/bf16),
+    ``input_shape`` apply to each), a :class:`Deferred` path with its own load options, or a ready
+    :class:`Runnable`. ``dtype`` casts the candidates (fp32/fp16/bf16),
     ``ref_dtype`` the reference; without them each runs as stored. A torch reference calibrates the
     tolerances on itself (see :mod:`.calibrate`, ``factor`` times its own rounding error); ``atol`` /
     ``rtol``, or a reference that cannot run in float64, use fixed tolerances instead. ``engine`` chooses
     who runs a Hugging Face directory (auto / reference / transformers; the report's origin says).
     ``progress``, if given, is called with a line per stage (the command shows them on a terminal).
 
-    One model is in memory at a time: the reference runs first (see :mod:`.reference`) and, when it was given
-    as a path, is released before the first candidate loads; each candidate is loaded, judged and released in
-    turn. A reference given as a :class:`Runnable` stays the caller's.
+    One model is in memory at a time: the reference runs first (see :mod:`.reference`) and, unless it was
+    given as a :class:`Runnable` (which stays the caller's, in memory throughout), is released before the first
+    candidate loads; each candidate is loaded, judged and released in turn.
     """
     import torch
 
@@ -144,12 +166,12 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
         torch.cuda.reset_peak_memory_stats()
     load = dict(torch_device=torch_device, dtype=dtype, arch=arch, config=config, input_shape=input_shape,
                 input_dtype=input_dtype, engine=engine, assume_config=assume_config)
-    ref_engine = _reference_engine(ref, engine, arch)
+    ref_engine = reference_engine(ref, engine, arch)
     ref_load = {**load, "dtype": ref_dtype, "engine": ref_engine,
                 "config": None if ref_engine == "transformers" else config}
     given = atol is not None or rtol is not None
     expected = candidate_precisions(candidates, dtype)     # read from the files before the reference loads
-    say(f"reference: loading {ref}" if not isinstance(ref, Runnable) else "reference: ready")
+    say(f"reference: loading {_path_of(ref)}" if _path_of(ref) else "reference: ready")
     ref_r, ref_load_s = _load(ref, **ref_load)
     is_lm = ref_r.kind == CAUSAL_LM and "logits" in ref_r.outputs
     n_new = new_tokens if is_lm else 0
@@ -175,7 +197,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     results = []
     for i, cand in enumerate(candidates, 1):
         tag = f"candidate {i}/{len(candidates)}"
-        say(f"{tag}: loading {cand if not isinstance(cand, Runnable) else cand.origin}")
+        say(f"{tag}: loading {_path_of(cand) or cand.origin}")
         cand_r, cand_load = _load_candidate(cand, _reference_config(ref), load)
         if cand_r.kind != rec.kind:
             raise UnsupportedError(f"{cand_r.path or cand_r.origin}: a {cand_r.kind} model cannot be compared with the "
@@ -220,7 +242,8 @@ def candidate_precisions(candidates, dtype: str | None) -> list[str]:
                 elif cand.module is not None and hasattr(cand.module, "parameters"):
                     seen = {dtype_name(t) for t in cand.module.parameters() if t.is_floating_point()}
             else:
-                with formats.open(Path(cand)) as source:
+                fmt = cand.spec.format if isinstance(cand, Deferred) else None
+                with formats.open(_path_of(cand), fmt) as source:
                     seen = {source.info(n).dtype for n in source.names()}
         except (ModelportError, OSError, ImportError, ValueError):
             continue
@@ -289,6 +312,8 @@ def _judge(rec, recorder, again, cand_r, sets, gen_set, n_new, is_lm, atol, rtol
         result.coverage = check_rows(rec.coverage, cand_r)
     result.seconds = {"run": time.perf_counter() - start}
     return result
+
+
 def _missing_output(ref_out, cand_out, label):
     from .metrics import TensorComparison
 
@@ -341,4 +366,5 @@ def _locate(result: CandidateResult, rec, again, cand_r: Runnable, feeds, index:
     result.first_divergence = div
 
 
-__all__ = ["CandidateResult", "Check", "DEFAULT_NEW_TOKENS", "ParityReport", "parity", "resolve_device"]
+__all__ = ["CandidateResult", "Check", "DEFAULT_NEW_TOKENS", "Deferred", "ParityReport", "parity", "reference_engine",
+           "resolve_device"]

@@ -72,3 +72,38 @@ def test_verified_export_and_a_failed_one_removed(src, tmp_path, monkeypatch):
         modelport.convert(path, tmp_path / "n.onnx", verify={"atol": 0.0, "rtol": 0.0, "seq_lens": (5,),
                                                             "new_tokens": 0})
     assert not (tmp_path / "n.onnx").exists() and not (tmp_path / "n.onnx.data").exists()
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Every model load, with how many models loaded before it were still alive at that moment."""
+    import gc
+    import weakref
+
+    from modelport.models import runnable
+
+    real, alive, counts = runnable.load_runnable, [], []
+
+    def counting(path, spec=None, **kwargs):
+        gc.collect()
+        counts.append(sum(ref() is not None for ref in alive))
+        r = real(path, spec, **kwargs)
+        alive.append(weakref.ref(r.module))
+        return r
+
+    monkeypatch.setattr(runnable, "load_runnable", counting)
+    return counts
+
+
+def test_verify_holds_one_model_at_a_time(src, tmp_path, loads):
+    """The check loads the source and the written model in turn, so a model never sits beside another; a source
+    that is not a Hugging Face directory is first loaded once (and released) to check it runs before anything is
+    written."""
+    path, state, config = src
+    r = modelport.convert(path, tmp_path / "w.safetensors", verify={"seq_lens": (1, 6), "new_tokens": 2})
+    assert r.parity and loads == [0, 0]
+    assert r.parity.reference["made_by"] == "transformers"          # as `modelport parity` runs an HF directory
+    loads.clear()
+    r = modelport.convert(tmp_path / "w.safetensors", tmp_path / "w.pt", options=modelport.Options(config=path /
+                          "config.json"), verify={"seq_lens": (1, 6), "new_tokens": 2})
+    assert r.parity and loads == [0, 0, 0]

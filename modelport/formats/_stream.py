@@ -29,23 +29,13 @@ ALIGN_MIN = 4 << 20
 
 
 def copy_span(span: Span, out_fd: int) -> None:
-    """Append ``span`` to ``out_fd`` (at its current position) without passing through Python."""
+    """Append ``span`` to ``out_fd`` (at its current position) without passing through Python where the
+    kernel can copy it (:func:`_kernel_copy`), through a buffer otherwise."""
     with open(span.path, "rb") as f:
-        in_fd = f.fileno()
-        offset, left = span.offset, span.nbytes
-        try:
-            while left:
-                n = os.copy_file_range(in_fd, out_fd, min(left, 1 << 30), offset)
-                if n == 0:
-                    raise _truncated(span)
-                offset += n
-                left -= n
+        if _kernel_copy(f.fileno(), out_fd, span):
             return
-        except (AttributeError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.errno not in (18, 22, 38, 95):  # EXDEV EINVAL ENOSYS EOPNOTSUPP
-                raise
-        f.seek(offset)
-        for chunk in _chunks(f, left, _CHUNK, span):
+        f.seek(span.offset)
+        for chunk in _chunks(f, span.nbytes, _CHUNK, span):
             _write_all(out_fd, chunk)
 
 

@@ -113,21 +113,37 @@ def max_error(a, b, mask=None) -> float | None:
     """``max |a - b|`` over the positions both hold finite values (and ``mask`` keeps); None when none."""
     import torch
 
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    from .metrics import _CHUNK
+
+    a, b = a.detach().cpu(), b.detach().cpu()
     if a.shape != b.shape:
         return None
-    keep = torch.isfinite(a) & torch.isfinite(b)
+    keep = None
     if mask is not None and a.dim() >= 2 and tuple(a.shape[:2]) == tuple(mask.shape):
-        keep &= mask.cpu().bool().reshape(*mask.shape, *([1] * (a.dim() - 2))).expand(a.shape)
-    return float((a[keep] - b[keep]).abs().max()) if bool(keep.any()) else None
+        keep = mask.cpu().bool().reshape(*mask.shape, *([1] * (a.dim() - 2))).expand(a.shape).reshape(-1)
+    a, b, worst = a.reshape(-1), b.reshape(-1), None
+    for start in range(0, a.numel(), _CHUNK):            # in float64 a piece at a time
+        x, y = a[start:start + _CHUNK].double(), b[start:start + _CHUNK].double()
+        k = torch.isfinite(x) & torch.isfinite(y)
+        if keep is not None:
+            k &= keep[start:start + _CHUNK]
+        if bool(k.any()):
+            worst = max(worst or 0.0, float((x[k] - y[k]).abs().max()))
+    return worst
 
 
 def peak(t) -> float:
     import torch
 
-    t = t.detach().cpu().double()
-    t = t[torch.isfinite(t)]
-    return float(t.abs().max()) if t.numel() else 0.0
+    from .metrics import _CHUNK
+
+    t, top = t.detach().cpu().reshape(-1), 0.0
+    for start in range(0, t.numel(), _CHUNK):
+        x = t[start:start + _CHUNK].double()
+        x = x[torch.isfinite(x)]
+        if x.numel():
+            top = max(top, float(x.abs().max()))
+    return top
 
 
 @dataclass(frozen=True)

@@ -51,21 +51,32 @@ def embedding_name(ref) -> str | None:
 
 def lookup(runnable, name: str, ids):
     """The embedding rows of ``ids`` (1 × n) from ``runnable``'s module ``name``; None when it has none."""
+    rows_of = looker(runnable, name)
+    return None if rows_of is None else rows_of(ids)
+
+
+def looker(runnable, name: str):
+    """A function ``ids (1 × n) -> rows (1 × n × dim)`` looking ids up in ``runnable``'s module ``name`` (an ONNX
+    graph's cut, made once); None when it has no such module."""
     import torch
 
     if runnable.backend == "onnxruntime":
-        return _lookup_onnx(runnable, name, ids)
+        return _onnx_looker(runnable, name)
     module = runnable.module
     try:
         sub = _submodule(module, script_prefix(runnable) + name) if _is_script(module) else \
             named_root(module).get_submodule(name)
     except AttributeError:
         return None
-    with torch.no_grad():
-        return sub(ids.to(runnable.device)).detach().cpu()
+
+    def rows_of(ids):
+        with torch.no_grad():
+            return sub(ids.to(runnable.device)).detach().cpu()
+
+    return rows_of
 
 
-def _lookup_onnx(runnable, name: str, ids):
+def _onnx_looker(runnable, name: str):
     import torch
 
     from ..formats.onnx import load_for_session
@@ -83,8 +94,12 @@ def _lookup_onnx(runnable, name: str, ids):
     ort = import_onnxruntime()
     providers = runnable.module.get_providers() if hasattr(runnable.module, "get_providers") else ["CPUExecutionProvider"]
     session = _session_beside(ort, cut, Path(runnable.path), providers)
-    (out,) = session.run([values[name]], {"input_ids": ids.cpu().numpy()})
-    return torch.from_numpy(out)
+
+    def rows_of(ids):
+        (out,) = session.run([values[name]], {"input_ids": ids.cpu().numpy()})
+        return torch.from_numpy(out)
+
+    return rows_of
 
 
 def _cut(model, value: str):
@@ -198,14 +213,17 @@ def check_rows(recorded, cand) -> Coverage | None:
     if recorded is None:
         return None
     name, ids, a = recorded
-    b = lookup(cand, name, ids)
-    if b is None or tuple(a.shape) != tuple(b.shape):
+    rows_of = looker(cand, name)
+    if rows_of is None:
         return None
-    low = max((str(t.dtype).replace("torch.", "") for t in (a, b)), key=lambda d: _EPS.get(d, 0.0))
-    ulps = _ULPS * _EPS.get(low, _EPS["float32"])
-    wrong, worst = [], None
-    for start in range(0, a.shape[1], _CHUNK):           # in pieces: a whole vocabulary in float64 is large
-        x, y = _chunk(a, start, start + _CHUNK), b[0, start:start + _CHUNK]
+    wrong, worst, low = [], None, None
+    for start in range(0, a.shape[1], _CHUNK):           # in pieces: neither side's whole table is held
+        x, y = _chunk(a, start, start + _CHUNK), rows_of(ids[:, start:start + _CHUNK])[0]
+        if x.shape != y.shape:
+            return None
+        if low is None:
+            low = max((str(t.dtype).replace("torch.", "") for t in (x, y)), key=lambda d: _EPS.get(d, 0.0))
+            ulps = _ULPS * _EPS.get(low, _EPS["float32"])
         if x.dtype == y.dtype and torch.equal(x, y):      # a copy: every row equal, nothing to measure
             continue
         x, y = x.double(), y.double()

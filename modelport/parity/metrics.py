@@ -8,6 +8,7 @@ NaN or Inf in the candidate where the reference is finite fails.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .generate import greedy  # noqa: F401  (greedy generation lives in .generate; kept importable here)
@@ -21,6 +22,7 @@ DEFAULT_TOLERANCES = {
     "float16": (2e-2, 1e-2),
     "bfloat16": (1e-1, 2e-2),
 }
+_CHUNK = 1 << 19        # elements compared at a time in float64 (4 MiB a copy)
 _PRECISION = ["float64", "float32", "float16", "bfloat16"]
 
 
@@ -114,36 +116,48 @@ def compare_tensors(ref, cand, tol: Tolerance, *, output: str, inputs: str, mask
     if tuple(ref_c.shape) != tuple(cand_c.shape):
         out.problem = f"shape {list(cand_c.shape)} where the reference has {list(ref_c.shape)}"
         return out
-    a, b = ref_c.double(), cand_c.double()
-    keep = torch.ones(a.shape, dtype=torch.bool)
-    if mask is not None and a.dim() >= 2 and tuple(a.shape[:2]) == tuple(mask.shape):
-        keep = mask.cpu().bool().reshape(*mask.shape, *([1] * (a.dim() - 2))).expand(a.shape)
-    ref_finite = torch.isfinite(a)
-    keep = keep & ref_finite          # what the reference itself cannot say is not compared
-    a, b = a[keep], b[keep]
-    out.positions = int(a.numel())
+    keep = None
+    if mask is not None and ref_c.dim() >= 2 and tuple(ref_c.shape[:2]) == tuple(mask.shape):
+        keep = mask.cpu().bool().reshape(*mask.shape, *([1] * (ref_c.dim() - 2))).expand(ref_c.shape).reshape(-1)
+    a_all, b_all = ref_c.reshape(-1), cand_c.reshape(-1)
+    tiny = torch.finfo(torch.float64).tiny
+    total = dot = aa = bb = 0.0
+    max_abs = max_rel = need_atol = need_rtol = -1.0
+    worst, passed = None, True
+    for start in range(0, a_all.numel(), _CHUNK):       # in float64 a piece at a time: logits are large
+        a, b = a_all[start:start + _CHUNK].double(), b_all[start:start + _CHUNK].double()
+        k = torch.isfinite(a)             # what the reference itself cannot say is not compared
+        if keep is not None:
+            k &= keep[start:start + _CHUNK]
+        where = k.nonzero().squeeze(1)
+        a, b = a[where], b[where]
+        if not a.numel():
+            continue
+        out.positions += int(a.numel())
+        bad = ~torch.isfinite(b)
+        out.nonfinite += int(bad.sum())
+        err = (a - b).abs().masked_fill(bad, float("inf"))
+        scale = a.abs()
+        j = int(torch.argmax(err))
+        if float(err[j]) > max_abs:       # the first largest error: its index in the whole tensor
+            max_abs, worst = float(err[j]), start + int(where[j])
+        total += float(err.sum())
+        max_rel = max(max_rel, float((err / scale.clamp(min=tiny)).max()))
+        need_atol = max(need_atol, float((err - tol.rtol * scale).clamp(min=0).max()))
+        need_rtol = max(need_rtol, float(((err - tol.atol).clamp(min=0) / scale.clamp(min=1e-300)).max()))
+        dot, aa, bb = dot + float((a * b).sum()), aa + float((a * a).sum()), bb + float((b * b).sum())
+        passed = passed and bool((err <= tol.atol + tol.rtol * scale).all())
     if out.positions == 0:
         out.problem = "no finite reference value to compare"
         return out
-    bad = ~torch.isfinite(b)
-    out.nonfinite = int(bad.sum())
-    err = (a - b).abs()
-    if out.nonfinite:
-        err = torch.where(bad, torch.full_like(err, float("inf")), err)
-    scale = a.abs()
-    rel = err / scale.clamp(min=torch.finfo(torch.float64).tiny)
-    out.max_abs = _finite_or_none(float(err.max()))
-    out.mean_abs = _finite_or_none(float(err.mean()))
-    out.max_rel = _finite_or_none(float(rel.max()))
-    out.required_atol = _finite_or_none(float((err - tol.rtol * scale).clamp(min=0).max()))
-    out.required_rtol = _finite_or_none(float(((err - tol.atol).clamp(min=0) / scale.clamp(min=1e-300)).max()))
+    out.max_abs, out.mean_abs = _finite_or_none(max_abs), _finite_or_none(total / out.positions)
+    out.max_rel, out.required_atol, out.required_rtol = (_finite_or_none(max_rel), _finite_or_none(need_atol),
+                                                         _finite_or_none(need_rtol))
     if not out.nonfinite:
-        denom = float(a.norm() * b.norm())
-        out.cosine = float((a * b).sum()) / denom if denom > 0 else (1.0 if float(err.max()) == 0 else 0.0)
-    flat_worst = int(torch.argmax(torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))))
-    idx = keep.nonzero()[flat_worst].tolist() if keep.any() else None
-    out.worst = idx
-    out.passed = out.nonfinite == 0 and bool((err <= tol.atol + tol.rtol * scale).all())
+        denom = math.sqrt(aa) * math.sqrt(bb)
+        out.cosine = dot / denom if denom > 0 else (1.0 if max_abs == 0 else 0.0)
+    out.worst = [int(i) for i in torch.unravel_index(torch.tensor(worst), tuple(ref_c.shape))]
+    out.passed = out.nonfinite == 0 and passed
     return out
 
 
@@ -179,29 +193,38 @@ def near_tie(logits_row, tol: Tolerance) -> bool:
 def token_agreement(ref_logits, cand_logits, tol: Tolerance, *, inputs: str, mask=None) -> TokenAgreement:
     import torch
 
-    a = ref_logits.detach().cpu().double()
-    b = cand_logits.detach().cpu().double()
-    vocab = a.shape[-1]
-    a, b = a.reshape(-1, vocab), b.reshape(-1, vocab)
+    vocab = ref_logits.shape[-1]
+    a_all = ref_logits.detach().cpu().reshape(-1, vocab)
+    b_all = cand_logits.detach().cpu().reshape(-1, vocab)
     if mask is not None:
         keep = mask.cpu().bool().reshape(-1)
-        a, b = a[keep], b[keep]
-    n = a.shape[0]
-    arg_a, arg_b = a.argmax(-1), b.argmax(-1)
-    differ = (arg_a != arg_b).nonzero().reshape(-1).tolist()
-    ties = sum(1 for i in differ if near_tie(a[i], tol))
-    k = min(5, vocab)
-    top_a, top_b = a.topk(k, -1).indices, b.topk(k, -1).indices
-    overlap = (top_a.unsqueeze(-1) == top_b.unsqueeze(-2)).any(-1).double().sum(-1) / k
-    kl_mean = kl_max = None
-    if bool(torch.isfinite(b).all()):
-        log_p, log_q = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0)
-        kl_mean, kl_max = float(kl.mean()), float(kl.max())
-    finite = kl_mean is not None
-    return TokenAgreement(inputs, n, float((arg_a == arg_b).double().mean()) if n else 1.0, len(differ), ties,
-                          float(overlap.mean()) if n else 1.0, kl_mean, kl_max,
-                          passed=finite and len(differ) == ties)
+        a_all, b_all = a_all[keep], b_all[keep]
+    n, k = a_all.shape[0], min(5, vocab)
+    agree = ties = 0
+    differ: list[int] = []
+    overlap = kl_sum = 0.0
+    kl_max: float | None = 0.0
+    rows = max(1, _CHUNK // max(vocab, 1))
+    for start in range(0, n, rows):                      # in float64 a few positions at a time
+        a, b = a_all[start:start + rows].double(), b_all[start:start + rows].double()
+        arg_a, arg_b = a.argmax(-1), b.argmax(-1)
+        agree += int((arg_a == arg_b).sum())
+        here = (arg_a != arg_b).nonzero().reshape(-1).tolist()
+        ties += sum(1 for i in here if near_tie(a[i], tol))
+        differ += [start + i for i in here]
+        top_a, top_b = a.topk(k, -1).indices, b.topk(k, -1).indices
+        overlap += float((top_a.unsqueeze(-1) == top_b.unsqueeze(-2)).any(-1).double().sum())
+        if kl_max is not None and bool(torch.isfinite(b).all()):
+            log_p, log_q = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0)
+            kl_sum, kl_max = kl_sum + float(kl.sum()), max(kl_max, float(kl.max()))
+        else:
+            kl_max = None
+    kl_mean = kl_sum / n if kl_max is not None and n else None
+    if not n:
+        kl_max = None
+    return TokenAgreement(inputs, n, agree / n if n else 1.0, len(differ), ties, overlap / (n * k) if n else 1.0,
+                          kl_mean, kl_max, passed=(kl_mean is not None or not n) and len(differ) == ties)
 
 
 @dataclass

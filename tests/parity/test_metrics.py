@@ -60,6 +60,41 @@ def test_nan_or_inf_in_the_candidate_fails():
         assert not c and c.nonfinite == 1 and c.max_abs is None
 
 
+def test_a_tensor_of_many_pieces_is_measured_as_one():
+    """Large outputs are compared a piece at a time in float64: the figures equal those of the whole tensor at once
+    (padding and the reference's own NaN left out, the first largest error's index in the whole tensor)."""
+    ref = _logits(3, (2, 9, 70001))                   # over two pieces of _CHUNK elements
+    cand = ref + torch.randn(ref.shape, generator=torch.Generator().manual_seed(4)) * 1e-6
+    ref[0, 2, 5] = float("nan")
+    cand[1, 8, 70000] += 0.5                          # in the last piece
+    cand[0, 0, 0] -= 0.5                              # as large, but padding
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, 0] = 0
+    tol = tolerance("float32")
+    c = compare_tensors(ref, cand, tol, output="logits", inputs="x", mask=mask)
+    keep = mask.bool()[..., None].expand(ref.shape) & torch.isfinite(ref)
+    a, b = ref.double()[keep], cand.double()[keep]
+    err = (a - b).abs()
+    assert c.positions == a.numel() and c.worst == [1, 8, 70000] and not c
+    assert c.max_abs == float(err.max()) and math.isclose(c.mean_abs, float(err.mean()), rel_tol=1e-12)
+    assert math.isclose(c.cosine, float((a * b).sum() / (a.norm() * b.norm())), rel_tol=1e-12)
+    assert math.isclose(c.required_atol, float((err - tol.rtol * a.abs()).clamp(min=0).max()), rel_tol=1e-12)
+
+
+def test_token_agreement_over_many_pieces_counts_every_position():
+    ref = _logits(5, (3, 40, 50000))                  # about 10 positions a piece
+    cand = ref.clone()
+    cand[2, 39, 7] = ref[2, 39].max() + 1             # a flip at the very last position
+    cand[0, 1] = ref[0, 1] * 0.5                      # same argmax, a different distribution
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[1, :10] = 0
+    t = token_agreement(ref, cand, tolerance("float32"), inputs="x", mask=mask)
+    assert t.positions == 110 and t.top1_disagreements == 1 and t.top1 == 109 / 110 and not t
+    p = torch.log_softmax(ref.double()[0, 1], -1)
+    q = torch.log_softmax(cand.double()[0, 1], -1)
+    assert t.kl_max >= float((p.exp() * (p - q)).sum()) > 0
+
+
 def test_shape_mismatch_is_evidence_not_a_crash():
     c = compare_tensors(_logits(), _logits(shape=(2, 5, 12)), tolerance("float32"), output="logits", inputs="x")
     assert not c and "shape" in c.problem

@@ -24,6 +24,7 @@ from . import manifest as manifest_module
 from .cast import CastSource
 from .export_options import ExportOptions
 from .manifest import DIR_NAME, SUFFIX
+from .verifying import VerifySource, verify_source
 
 
 @dataclass
@@ -213,47 +214,6 @@ def _export(src: Path, dst: Path, target: Format, options: ExportOptions, load: 
         if manifest else None
     return Result(done.dst, "runnable", done.format, 0, done.bytes, [f"exported {done.origin} with {done.exporter}"],
                   manifest=record, parity=report, export=done)
-
-
-@dataclass(frozen=True)
-class VerifySource:
-    """The source of a checked conversion, as the parity check loads it (``deferred``: when needed, released
-    after) and the config that weights written without one run with (``config``)."""
-    deferred: Any
-    config: Any
-
-    def candidate(self, written: Path, fmt: str):
-        """The written model as parity loads it: a graph as it is; weights with the source's architecture and
-        config (its config.json or params.json, not a guess, so a weights-only output needs no --config)."""
-        from ..parity import Deferred
-
-        if formats.get(fmt).graph:
-            return Deferred(written, LoadSpec(format=fmt))
-        return Deferred(written, LoadSpec(format=fmt, arch=self.deferred.spec.arch, config=self.config))
-
-
-def verify_source(src: Path, load: LoadSpec, loaded: bool = True) -> VerifySource:
-    """How ``convert --verify`` and ``modelport verify`` run the source: as ``modelport parity`` would (a Hugging
-    Face directory in transformers when it is installed, with its config.json for bare weights written from it).
-    Otherwise, with ``loaded``, it is built once now and released: a source that cannot run cannot be verified (an
-    input error, found before anything is written), and its config is kept for the output. The models are then
-    loaded one at a time by the check itself, never held side by side."""
-    from ..parity import Deferred, reference_engine
-
-    load = load.replace(engine=reference_engine(src, load.engine, load.arch))
-    if load.engine == "transformers":       # a Hugging Face directory: its config.json says it all
-        return VerifySource(Deferred(src, load.replace(config=None)), src / "config.json")
-    if not loaded:
-        return VerifySource(Deferred(src, load), load.config)
-    from ..models.runnable import load_runnable
-    from ..parity.reference import release
-
-    r = load_runnable(src, load)
-    to_hf = getattr(getattr(r.module, "config", None), "to_hf_config", None)
-    config = to_hf() if to_hf is not None else load.config
-    del r, to_hf
-    release()
-    return VerifySource(Deferred(src, load), config)
 
 
 def _verify(reference: VerifySource, written: Path, dst: Path, target: Format, verify):

@@ -295,7 +295,7 @@ def rerun_parity(plan: Rerun) -> dict:
     from .. import formats
     from ..models.spec import LoadSpec
     from ..parity import parity
-    from . import verify_source
+    from .verifying import verify_source
 
     kwargs = dict(plan.kwargs)
     fmt = formats.detect(plan.candidate).id          # a graph needs nothing of the source: it is not loaded here

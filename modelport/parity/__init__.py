@@ -322,6 +322,20 @@ def _missing_output(ref_out, cand_out, label):
     return c
 
 
+def _adopt_buffers(into: Runnable, script: Runnable) -> None:
+    """The script's own buffers (a rotary table is computed from its config, never loaded) in the eager model whose
+    blocks' calls are replayed on it: each of its blocks is then fed the reference's hidden state with the
+    candidate's own position inputs, as a graph's or an eager candidate's blocks are."""
+    import torch
+
+    theirs = dict(script.module.named_buffers())
+    with torch.no_grad():
+        for name, mine in into.module.named_buffers():
+            t = theirs.get(name)
+            if t is not None and t.shape == mine.shape and mine.is_floating_point() and t.is_floating_point():
+                mine.copy_(t.to(mine.dtype))
+
+
 def _locate(result: CandidateResult, rec, again, cand_r: Runnable, feeds, index: int, factor=None) -> None:
     """The first divergent block of a failing candidate. Calibrated, every block is fed the float64 reference's
     input (see :mod:`.isolate`), which needs the reference model: it is loaded again, beside the candidate,
@@ -341,6 +355,7 @@ def _locate(result: CandidateResult, rec, again, cand_r: Runnable, feeds, index:
 
         try:
             replay_from = load_runnable(Path(path), engine="reference", device=rec.describe.get("device", "cpu"))
+            _adopt_buffers(replay_from, cand_r)
         except ModelportError:
             replay_from = None
     try:

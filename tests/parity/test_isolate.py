@@ -72,6 +72,27 @@ def test_each_format_names_the_block_and_an_honest_one_blames_none(cli, massive)
     assert honest.layer is None and honest.name is None and honest.fed == 6
 
 
+def test_a_torchscript_export_with_another_rope_theta_is_named_at_the_first_attention(cli, massive, tmp_path):
+    """A script's blocks are replayed with the calling convention of modelport's own model; their position inputs
+    are the candidate's own (its rotary table), so a changed rope theta is named where it acts, not "after the
+    last block"."""
+    import shutil
+
+    _, ref, _ = massive
+    theta = tmp_path / "theta"
+    shutil.copytree(ref, theta)
+    config = json.loads((theta / "config.json").read_text())
+    rope = config.get("rope_parameters") or config
+    rope["rope_theta"] = rope.get("rope_theta", 10000.0) * 4
+    (theta / "config.json").write_text(json.dumps(config))
+    ts = tmp_path / "theta.ts"
+    assert cli("convert", str(theta), str(ts), "--to", "torchscript", "--no-manifest").returncode == 0
+    res = cli("parity", str(ref), str(ts), "--seq-len", "8", "--new-tokens", "2", "--json")
+    assert res.returncode == 1, res.stderr
+    div = json.loads(res.stdout)["candidates"][0]["first_divergence"]
+    assert (div["layer"], div["name"], div["method"]) == (0, "model.layers.0.self_attn", "torchscript-replay"), div
+
+
 def test_a_block_overflowing_in_float16_is_non_finite_at_that_block(massive):
     _, ref, _ = massive
     cand = load_runnable(ref, dtype="float16")

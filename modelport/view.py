@@ -435,7 +435,7 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
         staged = stage(shown, workdir / "served")
         for note in shown.notes + staged.notes:
             echo(f"note: {note}")
-        with _stop_on_signals(stop, received):
+        with _stop_on_signals(received):
             server = Server(staged, host, port, origin=Path(shown.origin).name)
             if not is_loopback(host):
                 echo(f"warning: --host {host} is not a loopback address: anyone who can reach this machine on port "
@@ -448,7 +448,7 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
 
                 with contextlib.suppress(Exception):   # no browser here is not an error: the URL is printed
                     webbrowser.open(server.url)
-            while not stop.wait(0.2):
+            while not received and not stop.wait(0.2):
                 pass
             server.stop()
             server = None
@@ -462,17 +462,16 @@ def view(path: Path, *, host: str = "127.0.0.1", port: int | None = None, browse
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event, received: list[int]):
-    """While serving, Ctrl-C and SIGTERM (however many) set ``stop`` instead of raising; the first is
-    appended to ``received``."""
+def _stop_on_signals(received: list[int]):
+    """While serving, Ctrl-C and SIGTERM (however many) are appended to ``received`` instead of raising (the
+    serving loop polls it). The handler takes no lock: ``stop.set()`` there could wait forever on the lock of
+    an ``Event.wait`` the same thread was inside when a second signal came."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_signal(signum, frame):
-        if not received:
-            received.append(signum)
-        stop.set()
+        received.append(signum)
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -145,8 +145,8 @@ def reference_rows(ref, seed: int = 0):
     if name is None:
         return None
     ids = torch.randperm(ref.vocab_size, generator=torch.Generator().manual_seed(seed)).unsqueeze(0)
-    rows = lookup(ref, name, ids)
-    return None if rows is None else (name, ids, _spill(rows))
+    rows_of = looker(ref, name)
+    return None if rows_of is None else (name, ids, _spill(rows_of, ids))
 
 
 class SpilledRows:
@@ -154,14 +154,16 @@ class SpilledRows:
     read back a chunk at a time: the reference's whole embedding table is not held while the candidates load
     and run."""
 
-    def __init__(self, rows, file):
+    def __init__(self, rows_of, ids, file):
         import weakref
 
-        self.shape, self.dtype, self._file = tuple(rows.shape), rows.dtype, file
+        self._file = file
         weakref.finalize(self, file.close)
+        for start in range(0, ids.shape[1], _CHUNK):      # looked up and written a chunk at a time
+            rows = rows_of(ids[:, start:start + _CHUNK])
+            file.write(memoryview(_as_bytes(rows).numpy()))
+        self.shape, self.dtype = (1, ids.shape[1], rows.shape[-1]), rows.dtype
         self._row_bytes = rows.shape[-1] * rows.element_size()
-        for start in range(0, rows.shape[1], _CHUNK):
-            file.write(memoryview(_as_bytes(rows[0, start:start + _CHUNK]).numpy()))
         file.flush()
 
     def rows(self, start: int, stop: int):
@@ -186,20 +188,22 @@ def _as_bytes(t):
     return t.contiguous().view(torch.uint8).reshape(-1)
 
 
-def _spill(rows):
-    """``rows`` in a temporary file (:class:`SpilledRows`); kept in memory where no temporary file can be
-    written (the comparison is the same either way)."""
+def _spill(rows_of, ids):
+    """The rows of ``ids`` in a temporary file (:class:`SpilledRows`); kept in memory where no temporary file can
+    be written (the comparison is the same either way)."""
     import tempfile
 
+    if not ids.numel():
+        return rows_of(ids)
     try:
         file = tempfile.TemporaryFile(prefix="modelport-rows-")
     except OSError:
-        return rows
+        return rows_of(ids)
     try:
-        return SpilledRows(rows, file)
+        return SpilledRows(rows_of, ids, file)
     except OSError:                     # a full disk: keep them in memory instead
         file.close()
-        return rows
+        return rows_of(ids)
 
 
 def _chunk(rows, start: int, stop: int):

@@ -49,11 +49,14 @@ def test_every_id_of_an_onnx_candidate_is_looked_up_with_its_weights_left_in_the
 def test_reference_rows_wait_in_a_temporary_file_and_read_back_exactly(dtype):
     import torch
 
-    rows = torch.randn(1, 9000, 5, generator=torch.Generator().manual_seed(3)).to(getattr(torch, dtype))
-    spilled = coverage._spill(rows)
+    table = torch.randn(9000, 5, generator=torch.Generator().manual_seed(3)).to(getattr(torch, dtype))
+    ids = torch.randperm(9000, generator=torch.Generator().manual_seed(4)).unsqueeze(0)
+    asked = []
+    spilled = coverage._spill(lambda some: asked.append(some.shape[1]) or table[some], ids)
     assert isinstance(spilled, coverage.SpilledRows) and spilled.shape == (1, 9000, 5)
+    assert max(asked) <= coverage._CHUNK and sum(asked) == 9000               # looked up a chunk at a time
     back = torch.cat([coverage._chunk(spilled, at, at + coverage._CHUNK) for at in range(0, 9000, coverage._CHUNK)])
-    assert back.dtype == rows.dtype and torch.equal(back, rows[0])
+    assert back.dtype == table.dtype and torch.equal(back, table[ids[0]])
 
 
 def test_rows_read_back_from_the_file_find_a_changed_row():
@@ -66,7 +69,7 @@ def test_rows_read_back_from_the_file_find_a_changed_row():
     wrapper = torch.nn.Module()
     wrapper.embed = emb
     ids = torch.arange(50).unsqueeze(0)
-    recorded = ("embed", ids, coverage._spill(emb(ids).detach()))
+    recorded = ("embed", ids, coverage._spill(lambda some: emb(some).detach(), ids))
     with torch.no_grad():
         emb.weight[17] *= 1.001
     cand = TorchRunnable(kind="causal-lm", inputs=token_inputs(), outputs=("logits",), origin="test", module=wrapper,

@@ -3,10 +3,12 @@ where that is as fast or the bytes must be seen (hashed for the manifest, CRC-32
 
 from __future__ import annotations
 
+import errno
 import functools
 import mmap
 import os
 import queue
+import sys
 import threading
 
 from ..errors import FormatError
@@ -148,8 +150,11 @@ class Sink:
     record that holds a CRC-32 (:meth:`crc_end`), is written with a placeholder and overwritten by
     the thread, which hashes the final bytes in its place. Otherwise tensor bytes move by
     ``copy_file_range`` where the source and output offsets agree modulo a page (the kernel's fast
-    case), else through a buffer (as fast as the aligned kernel copy, faster than the unaligned one:
-    bench_streaming.py).
+    case), else through one buffer of :data:`_PIECE` bytes (as fast as the aligned kernel copy, faster
+    than the unaligned one; the buffers in flight, 8 MiB, would fall out of the L2 cache: 1.42 GB in
+    0.45 s against 0.35 s). A writer that knows how large its file will be says so first
+    (:meth:`reserve`): its blocks are then allocated at once instead of write by write (the same copy
+    in 0.35 s against 0.59 s without, bench_streaming.py).
     """
 
     def __init__(self, fd: int, hasher=None):
@@ -161,6 +166,15 @@ class Sink:
         self._bufs: list[bytearray] = []
         self._tickets: list[int] = []
         self._slot = 0
+        self._plain: memoryview | None = None     # the one buffer of untapped copies
+        self._reserved = 0                        # the file's end as allocated by reserve()
+
+    def reserve(self, nbytes: int) -> None:
+        """The next ``nbytes`` bytes will be written: allocate them on disk now, in one call (a full disk says so
+        here, before anything is copied). Where the filesystem cannot, the writes allocate as they go. Whatever
+        of the reservation is left unwritten is cut off by :meth:`close`."""
+        if nbytes > 0 and _allocate(self.fd, self.pos, nbytes):
+            self._reserved = max(self._reserved, self.pos + nbytes)
 
     # the hasher and the CRC are fed by the worker, in order; a piece counts for the CRC of the member
     # being written when it was handed over
@@ -230,6 +244,16 @@ class Sink:
                 self.pos += span.nbytes
                 return
             offset, left = span.offset, span.nbytes
+            if not tapped:
+                if self._plain is None:
+                    self._plain = memoryview(bytearray(_PIECE))
+                while left:
+                    n = os.preadv(in_fd, [self._plain[:min(left, _PIECE)]], offset)
+                    if n == 0:
+                        raise _truncated(span)
+                    _write_all(self.fd, self._plain[:n])
+                    offset, left, self.pos = offset + n, left - n, self.pos + n
+                return
             while left:
                 buf = self._buffer()
                 filled, room = 0, min(left, len(buf))
@@ -241,8 +265,7 @@ class Sink:
                     _write_all(self.fd, piece[:n])
                     filled += n
                     offset += n
-                if tapped:
-                    self._tickets[self._slot - 1] = self._submit(buf[:filled])
+                self._tickets[self._slot - 1] = self._submit(buf[:filled])
                 left -= filled
                 self.pos += filled
 
@@ -282,6 +305,9 @@ class Sink:
         self.drain()
         self._stop()
         size = os.fstat(self.fd).st_size
+        if self.pos < size == self._reserved:        # reserved more than was written
+            os.ftruncate(self.fd, self.pos)
+            size = self.pos
         if size != self.pos:
             raise RuntimeError(f"output holds {size} bytes where {self.pos} were written")
         return size, self._hasher.hexdigest() if self._hasher is not None else None
@@ -292,7 +318,7 @@ class Sink:
             worker.stop()
             if worker.error is not None:
                 raise worker.error
-        self._bufs, self._tickets = [], []
+        self._bufs, self._tickets, self._plain = [], [], None
 
     def abandon(self) -> None:
         """The write failed: stop the thread (what it met is dropped)."""
@@ -303,6 +329,37 @@ class Sink:
 
 
 _PAGE = mmap.PAGESIZE
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_fallocate = None
+
+
+def _allocate(fd: int, offset: int, nbytes: int) -> bool:
+    """Linux's fallocate(2) of ``nbytes`` at ``offset`` (the file grows to cover them): True when done, False
+    where the filesystem or the system cannot (not posix_fallocate, which then writes a byte into every
+    block); a full disk or quota raises OSError, as the writes would."""
+    global _fallocate
+    if not sys.platform.startswith("linux"):
+        return False
+    if _fallocate is None:
+        import ctypes
+
+        try:
+            f = ctypes.CDLL(None, use_errno=True).fallocate
+        except (OSError, AttributeError):
+            f = False
+        else:
+            f.argtypes, f.restype = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+        _fallocate = f
+    if not _fallocate:
+        return False
+    import ctypes
+
+    if _fallocate(fd, 0, offset, nbytes) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _FULL:
+        raise OSError(err, os.strerror(err))
+    return False
 
 
 def _kernel_copy(in_fd: int, out_fd: int, span: Span) -> bool:

@@ -315,6 +315,7 @@ def write_pt(source: TensorSource, dst: Path, crc32: bool = False, progress=None
     try:
         hashed = follow(dst)        # the manifest's hash of the file, taken from the bytes as they are written
         sink = Sink(fd, hashed.hasher)
+        sink.reserve(len(pkl) + sum(s[2] * dtypes.get(s[1]).itemsize for s in storages))   # the zip's records come on top
         zw = ZipWriter(sink, "archive", crc32)
         zw.add("data.pkl", pkl)
         if all(m is None for m in matches):

@@ -157,12 +157,13 @@ def write_file(source: TensorSource, dst: Path, names: list[str] | None = None, 
     for alias, kept in source.aliases().items():
         if kept in names:
             meta[alias] = kept
-    head, _ = header_for(source, names, meta, align)
+    head, data_size = header_for(source, names, meta, align)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     sink = None
     try:
         hashed = follow(dst)        # the manifest's hash of the file, taken from the bytes as they are written
         sink = Sink(fd, hashed.hasher)
+        sink.reserve(len(head) + data_size)
         sink.write(head)
         for name in names:
             write_tensor(source, name, sink)

@@ -334,3 +334,54 @@ def test_sink_hashes_what_it_wrote_even_when_the_callers_buffer_changes_afterwar
         os.close(fd)
     assert out.read_bytes() == b"a" * 50_000 + b"b" * 50_000
     assert (size, digest) == (100_000, hashlib.sha256(out.read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_sink_reserves_the_file_then_cuts_what_was_not_written(tmp_path, hashed):
+    data = bytes(range(256)) * 3000
+    src = _sink_file(tmp_path, data)
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        sink = Sink(fd, hashlib.sha256() if hashed else None)
+        sink.write(b"head")
+        sink.reserve(1_000_000)
+        if _stream._fallocate:                       # where the system can: the blocks are there before the copy
+            assert os.fstat(fd).st_size == 1_000_004
+            assert os.fstat(fd).st_blocks * 512 >= 1_000_000
+        sink.copy(Span(src, 3, 300_000))
+        size, digest = sink.close()
+    finally:
+        os.close(fd)
+    assert size == out.stat().st_size == 300_004
+    assert out.read_bytes() == b"head" + data[3:300_003]
+    assert digest == (hashlib.sha256(out.read_bytes()).hexdigest() if hashed else None)
+
+
+def test_sink_reserve_says_a_full_disk_at_once_and_falls_back_where_it_cannot(tmp_path, monkeypatch):
+    import errno
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("fallocate(2) is Linux's")
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    failing = {"errno": errno.ENOSPC}
+
+    def fallocate(*_):
+        import ctypes
+
+        ctypes.set_errno(failing["errno"])
+        return -1
+
+    monkeypatch.setattr(_stream, "_fallocate", fallocate)
+    try:
+        with pytest.raises(OSError) as err:
+            Sink(fd).reserve(1 << 40)
+        assert err.value.errno == errno.ENOSPC
+        failing["errno"] = errno.EOPNOTSUPP          # a filesystem without fallocate: the writes allocate
+        sink = Sink(fd)
+        sink.reserve(100)
+        sink.write(b"x" * 10)
+        assert sink.close() == (10, None)
+    finally:
+        os.close(fd)

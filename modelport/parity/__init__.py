@@ -9,6 +9,7 @@ candidate that fails, names the first block whose output differs (see :mod:`.lay
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from .inputs import DEFAULT_BATCH, DEFAULT_SEQ_LENS, check_sizes, input_sets, ma
 from .layers import first_divergence, script_prefix
 from .metrics import (Tolerance, compare_generation, compare_tensors, dtype_name, least_precise, token_agreement,
                       tolerance)
-from .reference import describe, record, release
+from .reference import describe, record, release, settled
 from .report import CandidateResult, Check, ParityReport
 
 DEFAULT_NEW_TOKENS = 16
@@ -125,6 +126,15 @@ def _pairs(ref_out: dict, cand_out: dict):
     return [(n, t, c) for (n, t), c in zip(ref_out.items(), cand_out.values())]
 
 
+def _settling(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with settled():
+            return fn(*args, **kwargs)
+    return run
+
+
+@_settling
 def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, atol: float | None = None,
            rtol: float | None = None, batch: int = DEFAULT_BATCH, seq_lens=DEFAULT_SEQ_LENS,
            new_tokens: int = DEFAULT_NEW_TOKENS, prompts=None, seed: int = 0, arch: str | None = None, config=None,

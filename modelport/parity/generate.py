@@ -86,7 +86,66 @@ def stepper(r: Runnable, output: str = "logits") -> Stepper | None:
 
 def greedy(runnable: Runnable, feeds: dict, new_tokens: int, output: str = "logits", cache: bool = True):
     """``new_tokens`` greedy tokens per row and the last-position logits of every step: through the model's
-    KV cache where it has one (``cache=False`` re-runs the growing sequence even then)."""
+    KV cache where it has one (``cache=False`` re-runs the growing sequence even then).
+
+    A torch model on the CPU generates its rows apart, in threads of one core each (:func:`_rows_apart`): a
+    cached step of one row is a matrix-vector product per weight, which reads the weights about twice as fast as
+    the matrix product of a batch (SmolLM2-135M on 2 cores: 16 tokens for 2 rows in 1.8-2.1 s, 2.8-2.9 s as one
+    batch). Each row keeps its own padding and mask, so its tokens are those it gets in the batch (up to float
+    rounding, which the comparisons allow for)."""
+    parts = _parts(runnable, feeds)
+    if parts > 1:
+        return _rows_apart(runnable, feeds, new_tokens, output, cache, parts)
+    return _greedy(runnable, feeds, new_tokens, output, cache)
+
+
+def _parts(runnable: Runnable, feeds: dict) -> int:
+    """How many threads :func:`greedy` splits the rows among: one per core for a torch model on the CPU."""
+    ids = feeds["input_ids"]
+    if runnable.backend != "torch" or str(getattr(runnable, "device", "cpu")) != "cpu" or ids.dim() != 2:
+        return 1
+    if any(getattr(v, "shape", ())[:1] != ids.shape[:1] for v in feeds.values()):
+        return 1
+    import torch
+
+    return min(ids.shape[0], torch.get_num_threads())
+
+
+def _rows_apart(runnable: Runnable, feeds: dict, new_tokens: int, output: str, cache: bool, parts: int):
+    """:func:`_greedy` of ``parts`` slices of the rows, each in a thread, torch at one thread apiece meanwhile
+    (set and put back from this thread: the setting is the process's)."""
+    import threading
+
+    import torch
+
+    slices = [{k: v for k, v in zip(feeds, vs)} for vs in zip(*(torch.tensor_split(v, parts) for v in feeds.values()))]
+    results: list = [None] * parts
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results[i] = _greedy(runnable, slices[i], new_tokens, output, cache)
+        except BaseException as exc:   # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        workers = [threading.Thread(target=work, args=(i,), name=f"modelport-greedy-{i}") for i in range(parts)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        torch.set_num_threads(threads)
+    if errors:
+        raise errors[0]
+    tokens = torch.cat([t for t, _ in results], dim=0)
+    steps = [torch.cat(per_step, dim=0) for per_step in zip(*(st for _, st in results))]
+    return tokens, steps
+
+
+def _greedy(runnable: Runnable, feeds: dict, new_tokens: int, output: str, cache: bool):
     import torch
 
     ids, mask = feeds["input_ids"], feeds.get("attention_mask")

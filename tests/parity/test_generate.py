@@ -178,3 +178,60 @@ def test_follow_through_an_onnx_cache(tmp_path):
     got, steps = follow(r, feeds, tokens)
     assert torch.equal(got, tokens)
     assert max(float((a - b).abs().max()) for a, b in zip(steps, ref_steps)) < 1e-4
+
+
+def test_rows_generated_apart_on_the_cpu_give_the_batchs_tokens(monkeypatch):
+    """On the CPU each row generates in a thread of its own with torch at one thread apiece (matrix-vector
+    steps); the tokens are the batch's, and torch's thread count is put back."""
+    import threading
+
+    from modelport.parity import generate
+
+    ours = _ours(FAMILIES["llama-gqa"]())
+    ids, mask = tiny.batch(seed=6, t=7)                     # three rows, left-padded differently
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    seen = []
+    real = generate._greedy
+
+    def spy(r, f, *rest):
+        seen.append((threading.current_thread().name, f["input_ids"].shape[0], torch.get_num_threads()))
+        return real(r, f, *rest)
+
+    monkeypatch.setattr(generate, "_greedy", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        apart, apart_steps = greedy(ours, feeds, 8)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(rows for _, rows, _ in seen) == [1, 1, 1]
+    assert all(name.startswith("modelport-greedy") and n == 1 for name, _, n in seen)
+    batch, batch_steps = real(ours, feeds, 8, "logits", True)
+    assert torch.equal(apart, batch)
+    assert len(apart_steps) == len(batch_steps) == 8
+    for a, b in zip(apart_steps, batch_steps):
+        assert a.shape == b.shape == (3, tiny.VOCAB) and (a - b).abs().max() < 1e-5
+
+
+def test_a_row_that_fails_apart_fails_the_generation(monkeypatch):
+    from modelport.parity import generate
+
+    ours = _ours(FAMILIES["llama-gqa"]())
+    ids, mask = tiny.batch(seed=6, t=5)
+    real = generate._greedy
+
+    def second_fails(r, f, *rest):
+        if torch.equal(f["input_ids"], ids[2:]):          # three rows on two threads: rows 0-1, row 2
+            raise RuntimeError("row 2 broke")
+        return real(r, f, *rest)
+
+    monkeypatch.setattr(generate, "_greedy", second_fails)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="row 2 broke"):
+            greedy(ours, {"input_ids": ids, "attention_mask": mask}, 4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -63,6 +63,21 @@ def test_the_reference_is_released_before_a_candidate_loads(llama, monkeypatch):
     assert all(w() is None for w in made)                # the report holds no model
 
 
+def test_parity_keeps_what_lives_out_of_full_collections_and_restores_the_collector(llama):
+    """Objects that lived before parity, and what outlives the reference's release, are frozen while it runs (a
+    full collection then walks only what parity made since); the collector is as it was afterwards."""
+    ref, _ = llama
+    assert gc.get_freeze_count() == 0
+    frozen = {}
+
+    def progress(line):
+        frozen.setdefault(line.split(":")[0] + (" released" if "released" in line else ""), gc.get_freeze_count())
+
+    assert parity(ref, ref, seq_lens=(3,), new_tokens=1, progress=progress)
+    assert 0 < frozen["reference"] < frozen["reference released"]
+    assert gc.get_freeze_count() == 0
+
+
 def test_progress_says_the_reference_is_released_before_candidates(llama):
     ref, _ = llama
     lines = []

@@ -45,6 +45,10 @@ time through maps of the page cache (0.45 s), the CRC-32s read it a third time (
 crc32, the default install then), and copy_file_range between offsets that differ modulo a page (most
 of a pt -> safetensors conversion) ran 40 % slower than aligned; through a 512 KiB buffer it is as fast
 as the aligned kernel copy. Three threads on two cores: the default conversion is bound by its CPU time.
+Writers now allocate their whole file first (fallocate) and copy unhashed spans through one 512 KiB
+buffer (the hashed copy's four 2 MiB buffers fall out of the L2 cache): the copy on the main thread went
+from 0.68-0.77 s to 0.48 s (pt -> safetensors, no manifest); alone, a one-buffer copy of the file takes
+0.34 s instead of 0.48 s and copy_file_range 0.36 s instead of 0.46 s once the blocks are allocated (cp: 0.44 s).
 """
 
 from __future__ import annotations

@@ -141,6 +141,51 @@ def test_streamed_precision_equals_a_whole_model_cast(dtype):
         assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
 
 
+def test_streamed_copies_survive_outputs_that_view_a_weight_and_modules_inside_modules():
+    """The cast copies come from one buffer reused module after module: a module whose output is a view of its
+    own weight, and a module with weights of its own running inside another, still get exactly a whole cast."""
+
+    class Queries(torch.nn.Module):               # its output is its weight, viewed
+        def __init__(self):
+            super().__init__()
+            self.q = torch.nn.Parameter(torch.randn(4, 8, generator=torch.Generator().manual_seed(1)))
+
+        def forward(self, x):
+            return self.q.expand(x.shape[0], -1, -1)
+
+    class Mixer(torch.nn.Module):                 # weights of its own, and a child with weights, run inside it
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.randn(8, generator=torch.Generator().manual_seed(2)))
+            self.inner = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.inner(x * self.scale) * self.scale
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.queries, self.mix, self.head = Queries(), Mixer(), torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            q = self.queries(x)
+            h = self.mix(x).unsqueeze(1) + q          # q is used after other modules took copies of their own
+            return self.head(h)
+
+    model = Model().eval()
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(4))
+    from modelport.models.runnable import tensor_input
+
+    r = from_module(model, kind="tensor", origin="tiny", input_spec=tensor_input("2,8"))
+    (whole,) = run_at(r, [{r.inputs[0].name: x}], "float64")
+    with streamed(r, "float64") as rr:
+        got = rr.run({r.inputs[0].name: x.double()})
+    name = next(iter(got))
+    assert got[name].dtype == torch.float64 and torch.equal(got[name], whole[name])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_a_float16_reference_in_transformers_calibrates(tmp_path):
     """transformers keeps a float16 model's rotary frequencies in float32: the model is still float16 throughout,
     so it is run in float64 (one module at a time) for the floor, as a 13.5 GB float16 7B reference would be."""

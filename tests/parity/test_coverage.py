@@ -76,3 +76,28 @@ def test_rows_read_back_from_the_file_find_a_changed_row():
                          vocab_size=50)
     got = coverage.check_rows(recorded, cand)
     assert got.first_ids == [17] and not got.passed
+
+
+def test_a_gather_from_a_stored_table_is_read_from_the_file_not_run(exported, monkeypatch):
+    """An exporter's embedding is one Gather of the ids from a stored table: its rows are read from the file (no
+    second session holding the table), and they are the rows a session on the cut returns."""
+    import torch
+
+    from modelport.models.runnable import load_runnable
+
+    tmp_path, _ = exported
+    cand = load_runnable(tmp_path / "good.onnx")
+    sessions = []
+    real = coverage._session_beside
+    monkeypatch.setattr(coverage, "_session_beside", lambda *a: sessions.append(a) or real(*a))
+    rows_of = coverage.looker(cand, "model.embed_tokens")
+    assert rows_of is not None and sessions == []
+    ids = torch.tensor([[3, 4, 9, 1, 0, 4]])
+    got = rows_of(ids)
+    monkeypatch.setattr(coverage, "_stored_table", lambda *a: None)
+    ran = coverage.looker(cand, "model.embed_tokens")
+    assert len(sessions) == 1
+    want = ran(ids)
+    assert got.shape == want.shape == (1, 6, want.shape[-1]) and got.dtype == want.dtype and torch.equal(got, want)
+    with pytest.raises(IndexError, match="outside the embedding"):
+        rows_of(torch.tensor([[10 ** 6]]))

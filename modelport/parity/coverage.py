@@ -4,7 +4,8 @@ The seeded input sets feed a few dozen ids out of tens of thousands, so a fault 
 input embedding (rows zeroed, a shard misplaced) would pass. The output table needs no such pass:
 every position's logits use all of its rows. This pass looks up every id in the candidate's input
 embedding alone, not through the model: a torch module's embedding is called directly, an ONNX graph
-is cut down to the values leaving the embedding's scope. Each row is held to a few ulps of its own
+is cut down to the values leaving the embedding's scope (where the cut is one Gather from a stored table,
+the rows are read from the file: what the Gather copies). Each row is held to a few ulps of its own
 largest value at the less precise of the two dtypes (a lookup is exact; a cast rounds each value once).
 The reference's rows wait in an unnamed temporary file while the candidates load and run (a whole
 vocabulary's rows are the size of the embedding table), read back a chunk at a time.

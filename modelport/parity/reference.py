@@ -118,10 +118,12 @@ def _own(module, target) -> list:
             if t is not None and t.is_floating_point() and t.dtype != target]
 
 
-def _uses(t) -> int:
+def _uses(t) -> int | None:
+    """How many references hold ``t``'s storage; None where this torch cannot tell."""
     import torch
 
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else count(t.untyped_storage()._cdata)
 
 
 class _Slab:
@@ -143,6 +145,8 @@ class _Slab:
         if self.buf is None and n <= self.numel:
             self.buf, self.top = torch.empty(self.numel, dtype=self.dtype, device=src.device), 0
             self.base = _uses(self.buf)
+            if self.base is None:       # reuse cannot be made safe here: every copy on its own
+                self.buf, self.numel = None, 0
         if self.buf is None or self.top + n > self.numel or self.buf.device != src.device:
             return src.to(self.dtype)
         out = self.buf[self.top:self.top + n].view(src.shape)

@@ -33,12 +33,20 @@ ALIGN_MIN = 4 << 20
 def copy_span(span: Span, out_fd: int) -> None:
     """Append ``span`` to ``out_fd`` (at its current position) without passing through Python where the
     kernel can copy it (:func:`_kernel_copy`), through a buffer otherwise."""
-    with open(span.path, "rb") as f:
-        if _kernel_copy(f.fileno(), out_fd, span):
-            return
-        f.seek(span.offset)
-        for chunk in _chunks(f, span.nbytes, _CHUNK, span):
-            _write_all(out_fd, chunk)
+    with open(span.path, "rb", buffering=0) as f:
+        if not _kernel_copy(f.fileno(), out_fd, span):
+            _buffered_copy(f.fileno(), out_fd, span, memoryview(bytearray(_PIECE)))
+
+
+def _buffered_copy(in_fd: int, out_fd: int, span: Span, buf: memoryview) -> None:
+    """``span``'s bytes appended to ``out_fd`` through ``buf``, a piece at a time."""
+    offset, left = span.offset, span.nbytes
+    while left:
+        n = os.preadv(in_fd, [buf[:min(left, len(buf))]], offset)
+        if n == 0:
+            raise _truncated(span)
+        _write_all(out_fd, buf[:n])
+        offset, left = offset + n, left - n
 
 
 def _truncated(span: Span) -> FormatError:
@@ -247,12 +255,8 @@ class Sink:
             if not tapped:
                 if self._plain is None:
                     self._plain = memoryview(bytearray(_PIECE))
-                while left:
-                    n = os.preadv(in_fd, [self._plain[:min(left, _PIECE)]], offset)
-                    if n == 0:
-                        raise _truncated(span)
-                    _write_all(self.fd, self._plain[:n])
-                    offset, left, self.pos = offset + n, left - n, self.pos + n
+                _buffered_copy(in_fd, self.fd, span, self._plain)
+                self.pos += span.nbytes
                 return
             while left:
                 buf = self._buffer()

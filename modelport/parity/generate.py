@@ -113,7 +113,8 @@ def _parts(runnable: Runnable, feeds: dict) -> int:
 
 def _rows_apart(runnable: Runnable, feeds: dict, new_tokens: int, output: str, cache: bool, parts: int):
     """:func:`_greedy` of ``parts`` slices of the rows, each in a thread, torch at one thread apiece meanwhile
-    (set and put back from this thread: the setting is the process's)."""
+    (set and put back from this thread: the setting is the process's). The threads are daemons: Ctrl-C ends the
+    process without waiting for them to finish their tokens."""
     import threading
 
     import torch
@@ -131,7 +132,8 @@ def _rows_apart(runnable: Runnable, feeds: dict, new_tokens: int, output: str, c
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        workers = [threading.Thread(target=work, args=(i,), name=f"modelport-greedy-{i}") for i in range(parts)]
+        workers = [threading.Thread(target=work, args=(i,), name=f"modelport-greedy-{i}", daemon=True)
+                   for i in range(parts)]
         for w in workers:
             w.start()
         for w in workers:

@@ -88,7 +88,7 @@ def greedy(runnable: Runnable, feeds: dict, new_tokens: int, output: str = "logi
     """``new_tokens`` greedy tokens per row and the last-position logits of every step: through the model's
     KV cache where it has one (``cache=False`` re-runs the growing sequence even then).
 
-    A torch model on the CPU generates its rows apart, in threads of one core each (:func:`_rows_apart`): a
+    A torch model on the CPU generates its rows apart, the cores shared among them (:func:`_rows_apart`): a
     cached step of one row is a matrix-vector product per weight, which reads the weights about twice as fast as
     the matrix product of a batch (SmolLM2-135M on 2 cores: 16 tokens for 2 rows in 1.8-2.1 s, 2.8-2.9 s as one
     batch). Each row keeps its own padding and mask, so its tokens are those it gets in the batch (up to float
@@ -112,7 +112,7 @@ def _parts(runnable: Runnable, feeds: dict) -> int:
 
 
 def _rows_apart(runnable: Runnable, feeds: dict, new_tokens: int, output: str, cache: bool, parts: int):
-    """:func:`_greedy` of ``parts`` slices of the rows, each in a thread, torch at one thread apiece meanwhile
+    """:func:`_greedy` of ``parts`` slices of the rows, each in a thread, torch's threads shared among them meanwhile
     (set and put back from this thread: the setting is the process's). The threads are daemons: Ctrl-C ends the
     process without waiting for them to finish their tokens."""
     import threading
@@ -130,7 +130,7 @@ def _rows_apart(runnable: Runnable, feeds: dict, new_tokens: int, output: str, c
             errors.append(exc)
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, threads // parts))
     try:
         workers = [threading.Thread(target=work, args=(i,), name=f"modelport-greedy-{i}", daemon=True)
                    for i in range(parts)]

@@ -181,7 +181,7 @@ def test_follow_through_an_onnx_cache(tmp_path):
 
 
 def test_rows_generated_apart_on_the_cpu_give_the_batchs_tokens(monkeypatch):
-    """On the CPU each row generates in a thread of its own with torch at one thread apiece (matrix-vector
+    """On the CPU each row generates in a thread of its own, torch's threads shared among them (matrix-vector
     steps); the tokens are the batch's, and torch's thread count is put back."""
     import threading
 
@@ -203,10 +203,16 @@ def test_rows_generated_apart_on_the_cpu_give_the_batchs_tokens(monkeypatch):
     try:
         apart, apart_steps = greedy(ours, feeds, 8)
         assert torch.get_num_threads() == 3
+        seen_by_three = list(seen)
+        seen.clear()
+        torch.set_num_threads(6)
+        greedy(ours, feeds, 2)
+        assert torch.get_num_threads() == 6
     finally:
         torch.set_num_threads(before)
-    assert sorted(rows for _, rows, _ in seen) == [1, 1, 1]
-    assert all(name.startswith("modelport-greedy") and n == 1 for name, _, n in seen)
+    assert sorted(rows for _, rows, _ in seen_by_three) == [1, 1, 1]
+    assert all(name.startswith("modelport-greedy") and n == 1 for name, _, n in seen_by_three)
+    assert sorted(n for *_, n in seen) == [2, 2, 2]            # six threads: two for each row
     batch, batch_steps = real(ours, feeds, 8, "logits", True)
     assert torch.equal(apart, batch)
     assert len(apart_steps) == len(batch_steps) == 8

@@ -31,9 +31,11 @@ class VerifySource:
 def verify_source(src: Path, load: LoadSpec, loaded: bool = True) -> VerifySource:
     """How ``convert --verify`` and ``modelport verify`` run the source: as ``modelport parity`` would (a Hugging
     Face directory in transformers when it is installed, with its config.json for bare weights written from it).
-    Otherwise, with ``loaded``, it is built once now and released: a source that cannot run cannot be verified (an
-    input error, found before anything is written), and its config is kept for the output. The models are then
-    loaded one at a time by the check itself, never held side by side."""
+    Otherwise, with ``loaded``, what the source runs as is settled now, before anything is written (a source that
+    cannot run cannot be verified: an input error, found first), and its config is kept for the output: weights
+    of a built-in family are planned without building the model or reading a weight (the conversion reads them
+    all); anything else is built once and released. The models are then loaded one at a time by the check
+    itself, never held side by side."""
     from ..parity import Deferred, reference_engine
 
     load = load.replace(engine=reference_engine(src, load.engine, load.arch))
@@ -41,7 +43,13 @@ def verify_source(src: Path, load: LoadSpec, loaded: bool = True) -> VerifySourc
         return VerifySource(Deferred(src, load.replace(config=None)), src / "config.json")
     if not loaded:
         return VerifySource(Deferred(src, load), load.config)
-    from ..models.runnable import load_runnable
+    from ..models.runnable import _makers, load_runnable
+
+    fmt = load.format or formats.detect(src).id
+    if fmt not in _makers() and not load.user_module:      # weights of a built-in family (loader.make_weights)
+        from ..models.loader import planned_config
+
+        return VerifySource(Deferred(src, load), planned_config(src, load.replace(format=fmt)))
     from ..parity.reference import release
 
     r = load_runnable(src, load)

@@ -170,6 +170,19 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
 
         return load_user_model(arch, source, config, device=device, dtype=torch_dtype, input_shape=input_shape,
                                input_dtype=input_dtype)
+    cfg, source = _planned(source, arch, config, assume_config)
+    model = build_model(cfg)
+    load_weights(model, source, cfg, device=device, dtype=torch_dtype)
+    model.eval()
+    model.modelport_assumed = list(cfg.assumed)
+    model.modelport_arch = cfg.family
+    return model
+
+
+def _planned(source: TensorSource, arch: str | None, config: dict | None, assume_config: bool):
+    """The family config a reference model of ``source`` is built with, and the source in that family's hub layout:
+    guesses refused (unless ``assume_config``), the tensors' names and shapes reconciled with the config. Nothing
+    is built and no weight is read."""
     fam = normalize_arch(arch) if arch else None
     if config is not None:
         cfg = config_from_hf(config, fam)
@@ -191,12 +204,19 @@ def model_from_source(source: TensorSource, arch: str | None = None, device="cpu
     from .reconcile import reconcile
 
     reconcile(source, cfg, config if config is not None else source.config)   # before anything is built
-    model = build_model(cfg)
-    load_weights(model, source, cfg, device=device, dtype=torch_dtype)
-    model.eval()
-    model.modelport_assumed = list(cfg.assumed)
-    model.modelport_arch = cfg.family
-    return model
+    return cfg, source
+
+
+def planned_config(path: Path, spec: LoadSpec) -> dict:
+    """The Hugging Face config the reference family of the weights at ``path`` would be built with, checked as
+    :func:`load_model` checks it, without building the model or reading a weight (see :func:`_planned`)."""
+    from ..formats import open as open_source
+
+    source = open_source(Path(path), spec.format)
+    try:
+        return _planned(source, spec.arch, _read_config_file(spec.config), spec.assume_config)[0].to_hf_config()
+    finally:
+        source.close()
 
 
 def _to_hub_layout(source: TensorSource, family: str, config: dict | None) -> TensorSource:

@@ -96,9 +96,8 @@ def loads(monkeypatch):
 
 
 def test_verify_holds_one_model_at_a_time(src, tmp_path, loads):
-    """The check loads the source and the written model in turn, so a model never sits beside another; a source
-    that is not a Hugging Face directory is first loaded once (and released) to check it runs before anything is
-    written."""
+    """The check loads the source and the written model in turn, so a model never sits beside another; weights of a
+    built-in family are checked before anything is written without building the model (no third load)."""
     path, state, config = src
     r = modelport.convert(path, tmp_path / "w.safetensors", verify={"seq_lens": (1, 6), "new_tokens": 2})
     assert r.parity and loads == [0, 0]
@@ -106,4 +105,19 @@ def test_verify_holds_one_model_at_a_time(src, tmp_path, loads):
     loads.clear()
     r = modelport.convert(tmp_path / "w.safetensors", tmp_path / "w.pt", options=modelport.Options(config=path /
                           "config.json"), verify={"seq_lens": (1, 6), "new_tokens": 2})
-    assert r.parity and loads == [0, 0, 0]
+    assert r.parity and loads == [0, 0]
+
+
+def test_verify_refuses_weights_that_cannot_run_before_writing(src, tmp_path, loads):
+    """Weights whose config contradicts their tensors are refused before anything is written or loaded."""
+    import json
+
+    path, state, config = src
+    weights = tmp_path / "w.safetensors"
+    assert modelport.convert(path, weights, manifest=False).dst == weights
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({**json.loads((path / "config.json").read_text()),
+                                 "hidden_size": config["hidden_size"] * 2}))
+    with pytest.raises(modelport.ModelportError):
+        modelport.convert(weights, tmp_path / "w.pt", options=modelport.Options(config=wrong), verify=True)
+    assert loads == [] and not (tmp_path / "w.pt").exists()

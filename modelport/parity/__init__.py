@@ -196,7 +196,7 @@ def parity(ref, *candidates, device: str = "auto", dtype: str | None = None, ato
     own = float_dtype_of(ref_r.module) if calibrating else None
     lower = [d for d in expected if own and least_precise(d, own) == d and d != own]
     rec, recorder = record(ref_r, sets, gen_set=gen_set, new_tokens=n_new, calibrating=calibrating, lower=lower,
-                           locate=locate and not calibrating, seed=seed, say=say)   # calibrated: see _locate
+                           locate=locate and not calibrating, say=say)   # calibrated: see _locate
     rec.seconds["load"] = ref_load_s
     caller_ref = ref_r if isinstance(ref, Runnable) else None      # the caller's to keep; ours are released
     del ref_r

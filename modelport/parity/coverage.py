@@ -51,12 +51,6 @@ def embedding_name(ref) -> str | None:
     return None
 
 
-def lookup(runnable, name: str, ids):
-    """The embedding rows of ``ids`` (1 × n) from ``runnable``'s module ``name``; None when it has none."""
-    rows_of = looker(runnable, name)
-    return None if rows_of is None else rows_of(ids)
-
-
 def looker(runnable, name: str):
     """A function ``ids (1 × n) -> rows (1 × n × dim)`` looking ids up in ``runnable``'s module ``name`` (an ONNX
     graph's cut, made once); None when it has no such module."""
@@ -194,7 +188,7 @@ def _cut(model, value: str):
     return out
 
 
-def reference_rows(ref, seed: int = 0):
+def reference_rows(ref):
     """The reference's input-embedding rows of every token id, in order: ``(module name, ids, rows)``,
     kept so that the reference model can be released before the candidates are checked; None when it has no
     embedding to look up."""
@@ -300,8 +294,3 @@ def check_rows(recorded, cand) -> Coverage | None:
     wrong.sort()
     return Coverage(name, int(ids.numel()), len(wrong), wrong[:10], 0.0 if worst is None and not wrong else worst,
                     passed=not wrong)
-
-
-def check(ref, cand, seed: int = 0) -> Coverage | None:
-    """Every id's embedding row in ``cand`` against ``ref``; None when either has no embedding to look up."""
-    return check_rows(reference_rows(ref, seed), cand)

@@ -351,7 +351,7 @@ def _flat(named) -> list[str] | None:
 
 
 def record(r: Runnable, sets, *, gen_set, new_tokens: int, calibrating: bool, lower: list[str], locate: bool,
-           seed: int, say=lambda line: None) -> tuple[ReferenceRecord, Recorder]:
+           say=lambda line: None) -> tuple[ReferenceRecord, Recorder]:
     """Run the reference ``r`` on everything the candidates will be judged by (see the module's doc).
     ``lower``: the lower precisions candidates are expected at (each one more run of the reference)."""
     import time
@@ -378,7 +378,7 @@ def record(r: Runnable, sets, *, gen_set, new_tokens: int, calibrating: bool, lo
                 r.run(feeds)
             rec.layers.append(Recorded(named[0], named[1], feeds, outs, ins, order))
     if r.kind in (CAUSAL_LM, ENCODER):
-        rec.coverage = reference_rows(r, seed)
+        rec.coverage = reference_rows(r)
     if own:
         rec.at[own] = rec.outputs
     if calibrating:
